@@ -1,0 +1,1 @@
+"""The request path: one module per step, composed by `interceptors.chain`."""

@@ -1,0 +1,34 @@
+"""Step 6, authorization: the method's declared permission against the caller's.
+
+ADMIN implies every other permission. Internal-peer methods require an mTLS
+identity on the internal allow-list and ignore API keys entirely.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from interceptors.context import CallState
+from interceptors.policy import Access
+from storage.errors import PermissionDeniedError
+
+__all__ = ["Authorization"]
+
+
+class Authorization:
+    def __init__(self, *, internal_peers: frozenset[str]) -> None:
+        self._internal_peers = internal_peers
+
+    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+        policy = call.policy
+        if policy.access is Access.INTERNAL_PEER:
+            if call.peer_identity is None or call.peer_identity not in self._internal_peers:
+                raise PermissionDeniedError("this method is only available to internal services")
+            return
+        if policy.access is not Access.API_KEY:
+            return
+        principal = call.require_principal()
+        held = principal.key.permissions
+        if "admin" in held or policy.permission in held:
+            return
+        raise PermissionDeniedError(f"this method needs the {str(policy.permission).upper()} permission")

@@ -1,0 +1,196 @@
+"""The request path as one grpc.aio interceptor.
+
+Each step (peer, authentication, identity, authorization, namespace, and
+later rate limit, credits, audit) is a small object with
+`async check(call, context)` that raises a typed error to refuse the call.
+The chain wraps each method handler once, runs telemetry around everything,
+the steps in order, then the servicer, and turns every refusal or error into
+`context.abort(...)` through the errors step. Which steps apply to a method is
+decided by the method's declared policy, read from the protos; a method with
+no policy is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import grpc
+from grpc.aio import AbortError
+
+from interceptors.context import CallState, current_call
+from interceptors.errors import ErrorMapper
+from interceptors.policy import Policy
+from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
+from storage.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
+
+__all__ = ["MAX_METADATA_BYTES", "SecurityChain", "Step"]
+
+MAX_METADATA_BYTES = 8 * 1024
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Step(Protocol):
+    async def check(self, call: CallState, context: Context) -> None: ...
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    """First value of each header; refuses oversized metadata before anything reads it."""
+    out: dict[str, str] = {}
+    size = 0
+    for key, value in context.invocation_metadata() or ():
+        size += len(key) + len(value)
+        if key not in out and isinstance(value, str):
+            out[key] = value
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgumentError(
+            f"request metadata is too large ({size} bytes; the limit is {MAX_METADATA_BYTES})"
+        )
+    return out
+
+
+class SecurityChain(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        *,
+        policies: Mapping[str, Policy],
+        telemetry: Telemetry,
+        errors: ErrorMapper,
+        steps: Sequence[Step],
+        logger: logging.Logger,
+    ) -> None:
+        self._policies = policies
+        self._telemetry = telemetry
+        self._errors = errors
+        self._steps = tuple(steps)
+        self._logger = logger
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        policy = self._policies.get(method)
+        wrapped = self._wrap(method, policy, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    # -- one call -----------------------------------------------------------------
+
+    async def _admit(self, method: str, policy: Policy | None, context: Context) -> CallState:
+        """Build the call state and run every step; raises to refuse."""
+        metadata: dict[str, str] = {}
+        failure: MeshgateError | None = None
+        try:
+            metadata = _metadata(context)
+        except MeshgateError as exc:
+            failure = exc
+        call = CallState(
+            method=method,
+            policy=policy or Policy(access=None),  # type: ignore[arg-type]
+            request_id=Telemetry.request_id(metadata),
+            metadata=metadata,
+            peer_address=context.peer(),
+        )
+        current_call.set(call)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        if failure is not None:
+            raise failure
+        if policy is None:
+            raise _NoPolicyError("this method declares no access policy and is refused")
+        for step in self._steps:
+            await step.check(call, context)
+        return call
+
+    async def _refuse(self, call: CallState | None, exc: Exception, context: Context) -> None:
+        request_id = call.request_id if call else "-"
+        code, message = self._errors.status_for(exc, request_id=request_id)
+        if call is not None:
+            call.code = code
+        await context.abort(code, message)
+
+    def _finish(self, call: CallState | None, started: float, context: Context) -> None:
+        if call is None:
+            return
+        if call.code is grpc.StatusCode.OK:
+            code = context.code()
+            if isinstance(code, grpc.StatusCode):
+                call.code = code
+        self._telemetry.finish(call, time.perf_counter() - started)
+
+    def _wrap(
+        self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler
+    ) -> grpc.RpcMethodHandler:
+        chain = self
+
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: Context) -> Any:
+                started = time.perf_counter()
+                try:
+                    await chain._admit(method, policy, context)
+                    return await inner(request, context)
+                except AbortError:
+                    raise
+                except Exception as exc:
+                    await chain._refuse(current_call.get(None), exc, context)
+                finally:
+                    chain._finish(current_call.get(None), started, context)
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary_response,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                await chain._admit(method, policy, context)
+                result = inner_stream(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+            except AbortError:
+                raise
+            except Exception as exc:
+                await chain._refuse(current_call.get(None), exc, context)
+            finally:
+                chain._finish(current_call.get(None), started, context)
+
+        factory_s = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory_s(
+            stream_response,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _NoPolicyError(PermissionDeniedError):
+    """Mapped to PERMISSION_DENIED: the server fails closed on undeclared methods."""

@@ -1,0 +1,57 @@
+"""Per-call state, passed inward from the interceptors to the services via a contextvar."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import grpc
+
+from interceptors.policy import Policy
+from storage.errors import FailedPreconditionError
+from storage.key_verifier import VerifiedKey
+from storage.namespaces import Namespace
+from storage.organizations import Organization
+from storage.scoped import Scope
+
+__all__ = ["CallState", "Principal", "current_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: its key and its organization (with the hidden internal_id)."""
+
+    key: VerifiedKey
+    organization: Organization
+
+
+@dataclass(slots=True)
+class CallState:
+    method: str
+    policy: Policy
+    request_id: str
+    metadata: dict[str, str]
+    peer_address: str
+    peer_identity: str | None = None
+    key: VerifiedKey | None = None
+    principal: Principal | None = None
+    namespace: Namespace | None = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    details: dict[str, str] = field(default_factory=dict)
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:  # the chain guarantees it for ACCESS_API_KEY methods
+            raise FailedPreconditionError("this method needs an authenticated caller")
+        return self.principal
+
+    def require_scope(self) -> Scope:
+        principal = self.require_principal()
+        if self.namespace is None:  # the chain guarantees it for namespaced methods
+            raise FailedPreconditionError("this method needs a namespace")
+        return Scope(
+            internal_id=principal.organization.internal_id,
+            namespace_id=self.namespace.namespace_id,
+        )
+
+
+current_call: ContextVar[CallState] = ContextVar("meshgate_call")

@@ -1,0 +1,43 @@
+"""Step 7, namespace: `x-namespace` (id or name) resolved inside the caller's organization.
+
+Required on every namespaced method. Unknown namespaces, other
+organizations' and other environments' namespaces are all NOT_FOUND; a
+namespace of the caller's own organization outside the key's allow-list is
+PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from interceptors.context import CallState
+from storage.errors import InvalidArgumentError, PermissionDeniedError
+from storage.namespaces import NamespaceStore
+
+__all__ = ["NAMESPACE_HEADER", "NamespaceScope"]
+
+NAMESPACE_HEADER = "x-namespace"
+
+
+class NamespaceScope:
+    def __init__(self, *, namespaces: NamespaceStore) -> None:
+        self._namespaces = namespaces
+
+    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+        if not call.policy.namespaced:
+            return
+        principal = call.require_principal()
+        reference = call.metadata.get(NAMESPACE_HEADER, "").strip()
+        if not reference:
+            raise InvalidArgumentError(
+                f"this method acts in a namespace: send the {NAMESPACE_HEADER} header (id or name)"
+            )
+        namespace = await self._namespaces.resolve(
+            internal_id=principal.organization.internal_id,
+            environment=principal.key.environment,
+            reference=reference,
+        )
+        allowed = principal.key.namespace_ids
+        if allowed and namespace.namespace_id not in allowed:
+            raise PermissionDeniedError("this key may not act in that namespace")
+        call.namespace = namespace

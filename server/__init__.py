@@ -1,0 +1,1 @@
+"""Start-up wiring: settings, backends, the interceptor chain and the `meshgate` command."""

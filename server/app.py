@@ -1,0 +1,195 @@
+"""Building and running the server: stores, the interceptor chain, servicers, health, reflection.
+
+`create_server` is kept apart from the command line (`server/cli.py`) so
+tests start real servers on `localhost:0` with the same wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from interceptors.authentication import Authentication
+from interceptors.authorization import Authorization
+from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
+from interceptors.errors import ErrorMapper
+from interceptors.identity import OrganizationIdentity
+from interceptors.namespace import NamespaceScope
+from interceptors.peer import PeerIdentity
+from interceptors.telemetry import Telemetry
+from meshgate.v1 import (
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    namespace_service_pb2,
+    namespace_service_pb2_grpc,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
+from server.backends import Backends
+from server.policies import build_policy_table, undeclared_methods
+from server.settings import Settings
+from server.tls import ReloadingServerCredentials
+from services.identity_service import IdentityServicer
+from services.key_service import KeyServicer
+from services.namespace_service import NamespaceServicer
+from services.organization_service import OrganizationServicer
+from storage.invalidation import InvalidationBus
+from storage.key_verifier import KeyVerifier
+from storage.keys import KeyStore
+from storage.namespaces import NamespaceStore
+from storage.organizations import OrganizationStore
+
+__all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "create_server"]
+
+_LOG = logging.getLogger("meshgate.server")
+
+SERVICE_DESCRIPTORS = (
+    organization_service_pb2.DESCRIPTOR.services_by_name["OrganizationService"],
+    key_service_pb2.DESCRIPTOR.services_by_name["KeyService"],
+    namespace_service_pb2.DESCRIPTOR.services_by_name["NamespaceService"],
+    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    invalidation: InvalidationBus
+    verifier: KeyVerifier
+    namespaces: NamespaceStore
+    tls: ReloadingServerCredentials | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace_s: float) -> None:
+        """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.verifier.flush_last_used()
+
+
+async def _flush_last_used(verifier: KeyVerifier, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await verifier.flush_last_used()
+        except Exception as exc:  # a store hiccup must not kill the loop
+            _LOG.warning("could not record key last-used times: %s", type(exc).__name__)
+
+
+async def create_server(
+    settings: Settings,
+    backends: Backends,
+    *,
+    address: str | None = None,
+    extra_options: Sequence[tuple[str, int]] = (),
+) -> RunningServer:
+    organizations = OrganizationStore(mongo=backends.mongo)
+    keys = KeyStore(mongo=backends.mongo)
+    namespaces = NamespaceStore(mongo=backends.mongo)
+    verifier = KeyVerifier(
+        keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
+    )
+
+    def on_live(live: bool) -> None:
+        verifier.forget_all()
+        namespaces.forget_all()
+        verifier.cache_enabled = live
+
+    invalidation = InvalidationBus(
+        redis=backends.redis,
+        on_key=verifier.forget_key,
+        on_namespace=namespaces.forget,
+        on_live=on_live,
+    )
+
+    policies = build_policy_table(SERVICE_DESCRIPTORS)
+    for method in undeclared_methods(SERVICE_DESCRIPTORS, policies):
+        _LOG.warning("method %s declares no policy and will refuse every call", method)
+    chain = SecurityChain(
+        policies=policies,
+        telemetry=Telemetry(access_log=logging.getLogger("meshgate.access")),
+        errors=ErrorMapper(logger=logging.getLogger("meshgate.errors")),
+        steps=(
+            PeerIdentity(trusted_proxies=settings.trusted_proxies),
+            Authentication(verifier=verifier),
+            OrganizationIdentity(organizations=organizations),
+            Authorization(internal_peers=settings.internal_peers),
+            NamespaceScope(namespaces=namespaces),
+        ),
+        logger=_LOG,
+    )
+    server = grpc.aio.server(
+        interceptors=(chain,),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # the transport's own ceiling; the chain refuses above MAX_METADATA_BYTES with a clear message
+            ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
+            *extra_options,
+        ],
+    )
+    organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
+        OrganizationServicer(), server
+    )
+    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(keys=keys, namespaces=namespaces, invalidation=invalidation), server
+    )
+    namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
+        NamespaceServicer(namespaces=namespaces, invalidation=invalidation), server
+    )
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+        IdentityServicer(organizations=organizations), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [d.full_name for d in SERVICE_DESCRIPTORS]
+    for name in names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+
+    tls: ReloadingServerCredentials | None = None
+    bind = address or settings.listen
+    if settings.insecure:
+        _LOG.warning("serving WITHOUT TLS (--insecure): for local debugging only")
+        port = server.add_insecure_port(bind)
+    else:
+        tls = ReloadingServerCredentials(
+            cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca
+        )
+        port = server.add_secure_port(bind, tls.credentials())
+    if port == 0:
+        raise OSError(f"could not bind {bind}")
+    await server.start()
+    running = RunningServer(
+        server=server,
+        port=port,
+        health=health_servicer,
+        invalidation=invalidation,
+        verifier=verifier,
+        namespaces=namespaces,
+        tls=tls,
+    )
+    running.tasks.append(asyncio.create_task(invalidation.run(), name="invalidation-bus"))
+    running.tasks.append(asyncio.create_task(_flush_last_used(verifier, 30.0), name="last-used"))
+    await invalidation.wait_live(2.0)
+    return running

@@ -1,0 +1,81 @@
+"""Connecting the stores: real servers from settings, embedded engines otherwise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from server.settings import Settings
+from storage.embedded import EmbeddedMongo, embedded_redis
+from storage.mongo import MongoStore
+
+__all__ = ["Backends", "open_backends"]
+
+_LOG = logging.getLogger("meshgate.backends")
+
+
+@dataclass
+class Backends:
+    mongo: MongoStore
+    redis: Redis
+    qdrant: Any
+    embedded: list[str] = field(default_factory=list)
+    _embedded_mongo: EmbeddedMongo | None = None
+
+    async def close(self) -> None:
+        await self.mongo.close()
+        await self.redis.aclose()
+        if self.qdrant is not None:
+            await self.qdrant.close()
+        if self._embedded_mongo is not None:
+            self._embedded_mongo.close()
+
+
+async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Backends:
+    embedded: list[str] = []
+    embedded_mongo: EmbeddedMongo | None = None
+    timeout_s = settings.backend_timeout_s
+    if settings.mongodb_uri is not None:
+        mongo_uri = settings.mongodb_uri.reveal()
+    else:
+        path = settings.data_dir / "mongo.sqlite"
+        embedded_mongo = EmbeddedMongo(sqlite_path=path)
+        mongo_uri = embedded_mongo.start()
+        embedded.append(f"MongoDB: embedded mongoeco engine on {mongo_uri} (data in {path})")
+    mongo = MongoStore(
+        uri=mongo_uri, database=settings.mongodb_database, timeout_ms=int(timeout_s * 1000)
+    )
+    redis: Redis
+    if settings.redis_url is not None:
+        redis = Redis.from_url(
+            settings.redis_url.reveal(),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=5,
+        )
+    else:
+        redis = embedded_redis()
+        embedded.append("Redis: in-process fakeredis (single replica only)")
+    qdrant: Any = None
+    if with_qdrant:
+        from qdrant_client import AsyncQdrantClient
+
+        if settings.qdrant_url is None:
+            path = settings.data_dir / "qdrant"
+            qdrant = AsyncQdrantClient(path=str(path))
+            embedded.append(f"Qdrant: qdrant-client local mode (data in {path})")
+        elif settings.qdrant_url == ":memory:":
+            qdrant = AsyncQdrantClient(location=":memory:")
+            embedded.append("Qdrant: qdrant-client in-memory local mode")
+        else:
+            api_key = settings.qdrant_api_key.reveal() if settings.qdrant_api_key else None
+            qdrant = AsyncQdrantClient(
+                url=settings.qdrant_url, api_key=api_key, prefer_grpc=True, timeout=int(timeout_s)
+            )
+    await mongo.ensure_indexes()
+    return Backends(
+        mongo=mongo, redis=redis, qdrant=qdrant, embedded=embedded, _embedded_mongo=embedded_mongo
+    )

@@ -1,0 +1,160 @@
+"""The `meshgate` command: `serve` and `bootstrap`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from server.app import create_server
+from server.backends import open_backends
+from server.bootstrap import bootstrap, write_secret_file
+from server.logs import configure_logging
+from server.settings import ENVIRONMENTS, Settings, SettingsError
+from storage.organizations import OrganizationStore
+
+__all__ = ["main"]
+
+_LOG = logging.getLogger("meshgate")
+DEV_INTERNAL_PEER = "spiffe://meshgate.local/internal/dev"
+
+
+def _grpcurl_hint(settings: Settings, port: int, key_file: Path) -> str:
+    tls = (
+        "-plaintext"
+        if settings.insecure
+        else "-cacert certs/ca.pem -cert certs/client.pem -key certs/client-key.pem"
+    )
+    return "\n".join(
+        [
+            f"meshgate is serving on 127.0.0.1:{port}. Try:",
+            f"  export MG_KEY=$(cat {key_file})",
+            f"  grpcurl {tls} localhost:{port} list",
+            f"  grpcurl {tls} -H \"authorization: Bearer $MG_KEY\" "
+            f"localhost:{port} meshgate.v1.OrganizationService/GetOrganization",
+        ]
+    )
+
+
+async def _dev_key(settings: Settings, backends: object) -> Path:
+    """First run on a fresh data dir: an organization and an ADMIN key in var/dev-admin-key."""
+    from server.backends import Backends
+
+    assert isinstance(backends, Backends)
+    key_file = settings.data_dir / "dev-admin-key"
+    if await OrganizationStore(mongo=backends.mongo).count() == 0:
+        result = await bootstrap(backends, name="dev", plan="free", environment="development")
+        write_secret_file(key_file, result.secret)
+        _LOG.info(
+            "bootstrapped organization %s with ADMIN key %s (secret in %s)",
+            result.organization_id,
+            result.key_id,
+            key_file,
+        )
+    return key_file
+
+
+async def _serve(settings: Settings, *, dev: bool) -> int:
+    started = time.perf_counter()
+    backends = await open_backends(settings)
+    for line in backends.embedded:
+        _LOG.info("embedded backend: %s", line)
+    try:
+        key_file = await _dev_key(settings, backends) if dev else None
+        running = await create_server(settings, backends)
+        _LOG.info(
+            "serving on %s (%s) in %.2fs",
+            settings.listen,
+            "PLAINTEXT" if settings.insecure else "mTLS, client certificates required",
+            time.perf_counter() - started,
+        )
+        if key_file is not None:
+            print(_grpcurl_hint(settings, running.port, key_file), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        _LOG.info("draining: up to %.1fs for in-flight calls", settings.shutdown_grace_s)
+        await running.stop(settings.shutdown_grace_s)
+    finally:
+        await backends.close()
+    _LOG.info("stopped")
+    return 0
+
+
+async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    backends = await open_backends(settings, with_qdrant=False)
+    try:
+        existing = await OrganizationStore(mongo=backends.mongo).count()
+        if existing and not args.another:
+            print(
+                f"error: {existing} organization(s) exist already; pass --another to add one",
+                file=sys.stderr,
+            )
+            return 2
+        result = await bootstrap(
+            backends, name=args.name, plan=args.plan, environment=args.environment
+        )
+    finally:
+        await backends.close()
+    if args.key_file:
+        write_secret_file(args.key_file, result.secret)
+        secret_line = f"secret:          written to {args.key_file}"
+    else:
+        secret_line = f"secret:          {result.secret}"
+    print(
+        f"organization_id: {result.organization_id}\nkey_id:          {result.key_id}\n"
+        f"{secret_line}\nThe secret is shown once; store it now."
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshgate", description="meshgate gRPC security core")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server (settings from MESHGATE_*)")
+    serve.add_argument("--listen", help="host:port (default MESHGATE_LISTEN or 127.0.0.1:50051)")
+    serve.add_argument(
+        "--insecure", action="store_true", help="plaintext, no client certificates (debug only)"
+    )
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="bootstrap a dev organization and ADMIN key on first run; allow the dev internal cert",
+    )
+    boot = sub.add_parser("bootstrap", help="create an organization and an ADMIN key")
+    boot.add_argument("--name", default="default")
+    boot.add_argument("--plan", default="free")
+    boot.add_argument("--environment", choices=ENVIRONMENTS, default="production")
+    boot.add_argument("--key-file", type=Path, help="write the secret here (0600) instead of stdout")
+    boot.add_argument("--another", action="store_true", help="add an organization to a used store")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        if args.listen:
+            settings = replace(settings, listen=args.listen)
+        if args.insecure:
+            settings = replace(settings, insecure=True)
+        if args.dev and not settings.internal_peers:
+            settings = replace(settings, internal_peers=frozenset({DEV_INTERNAL_PEER}))
+    configure_logging(settings.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        if args.command == "serve":
+            return asyncio.run(_serve(settings, dev=args.dev))
+        return asyncio.run(_bootstrap(settings, args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Servicers: thin conversions between protos and storage calls (one module per service)."""

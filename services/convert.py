@@ -1,0 +1,84 @@
+"""Conversions between protos and domain values, and request validation helpers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from meshgate.v1 import common_pb2, options_pb2
+from storage.errors import InvalidArgumentError
+
+__all__ = [
+    "environment_from_proto",
+    "environment_to_proto",
+    "permission_to_proto",
+    "permissions_from_proto",
+    "timestamp",
+    "validate_name",
+]
+
+_ENVIRONMENTS = {
+    common_pb2.ENVIRONMENT_DEVELOPMENT: "development",
+    common_pb2.ENVIRONMENT_STAGING: "staging",
+    common_pb2.ENVIRONMENT_PRODUCTION: "production",
+}
+_ENVIRONMENTS_BACK = {v: k for k, v in _ENVIRONMENTS.items()}
+_PERMISSIONS = {
+    options_pb2.PERMISSION_READ: "read",
+    options_pb2.PERMISSION_WRITE: "write",
+    options_pb2.PERMISSION_DELETE: "delete",
+    options_pb2.PERMISSION_ADMIN: "admin",
+}
+_PERMISSIONS_BACK = {v: k for k, v in _PERMISSIONS.items()}
+MAX_NAME = 64
+
+
+def environment_from_proto(value: int) -> str:
+    try:
+        return _ENVIRONMENTS[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgumentError(
+            "environment must be ENVIRONMENT_DEVELOPMENT, ENVIRONMENT_STAGING or ENVIRONMENT_PRODUCTION"
+        ) from None
+
+
+def environment_to_proto(value: str) -> common_pb2.Environment.ValueType:
+    return _ENVIRONMENTS_BACK[value]
+
+
+def permissions_from_proto(values: list[int]) -> frozenset[str]:
+    if not values:
+        raise InvalidArgumentError("permissions must name at least one permission")
+    out = set()
+    for value in values:
+        name = _PERMISSIONS.get(value)  # type: ignore[call-overload]
+        if name is None:
+            raise InvalidArgumentError(
+                "permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE or PERMISSION_ADMIN"
+            )
+        out.add(name)
+    return frozenset(out)
+
+
+def permission_to_proto(value: str) -> options_pb2.Permission.ValueType:
+    return _PERMISSIONS_BACK[value]
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def validate_name(value: str, *, field: str) -> str:
+    name = value.strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise InvalidArgumentError(f"{field} must be 1-{MAX_NAME} printable characters")
+    return name

@@ -1,0 +1,28 @@
+"""IdentityService (internal only): organization_id -> internal_id for allow-listed mTLS peers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshgate.v1 import identity_service_pb2 as pb
+from meshgate.v1 import identity_service_pb2_grpc as pb_grpc
+from storage.errors import InvalidArgumentError
+from storage.ids import ORGANIZATION_ID_RE
+from storage.organizations import OrganizationStore
+
+__all__ = ["IdentityServicer"]
+
+
+class IdentityServicer(pb_grpc.IdentityServiceServicer):
+    def __init__(self, *, organizations: OrganizationStore) -> None:
+        self._organizations = organizations
+
+    async def ResolveOrganization(  # noqa: N802
+        self, request: pb.ResolveOrganizationRequest, context: Any
+    ) -> pb.ResolveOrganizationResponse:
+        if not ORGANIZATION_ID_RE.match(request.organization_id):
+            raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+        organization = await self._organizations.get(request.organization_id)
+        return pb.ResolveOrganizationResponse(
+            organization_id=organization.organization_id, internal_id=organization.internal_id
+        )

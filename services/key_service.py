@@ -1,0 +1,151 @@
+"""KeyService: create, read, rotate and revoke API keys of the caller's organization.
+
+An admin key manages keys of its own environment only; keys of other
+environments are invisible (NOT_FOUND) and cannot be created from it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from interceptors.context import current_call
+from meshgate.v1 import key_service_pb2 as pb
+from meshgate.v1 import key_service_pb2_grpc as pb_grpc
+from services.convert import (
+    environment_from_proto,
+    environment_to_proto,
+    from_timestamp,
+    permission_to_proto,
+    permissions_from_proto,
+    timestamp,
+    validate_name,
+)
+from storage.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from storage.invalidation import InvalidationBus
+from storage.keys import KeyRecord, KeyStore
+from storage.namespaces import NamespaceStore
+from storage.pages import page_size
+
+__all__ = ["KeyServicer", "key_to_proto"]
+
+_STATES = {
+    "active": pb.KEY_STATE_ACTIVE,
+    "revoked": pb.KEY_STATE_REVOKED,
+    "expired": pb.KEY_STATE_EXPIRED,
+}
+MAX_NAMESPACES_PER_KEY = 100
+
+
+def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
+    return pb.Key(
+        key_id=record.key_id,
+        name=record.name,
+        environment=environment_to_proto(record.environment),
+        permissions=sorted(permission_to_proto(p) for p in record.permissions),
+        namespace_ids=sorted(record.namespace_ids),
+        display_prefix=record.display_prefix,
+        state=_STATES[record.state(now)],
+        create_time=timestamp(record.created_at),
+        expire_time=timestamp(record.expires_at),
+        last_used_time=timestamp(record.last_used_at),
+        revoke_time=timestamp(record.revoked_at),
+        rotate_time=timestamp(record.rotated_at),
+    )
+
+
+class KeyServicer(pb_grpc.KeyServiceServicer):
+    def __init__(
+        self, *, keys: KeyStore, namespaces: NamespaceStore, invalidation: InvalidationBus
+    ) -> None:
+        self._keys = keys
+        self._namespaces = namespaces
+        self._invalidation = invalidation
+
+    async def _own_key(self, key_id: str) -> KeyRecord:
+        principal = current_call.get().require_principal()
+        record = await self._keys.get(
+            organization_id=principal.organization.organization_id, key_id=key_id
+        )
+        if record.environment != principal.key.environment:
+            raise NotFoundError("key not found")
+        return record
+
+    async def CreateKey(  # noqa: N802
+        self, request: pb.CreateKeyRequest, context: Any
+    ) -> pb.CreateKeyResponse:
+        principal = current_call.get().require_principal()
+        name = validate_name(request.name, field="name")
+        environment = environment_from_proto(request.environment)
+        permissions = permissions_from_proto(list(request.permissions))
+        if environment != principal.key.environment:
+            raise PermissionDeniedError("a key can only create keys of its own environment")
+        if len(request.namespaces) > MAX_NAMESPACES_PER_KEY:
+            raise InvalidArgumentError(f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries")
+        if principal.key.namespace_ids and not request.namespaces:
+            raise PermissionDeniedError("a namespace-restricted key must restrict the keys it creates")
+        namespace_ids = await self._namespaces.ids_exist(
+            internal_id=principal.organization.internal_id,
+            environment=environment,
+            references=list(request.namespaces),
+        )
+        if principal.key.namespace_ids and not set(namespace_ids) <= principal.key.namespace_ids:
+            raise PermissionDeniedError("a key cannot grant namespaces it may not act in itself")
+        expires_at = from_timestamp(request.expire_time) if request.HasField("expire_time") else None
+        record, secret = await self._keys.create(
+            organization_id=principal.organization.organization_id,
+            name=name,
+            environment=environment,
+            permissions=permissions,
+            namespace_ids=namespace_ids,
+            expires_at=expires_at,
+        )
+        return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
+
+    async def GetKey(self, request: pb.GetKeyRequest, context: Any) -> pb.GetKeyResponse:  # noqa: N802
+        record = await self._own_key(request.key_id)
+        return pb.GetKeyResponse(key=key_to_proto(record, datetime.now(UTC)))
+
+    async def ListKeys(  # noqa: N802
+        self, request: pb.ListKeysRequest, context: Any
+    ) -> pb.ListKeysResponse:
+        principal = current_call.get().require_principal()
+        records, token = await self._keys.list(
+            organization_id=principal.organization.organization_id,
+            environment=principal.key.environment,
+            page_size=page_size(request.page_size),
+            page_token=request.page_token,
+        )
+        now = datetime.now(UTC)
+        return pb.ListKeysResponse(keys=[key_to_proto(r, now) for r in records], next_page_token=token)
+
+    async def RotateKey(  # noqa: N802
+        self, request: pb.RotateKeyRequest, context: Any
+    ) -> pb.RotateKeyResponse:
+        await self._own_key(request.key_id)
+        grace = timedelta(
+            seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
+        )
+        principal = current_call.get().require_principal()
+        record, secret, cutoff = await self._keys.rotate(
+            organization_id=principal.organization.organization_id,
+            key_id=request.key_id,
+            grace=grace,
+        )
+        await self._invalidation.key_changed(record.key_id)
+        return pb.RotateKeyResponse(
+            key=key_to_proto(record, datetime.now(UTC)),
+            secret=secret,
+            previous_secret_expire_time=timestamp(cutoff),
+        )
+
+    async def RevokeKey(  # noqa: N802
+        self, request: pb.RevokeKeyRequest, context: Any
+    ) -> pb.RevokeKeyResponse:
+        await self._own_key(request.key_id)
+        principal = current_call.get().require_principal()
+        record = await self._keys.revoke(
+            organization_id=principal.organization.organization_id, key_id=request.key_id
+        )
+        await self._invalidation.key_changed(record.key_id)
+        return pb.RevokeKeyResponse(key=key_to_proto(record, datetime.now(UTC)))

@@ -1,0 +1,95 @@
+"""NamespaceService: create and list namespaces; get and delete the one in `x-namespace`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from interceptors.context import current_call
+from meshgate.v1 import namespace_service_pb2 as pb
+from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
+from services.convert import environment_from_proto, environment_to_proto, timestamp
+from storage.errors import PermissionDeniedError
+from storage.invalidation import InvalidationBus
+from storage.namespaces import Namespace, NamespaceStore
+from storage.pages import page_size
+from storage.scoped import Scope
+
+__all__ = ["NamespaceCascade", "NamespaceServicer", "namespace_to_proto"]
+
+# Deletes one namespace's data in one store; idempotent (re-run after a crash finishes it).
+NamespaceCascade = Callable[[Scope], Awaitable[None]]
+
+
+def namespace_to_proto(namespace: Namespace) -> pb.Namespace:
+    return pb.Namespace(
+        namespace_id=namespace.namespace_id,
+        name=namespace.name,
+        environment=environment_to_proto(namespace.environment),
+        create_time=timestamp(namespace.created_at),
+    )
+
+
+class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
+    def __init__(
+        self,
+        *,
+        namespaces: NamespaceStore,
+        invalidation: InvalidationBus,
+        cascades: Sequence[NamespaceCascade] = (),
+    ) -> None:
+        self._namespaces = namespaces
+        self._invalidation = invalidation
+        self._cascades = tuple(cascades)
+
+    async def CreateNamespace(  # noqa: N802
+        self, request: pb.CreateNamespaceRequest, context: Any
+    ) -> pb.CreateNamespaceResponse:
+        principal = current_call.get().require_principal()
+        environment = environment_from_proto(request.environment)
+        if environment != principal.key.environment:
+            raise PermissionDeniedError("a key can only create namespaces of its own environment")
+        if principal.key.namespace_ids:
+            raise PermissionDeniedError("a namespace-restricted key cannot create namespaces")
+        namespace = await self._namespaces.create(
+            internal_id=principal.organization.internal_id,
+            name=request.name,
+            environment=environment,
+        )
+        return pb.CreateNamespaceResponse(namespace=namespace_to_proto(namespace))
+
+    async def GetNamespace(  # noqa: N802
+        self, request: pb.GetNamespaceRequest, context: Any
+    ) -> pb.GetNamespaceResponse:
+        call = current_call.get()
+        call.require_scope()
+        assert call.namespace is not None
+        return pb.GetNamespaceResponse(namespace=namespace_to_proto(call.namespace))
+
+    async def ListNamespaces(  # noqa: N802
+        self, request: pb.ListNamespacesRequest, context: Any
+    ) -> pb.ListNamespacesResponse:
+        principal = current_call.get().require_principal()
+        items, token = await self._namespaces.list(
+            internal_id=principal.organization.internal_id,
+            environment=principal.key.environment,
+            only_ids=principal.key.namespace_ids or None,
+            page_size=page_size(request.page_size),
+            page_token=request.page_token,
+        )
+        return pb.ListNamespacesResponse(
+            namespaces=[namespace_to_proto(n) for n in items], next_page_token=token
+        )
+
+    async def DeleteNamespace(  # noqa: N802
+        self, request: pb.DeleteNamespaceRequest, context: Any
+    ) -> pb.DeleteNamespaceResponse:
+        scope = current_call.get().require_scope()
+        await self._namespaces.mark_deleting(
+            internal_id=scope.internal_id, namespace_id=scope.namespace_id
+        )
+        await self._invalidation.namespace_deleted(scope.namespace_id)
+        for cascade in self._cascades:
+            await cascade(scope)
+        await self._namespaces.remove(internal_id=scope.internal_id, namespace_id=scope.namespace_id)
+        return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)

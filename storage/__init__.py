@@ -1,0 +1,1 @@
+"""The only I/O in meshgate: scoped MongoDB, Redis and Qdrant access."""

@@ -1,0 +1,54 @@
+"""MongoDB connection and the collections of the secure core, with their indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from storage.scoped import Scope, ScopedCollection
+
+__all__ = ["MongoStore"]
+
+Document = dict[str, Any]
+
+
+class MongoStore:
+    """One client, one database; owns index creation and scoped collection hand-out."""
+
+    def __init__(self, *, uri: str, database: str, timeout_ms: int = 5_000) -> None:
+        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=timeout_ms * 2,
+            appname="meshgate",
+        )
+        self._db: AsyncDatabase[Document] = self._client[database]
+        self.organizations: AsyncCollection[Document] = self._db["organizations"]
+        self.keys: AsyncCollection[Document] = self._db["keys"]
+        self.namespaces: AsyncCollection[Document] = self._db["namespaces"]
+
+    async def ensure_indexes(self) -> None:
+        await self.organizations.create_index([("organization_id", ASCENDING)], unique=True)
+        await self.keys.create_index([("secrets.digest", ASCENDING)], unique=True, sparse=True)
+        await self.keys.create_index([("organization_id", ASCENDING), ("_id", ASCENDING)])
+        await self.namespaces.create_index(
+            [("internal_id", ASCENDING), ("name", ASCENDING)], unique=True
+        )
+        await self.namespaces.create_index(
+            [("internal_id", ASCENDING), ("environment", ASCENDING), ("_id", ASCENDING)]
+        )
+
+    def scoped(self, name: str, scope: Scope) -> ScopedCollection:
+        """A namespaced data collection; there is no unscoped variant."""
+        return ScopedCollection(self._db[name], scope)
+
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()
