@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
@@ -36,6 +35,7 @@ from meshgate.v1 import (
 )
 from server.backends import Backends
 from server.policies import build_policy_table, undeclared_methods
+from server.reflection import enable_reflection
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials
 from services.identity_service import IdentityServicer
@@ -162,10 +162,7 @@ async def create_server(
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
 
     tls: ReloadingServerCredentials | None = None
     bind = address or settings.listen

@@ -245,7 +245,11 @@ class ScopedCollection:
             cursor = cursor.skip(skip)
         if limit:
             cursor = cursor.limit(limit)
-        return [d for d in (self._strip(doc) async for doc in cursor) if d is not None]
+        out: list[Document] = []
+        async for doc in cursor:
+            doc.pop("internal_id", None)
+            out.append(doc)
+        return out
 
     async def count_documents(self, query: Mapping[str, Any] | None = None) -> int:
         return await self._collection.count_documents(self._scoped(query))

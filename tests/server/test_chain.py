@@ -1,0 +1,113 @@
+"""The request path as a whole: policies, request ids, metadata limits, error hygiene."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from interceptors.chain import SecurityChain
+from interceptors.errors import ErrorMapper
+from interceptors.telemetry import Telemetry
+from meshgate.v1 import options_pb2, organization_service_pb2, organization_service_pb2_grpc
+from server.app import SERVICE_DESCRIPTORS
+from server.policies import build_policy_table, undeclared_methods
+from tests.conftest import Pki, Tenant, auth, client_credentials
+
+GET_ORG = organization_service_pb2.GetOrganizationRequest()
+
+
+def test_every_rpc_declares_a_policy() -> None:
+    table = build_policy_table(SERVICE_DESCRIPTORS)
+    assert undeclared_methods(SERVICE_DESCRIPTORS, table) == []
+    for service in SERVICE_DESCRIPTORS:
+        for method in service.methods:
+            options = method.GetOptions()
+            assert options.HasExtension(options_pb2.policy), method.full_name
+            policy = options.Extensions[options_pb2.policy]
+            assert policy.access != options_pb2.ACCESS_UNSPECIFIED, method.full_name
+            assert policy.rate_class != options_pb2.RATE_CLASS_UNSPECIFIED, method.full_name
+            if policy.access == options_pb2.ACCESS_API_KEY:
+                assert policy.permission != options_pb2.PERMISSION_UNSPECIFIED, method.full_name
+
+
+def test_key_and_namespace_management_need_admin() -> None:
+    table = build_policy_table(SERVICE_DESCRIPTORS)
+    for method in ("CreateKey", "RotateKey", "RevokeKey"):
+        assert table[f"/meshgate.v1.KeyService/{method}"].permission == "admin"
+    assert table["/meshgate.v1.NamespaceService/CreateNamespace"].permission == "admin"
+
+
+async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # type: ignore[no-untyped-def]
+    """A handler registered without a policy never runs: the chain fails closed."""
+    ran: list[bool] = []
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
+        ran.append(True)
+        return b""
+
+    chain = SecurityChain(
+        policies={},
+        telemetry=Telemetry(access_log=logging.getLogger("test.access")),
+        errors=ErrorMapper(logger=logging.getLogger("test.errors")),
+        steps=(),
+        logger=logging.getLogger("test"),
+    )
+    server = grpc.aio.server(interceptors=(chain,))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("test.Undeclared", {"Do": grpc.unary_unary_rpc_method_handler(handler)}),)
+    )
+    creds = grpc.ssl_server_credentials(
+        [(pki.read("server-key.pem"), pki.read("server.pem"))], pki.read("ca.pem"), require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        async with grpc.aio.secure_channel(f"localhost:{port}", client_credentials(pki)) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Undeclared/Do")(b"")
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert ran == []
+    finally:
+        await server.stop(0)
+
+
+async def test_request_id_is_echoed_or_generated(tenant: Tenant) -> None:
+    stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "trace-123"}))
+    await call
+    assert ("x-request-id", "trace-123") in tuple(await call.initial_metadata())
+    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "bad id; with {braces}" * 20}))
+    await call
+    generated = dict(await call.initial_metadata())["x-request-id"]
+    assert len(generated) == 24 and generated.isalnum()
+    # refused calls carry one too
+    call = stub.GetOrganization(GET_ORG)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    assert dict(await call.initial_metadata()).get("x-request-id")
+
+
+async def test_oversized_metadata_is_invalid_argument(tenant: Tenant) -> None:
+    stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-padding": "p" * 9000}))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "metadata is too large" in (info.value.details() or "")
+
+
+async def test_store_failure_is_internal_without_leaking(tenant: Tenant, backends, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An unexpected exception deep in storage: INTERNAL, generic text, request id, no exception text."""
+    from storage.organizations import OrganizationStore
+
+    async def boom(self, organization_id):  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret-ish internals: mongodb://admin:hunter2@db")
+
+    monkeypatch.setattr(OrganizationStore, "get", boom)
+    stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "req-boom"}))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "internal error (request id req-boom)"

@@ -1,0 +1,94 @@
+"""Transport security: client certificates are required, and rotated certificates load live."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from certs.dev_pki import issue_pki
+from server.app import RunningServer, create_server
+from tests.conftest import Pki, client_credentials
+
+CHECK = health_pb2.HealthCheckRequest()
+
+
+async def health_status(port: int, credentials: grpc.ChannelCredentials) -> int:
+    async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(CHECK, timeout=5)
+        return response.status
+
+
+async def refused(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await health_status(port, credentials)
+    return info.value
+
+
+async def test_mtls_client_is_served(server: RunningServer, pki: Pki) -> None:
+    assert await health_status(server.port, client_credentials(pki)) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_connection_without_client_certificate_is_refused(server: RunningServer, pki: Pki) -> None:
+    error = await refused(server.port, grpc.ssl_channel_credentials(root_certificates=pki.read("ca.pem")))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_client_certificate_from_another_ca_is_refused(server: RunningServer, pki: Pki) -> None:
+    """Same SPIFFE id as the real client, signed by a CA the server does not trust."""
+    error = await refused(server.port, client_credentials(pki, "foreign"))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_plaintext_client_is_refused(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(f"localhost:{server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health_pb2_grpc.HealthStub(channel).Check(CHECK, timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_certificates_reload_without_restart(settings, backends, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    old, new, live = tmp_path / "old", tmp_path / "new", tmp_path / "live"
+    issue_pki(old, ca_name="CA one")
+    issue_pki(new, ca_name="CA two")
+    shutil.copytree(old, live)
+    running = await create_server(
+        replace(
+            settings,
+            tls_cert=live / "server.pem",
+            tls_key=live / "server-key.pem",
+            tls_client_ca=live / "ca.pem",
+        ),
+        backends,
+    )
+    try:
+        old_client, new_client = client_credentials(Pki(old)), client_credentials(Pki(new))
+        assert await health_status(running.port, old_client) == health_pb2.HealthCheckResponse.SERVING
+        await refused(running.port, new_client)
+        for name in ("server-key.pem", "server.pem", "ca.pem"):
+            shutil.copy(new / name, live / name)
+        await asyncio.sleep(1.1)  # the files are checked at most once a second
+        await refused(running.port, old_client)  # a handshake triggers the reload
+        assert await health_status(running.port, new_client) == health_pb2.HealthCheckResponse.SERVING
+        await refused(running.port, old_client)
+        assert running.tls is not None and running.tls.reloads == 1
+    finally:
+        await running.stop(0)
+
+
+async def test_draining_server_reports_not_serving(settings, backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    running = await create_server(settings, backends)
+    seen: list[int] = []
+    async with grpc.aio.secure_channel(f"localhost:{running.port}", client_credentials(pki)) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(CHECK)
+        seen.append((await watch.read()).status)
+        stopping = asyncio.create_task(running.stop(2.0))
+        seen.append((await watch.read()).status)
+        await stopping
+    assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]

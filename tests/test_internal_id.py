@@ -1,0 +1,93 @@
+"""internal_id never leaves the server through the public API.
+
+1. No public response message (walked recursively through every field of every
+   RPC's response type) has a field that could carry it.
+2. Every RPC is called for real and its serialized response is scanned for the
+   organization's internal_id value.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.duration_pb2 import Duration
+
+from meshgate.v1 import (
+    key_service_pb2,
+    namespace_service_pb2,
+    options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
+from server.app import SERVICE_DESCRIPTORS
+from storage.organizations import OrganizationStore
+from tests.conftest import Tenant, auth
+
+INTERNAL_ONLY = {"meshgate.v1.IdentityService"}
+
+
+def field_names(message: Descriptor, seen: set[str] | None = None) -> set[str]:
+    seen = set() if seen is None else seen
+    if message.full_name in seen:
+        return set()
+    seen.add(message.full_name)
+    names: set[str] = set()
+    for field in message.fields:
+        names.add(field.name)
+        if field.message_type is not None:
+            names |= field_names(field.message_type, seen)
+    return names
+
+
+def test_no_public_response_can_carry_internal_id() -> None:
+    walked = 0
+    for service in SERVICE_DESCRIPTORS:
+        if service.full_name in INTERNAL_ONLY:
+            continue
+        for method in service.methods:
+            names = field_names(method.output_type)
+            walked += 1
+            assert not {n for n in names if "internal" in n}, f"{method.full_name} exposes {names}"
+    assert walked >= 10
+
+
+async def test_serialized_responses_of_every_rpc_omit_internal_id(tenant: Tenant, backends) -> None:  # type: ignore[no-untyped-def]
+    org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
+    needle = org.internal_id.encode()
+    md = auth(tenant.admin)
+    ns = await tenant.namespace()
+    created = await tenant.key(options_pb2.PERMISSION_READ, namespaces=(ns.name,))
+    k, n = tenant.keys, tenant.namespaces
+    responses = {
+        "GetOrganization": await organization_service_pb2_grpc.OrganizationServiceStub(
+            tenant.channel
+        ).GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=md),
+        "CreateKey": created,
+        "GetKey": await k.GetKey(key_service_pb2.GetKeyRequest(key_id=created.key.key_id), metadata=md),
+        "ListKeys": await k.ListKeys(key_service_pb2.ListKeysRequest(), metadata=md),
+        "RotateKey": await k.RotateKey(
+            key_service_pb2.RotateKeyRequest(key_id=created.key.key_id, grace_period=Duration(seconds=5)),
+            metadata=md,
+        ),
+        "RevokeKey": await k.RevokeKey(key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id), metadata=md),
+        "CreateNamespace": namespace_service_pb2.CreateNamespaceResponse(namespace=ns),
+        "GetNamespace": await n.GetNamespace(
+            namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
+        ),
+        "ListNamespaces": await n.ListNamespaces(namespace_service_pb2.ListNamespacesRequest(), metadata=md),
+        "DeleteNamespace": await n.DeleteNamespace(
+            namespace_service_pb2.DeleteNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
+        ),
+    }
+    public = {
+        f"{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS if s.full_name not in INTERNAL_ONLY for m in s.methods
+    }
+    assert {p.rsplit("/", 1)[1] for p in public} == set(responses)
+    for name, response in responses.items():
+        assert needle not in response.SerializeToString(), name
+    # error details too: a NOT_FOUND from another org's namespace
+    try:
+        await n.GetNamespace(namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, "nope"))
+    except grpc.aio.AioRpcError as error:
+        assert org.internal_id not in (error.details() or "")
+        assert all(org.internal_id not in str(v) for _, v in (error.trailing_metadata() or ()))
