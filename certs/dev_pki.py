@@ -42,7 +42,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_ca(common_name: str, *, days: int = 825) -> tuple[Issued, ec.EllipticCurvePrivateKey, x509.Certificate]:
+def make_ca(
+    common_name: str, *, days: int = 825
+) -> tuple[Issued, ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
@@ -57,9 +59,15 @@ def make_ca(common_name: str, *, days: int = 825) -> tuple[Issued, ec.EllipticCu
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -113,8 +121,13 @@ def issue_pki(out: Path, *, ca_name: str = "meshgate dev CA") -> None:
     files = {
         "ca": ca,
         "server": issue(
-            ca_key, ca_cert, common_name="localhost", uris=(SERVER_ID,),
-            dns=("localhost",), ips=("127.0.0.1", "::1"), server=True,
+            ca_key,
+            ca_cert,
+            common_name="localhost",
+            uris=(SERVER_ID,),
+            dns=("localhost",),
+            ips=("127.0.0.1", "::1"),
+            server=True,
         ),
         "client": issue(ca_key, ca_cert, common_name="dev-client", uris=(CLIENT_ID,), server=False),
         "internal": issue(

@@ -22,7 +22,9 @@ class Authentication:
     def __init__(self, *, verifier: KeyVerifier) -> None:
         self._verifier = verifier
 
-    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         if call.policy.access is not Access.API_KEY:
             return
         header = call.metadata.get("authorization")

@@ -19,7 +19,9 @@ class Authorization:
     def __init__(self, *, internal_peers: frozenset[str]) -> None:
         self._internal_peers = internal_peers
 
-    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         policy = call.policy
         if policy.access is Access.INTERNAL_PEER:
             if call.peer_identity is None or call.peer_identity not in self._internal_peers:
@@ -31,4 +33,6 @@ class Authorization:
         held = principal.key.permissions
         if "admin" in held or policy.permission in held:
             return
-        raise PermissionDeniedError(f"this method needs the {str(policy.permission).upper()} permission")
+        raise PermissionDeniedError(
+            f"this method needs the {str(policy.permission).upper()} permission"
+        )

@@ -52,7 +52,7 @@ def _metadata(context: Context) -> dict[str, str]:
     return out
 
 
-class SecurityChain(grpc.aio.ServerInterceptor):
+class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
         *,
@@ -67,13 +67,15 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         self._errors = errors
         self._steps = tuple(steps)
         self._logger = logger
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
@@ -131,12 +133,12 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         self._telemetry.finish(call, time.perf_counter() - started)
 
     def _wrap(
-        self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler
-    ) -> grpc.RpcMethodHandler:
+        self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         chain = self
 
         if handler.unary_unary is not None or handler.stream_unary is not None:
-            inner = handler.unary_unary or handler.stream_unary
+            inner: Any = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
@@ -161,7 +163,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
 
-        inner_stream = handler.unary_stream or handler.stream_stream
+        inner_stream: Any = handler.unary_stream or handler.stream_stream
 
         async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()

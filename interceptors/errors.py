@@ -44,18 +44,18 @@ class ErrorMapper:
     def status_for(self, exc: BaseException, *, request_id: str) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, MeshgateError):
             for cls in type(exc).__mro__:
-                code = _CODES.get(cls)  # type: ignore[call-overload]
+                code = _CODES.get(cls)
                 if code is not None:
                     return code, exc.message
         if backend_unavailable(exc):
             self._logger.warning(
-                "backing store unavailable: %s", type(exc).__name__, extra={"request_id": request_id}
+                "backing store unavailable: %s",
+                type(exc).__name__,
+                extra={"request_id": request_id},
             )
             return (
                 grpc.StatusCode.UNAVAILABLE,
                 f"a backing store is unavailable; retry later (request id {request_id})",
             )
-        self._logger.error(
-            "unhandled error", exc_info=exc, extra={"request_id": request_id}
-        )
+        self._logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
         return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"

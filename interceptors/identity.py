@@ -15,7 +15,9 @@ class OrganizationIdentity:
     def __init__(self, *, organizations: OrganizationStore) -> None:
         self._organizations = organizations
 
-    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         if call.key is None:
             return
         try:

@@ -23,7 +23,9 @@ class NamespaceScope:
     def __init__(self, *, namespaces: NamespaceStore) -> None:
         self._namespaces = namespaces
 
-    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         if not call.policy.namespaced:
             return
         principal = call.require_principal()

@@ -10,6 +10,7 @@ any other peer are forged and refused.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 
 import grpc
 
@@ -53,12 +54,15 @@ def parse_xfcc(header: str) -> str | None:
     return None
 
 
-def _first(auth: dict[str, list[bytes]], name: str) -> str | None:
-    values = auth.get(name)
+AuthContext = Mapping[str, Iterable[bytes]]
+
+
+def _first(auth: AuthContext, name: str) -> str | None:
+    values = list(auth.get(name, ()))
     return values[0].decode(errors="replace") if values else None
 
 
-def tls_identity(auth: dict[str, list[bytes]]) -> str | None:
+def tls_identity(auth: AuthContext) -> str | None:
     spiffe = _first(auth, "peer_spiffe_id")
     if spiffe:
         return spiffe
@@ -78,7 +82,9 @@ class PeerIdentity:
     def __init__(self, *, trusted_proxies: frozenset[str]) -> None:
         self._trusted = trusted_proxies
 
-    async def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
         auth = context.auth_context() or {}
         identity = tls_identity(auth)
         forwarded_xfcc = call.metadata.get(XFCC)

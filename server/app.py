@@ -13,16 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from interceptors.authentication import Authentication
-from interceptors.authorization import Authorization
-from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
-from interceptors.errors import ErrorMapper
-from interceptors.identity import OrganizationIdentity
-from interceptors.namespace import NamespaceScope
-from interceptors.peer import PeerIdentity
-from interceptors.telemetry import Telemetry
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from meshgate.v1 import (
     identity_service_pb2,
     identity_service_pb2_grpc,
@@ -33,6 +25,15 @@ from meshgate.v1 import (
     organization_service_pb2,
     organization_service_pb2_grpc,
 )
+
+from interceptors.authentication import Authentication
+from interceptors.authorization import Authorization
+from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
+from interceptors.errors import ErrorMapper
+from interceptors.identity import OrganizationIdentity
+from interceptors.namespace import NamespaceScope
+from interceptors.peer import PeerIdentity
+from interceptors.telemetry import Telemetry
 from server.backends import Backends
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
@@ -64,7 +65,7 @@ SERVICE_DESCRIPTORS = (
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     invalidation: InvalidationBus
     verifier: KeyVerifier
     namespaces: NamespaceStore
@@ -140,7 +141,7 @@ async def create_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
-            # the transport's own ceiling; the chain refuses above MAX_METADATA_BYTES with a clear message
+            # the transport's ceiling; above MAX_METADATA_BYTES the chain refuses clearly
             ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
             *extra_options,
         ],
@@ -157,7 +158,7 @@ async def create_server(
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(organizations=organizations), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     for name in names:

@@ -36,7 +36,7 @@ def _grpcurl_hint(settings: Settings, port: int, key_file: Path) -> str:
             f"meshgate is serving on 127.0.0.1:{port}. Try:",
             f"  export MG_KEY=$(cat {key_file})",
             f"  grpcurl {tls} localhost:{port} list",
-            f"  grpcurl {tls} -H \"authorization: Bearer $MG_KEY\" "
+            f'  grpcurl {tls} -H "authorization: Bearer $MG_KEY" '
             f"localhost:{port} meshgate.v1.OrganizationService/GetOrganization",
         ]
     )
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--name", default="default")
     boot.add_argument("--plan", default="free")
     boot.add_argument("--environment", choices=ENVIRONMENTS, default="production")
-    boot.add_argument("--key-file", type=Path, help="write the secret here (0600) instead of stdout")
+    boot.add_argument(
+        "--key-file", type=Path, help="write the secret here (0600) instead of stdout"
+    )
     boot.add_argument("--another", action="store_true", help="add an organization to a used store")
     args = parser.parse_args(argv)
     try:

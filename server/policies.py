@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf.descriptor import ServiceDescriptor
+from meshgate.v1 import options_pb2
 
 from interceptors.policy import Access, Policy
-from meshgate.v1 import options_pb2
 
 __all__ = ["PUBLIC_METHODS", "build_policy_table", "undeclared_methods"]
 
@@ -69,7 +69,9 @@ def build_policy_table(services: Iterable[ServiceDescriptor]) -> dict[str, Polic
     return table
 
 
-def undeclared_methods(services: Iterable[ServiceDescriptor], table: dict[str, Policy]) -> list[str]:
+def undeclared_methods(
+    services: Iterable[ServiceDescriptor], table: dict[str, Policy]
+) -> list[str]:
     return [
         f"/{s.full_name}/{m.name}"
         for s in services

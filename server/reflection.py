@@ -31,4 +31,6 @@ class _MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
 
 def enable_reflection(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
     names = (*service_names, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_MethodAwareReflection(names), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        _MethodAwareReflection(names), server
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from meshgate.v1 import common_pb2, options_pb2
+
 from storage.errors import InvalidArgumentError
 
 __all__ = [
@@ -39,7 +39,8 @@ def environment_from_proto(value: int) -> str:
         return _ENVIRONMENTS[value]  # type: ignore[index]
     except KeyError:
         raise InvalidArgumentError(
-            "environment must be ENVIRONMENT_DEVELOPMENT, ENVIRONMENT_STAGING or ENVIRONMENT_PRODUCTION"
+            "environment must be ENVIRONMENT_DEVELOPMENT, ENVIRONMENT_STAGING"
+            " or ENVIRONMENT_PRODUCTION"
         ) from None
 
 
@@ -55,7 +56,8 @@ def permissions_from_proto(values: list[int]) -> frozenset[str]:
         name = _PERMISSIONS.get(value)  # type: ignore[call-overload]
         if name is None:
             raise InvalidArgumentError(
-                "permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE or PERMISSION_ADMIN"
+                "permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE"
+                " or PERMISSION_ADMIN"
             )
         out.add(name)
     return frozenset(out)

@@ -6,6 +6,7 @@ from typing import Any
 
 from meshgate.v1 import identity_service_pb2 as pb
 from meshgate.v1 import identity_service_pb2_grpc as pb_grpc
+
 from storage.errors import InvalidArgumentError
 from storage.ids import ORGANIZATION_ID_RE
 from storage.organizations import OrganizationStore
@@ -17,7 +18,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     def __init__(self, *, organizations: OrganizationStore) -> None:
         self._organizations = organizations
 
-    async def ResolveOrganization(  # noqa: N802
+    async def ResolveOrganization(
         self, request: pb.ResolveOrganizationRequest, context: Any
     ) -> pb.ResolveOrganizationResponse:
         if not ORGANIZATION_ID_RE.match(request.organization_id):

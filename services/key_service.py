@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from interceptors.context import current_call
 from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import key_service_pb2_grpc as pb_grpc
+
+from interceptors.context import current_call
 from services.convert import (
     environment_from_proto,
     environment_to_proto,
@@ -71,9 +72,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             raise NotFoundError("key not found")
         return record
 
-    async def CreateKey(  # noqa: N802
-        self, request: pb.CreateKeyRequest, context: Any
-    ) -> pb.CreateKeyResponse:
+    async def CreateKey(self, request: pb.CreateKeyRequest, context: Any) -> pb.CreateKeyResponse:
         principal = current_call.get().require_principal()
         name = validate_name(request.name, field="name")
         environment = environment_from_proto(request.environment)
@@ -81,9 +80,13 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         if environment != principal.key.environment:
             raise PermissionDeniedError("a key can only create keys of its own environment")
         if len(request.namespaces) > MAX_NAMESPACES_PER_KEY:
-            raise InvalidArgumentError(f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries")
+            raise InvalidArgumentError(
+                f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries"
+            )
         if principal.key.namespace_ids and not request.namespaces:
-            raise PermissionDeniedError("a namespace-restricted key must restrict the keys it creates")
+            raise PermissionDeniedError(
+                "a namespace-restricted key must restrict the keys it creates"
+            )
         namespace_ids = await self._namespaces.ids_exist(
             internal_id=principal.organization.internal_id,
             environment=environment,
@@ -91,7 +94,9 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
         if principal.key.namespace_ids and not set(namespace_ids) <= principal.key.namespace_ids:
             raise PermissionDeniedError("a key cannot grant namespaces it may not act in itself")
-        expires_at = from_timestamp(request.expire_time) if request.HasField("expire_time") else None
+        expires_at = (
+            from_timestamp(request.expire_time) if request.HasField("expire_time") else None
+        )
         record, secret = await self._keys.create(
             organization_id=principal.organization.organization_id,
             name=name,
@@ -102,13 +107,11 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
         return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
 
-    async def GetKey(self, request: pb.GetKeyRequest, context: Any) -> pb.GetKeyResponse:  # noqa: N802
+    async def GetKey(self, request: pb.GetKeyRequest, context: Any) -> pb.GetKeyResponse:
         record = await self._own_key(request.key_id)
         return pb.GetKeyResponse(key=key_to_proto(record, datetime.now(UTC)))
 
-    async def ListKeys(  # noqa: N802
-        self, request: pb.ListKeysRequest, context: Any
-    ) -> pb.ListKeysResponse:
+    async def ListKeys(self, request: pb.ListKeysRequest, context: Any) -> pb.ListKeysResponse:
         principal = current_call.get().require_principal()
         records, token = await self._keys.list(
             organization_id=principal.organization.organization_id,
@@ -117,11 +120,11 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             page_token=request.page_token,
         )
         now = datetime.now(UTC)
-        return pb.ListKeysResponse(keys=[key_to_proto(r, now) for r in records], next_page_token=token)
+        return pb.ListKeysResponse(
+            keys=[key_to_proto(r, now) for r in records], next_page_token=token
+        )
 
-    async def RotateKey(  # noqa: N802
-        self, request: pb.RotateKeyRequest, context: Any
-    ) -> pb.RotateKeyResponse:
+    async def RotateKey(self, request: pb.RotateKeyRequest, context: Any) -> pb.RotateKeyResponse:
         await self._own_key(request.key_id)
         grace = timedelta(
             seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
@@ -139,9 +142,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             previous_secret_expire_time=timestamp(cutoff),
         )
 
-    async def RevokeKey(  # noqa: N802
-        self, request: pb.RevokeKeyRequest, context: Any
-    ) -> pb.RevokeKeyResponse:
+    async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Any) -> pb.RevokeKeyResponse:
         await self._own_key(request.key_id)
         principal = current_call.get().require_principal()
         record = await self._keys.revoke(

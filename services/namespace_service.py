@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from interceptors.context import current_call
 from meshgate.v1 import namespace_service_pb2 as pb
 from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
+
+from interceptors.context import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
 from storage.errors import PermissionDeniedError
 from storage.invalidation import InvalidationBus
@@ -42,7 +43,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         self._invalidation = invalidation
         self._cascades = tuple(cascades)
 
-    async def CreateNamespace(  # noqa: N802
+    async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Any
     ) -> pb.CreateNamespaceResponse:
         principal = current_call.get().require_principal()
@@ -58,7 +59,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         )
         return pb.CreateNamespaceResponse(namespace=namespace_to_proto(namespace))
 
-    async def GetNamespace(  # noqa: N802
+    async def GetNamespace(
         self, request: pb.GetNamespaceRequest, context: Any
     ) -> pb.GetNamespaceResponse:
         call = current_call.get()
@@ -66,7 +67,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         assert call.namespace is not None
         return pb.GetNamespaceResponse(namespace=namespace_to_proto(call.namespace))
 
-    async def ListNamespaces(  # noqa: N802
+    async def ListNamespaces(
         self, request: pb.ListNamespacesRequest, context: Any
     ) -> pb.ListNamespacesResponse:
         principal = current_call.get().require_principal()
@@ -81,7 +82,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
             namespaces=[namespace_to_proto(n) for n in items], next_page_token=token
         )
 
-    async def DeleteNamespace(  # noqa: N802
+    async def DeleteNamespace(
         self, request: pb.DeleteNamespaceRequest, context: Any
     ) -> pb.DeleteNamespaceResponse:
         scope = current_call.get().require_scope()
@@ -91,5 +92,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         await self._invalidation.namespace_deleted(scope.namespace_id)
         for cascade in self._cascades:
             await cascade(scope)
-        await self._namespaces.remove(internal_id=scope.internal_id, namespace_id=scope.namespace_id)
+        await self._namespaces.remove(
+            internal_id=scope.internal_id, namespace_id=scope.namespace_id
+        )
         return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)

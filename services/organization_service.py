@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from interceptors.context import current_call
 from meshgate.v1 import organization_service_pb2 as pb
 from meshgate.v1 import organization_service_pb2_grpc as pb_grpc
+
+from interceptors.context import current_call
 from services.convert import timestamp
 from storage.organizations import Organization
 
@@ -23,8 +24,10 @@ def organization_to_proto(organization: Organization) -> pb.Organization:
 
 
 class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
-    async def GetOrganization(  # noqa: N802 - generated name
+    async def GetOrganization(
         self, request: pb.GetOrganizationRequest, context: Any
     ) -> pb.GetOrganizationResponse:
         principal = current_call.get().require_principal()
-        return pb.GetOrganizationResponse(organization=organization_to_proto(principal.organization))
+        return pb.GetOrganizationResponse(
+            organization=organization_to_proto(principal.organization)
+        )

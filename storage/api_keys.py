@@ -83,4 +83,6 @@ def parse_secret(secret: str) -> ParsedSecret | None:
     body = secret[: -(_CHECKSUM_LENGTH + 1)]
     if _checksum(body) != match.group(3):
         return None
-    return ParsedSecret(environment=_PREFIX_ENVIRONMENTS[match.group(1)], digest=digest_secret(secret))
+    return ParsedSecret(
+        environment=_PREFIX_ENVIRONMENTS[match.group(1)], digest=digest_secret(secret)
+    )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from storage.clock import utc_now
 from storage.api_keys import parse_secret
+from storage.clock import utc_now
 from storage.errors import UnauthenticatedError
 from storage.keys import KeyRecord, KeyStore
 from storage.ttl_cache import TTLCache
@@ -72,9 +72,11 @@ class KeyVerifier:
                 raise UnauthenticatedError()
             verified = self._admit(record, parsed.digest, now)
             if self.cache_enabled:
-                ttl = None if verified.valid_until is None else (
-                    verified.valid_until - now
-                ).total_seconds()
+                ttl = (
+                    None
+                    if verified.valid_until is None
+                    else (verified.valid_until - now).total_seconds()
+                )
                 self._cache.put(parsed.digest, verified, ttl_s=ttl)
         elif verified.valid_until is not None and verified.valid_until <= now:
             self._cache.pop(parsed.digest)

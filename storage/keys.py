@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
 
-from storage.clock import utc_now
 from storage.api_keys import MintedSecret, mint_secret
+from storage.clock import utc_now
 from storage.errors import InvalidArgumentError, NotFoundError
 from storage.ids import KEY_ID_RE, new_key_id
 from storage.mongo import MongoStore
@@ -94,9 +94,7 @@ def _secret_doc(minted: MintedSecret, now: datetime) -> dict[str, Any]:
 class KeyStore:
     """Key documents, looked up by secret digest (unique index on `secrets.digest`)."""
 
-    def __init__(
-        self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now
-    ) -> None:
+    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
         self._collection = mongo.keys
         self._now = now
 
@@ -154,7 +152,9 @@ class KeyStore:
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
         items = [_from_doc(d) for d in docs[:page_size]]
-        token = encode_page_token(kind="key", after=items[-1].key_id) if len(docs) > page_size else ""
+        token = (
+            encode_page_token(kind="key", after=items[-1].key_id) if len(docs) > page_size else ""
+        )
         return items, token
 
     async def rotate(
@@ -166,8 +166,10 @@ class KeyStore:
         current = await self.get(organization_id=organization_id, key_id=key_id)
         now = self._now()
         if current.state(now) != "active":
-            raise NotFoundError("key not found") if current.revoked_at else InvalidArgumentError(
-                "an expired key cannot be rotated"
+            raise (
+                NotFoundError("key not found")
+                if current.revoked_at
+                else InvalidArgumentError("an expired key cannot be rotated")
             )
         cutoff = now + grace
         kept = [

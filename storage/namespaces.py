@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pymongo.errors import DuplicateKeyError
 
@@ -150,7 +150,11 @@ class NamespaceStore:
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
         items = [_from_doc(d) for d in docs[:page_size]]
-        token = encode_page_token(kind="ns", after=items[-1].namespace_id) if len(docs) > page_size else ""
+        token = (
+            encode_page_token(kind="ns", after=items[-1].namespace_id)
+            if len(docs) > page_size
+            else ""
+        )
         return items, token
 
     async def mark_deleting(self, *, internal_id: str, namespace_id: str) -> bool:

@@ -9,7 +9,13 @@ import re
 
 from storage.errors import InvalidArgumentError
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "decode_page_token", "encode_page_token", "page_size"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "decode_page_token",
+    "encode_page_token",
+    "page_size",
+]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -45,5 +51,7 @@ def decode_page_token(token: str, *, kind: str, id_pattern: re.Pattern[str]) -> 
         if not id_pattern.match(after):
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgumentError("page_token is invalid; pass the next_page_token of a previous response") from None
+        raise InvalidArgumentError(
+            "page_token is invalid; pass the next_page_token of a previous response"
+        ) from None
     return after

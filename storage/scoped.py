@@ -128,8 +128,11 @@ class _Walker:
         elif isinstance(value, list | tuple):
             for item in value:
                 self.visit(item, depth + 1, in_filter=in_filter)
-        elif isinstance(value, str) and in_filter and value.startswith("$") and _is_scope_path(
-            value[1:]
+        elif (
+            isinstance(value, str)
+            and in_filter
+            and value.startswith("$")
+            and _is_scope_path(value[1:])
         ):
             raise ScopeViolationError(f"{self.what} may not refer to {value!r}")
 
@@ -160,8 +163,9 @@ def check_update(update: Mapping[str, Any]) -> None:
         if not isinstance(fields, Mapping):
             raise ScopeViolationError(f"{operator} needs a document of fields")
         for key, value in fields.items():
-            if _is_scope_path(key) or (operator == "$rename" and isinstance(value, str)
-                                       and _is_scope_path(value)):
+            if _is_scope_path(key) or (
+                operator == "$rename" and isinstance(value, str) and _is_scope_path(value)
+            ):
                 raise ScopeViolationError(f"update may not change the field {key!r}")
             if key.startswith("$"):
                 raise ScopeViolationError(f"update may not use operator keys ({key})")
@@ -175,7 +179,7 @@ def _check_pipeline(pipeline: Sequence[Mapping[str, Any]]) -> None:
     for stage in pipeline:
         if not isinstance(stage, Mapping) or len(stage) != 1:
             raise ScopeViolationError("each pipeline stage must have exactly one operator")
-        (name, body), = stage.items()
+        ((name, body),) = stage.items()
         if name not in _ALLOWED_STAGES:
             raise ScopeViolationError(f"pipeline stage {name!r} is not allowed")
         walker.visit(body, 1, in_filter=True)

@@ -16,7 +16,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -25,10 +24,16 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from meshgate.v1 import (
+    common_pb2,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    namespace_service_pb2,
+    namespace_service_pb2_grpc,
+    options_pb2,
+)
 
 from certs.dev_pki import CLIENT_ID, INTERNAL_ID, issue, issue_pki, make_ca
-from meshgate.v1 import common_pb2, key_service_pb2, key_service_pb2_grpc, namespace_service_pb2
-from meshgate.v1 import namespace_service_pb2_grpc, options_pb2
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
@@ -58,8 +63,17 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -133,7 +147,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     (root / "proxy.pem").write_bytes(proxy.cert_pem)
     (root / "proxy-key.pem").write_bytes(proxy.key_pem)
     _, foreign_key, foreign_cert = make_ca("foreign CA")
-    foreign = issue(foreign_key, foreign_cert, common_name="intruder", uris=(CLIENT_ID,), server=False)
+    foreign = issue(
+        foreign_key, foreign_cert, common_name="intruder", uris=(CLIENT_ID,), server=False
+    )
     (root / "foreign.pem").write_bytes(foreign.cert_pem)
     (root / "foreign-key.pem").write_bytes(foreign.key_pem)
     return Pki(root)
@@ -146,7 +162,11 @@ def database_name() -> str:
 
 @pytest.fixture(scope="session")
 def settings(
-    pki: Pki, mongo_uri: str, redis_server: RedisServer, database_name: str, tmp_path_factory: pytest.TempPathFactory
+    pki: Pki,
+    mongo_uri: str,
+    redis_server: RedisServer,
+    database_name: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     return Settings(
         listen="127.0.0.1:0",
@@ -170,7 +190,7 @@ async def backends(settings: Settings) -> AsyncIterator[Backends]:
     opened = await open_backends(settings, with_qdrant=False)
     yield opened
     if os.environ.get("MESHGATE_TEST_MONGODB_URI"):
-        await opened.mongo._client.drop_database(settings.mongodb_database)  # noqa: SLF001
+        await opened.mongo._client.drop_database(settings.mongodb_database)
     await opened.close()
 
 
@@ -288,4 +308,13 @@ async def eventually(predicate, *, timeout_s: float = 5.0, interval_s: float = 0
         await asyncio.sleep(interval_s)
 
 
-__all__ = ["Pki", "RedisServer", "Tenant", "auth", "client_credentials", "eventually", "free_port", "replace"]
+__all__ = [
+    "Pki",
+    "RedisServer",
+    "Tenant",
+    "auth",
+    "client_credentials",
+    "eventually",
+    "free_port",
+    "replace",
+]

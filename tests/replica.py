@@ -85,7 +85,9 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     process.kill()
-                    raise RuntimeError(f"replica did not become healthy:\n{replica.log()}") from None
+                    raise RuntimeError(
+                        f"replica did not become healthy:\n{replica.log()}"
+                    ) from None
                 time.sleep(0.1)
     finally:
         channel.close()

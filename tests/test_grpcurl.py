@@ -27,10 +27,15 @@ async def grpcurl(
     """`grpcurl <tls flags> <flags> localhost:<port> <tail>`."""
     process = await asyncio.create_subprocess_exec(
         grpcurl_binary(),
-        "-cacert", str(pki.path("ca.pem")),
-        "-cert", str(pki.path("client.pem")),
-        "-key", str(pki.path("client-key.pem")),
-        *flags, f"localhost:{server.port}", *tail,
+        "-cacert",
+        str(pki.path("ca.pem")),
+        "-cert",
+        str(pki.path("client.pem")),
+        "-key",
+        str(pki.path("client-key.pem")),
+        *flags,
+        f"localhost:{server.port}",
+        *tail,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -41,9 +46,17 @@ async def grpcurl(
 
 async def test_list_services_via_reflection(server: RunningServer, pki: Pki) -> None:
     process = await asyncio.create_subprocess_exec(
-        grpcurl_binary(), "-cacert", str(pki.path("ca.pem")), "-cert", str(pki.path("client.pem")),
-        "-key", str(pki.path("client-key.pem")), f"localhost:{server.port}", "list",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        grpcurl_binary(),
+        "-cacert",
+        str(pki.path("ca.pem")),
+        "-cert",
+        str(pki.path("client.pem")),
+        "-key",
+        str(pki.path("client-key.pem")),
+        f"localhost:{server.port}",
+        "list",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     assert process.returncode == 0, err
@@ -66,16 +79,22 @@ async def test_describe_and_health(server: RunningServer, pki: Pki) -> None:
     assert json.loads(out) == {"status": "SERVING"}
 
 
-async def test_authenticated_call_and_refusal(server: RunningServer, pki: Pki, tenant: Tenant) -> None:
+async def test_authenticated_call_and_refusal(
+    server: RunningServer, pki: Pki, tenant: Tenant
+) -> None:
     bearer = ("-H", f"authorization: Bearer {tenant.admin}")
     code, out, err = await grpcurl(
-        server, pki, "meshgate.v1.NamespaceService/CreateNamespace",
+        server,
+        pki,
+        "meshgate.v1.NamespaceService/CreateNamespace",
         flags=(*bearer, "-d", '{"name": "from-grpcurl", "environment": "ENVIRONMENT_DEVELOPMENT"}'),
     )
     assert code == 0, err
     created = json.loads(out)["namespace"]
     code, out, err = await grpcurl(
-        server, pki, "meshgate.v1.NamespaceService/GetNamespace",
+        server,
+        pki,
+        "meshgate.v1.NamespaceService/GetNamespace",
         flags=(*bearer, "-H", "x-namespace: from-grpcurl"),
     )
     assert code == 0, err

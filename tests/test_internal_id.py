@@ -11,7 +11,6 @@ from __future__ import annotations
 import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.duration_pb2 import Duration
-
 from meshgate.v1 import (
     key_service_pb2,
     namespace_service_pb2,
@@ -19,6 +18,7 @@ from meshgate.v1 import (
     organization_service_pb2,
     organization_service_pb2_grpc,
 )
+
 from server.app import SERVICE_DESCRIPTORS
 from storage.organizations import OrganizationStore
 from tests.conftest import Tenant, auth
@@ -63,31 +63,44 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(tenant: Tenant
             tenant.channel
         ).GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=md),
         "CreateKey": created,
-        "GetKey": await k.GetKey(key_service_pb2.GetKeyRequest(key_id=created.key.key_id), metadata=md),
+        "GetKey": await k.GetKey(
+            key_service_pb2.GetKeyRequest(key_id=created.key.key_id), metadata=md
+        ),
         "ListKeys": await k.ListKeys(key_service_pb2.ListKeysRequest(), metadata=md),
         "RotateKey": await k.RotateKey(
-            key_service_pb2.RotateKeyRequest(key_id=created.key.key_id, grace_period=Duration(seconds=5)),
+            key_service_pb2.RotateKeyRequest(
+                key_id=created.key.key_id, grace_period=Duration(seconds=5)
+            ),
             metadata=md,
         ),
-        "RevokeKey": await k.RevokeKey(key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id), metadata=md),
+        "RevokeKey": await k.RevokeKey(
+            key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id), metadata=md
+        ),
         "CreateNamespace": namespace_service_pb2.CreateNamespaceResponse(namespace=ns),
         "GetNamespace": await n.GetNamespace(
             namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
         ),
-        "ListNamespaces": await n.ListNamespaces(namespace_service_pb2.ListNamespacesRequest(), metadata=md),
+        "ListNamespaces": await n.ListNamespaces(
+            namespace_service_pb2.ListNamespacesRequest(), metadata=md
+        ),
         "DeleteNamespace": await n.DeleteNamespace(
             namespace_service_pb2.DeleteNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
         ),
     }
     public = {
-        f"{s.full_name}/{m.name}" for s in SERVICE_DESCRIPTORS if s.full_name not in INTERNAL_ONLY for m in s.methods
+        f"{s.full_name}/{m.name}"
+        for s in SERVICE_DESCRIPTORS
+        if s.full_name not in INTERNAL_ONLY
+        for m in s.methods
     }
     assert {p.rsplit("/", 1)[1] for p in public} == set(responses)
     for name, response in responses.items():
         assert needle not in response.SerializeToString(), name
     # error details too: a NOT_FOUND from another org's namespace
     try:
-        await n.GetNamespace(namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, "nope"))
+        await n.GetNamespace(
+            namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, "nope")
+        )
     except grpc.aio.AioRpcError as error:
         assert org.internal_id not in (error.details() or "")
         assert all(org.internal_id not in str(v) for _, v in (error.trailing_metadata() or ()))

@@ -9,9 +9,13 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from meshgate.v1 import (
+    key_service_pb2,
+    options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
 
-from meshgate.v1 import key_service_pb2, options_pb2, organization_service_pb2
-from meshgate.v1 import organization_service_pb2_grpc
 from storage.api_keys import mint_secret
 from tests.conftest import Tenant, auth
 
@@ -20,7 +24,9 @@ MESSAGE = "missing or invalid API key"
 
 async def get_org(tenant: Tenant, metadata: tuple[tuple[str, str], ...]) -> object:
     stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
-    return await stub.GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=metadata)
+    return await stub.GetOrganization(
+        organization_service_pb2.GetOrganizationRequest(), metadata=metadata
+    )
 
 
 async def refused(tenant: Tenant, metadata: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
@@ -47,11 +53,17 @@ async def test_valid_key_is_accepted(tenant: Tenant) -> None:
         pytest.param((("authorization", "Basic dXNlcjpwYXNz"),), id="wrong-scheme"),
         pytest.param((("authorization", "Bearer not-a-key"),), id="malformed"),
         pytest.param((("authorization", "Bearer " + "mg_dev_" + "a" * 500),), id="oversized"),
-        pytest.param((("authorization", "Bearer mg_dev_" + "A" * 40 + "_000000"),), id="bad-checksum"),
-        pytest.param((("authorization", "Bearer " + mint_secret("development").secret),), id="unknown"),
+        pytest.param(
+            (("authorization", "Bearer mg_dev_" + "A" * 40 + "_000000"),), id="bad-checksum"
+        ),
+        pytest.param(
+            (("authorization", "Bearer " + mint_secret("development").secret),), id="unknown"
+        ),
     ],
 )
-async def test_bad_credentials_are_refused_alike(tenant: Tenant, metadata: tuple[tuple[str, str], ...]) -> None:
+async def test_bad_credentials_are_refused_alike(
+    tenant: Tenant, metadata: tuple[tuple[str, str], ...]
+) -> None:
     error = await refused(tenant, metadata)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.details() == MESSAGE
@@ -95,7 +107,9 @@ async def test_rotation_without_grace_retires_the_old_secret_at_once(tenant: Ten
     created = await tenant.key(options_pb2.PERMISSION_READ)
     await get_org(tenant, auth(created.secret))
     rotated = await tenant.keys.RotateKey(
-        key_service_pb2.RotateKeyRequest(key_id=created.key.key_id, grace_period=Duration(seconds=0)),
+        key_service_pb2.RotateKeyRequest(
+            key_id=created.key.key_id, grace_period=Duration(seconds=0)
+        ),
         metadata=auth(tenant.admin),
     )
     error = await refused(tenant, auth(created.secret))
@@ -106,7 +120,9 @@ async def test_rotation_without_grace_retires_the_old_secret_at_once(tenant: Ten
 async def test_old_secret_works_during_grace_and_not_after(tenant: Tenant) -> None:
     created = await tenant.key(options_pb2.PERMISSION_READ)
     rotated = await tenant.keys.RotateKey(
-        key_service_pb2.RotateKeyRequest(key_id=created.key.key_id, grace_period=Duration(seconds=1)),
+        key_service_pb2.RotateKeyRequest(
+            key_id=created.key.key_id, grace_period=Duration(seconds=1)
+        ),
         metadata=auth(tenant.admin),
     )
     await get_org(tenant, auth(created.secret))  # inside the grace period
@@ -125,7 +141,9 @@ async def test_key_of_an_environment_this_server_refuses(server, settings, backe
     from server.bootstrap import bootstrap
     from tests.conftest import client_credentials
 
-    prod_only = await create_server(replace(settings, environments=frozenset({"production"})), backends)
+    prod_only = await create_server(
+        replace(settings, environments=frozenset({"production"})), backends
+    )
     try:
         dev = await bootstrap(backends, name="dev-org", plan="free", environment="development")
         prod = await bootstrap(backends, name="prod-org", plan="free", environment="production")
@@ -138,7 +156,10 @@ async def test_key_of_an_environment_this_server_refuses(server, settings, backe
             assert ok.organization.organization_id == prod.organization_id
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.GetOrganization(request, metadata=auth(dev.secret))
-            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+            assert (info.value.code(), info.value.details()) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                MESSAGE,
+            )
     finally:
         await prod_only.stop(0)
 

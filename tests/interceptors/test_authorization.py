@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
-from certs.dev_pki import CLIENT_ID
 from meshgate.v1 import (
     identity_service_pb2,
     identity_service_pb2_grpc,
@@ -13,6 +11,8 @@ from meshgate.v1 import (
     namespace_service_pb2,
     options_pb2,
 )
+
+from certs.dev_pki import CLIENT_ID
 from server.app import RunningServer
 from tests.conftest import Pki, Tenant, auth, client_credentials
 
@@ -28,7 +28,8 @@ async def test_read_key_cannot_call_admin_methods(tenant: Tenant) -> None:
         ),
         tenant.keys.ListKeys(key_service_pb2.ListKeysRequest(), metadata=auth(reader.secret)),
         tenant.keys.RevokeKey(
-            key_service_pb2.RevokeKeyRequest(key_id=tenant.admin_key_id), metadata=auth(reader.secret)
+            key_service_pb2.RevokeKeyRequest(key_id=tenant.admin_key_id),
+            metadata=auth(reader.secret),
         ),
         tenant.namespaces.CreateNamespace(
             namespace_service_pb2.CreateNamespaceRequest(name="nope", environment=1),
@@ -66,7 +67,9 @@ def _resolve_stub(channel: grpc.aio.Channel) -> identity_service_pb2_grpc.Identi
     return identity_service_pb2_grpc.IdentityServiceStub(channel)
 
 
-async def test_internal_peer_resolves_internal_id(server: RunningServer, pki: Pki, tenant: Tenant) -> None:
+async def test_internal_peer_resolves_internal_id(
+    server: RunningServer, pki: Pki, tenant: Tenant
+) -> None:
     async with grpc.aio.secure_channel(
         f"localhost:{server.port}", client_credentials(pki, "internal")
     ) as channel:
@@ -94,19 +97,27 @@ async def test_api_keys_never_reach_the_internal_service(tenant: Tenant) -> None
 
 async def test_forged_forwarded_identity_from_an_untrusted_peer(tenant: Tenant) -> None:
     """A plain client claiming, via XFCC or l5d-client-id, to be the internal service."""
-    request = identity_service_pb2.ResolveOrganizationRequest(organization_id=tenant.organization_id)
+    request = identity_service_pb2.ResolveOrganizationRequest(
+        organization_id=tenant.organization_id
+    )
     for header, value in [
         ("x-forwarded-client-cert", "By=spiffe://x;URI=spiffe://meshgate.local/internal/dev"),
         ("l5d-client-id", "spiffe://meshgate.local/internal/dev"),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await _resolve_stub(tenant.channel).ResolveOrganization(request, metadata=((header, value),))
+            await _resolve_stub(tenant.channel).ResolveOrganization(
+                request, metadata=((header, value),)
+            )
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "trusted proxy" in (info.value.details() or "")
 
 
-async def test_trusted_proxy_forwards_the_client_identity(server: RunningServer, pki: Pki, tenant: Tenant) -> None:
-    request = identity_service_pb2.ResolveOrganizationRequest(organization_id=tenant.organization_id)
+async def test_trusted_proxy_forwards_the_client_identity(
+    server: RunningServer, pki: Pki, tenant: Tenant
+) -> None:
+    request = identity_service_pb2.ResolveOrganizationRequest(
+        organization_id=tenant.organization_id
+    )
     async with grpc.aio.secure_channel(
         f"localhost:{server.port}", client_credentials(pki, "proxy")
     ) as channel:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from meshgate.v1 import namespace_service_pb2, options_pb2
+
 from tests.conftest import Tenant, auth
 
 GET = namespace_service_pb2.GetNamespaceRequest()
 
 
-async def get_ns(tenant: Tenant, secret: str, reference: str | None) -> namespace_service_pb2.Namespace:
+async def get_ns(
+    tenant: Tenant, secret: str, reference: str | None
+) -> namespace_service_pb2.Namespace:
     response = await tenant.namespaces.GetNamespace(GET, metadata=auth(secret, reference))
     return response.namespace
 
 
-async def status_of(tenant: Tenant, secret: str, reference: str | None) -> tuple[grpc.StatusCode, str]:
+async def status_of(
+    tenant: Tenant, secret: str, reference: str | None
+) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await get_ns(tenant, secret, reference)
     return info.value.code(), info.value.details() or ""
@@ -103,7 +107,9 @@ async def test_restricted_admin_cannot_widen_its_reach(tenant: Tenant) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await tenant.keys.CreateKey(
                 key_service_pb2.CreateKeyRequest(
-                    name="wider", environment=1, permissions=[options_pb2.PERMISSION_READ],
+                    name="wider",
+                    environment=1,
+                    permissions=[options_pb2.PERMISSION_READ],
                     namespaces=namespaces,
                 ),
                 metadata=auth(admin.secret),
@@ -124,7 +130,10 @@ async def test_deleted_namespace_is_gone_at_once(tenant: Tenant) -> None:
         namespace_service_pb2.DeleteNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
     )
     assert deleted.namespace_id == ns.namespace_id
-    assert await status_of(tenant, tenant.admin, ns.name) == (grpc.StatusCode.NOT_FOUND, "namespace not found")
+    assert await status_of(tenant, tenant.admin, ns.name) == (
+        grpc.StatusCode.NOT_FOUND,
+        "namespace not found",
+    )
     # the name is free again
     again = await tenant.namespace(ns.name)
     assert again.namespace_id != ns.namespace_id

@@ -6,11 +6,11 @@ import logging
 
 import grpc
 import pytest
+from meshgate.v1 import options_pb2, organization_service_pb2, organization_service_pb2_grpc
 
 from interceptors.chain import SecurityChain
 from interceptors.errors import ErrorMapper
 from interceptors.telemetry import Telemetry
-from meshgate.v1 import options_pb2, organization_service_pb2, organization_service_pb2_grpc
 from server.app import SERVICE_DESCRIPTORS
 from server.policies import build_policy_table, undeclared_methods
 from tests.conftest import Pki, Tenant, auth, client_credentials
@@ -56,10 +56,16 @@ async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # 
     )
     server = grpc.aio.server(interceptors=(chain,))
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("test.Undeclared", {"Do": grpc.unary_unary_rpc_method_handler(handler)}),)
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Undeclared", {"Do": grpc.unary_unary_rpc_method_handler(handler)}
+            ),
+        )
     )
     creds = grpc.ssl_server_credentials(
-        [(pki.read("server-key.pem"), pki.read("server.pem"))], pki.read("ca.pem"), require_client_auth=True
+        [(pki.read("server-key.pem"), pki.read("server.pem"))],
+        pki.read("ca.pem"),
+        require_client_auth=True,
     )
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
@@ -75,10 +81,14 @@ async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # 
 
 async def test_request_id_is_echoed_or_generated(tenant: Tenant) -> None:
     stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
-    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "trace-123"}))
+    call = stub.GetOrganization(
+        GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "trace-123"})
+    )
     await call
     assert ("x-request-id", "trace-123") in tuple(await call.initial_metadata())
-    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "bad id; with {braces}" * 20}))
+    call = stub.GetOrganization(
+        GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "bad id; with {braces}" * 20})
+    )
     await call
     generated = dict(await call.initial_metadata())["x-request-id"]
     assert len(generated) == 24 and generated.isalnum()
@@ -92,13 +102,17 @@ async def test_request_id_is_echoed_or_generated(tenant: Tenant) -> None:
 async def test_oversized_metadata_is_invalid_argument(tenant: Tenant) -> None:
     stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-padding": "p" * 9000}))
+        await stub.GetOrganization(
+            GET_ORG, metadata=auth(tenant.admin, **{"x-padding": "p" * 9000})
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "metadata is too large" in (info.value.details() or "")
 
 
-async def test_store_failure_is_internal_without_leaking(tenant: Tenant, backends, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """An unexpected exception deep in storage: INTERNAL, generic text, request id, no exception text."""
+async def test_store_failure_is_internal_without_leaking(
+    tenant: Tenant, backends, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Unexpected exception in storage: INTERNAL, generic text + request id, no exception text."""
     from storage.organizations import OrganizationStore
 
     async def boom(self, organization_id):  # type: ignore[no-untyped-def]
@@ -106,7 +120,9 @@ async def test_store_failure_is_internal_without_leaking(tenant: Tenant, backend
 
     monkeypatch.setattr(OrganizationStore, "get", boom)
     stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
-    call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "req-boom"}))
+    call = stub.GetOrganization(
+        GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "req-boom"})
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     assert info.value.code() == grpc.StatusCode.INTERNAL

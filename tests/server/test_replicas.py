@@ -5,12 +5,16 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
+from meshgate.v1 import (
+    key_service_pb2,
+    options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
 
-from meshgate.v1 import key_service_pb2, options_pb2, organization_service_pb2, organization_service_pb2_grpc
 from server.settings import Settings
 from tests.conftest import Pki, Tenant, auth, client_credentials, eventually
 from tests.replica import Replica, start_replica
@@ -19,14 +23,18 @@ GET_ORG = organization_service_pb2.GetOrganizationRequest()
 
 
 @pytest.fixture(scope="module")
-def replica(settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+def replica(
+    settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Replica]:
     started = start_replica(settings, pki, tmp_path_factory.mktemp("replica"))
     yield started
     if started.process.poll() is None:
         started.process.kill()
 
 
-async def accepted(stub: organization_service_pb2_grpc.OrganizationServiceStub, secret: str) -> bool:
+async def accepted(
+    stub: organization_service_pb2_grpc.OrganizationServiceStub, secret: str
+) -> bool:
     try:
         await stub.GetOrganization(GET_ORG, metadata=auth(secret), timeout=2)
         return True
@@ -47,7 +55,8 @@ async def test_revocation_reaches_the_other_replica_within_a_second(
             assert await accepted(other, created.secret)
             revoked_at = time.monotonic()
             await tenant.keys.RevokeKey(
-                key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin)
+                key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id),
+                metadata=auth(tenant.admin),
             )
 
             async def refused_there() -> bool:
@@ -55,11 +64,16 @@ async def test_revocation_reaches_the_other_replica_within_a_second(
 
             await eventually(refused_there, timeout_s=3.0, interval_s=0.01)
             delays.append(time.monotonic() - revoked_at)
-    print(f"revocation propagation: median {statistics.median(delays)*1000:.1f} ms, max {max(delays)*1000:.1f} ms")
+    print(
+        f"revocation propagation: median {statistics.median(delays) * 1000:.1f} ms,"
+        f" max {max(delays) * 1000:.1f} ms"
+    )
     assert max(delays) < 1.0
 
 
-async def test_rotation_without_grace_reaches_the_other_replica(replica: Replica, tenant: Tenant, pki: Pki) -> None:
+async def test_rotation_without_grace_reaches_the_other_replica(
+    replica: Replica, tenant: Tenant, pki: Pki
+) -> None:
     created = await tenant.key(options_pb2.PERMISSION_READ)
     async with grpc.aio.secure_channel(replica.target, client_credentials(pki)) as channel:
         other = organization_service_pb2_grpc.OrganizationServiceStub(channel)

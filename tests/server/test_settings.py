@@ -22,8 +22,13 @@ def test_defaults() -> None:
 def test_secret_from_file_and_masked(tmp_path: Path) -> None:
     secret_file = tmp_path / "uri"
     secret_file.write_text("mongodb://user:hunter2@db:27017\n")
-    settings = Settings.from_env({"MESHGATE_MONGODB_URI_FILE": str(secret_file), "MESHGATE_REDIS_URL": "redis://:pw@r"})
-    assert settings.mongodb_uri is not None and settings.mongodb_uri.reveal() == "mongodb://user:hunter2@db:27017"
+    settings = Settings.from_env(
+        {"MESHGATE_MONGODB_URI_FILE": str(secret_file), "MESHGATE_REDIS_URL": "redis://:pw@r"}
+    )
+    assert (
+        settings.mongodb_uri is not None
+        and settings.mongodb_uri.reveal() == "mongodb://user:hunter2@db:27017"
+    )
     assert "hunter2" not in repr(settings)
     assert ":pw@" not in repr(settings)
 
@@ -47,7 +52,11 @@ def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: 
 def test_command_refuses_bad_settings_at_start() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve"],
-        env={"MESHGATE_KEY_CACHE_TTL_S": "-5", "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+        env={
+            "MESHGATE_KEY_CACHE_TTL_S": "-5",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": ":".join(sys.path),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,8 +70,15 @@ def test_log_formatter_refuses_secrets_and_internal_ids() -> None:
     import logging
 
     formatter = GuardedJsonFormatter()
-    record = logging.LogRecord("t", logging.INFO, __file__, 1, "key %s for %s", (
-        "mg_prod_" + "A" * 40 + "_abcdef", "9b2f4a9e-1c1d-4e0f-8a43-3f2d1f0c9e11"), None)
+    record = logging.LogRecord(
+        "t",
+        logging.INFO,
+        __file__,
+        1,
+        "key %s for %s",
+        ("mg_prod_" + "A" * 40 + "_abcdef", "9b2f4a9e-1c1d-4e0f-8a43-3f2d1f0c9e11"),
+        None,
+    )
     record.internal_id = "9b2f4a9e-1c1d-4e0f-8a43-3f2d1f0c9e11"
     record.note = "Bearer mg_dev_xyz and whsec_abc123"
     line = formatter.format(record)

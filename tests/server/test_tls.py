@@ -32,15 +32,24 @@ async def refused(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.A
 
 
 async def test_mtls_client_is_served(server: RunningServer, pki: Pki) -> None:
-    assert await health_status(server.port, client_credentials(pki)) == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        await health_status(server.port, client_credentials(pki))
+        == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
-async def test_connection_without_client_certificate_is_refused(server: RunningServer, pki: Pki) -> None:
-    error = await refused(server.port, grpc.ssl_channel_credentials(root_certificates=pki.read("ca.pem")))
+async def test_connection_without_client_certificate_is_refused(
+    server: RunningServer, pki: Pki
+) -> None:
+    error = await refused(
+        server.port, grpc.ssl_channel_credentials(root_certificates=pki.read("ca.pem"))
+    )
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_client_certificate_from_another_ca_is_refused(server: RunningServer, pki: Pki) -> None:
+async def test_client_certificate_from_another_ca_is_refused(
+    server: RunningServer, pki: Pki
+) -> None:
     """Same SPIFFE id as the real client, signed by a CA the server does not trust."""
     error = await refused(server.port, client_credentials(pki, "foreign"))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -69,13 +78,17 @@ async def test_certificates_reload_without_restart(settings, backends, tmp_path:
     )
     try:
         old_client, new_client = client_credentials(Pki(old)), client_credentials(Pki(new))
-        assert await health_status(running.port, old_client) == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            await health_status(running.port, old_client) == health_pb2.HealthCheckResponse.SERVING
+        )
         await refused(running.port, new_client)
         for name in ("server-key.pem", "server.pem", "ca.pem"):
             shutil.copy(new / name, live / name)
         await asyncio.sleep(1.1)  # the files are checked at most once a second
         await refused(running.port, old_client)  # a handshake triggers the reload
-        assert await health_status(running.port, new_client) == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            await health_status(running.port, new_client) == health_pb2.HealthCheckResponse.SERVING
+        )
         await refused(running.port, old_client)
         assert running.tls is not None and running.tls.reloads == 1
     finally:
@@ -85,10 +98,15 @@ async def test_certificates_reload_without_restart(settings, backends, tmp_path:
 async def test_draining_server_reports_not_serving(settings, backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
     running = await create_server(settings, backends)
     seen: list[int] = []
-    async with grpc.aio.secure_channel(f"localhost:{running.port}", client_credentials(pki)) as channel:
+    async with grpc.aio.secure_channel(
+        f"localhost:{running.port}", client_credentials(pki)
+    ) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(CHECK)
         seen.append((await watch.read()).status)
         stopping = asyncio.create_task(running.stop(2.0))
         seen.append((await watch.read()).status)
         await stopping
-    assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert seen == [
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-
 from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import options_pb2
+
 from storage.api_keys import parse_secret
 from tests.conftest import Tenant, auth
 
@@ -24,9 +24,14 @@ async def test_create_returns_the_secret_once(tenant: Tenant, backends) -> None:
     parsed = parse_secret(created.secret)
     assert parsed is not None and parsed.environment == "development"
     assert created.secret.startswith(created.key.display_prefix)
-    assert list(created.key.permissions) == [options_pb2.PERMISSION_READ, options_pb2.PERMISSION_WRITE]
+    assert list(created.key.permissions) == [
+        options_pb2.PERMISSION_READ,
+        options_pb2.PERMISSION_WRITE,
+    ]
     assert created.key.state == pb.KEY_STATE_ACTIVE
-    got = await tenant.keys.GetKey(pb.GetKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin))
+    got = await tenant.keys.GetKey(
+        pb.GetKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin)
+    )
     assert got.key == created.key
     assert created.secret not in str(got)
     # only the digest is stored
@@ -43,7 +48,9 @@ async def test_list_keys_pages_through_every_key_once(tenant: Tenant) -> None:
     token = ""
     pages = 0
     while True:
-        page = await tenant.keys.ListKeys(pb.ListKeysRequest(page_size=2, page_token=token), metadata=auth(tenant.admin))
+        page = await tenant.keys.ListKeys(
+            pb.ListKeysRequest(page_size=2, page_token=token), metadata=auth(tenant.admin)
+        )
         pages += 1
         seen.extend(k.key_id for k in page.keys)
         token = page.next_page_token
@@ -58,16 +65,24 @@ async def test_keys_of_other_organizations_are_invisible(make_tenant) -> None:  
     mallory: Tenant = await make_tenant()
     victim = await alice.key()
     for call in (
-        mallory.keys.GetKey(pb.GetKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)),
-        mallory.keys.RevokeKey(pb.RevokeKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)),
-        mallory.keys.RotateKey(pb.RotateKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)),
+        mallory.keys.GetKey(
+            pb.GetKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)
+        ),
+        mallory.keys.RevokeKey(
+            pb.RevokeKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)
+        ),
+        mallory.keys.RotateKey(
+            pb.RotateKeyRequest(key_id=victim.key.key_id), metadata=auth(mallory.admin)
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await mallory.keys.ListKeys(pb.ListKeysRequest(), metadata=auth(mallory.admin))
     assert victim.key.key_id not in {k.key_id for k in listed.keys}
-    got = await alice.keys.GetKey(pb.GetKeyRequest(key_id=victim.key.key_id), metadata=auth(alice.admin))
+    got = await alice.keys.GetKey(
+        pb.GetKeyRequest(key_id=victim.key.key_id), metadata=auth(alice.admin)
+    )
     assert got.key.state == pb.KEY_STATE_ACTIVE
 
 
@@ -79,7 +94,9 @@ async def test_revoke_is_idempotent_and_visible(tenant: Tenant) -> None:
     assert first.key.state == second.key.state == pb.KEY_STATE_REVOKED
     assert first.key.revoke_time == second.key.revoke_time
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await tenant.keys.RotateKey(pb.RotateKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin))
+        await tenant.keys.RotateKey(
+            pb.RotateKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin)
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -90,7 +107,10 @@ async def test_rotation_reports_the_grace_deadline(tenant: Tenant) -> None:
         metadata=auth(tenant.admin),
     )
     assert rotated.secret != created.secret
-    assert rotated.key.display_prefix != created.key.display_prefix or rotated.secret[:13] == created.secret[:13]
+    assert (
+        rotated.key.display_prefix != created.key.display_prefix
+        or rotated.secret[:13] == created.secret[:13]
+    )
     delta = rotated.previous_secret_expire_time.ToSeconds() - rotated.key.rotate_time.ToSeconds()
     assert delta == 3600
 
@@ -99,26 +119,49 @@ async def test_bad_input_is_invalid_argument(tenant: Tenant) -> None:
     md = auth(tenant.admin)
     create = tenant.keys.CreateKey
     good = {"name": "k", "environment": 1, "permissions": [options_pb2.PERMISSION_READ]}
-    assert "environment" in await invalid(create(pb.CreateKeyRequest(**{**good, "environment": 0}), metadata=md))
-    assert "environment" in await invalid(create(pb.CreateKeyRequest(**{**good, "environment": 99}), metadata=md))
-    assert "permissions" in await invalid(create(pb.CreateKeyRequest(**{**good, "permissions": []}), metadata=md))
-    assert "permissions" in await invalid(create(pb.CreateKeyRequest(**{**good, "permissions": [0]}), metadata=md))
+    assert "environment" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "environment": 0}), metadata=md)
+    )
+    assert "environment" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "environment": 99}), metadata=md)
+    )
+    assert "permissions" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "permissions": []}), metadata=md)
+    )
+    assert "permissions" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "permissions": [0]}), metadata=md)
+    )
     assert "name" in await invalid(create(pb.CreateKeyRequest(**{**good, "name": ""}), metadata=md))
-    assert "name" in await invalid(create(pb.CreateKeyRequest(**{**good, "name": "x" * 65}), metadata=md))
-    assert "name" in await invalid(create(pb.CreateKeyRequest(**{**good, "name": "bad\nname"}), metadata=md))
-    assert "key_id" in await invalid(tenant.keys.GetKey(pb.GetKeyRequest(key_id="' or 1=1"), metadata=md))
+    assert "name" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "name": "x" * 65}), metadata=md)
+    )
+    assert "name" in await invalid(
+        create(pb.CreateKeyRequest(**{**good, "name": "bad\nname"}), metadata=md)
+    )
+    assert "key_id" in await invalid(
+        tenant.keys.GetKey(pb.GetKeyRequest(key_id="' or 1=1"), metadata=md)
+    )
     assert "key_id" in await invalid(tenant.keys.GetKey(pb.GetKeyRequest(key_id=""), metadata=md))
-    assert "page_token" in await invalid(tenant.keys.ListKeys(pb.ListKeysRequest(page_token="garbage!"), metadata=md))
-    assert "page_size" in await invalid(tenant.keys.ListKeys(pb.ListKeysRequest(page_size=-1), metadata=md))
-    assert "page_size" in await invalid(tenant.keys.ListKeys(pb.ListKeysRequest(page_size=201), metadata=md))
+    assert "page_token" in await invalid(
+        tenant.keys.ListKeys(pb.ListKeysRequest(page_token="garbage!"), metadata=md)
+    )
+    assert "page_size" in await invalid(
+        tenant.keys.ListKeys(pb.ListKeysRequest(page_size=-1), metadata=md)
+    )
+    assert "page_size" in await invalid(
+        tenant.keys.ListKeys(pb.ListKeysRequest(page_size=201), metadata=md)
+    )
     assert "grace_period" in await invalid(
         tenant.keys.RotateKey(
-            pb.RotateKeyRequest(key_id=tenant.admin_key_id, grace_period=Duration(seconds=-1)), metadata=md
+            pb.RotateKeyRequest(key_id=tenant.admin_key_id, grace_period=Duration(seconds=-1)),
+            metadata=md,
         )
     )
     assert "grace_period" in await invalid(
         tenant.keys.RotateKey(
-            pb.RotateKeyRequest(key_id=tenant.admin_key_id, grace_period=Duration(seconds=31 * 86400)),
+            pb.RotateKeyRequest(
+                key_id=tenant.admin_key_id, grace_period=Duration(seconds=31 * 86400)
+            ),
             metadata=md,
         )
     )
@@ -138,14 +181,18 @@ async def test_page_token_of_another_list_is_refused(tenant: Tenant) -> None:
     )
     assert page.next_page_token
     assert "page_token" in await invalid(
-        tenant.keys.ListKeys(pb.ListKeysRequest(page_token=page.next_page_token), metadata=auth(tenant.admin))
+        tenant.keys.ListKeys(
+            pb.ListKeysRequest(page_token=page.next_page_token), metadata=auth(tenant.admin)
+        )
     )
 
 
 async def test_cannot_create_keys_of_another_environment(tenant: Tenant) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tenant.keys.CreateKey(
-            pb.CreateKeyRequest(name="prod", environment=3, permissions=[options_pb2.PERMISSION_ADMIN]),
+            pb.CreateKeyRequest(
+                name="prod", environment=3, permissions=[options_pb2.PERMISSION_ADMIN]
+            ),
             metadata=auth(tenant.admin),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from meshgate.v1 import namespace_service_pb2 as pb
+
 from tests.conftest import Tenant, auth
 
 
@@ -54,5 +54,7 @@ async def test_list_pages(tenant: Tenant) -> None:
 
 async def test_oversized_namespace_header(tenant: Tenant) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await tenant.namespaces.GetNamespace(pb.GetNamespaceRequest(), metadata=auth(tenant.admin, "n" * 300))
+        await tenant.namespaces.GetNamespace(
+            pb.GetNamespaceRequest(), metadata=auth(tenant.admin, "n" * 300)
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

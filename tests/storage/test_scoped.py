@@ -43,7 +43,7 @@ async def test_writes_are_stamped_and_reads_are_filtered(
     await a.insert_one({"_id": "doc-a", "v": 1})
     await b.insert_one({"_id": "doc-b", "v": 1})
     await a.insert_many([{"v": 2}, {"v": 3}])
-    raw = await backends.mongo._db["scoped_test"].find_one({"_id": "doc-a"})  # noqa: SLF001
+    raw = await backends.mongo._db["scoped_test"].find_one({"_id": "doc-a"})
     assert raw is not None
     assert raw["namespace_id"] == a.scope.namespace_id and raw["internal_id"] == a.scope.internal_id
     assert await a.count_documents({}) == 3
@@ -83,7 +83,9 @@ async def test_upsert_lands_in_the_scope(pair: tuple[ScopedCollection, ScopedCol
         {"$jsonSchema": {}},
     ],
 )
-async def test_escaping_filters_are_refused(pair: tuple[ScopedCollection, ScopedCollection], query: dict) -> None:  # type: ignore[type-arg]
+async def test_escaping_filters_are_refused(
+    pair: tuple[ScopedCollection, ScopedCollection], query: dict
+) -> None:  # type: ignore[type-arg]
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.find(query)
@@ -93,7 +95,9 @@ async def test_escaping_filters_are_refused(pair: tuple[ScopedCollection, Scoped
         await a.count_documents(query)
 
 
-async def test_deeply_nested_and_huge_filters_are_refused(pair: tuple[ScopedCollection, ScopedCollection]) -> None:
+async def test_deeply_nested_and_huge_filters_are_refused(
+    pair: tuple[ScopedCollection, ScopedCollection],
+) -> None:
     a, _ = pair
     deep: dict = {"v": 1}  # type: ignore[type-arg]
     for _ in range(20):
@@ -118,7 +122,9 @@ async def test_deeply_nested_and_huge_filters_are_refused(pair: tuple[ScopedColl
         {},
     ],
 )
-async def test_updates_touching_the_scope_are_refused(pair: tuple[ScopedCollection, ScopedCollection], update: dict) -> None:  # type: ignore[type-arg]
+async def test_updates_touching_the_scope_are_refused(
+    pair: tuple[ScopedCollection, ScopedCollection], update: dict
+) -> None:  # type: ignore[type-arg]
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.update_one({}, update)
@@ -126,9 +132,16 @@ async def test_updates_touching_the_scope_are_refused(pair: tuple[ScopedCollecti
 
 @pytest.mark.parametrize(
     "document",
-    [{"namespace_id": "ns_x"}, {"internal_id": "x"}, {"nested": {"$where": "1"}}, {"$set": {"v": 1}}],
+    [
+        {"namespace_id": "ns_x"},
+        {"internal_id": "x"},
+        {"nested": {"$where": "1"}},
+        {"$set": {"v": 1}},
+    ],
 )
-async def test_documents_naming_the_scope_are_refused(pair: tuple[ScopedCollection, ScopedCollection], document: dict) -> None:  # type: ignore[type-arg]
+async def test_documents_naming_the_scope_are_refused(
+    pair: tuple[ScopedCollection, ScopedCollection], document: dict
+) -> None:  # type: ignore[type-arg]
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.insert_one(document)
@@ -148,7 +161,9 @@ async def test_documents_naming_the_scope_are_refused(pair: tuple[ScopedCollecti
         [{"$match": {}, "$limit": 1}],
     ],
 )
-async def test_escaping_pipelines_are_refused(pair: tuple[ScopedCollection, ScopedCollection], pipeline: list) -> None:  # type: ignore[type-arg]
+async def test_escaping_pipelines_are_refused(
+    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list
+) -> None:  # type: ignore[type-arg]
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.aggregate(pipeline)
