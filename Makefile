@@ -65,8 +65,9 @@ lint: setup ## ruff and mypy --strict on the source tree
 stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for other services
 	rm -rf build/stubs && mkdir -p build/stubs dist
 	cp -r $(GEN)/meshgate build/stubs/ && cp protos/stubs-pyproject.toml build/stubs/pyproject.toml
-	cp -r protos/meshgate build/stubs/protos && find build/stubs -name '__pycache__' -prune -exec rm -rf {} +
-	cd build/stubs && ../../$(PY) -m build --wheel --outdir ../../dist . >/dev/null
+	cp protos/meshgate/v1/*.proto build/stubs/meshgate/v1/
+	find build/stubs -name '__pycache__' -prune -exec rm -rf {} +
+	cd build/stubs && ../../$(PY) -m build --no-isolation --wheel --outdir ../../dist . >/dev/null
 	@ls dist/meshgate_stubs-*.whl
 
 clean: ## remove generated files, the venv, runtime data and dev certificates

@@ -196,3 +196,20 @@ async def test_cannot_create_keys_of_another_environment(tenant: Tenant) -> None
             metadata=auth(tenant.admin),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_last_used_time_is_recorded(tenant: Tenant, server) -> None:  # type: ignore[no-untyped-def]
+    from meshgate.v1 import organization_service_pb2, organization_service_pb2_grpc
+
+    created = await tenant.key()
+    assert not created.key.HasField("last_used_time")
+    stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+    await stub.GetOrganization(
+        organization_service_pb2.GetOrganizationRequest(), metadata=auth(created.secret)
+    )
+    await server.verifier.flush_last_used()  # the server does this every 30 s, off the hot path
+    got = await tenant.keys.GetKey(
+        pb.GetKeyRequest(key_id=created.key.key_id), metadata=auth(tenant.admin)
+    )
+    assert got.key.HasField("last_used_time")
+    assert got.key.last_used_time.ToSeconds() >= created.key.create_time.ToSeconds()

@@ -1,0 +1,78 @@
+"""The README's grpcurl session, run as written against `meshgate serve --dev` (embedded)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import Pki, client_credentials, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_session() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## A grpcurl session", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "README lost its grpcurl session"
+    return match.group(1)
+
+
+def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
+    # a fresh checkout's view: .venv and certs/ as `make run` leaves them, an empty var/
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    shutil.copytree(pki.root, tmp_path / "certs")
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--dev", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        with grpc.secure_channel(f"localhost:{port}", client_credentials(pki)) as channel:
+            while True:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    break
+                except grpc.RpcError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail((tmp_path / "serve.log").read_text())
+                    time.sleep(0.1)
+        script = "set -euo pipefail\n" + readme_session().replace(
+            "localhost:50051", f"localhost:{port}"
+        )
+        result = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out, err = result.stdout, result.stderr
+        assert "meshgate.v1.KeyService" in out and '"status": "SERVING"' in out
+        assert '"name": "orders"' in out
+        assert "Code: PermissionDenied" in err
+        assert "Code: InvalidArgument" in err and "x-namespace" in err
+        assert "Code: Unauthenticated" in err
+        assert '"internal_id"' in out
+        assert "KEY_STATE_REVOKED" in out
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
