@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from meshgate.v1 import (
+    document_service_pb2,
+    document_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     key_service_pb2,
@@ -24,6 +26,8 @@ from meshgate.v1 import (
     namespace_service_pb2_grpc,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    vector_service_pb2,
+    vector_service_pb2_grpc,
 )
 
 from interceptors.authentication import Authentication
@@ -39,15 +43,20 @@ from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials
+from services.document_service import DocumentServicer
 from services.identity_service import IdentityServicer
 from services.key_service import KeyServicer
 from services.namespace_service import NamespaceServicer
 from services.organization_service import OrganizationServicer
+from services.vector_service import VectorServicer
+from storage.cascade import NamespacePurger
+from storage.documents import DocumentStore
 from storage.invalidation import InvalidationBus
 from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
 from storage.namespaces import NamespaceStore
 from storage.organizations import OrganizationStore
+from storage.vectors import VectorStore
 
 __all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "create_server"]
 
@@ -58,6 +67,8 @@ SERVICE_DESCRIPTORS = (
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"],
     namespace_service_pb2.DESCRIPTOR.services_by_name["NamespaceService"],
     identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    document_service_pb2.DESCRIPTOR.services_by_name["DocumentService"],
+    vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"],
 )
 
 
@@ -94,6 +105,16 @@ async def _flush_last_used(verifier: KeyVerifier, every_s: float) -> None:
             _LOG.warning("could not record key last-used times: %s", type(exc).__name__)
 
 
+async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
+    """Deletions a crash interrupted are completed at start-up and then periodically."""
+    while True:
+        try:
+            await purger.finish_pending()
+        except Exception as exc:
+            _LOG.warning("could not finish pending namespace deletions: %s", type(exc).__name__)
+        await asyncio.sleep(every_s)
+
+
 async def create_server(
     settings: Settings,
     backends: Backends,
@@ -108,15 +129,27 @@ async def create_server(
         keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
     )
 
+    documents = DocumentStore(mongo=backends.mongo)
+    vectors = VectorStore(
+        mongo=backends.mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote
+    )
+    purger = NamespacePurger(
+        mongo=backends.mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
+    )
+
     def on_live(live: bool) -> None:
         verifier.forget_all()
         namespaces.forget_all()
         verifier.cache_enabled = live
 
+    def on_namespace(namespace_id: str) -> None:
+        namespaces.forget(namespace_id)
+        vectors.forget(namespace_id)
+
     invalidation = InvalidationBus(
         redis=backends.redis,
         on_key=verifier.forget_key,
-        on_namespace=namespaces.forget,
+        on_namespace=on_namespace,
         on_live=on_live,
     )
 
@@ -153,7 +186,13 @@ async def create_server(
         KeyServicer(keys=keys, namespaces=namespaces, invalidation=invalidation), server
     )
     namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
-        NamespaceServicer(namespaces=namespaces, invalidation=invalidation), server
+        NamespaceServicer(namespaces=namespaces, invalidation=invalidation, purger=purger), server
+    )
+    document_service_pb2_grpc.add_DocumentServiceServicer_to_server(
+        DocumentServicer(documents=documents), server
+    )
+    vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
+        VectorServicer(vectors=vectors), server
     )
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(organizations=organizations), server
@@ -189,5 +228,8 @@ async def create_server(
     )
     running.tasks.append(asyncio.create_task(invalidation.run(), name="invalidation-bus"))
     running.tasks.append(asyncio.create_task(_flush_last_used(verifier, 30.0), name="last-used"))
+    running.tasks.append(
+        asyncio.create_task(_finish_deletions(purger, 60.0), name="namespace-deletions")
+    )
     await invalidation.wait_live(2.0)
     return running

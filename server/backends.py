@@ -22,6 +22,7 @@ class Backends:
     mongo: MongoStore
     redis: Redis
     qdrant: Any
+    qdrant_remote: bool = False
     embedded: list[str] = field(default_factory=list)
     _embedded_mongo: EmbeddedMongo | None = None
 
@@ -77,5 +78,10 @@ async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Back
             )
     await mongo.ensure_indexes()
     return Backends(
-        mongo=mongo, redis=redis, qdrant=qdrant, embedded=embedded, _embedded_mongo=embedded_mongo
+        mongo=mongo,
+        redis=redis,
+        qdrant=qdrant,
+        qdrant_remote=settings.qdrant_url not in (None, ":memory:"),
+        embedded=embedded,
+        _embedded_mongo=embedded_mongo,
     )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.v1 import common_pb2, options_pb2
 
 from storage.errors import InvalidArgumentError
 
 __all__ = [
+    "dict_to_struct",
     "environment_from_proto",
     "environment_to_proto",
     "permission_to_proto",
     "permissions_from_proto",
+    "struct_to_dict",
     "timestamp",
     "validate_name",
 ]
@@ -84,3 +89,13 @@ def validate_name(value: str, *, field: str) -> str:
     if not name or len(name) > MAX_NAME or not name.isprintable():
         raise InvalidArgumentError(f"{field} must be 1-{MAX_NAME} printable characters")
     return name
+
+
+def struct_to_dict(value: Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: dict[str, Any]) -> Struct:
+    out = Struct()
+    out.update(value)
+    return out

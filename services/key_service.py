@@ -113,7 +113,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Any) -> pb.ListKeysResponse:
         principal = current_call.get().require_principal()
-        records, token = await self._keys.list(
+        records, token = await self._keys.list_page(
             organization_id=principal.organization.organization_id,
             environment=principal.key.environment,
             page_size=page_size(request.page_size),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from meshgate.v1 import namespace_service_pb2 as pb
@@ -10,16 +9,13 @@ from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
+from storage.cascade import NamespacePurger
 from storage.errors import PermissionDeniedError
 from storage.invalidation import InvalidationBus
 from storage.namespaces import Namespace, NamespaceStore
 from storage.pages import page_size
-from storage.scoped import Scope
 
-__all__ = ["NamespaceCascade", "NamespaceServicer", "namespace_to_proto"]
-
-# Deletes one namespace's data in one store; idempotent (re-run after a crash finishes it).
-NamespaceCascade = Callable[[Scope], Awaitable[None]]
+__all__ = ["NamespaceServicer", "namespace_to_proto"]
 
 
 def namespace_to_proto(namespace: Namespace) -> pb.Namespace:
@@ -37,11 +33,11 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         *,
         namespaces: NamespaceStore,
         invalidation: InvalidationBus,
-        cascades: Sequence[NamespaceCascade] = (),
+        purger: NamespacePurger,
     ) -> None:
         self._namespaces = namespaces
         self._invalidation = invalidation
-        self._cascades = tuple(cascades)
+        self._purger = purger
 
     async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Any
@@ -71,7 +67,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         self, request: pb.ListNamespacesRequest, context: Any
     ) -> pb.ListNamespacesResponse:
         principal = current_call.get().require_principal()
-        items, token = await self._namespaces.list(
+        items, token = await self._namespaces.list_page(
             internal_id=principal.organization.internal_id,
             environment=principal.key.environment,
             only_ids=principal.key.namespace_ids or None,
@@ -89,10 +85,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         await self._namespaces.mark_deleting(
             internal_id=scope.internal_id, namespace_id=scope.namespace_id
         )
+        # unusable everywhere from here on; then the data goes (see storage/cascade.py)
         await self._invalidation.namespace_deleted(scope.namespace_id)
-        for cascade in self._cascades:
-            await cascade(scope)
-        await self._namespaces.remove(
-            internal_id=scope.internal_id, namespace_id=scope.namespace_id
-        )
+        await self._purger.finish(scope)
         return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)

@@ -142,7 +142,7 @@ class KeyStore:
             raise NotFoundError("key not found")
         return _from_doc(doc)
 
-    async def list(
+    async def list_page(
         self, *, organization_id: str, environment: str, page_size: int, page_token: str
     ) -> tuple[list[KeyRecord], str]:
         after = decode_page_token(page_token, kind="key", id_pattern=KEY_ID_RE)

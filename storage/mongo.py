@@ -10,7 +10,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from storage.scoped import Scope, ScopedCollection
 
-__all__ = ["MongoStore"]
+__all__ = ["NAMESPACED_COLLECTIONS", "MongoStore"]
+
+# Every collection holding namespaced data; a namespace deletion empties each of them.
+NAMESPACED_COLLECTIONS = ("documents", "vector_stores")
 
 Document = dict[str, Any]
 
@@ -42,6 +45,14 @@ class MongoStore:
         await self.namespaces.create_index(
             [("internal_id", ASCENDING), ("environment", ASCENDING), ("_id", ASCENDING)]
         )
+        await self.namespaces.create_index([("state", ASCENDING)])
+        # namespaced data: every compound index starts with namespace_id
+        documents = self._db["documents"]
+        await documents.create_index(
+            [("namespace_id", ASCENDING), ("document_id", ASCENDING)], unique=True
+        )
+        await documents.create_index([("namespace_id", ASCENDING), ("created_at", ASCENDING)])
+        await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
 
     def scoped(self, name: str, scope: Scope) -> ScopedCollection:
         """A namespaced data collection; there is no unscoped variant."""

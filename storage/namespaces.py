@@ -14,6 +14,7 @@ from storage.errors import AlreadyExistsError, InvalidArgumentError, NotFoundErr
 from storage.ids import NAMESPACE_ID_RE, new_namespace_id
 from storage.mongo import MongoStore
 from storage.pages import decode_page_token, encode_page_token
+from storage.scoped import Scope
 from storage.ttl_cache import TTLCache
 
 __all__ = ["NAMESPACE_NAME_RE", "Namespace", "NamespaceStore"]
@@ -125,7 +126,7 @@ class NamespaceStore:
             out.append(namespace.namespace_id)
         return out
 
-    async def list(
+    async def list_page(
         self,
         *,
         internal_id: str,
@@ -165,6 +166,11 @@ class NamespaceStore:
         )
         self.forget(namespace_id)
         return result.matched_count > 0
+
+    async def deleting(self) -> list[Scope]:
+        """Namespaces whose deletion started but did not finish (all organizations)."""
+        cursor = self._collection.find({"state": "deleting"}, {"internal_id": 1})
+        return [Scope(internal_id=d["internal_id"], namespace_id=d["_id"]) async for d in cursor]
 
     async def remove(self, *, internal_id: str, namespace_id: str) -> None:
         await self._collection.delete_one({"internal_id": internal_id, "_id": namespace_id})

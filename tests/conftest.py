@@ -177,7 +177,7 @@ def settings(
         mongodb_uri=Secret(mongo_uri),
         mongodb_database=database_name,
         redis_url=Secret(redis_server.url),
-        qdrant_url=":memory:",
+        qdrant_url=os.environ.get("MESHGATE_TEST_QDRANT_URL", ":memory:"),
         internal_peers=frozenset({INTERNAL_ID}),
         trusted_proxies=frozenset({PROXY_ID}),
         key_cache_ttl_s=10.0,
@@ -187,7 +187,7 @@ def settings(
 
 @pytest.fixture(scope="session")
 async def backends(settings: Settings) -> AsyncIterator[Backends]:
-    opened = await open_backends(settings, with_qdrant=False)
+    opened = await open_backends(settings)
     yield opened
     if os.environ.get("MESHGATE_TEST_MONGODB_URI"):
         await opened.mongo._client.drop_database(settings.mongodb_database)

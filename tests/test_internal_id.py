@@ -9,14 +9,19 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.duration_pb2 import Duration
 from meshgate.v1 import (
+    document_service_pb2,
+    document_service_pb2_grpc,
     key_service_pb2,
     namespace_service_pb2,
     options_pb2,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    vector_service_pb2,
+    vector_service_pb2_grpc,
 )
 
 from server.app import SERVICE_DESCRIPTORS
@@ -58,7 +63,63 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(tenant: Tenant
     ns = await tenant.namespace()
     created = await tenant.key(options_pb2.PERMISSION_READ, namespaces=(ns.name,))
     k, n = tenant.keys, tenant.namespaces
+    data_md = auth(tenant.admin, ns.name)
+    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
+    vecs = vector_service_pb2_grpc.VectorServiceStub(tenant.channel)
+    body = document_service_pb2.Document(document_id="d1")
+    body.body.update({"a": 1})
+    body.metadata.update({"color": "red"})
+    created_doc = await docs.CreateDocument(
+        document_service_pb2.CreateDocumentRequest(document=body), metadata=data_md
+    )
+    store = vector_service_pb2.VectorStore(dimension=2, distance=vector_service_pb2.DISTANCE_COSINE)
+    data_responses = {
+        "CreateDocument": created_doc,
+        "BatchCreateDocuments": await docs.BatchCreateDocuments(
+            document_service_pb2.BatchCreateDocumentsRequest(
+                requests=[document_service_pb2.CreateDocumentRequest()]
+            ),
+            metadata=data_md,
+        ),
+        "GetDocument": await docs.GetDocument(
+            document_service_pb2.GetDocumentRequest(document_id="d1"), metadata=data_md
+        ),
+        "ListDocuments": await docs.ListDocuments(
+            document_service_pb2.ListDocumentsRequest(), metadata=data_md
+        ),
+        "UpdateDocument": await docs.UpdateDocument(
+            document_service_pb2.UpdateDocumentRequest(
+                document=body, update_mask=field_mask_pb2.FieldMask(paths=["metadata"])
+            ),
+            metadata=data_md,
+        ),
+        "DeleteDocument": await docs.DeleteDocument(
+            document_service_pb2.DeleteDocumentRequest(document_id="d1"), metadata=data_md
+        ),
+        "CreateVectorStore": await vecs.CreateVectorStore(
+            vector_service_pb2.CreateVectorStoreRequest(vector_store=store), metadata=data_md
+        ),
+        "GetVectorStore": await vecs.GetVectorStore(
+            vector_service_pb2.GetVectorStoreRequest(), metadata=data_md
+        ),
+        "UpsertPoints": await vecs.UpsertPoints(
+            vector_service_pb2.UpsertPointsRequest(
+                points=[vector_service_pb2.Point(id="p1", vector=[1, 0])]
+            ),
+            metadata=data_md,
+        ),
+        "Search": await vecs.Search(
+            vector_service_pb2.SearchRequest(vector=[1, 0], with_vectors=True), metadata=data_md
+        ),
+        "GetPoints": await vecs.GetPoints(
+            vector_service_pb2.GetPointsRequest(ids=["p1"]), metadata=data_md
+        ),
+        "DeletePoints": await vecs.DeletePoints(
+            vector_service_pb2.DeletePointsRequest(ids=["p1"]), metadata=data_md
+        ),
+    }
     responses = {
+        **data_responses,
         "GetOrganization": await organization_service_pb2_grpc.OrganizationServiceStub(
             tenant.channel
         ).GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=md),

@@ -73,7 +73,7 @@ async def test_bootstrap_command_creates_a_working_admin_key(
     )
     assert another.returncode == 0 and "mg_" not in another.stdout
     assert key_file.stat().st_mode & 0o777 == 0o600
-    backends = await open_backends(own, with_qdrant=False)
+    backends = await open_backends(own)
     running = await create_server(own, backends)
     try:
         async with grpc.aio.secure_channel(

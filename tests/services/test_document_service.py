@@ -1,0 +1,235 @@
+"""DocumentService through the real server: CRUD, filters, paging, limits, isolation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.struct_pb2 import Struct
+from meshgate.v1 import document_service_pb2 as pb
+from meshgate.v1 import document_service_pb2_grpc as pb_grpc
+from meshgate.v1 import options_pb2
+
+from tests.conftest import Tenant, auth
+
+
+def struct(value: dict[str, Any]) -> Struct:
+    out = Struct()
+    out.update(value)
+    return out
+
+
+def doc(document_id: str = "", body: dict[str, Any] | None = None, **metadata: Any) -> pb.Document:
+    return pb.Document(document_id=document_id, body=struct(body or {}), metadata=struct(metadata))
+
+
+class Docs:
+    def __init__(self, tenant: Tenant, namespace: str, secret: str | None = None) -> None:
+        self.stub = pb_grpc.DocumentServiceStub(tenant.channel)
+        self.md = auth(secret or tenant.admin, namespace)
+
+    async def create(self, document: pb.Document) -> pb.Document:
+        response = await self.stub.CreateDocument(
+            pb.CreateDocumentRequest(document=document), metadata=self.md
+        )
+        return response.document
+
+    async def list_ids(self, filter: dict[str, Any] | None = None, page_size: int = 0) -> list[str]:
+        ids: list[str] = []
+        token = ""
+        while True:
+            request = pb.ListDocumentsRequest(page_size=page_size, page_token=token)
+            if filter is not None:
+                request.filter.CopyFrom(struct(filter))
+            page = await self.stub.ListDocuments(request, metadata=self.md)
+            ids.extend(d.document_id for d in page.documents)
+            token = page.next_page_token
+            if not token:
+                return ids
+
+    async def error(self, call: Any) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        return info.value
+
+
+@pytest.fixture
+async def docs(tenant: Tenant) -> Docs:
+    ns = await tenant.namespace()
+    return Docs(tenant, ns.name)
+
+
+async def test_create_get_update_delete(docs: Docs) -> None:
+    created = await docs.create(doc(body={"title": "hello", "n": [1, 2]}, color="red", size=3))
+    assert created.document_id.startswith("doc_") and created.revision == 1
+    got = await docs.stub.GetDocument(
+        pb.GetDocumentRequest(document_id=created.document_id), metadata=docs.md
+    )
+    assert got.document == created
+    change = doc(created.document_id, body={"ignored": True}, color="blue")
+    updated = await docs.stub.UpdateDocument(
+        pb.UpdateDocumentRequest(
+            document=change, update_mask=FieldMask(paths=["metadata.color", "metadata.size"])
+        ),
+        metadata=docs.md,
+    )
+    assert dict(updated.document.metadata) == {"color": "blue"}  # size removed: in the mask, absent
+    assert dict(updated.document.body)["title"] == "hello"  # body not in the mask
+    assert updated.document.revision == 2
+    await docs.stub.DeleteDocument(
+        pb.DeleteDocumentRequest(document_id=created.document_id), metadata=docs.md
+    )
+    error = await docs.error(
+        docs.stub.GetDocument(
+            pb.GetDocumentRequest(document_id=created.document_id), metadata=docs.md
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    error = await docs.error(
+        docs.stub.DeleteDocument(
+            pb.DeleteDocumentRequest(document_id=created.document_id), metadata=docs.md
+        )
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_caller_ids_are_per_namespace(tenant: Tenant) -> None:
+    a = Docs(tenant, (await tenant.namespace()).name)
+    b = Docs(tenant, (await tenant.namespace()).name)
+    await a.create(doc("invoice-1", owner="a"))
+    await b.create(doc("invoice-1", owner="b"))  # same id, other namespace: no conflict, no oracle
+    error = await a.error(a.create(doc("invoice-1")))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    got = await b.stub.GetDocument(pb.GetDocumentRequest(document_id="invoice-1"), metadata=b.md)
+    assert dict(got.document.metadata) == {"owner": "b"}
+
+
+async def test_filters(docs: Docs) -> None:
+    for i in range(12):
+        await docs.create(
+            doc(f"d{i:02}", size=i, color=["red", "green", "blue"][i % 3], even=i % 2 == 0)
+        )
+    await docs.create(doc("plain"))
+    assert await docs.list_ids({"color": "red"}) == ["d00", "d03", "d06", "d09"]
+    assert await docs.list_ids({"size": {"$gte": 4, "$lt": 7}}) == ["d04", "d05", "d06"]
+    assert await docs.list_ids({"color": {"$in": ["green", "blue"]}, "even": True}) == [
+        "d02",
+        "d04",
+        "d08",
+        "d10",
+    ]
+    assert await docs.list_ids({"$or": [{"size": 1}, {"size": {"$gt": 10}}]}) == ["d01", "d11"]
+    assert await docs.list_ids({"size": {"$exists": False}}) == ["plain"]
+    assert await docs.list_ids({"color": {"$ne": "red"}, "size": {"$exists": True}}) == [
+        f"d{i:02}" for i in range(12) if i % 3
+    ]
+    assert await docs.list_ids(page_size=5) == [f"d{i:02}" for i in range(12)] + ["plain"]
+
+
+@pytest.mark.parametrize(
+    ("filter", "message"),
+    [
+        ({"$where": "sleep(1000)"}, "not allowed"),
+        ({"$expr": {"$gt": ["$a", "$b"]}}, "not allowed"),
+        ({"$function": {"body": "x"}}, "not allowed"),
+        ({"a": {"$where": "1"}}, "not allowed"),
+        ({"a": {"$regex": ".*"}}, "not allowed"),
+        ({"namespace_id": "ns_x"}, "reserved"),
+        ({"$or": [{"namespace_id": {"$exists": True}}]}, "reserved"),
+        ({"internal_id": {"$ne": None}}, "reserved"),
+        ({"a.b": 1}, "must be 1-64"),
+        ({"$and": [{"$and": [{"$and": [{"$and": [{"$and": [{"a": 1}]}]}]}]}]}, "deeper"),
+        ({"a": {"$in": list(range(101))}}, "at most 100"),
+        ({"a": [1, 2]}, "$in"),
+        ({"a": {"$gt": "x"}}, "needs a number"),
+        ({f"f{i}": i for i in range(65)}, "more than 64"),
+    ],
+)
+async def test_adversarial_filters_are_refused(
+    docs: Docs, filter: dict[str, Any], message: str
+) -> None:
+    request = pb.ListDocumentsRequest(filter=struct(filter))
+    error = await docs.error(docs.stub.ListDocuments(request, metadata=docs.md))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith("filter: ")
+    assert message in (error.details() or "")
+
+
+async def test_batch_is_all_or_nothing(docs: Docs) -> None:
+    await docs.create(doc("taken"))
+    good = [pb.CreateDocumentRequest(document=doc(f"b{i}")) for i in range(3)]
+    for bad in (
+        pb.CreateDocumentRequest(document=doc("taken")),
+        pb.CreateDocumentRequest(document=doc("b0")),
+        pb.CreateDocumentRequest(document=doc("x", body={"$set": 1})),
+        pb.CreateDocumentRequest(document=doc("y", namespace_id="ns_other")),
+    ):
+        error = await docs.error(
+            docs.stub.BatchCreateDocuments(
+                pb.BatchCreateDocumentsRequest(requests=[*good, bad]), metadata=docs.md
+            )
+        )
+        assert error.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
+        assert await docs.list_ids() == ["taken"]  # nothing half-written
+    made = await docs.stub.BatchCreateDocuments(
+        pb.BatchCreateDocumentsRequest(requests=good), metadata=docs.md
+    )
+    assert [d.document_id for d in made.documents] == ["b0", "b1", "b2"]
+    error = await docs.error(
+        docs.stub.BatchCreateDocuments(
+            pb.BatchCreateDocumentsRequest(requests=[pb.CreateDocumentRequest()] * 101),
+            metadata=docs.md,
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "1-100" in (error.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (doc(body={"$where": 1}), "may not start with '$'"),
+        (doc(body={"a.b": 1}), "contain '.'"),
+        (doc(body={"nested": {"internal_id": "x"}}), "reserved"),
+        (doc(namespace_id="ns_x"), "reserved"),
+        (doc(**{"bad key": 1}), "keys must be"),
+        (doc(nested={"a": 1}), "values must be"),
+        (doc(body={"blob": "x" * (257 * 1024)}), "256 KiB"),
+        (doc("bad id!"), "document_id"),
+        (doc(**{f"k{i}": i for i in range(65)}), "at most 64 keys"),
+    ],
+)
+async def test_bad_documents_are_refused(docs: Docs, document: pb.Document, message: str) -> None:
+    error = await docs.error(docs.create(document))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (error.details() or "")
+    assert await docs.list_ids() == []
+
+
+async def test_update_mask_is_validated(docs: Docs) -> None:
+    created = await docs.create(doc("u1", a=1))
+    for paths in ([], ["title"], ["metadata."], ["metadata.namespace_id"], ["body.x"]):
+        error = await docs.error(
+            docs.stub.UpdateDocument(
+                pb.UpdateDocumentRequest(document=doc("u1"), update_mask=FieldMask(paths=paths)),
+                metadata=docs.md,
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, paths
+    got = await docs.stub.GetDocument(pb.GetDocumentRequest(document_id="u1"), metadata=docs.md)
+    assert got.document == created
+
+
+async def test_permissions_per_method(tenant: Tenant) -> None:
+    ns = await tenant.namespace()
+    reader = await tenant.key(options_pb2.PERMISSION_READ)
+    writer = await tenant.key(options_pb2.PERMISSION_WRITE)
+    r, w = Docs(tenant, ns.name, reader.secret), Docs(tenant, ns.name, writer.secret)
+    assert (await r.error(r.create(doc("x")))).code() == grpc.StatusCode.PERMISSION_DENIED
+    await w.create(doc("x"))
+    assert await r.list_ids() == ["x"]
+    error = await w.error(
+        w.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="x"), metadata=w.md)
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
