@@ -27,14 +27,22 @@ from interceptors.policy import Policy
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
 from storage.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
 
-__all__ = ["MAX_METADATA_BYTES", "SecurityChain", "Step"]
+__all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
 
 MAX_METADATA_BYTES = 8 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Step(Protocol):
+    """Admits or refuses a call before the servicer runs (raise a typed error to refuse)."""
+
     async def check(self, call: CallState, context: Context) -> None: ...
+
+
+class Observer(Protocol):
+    """Sees every finished call, admitted or not: access log, usage analytics, audit."""
+
+    def finish(self, call: CallState, duration_s: float) -> None: ...
 
 
 def _metadata(context: Context) -> dict[str, str]:
@@ -57,15 +65,15 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self,
         *,
         policies: Mapping[str, Policy],
-        telemetry: Telemetry,
         errors: ErrorMapper,
         steps: Sequence[Step],
+        observers: Sequence[Observer],
         logger: logging.Logger,
     ) -> None:
         self._policies = policies
-        self._telemetry = telemetry
         self._errors = errors
         self._steps = tuple(steps)
+        self._observers = tuple(observers)
         self._logger = logger
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -107,21 +115,36 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
         current_call.set(call)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, call.request_id),))
         if failure is not None:
             raise failure
         if policy is None:
             raise _NoPolicyError("this method declares no access policy and is refused")
         for step in self._steps:
             await step.check(call, context)
+        await self._send_headers(call, context)
         return call
+
+    @staticmethod
+    async def _send_headers(call: CallState, context: Context) -> None:
+        """Initial metadata, once: the request id and whatever the steps added (rate limits)."""
+        if call.headers_sent:
+            return
+        call.headers_sent = True
+        await context.send_initial_metadata(
+            ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
+        )
 
     async def _refuse(self, call: CallState | None, exc: Exception, context: Context) -> None:
         request_id = call.request_id if call else "-"
-        code, message = self._errors.status_for(exc, request_id=request_id)
+        refusal = self._errors.refusal_for(exc, request_id=request_id)
         if call is not None:
-            call.code = code
-        await context.abort(code, message)
+            call.code = refusal.code
+            await self._send_headers(call, context)
+        await context.abort(
+            refusal.code,
+            refusal.message,
+            ((REQUEST_ID_HEADER, request_id), *refusal.trailing_metadata),
+        )
 
     def _finish(self, call: CallState | None, started: float, context: Context) -> None:
         if call is None:
@@ -130,7 +153,12 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = context.code()
             if isinstance(code, grpc.StatusCode):
                 call.code = code
-        self._telemetry.finish(call, time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        for observer in self._observers:
+            try:
+                observer.finish(call, duration)
+            except Exception:  # an observer must never change the call's outcome
+                self._logger.exception("observer %s failed", type(observer).__name__)
 
     def _wrap(
         self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]

@@ -37,7 +37,12 @@ class CallState:
     principal: Principal | None = None
     namespace: Namespace | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
-    details: dict[str, str] = field(default_factory=dict)
+    # initial metadata the steps add (e.g. ratelimit-*), sent once with the request id
+    response_metadata: list[tuple[str, str]] = field(default_factory=list)
+    headers_sent: bool = False
+    # credits debited by the credits step (refunded if the call fails on the server's side)
+    credits: int = 0
+    rate_limited: bool = False
 
     def require_principal(self) -> Principal:
         if self.principal is None:  # the chain guarantees it for ACCESS_API_KEY methods

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +29,8 @@ from meshgate.v1 import (
     namespace_service_pb2_grpc,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     vector_service_pb2,
     vector_service_pb2_grpc,
 )
@@ -33,11 +38,14 @@ from meshgate.v1 import (
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
 from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
+from interceptors.credits import Credits
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
 from interceptors.namespace import NamespaceScope
 from interceptors.peer import PeerIdentity
+from interceptors.rate_limit import RateLimit
 from interceptors.telemetry import Telemetry
+from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
@@ -48,14 +56,19 @@ from services.identity_service import IdentityServicer
 from services.key_service import KeyServicer
 from services.namespace_service import NamespaceServicer
 from services.organization_service import OrganizationServicer
+from services.usage_service import UsageServicer
 from services.vector_service import VectorServicer
 from storage.cascade import NamespacePurger
+from storage.credit_events import CreditEvents
+from storage.credits import CreditAccounts
 from storage.documents import DocumentStore
 from storage.invalidation import InvalidationBus
 from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
 from storage.namespaces import NamespaceStore
 from storage.organizations import OrganizationStore
+from storage.rate_limiter import RateLimiter
+from storage.usage import UsageRecorder
 from storage.vectors import VectorStore
 
 __all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "create_server"]
@@ -69,6 +82,7 @@ SERVICE_DESCRIPTORS = (
     identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     document_service_pb2.DESCRIPTOR.services_by_name["DocumentService"],
     vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"],
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
 )
 
 
@@ -81,7 +95,15 @@ class RunningServer:
     verifier: KeyVerifier
     namespaces: NamespaceStore
     tls: ReloadingServerCredentials | None
+    limiter: RateLimiter
+    accounts: CreditAccounts
+    usage: UsageRecorder
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def flush_usage(self, *, everything: bool = False) -> None:
+        """Ledger first, then the credit settlement it accounts for."""
+        await self.usage.flush()
+        await self.accounts.settle(everything=everything)
 
     async def stop(self, grace_s: float) -> None:
         """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
@@ -94,6 +116,10 @@ class RunningServer:
                 await task
         with contextlib.suppress(Exception):
             await self.verifier.flush_last_used()
+        try:
+            await self.flush_usage(everything=True)
+        except Exception as exc:
+            _LOG.error("could not settle usage and credits at shutdown: %s", type(exc).__name__)
 
 
 async def _flush_last_used(verifier: KeyVerifier, every_s: float) -> None:
@@ -103,6 +129,15 @@ async def _flush_last_used(verifier: KeyVerifier, every_s: float) -> None:
             await verifier.flush_last_used()
         except Exception as exc:  # a store hiccup must not kill the loop
             _LOG.warning("could not record key last-used times: %s", type(exc).__name__)
+
+
+async def _flush_usage(running: RunningServer, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await running.flush_usage()
+        except Exception as exc:  # kept buffered; retried next time
+            _LOG.warning("could not flush usage / settle credits: %s", type(exc).__name__)
 
 
 async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
@@ -146,6 +181,25 @@ async def create_server(
         namespaces.forget(namespace_id)
         vectors.forget(namespace_id)
 
+    limiter = RateLimiter(
+        redis=backends.redis,
+        failure_mode=settings.rate_limit_on_redis_failure,
+        timeout_s=settings.limiter_timeout_s,
+    )
+    credit_events = CreditEvents(mongo=backends.mongo)
+    accounts = CreditAccounts(
+        redis=backends.redis,
+        replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        fail_open=settings.credits_fail_open,
+        timeout_s=max(settings.limiter_timeout_s, 0.5),
+        on_threshold=credit_events.record,
+    )
+    usage = UsageRecorder(mongo=backends.mongo)
+    await usage.ensure_indexes()
+    rate_limit = RateLimit(
+        limiter=limiter, plans=settings.plans, default_plan=settings.default_plan
+    )
+
     invalidation = InvalidationBus(
         redis=backends.redis,
         on_key=verifier.forget_key,
@@ -158,7 +212,6 @@ async def create_server(
         _LOG.warning("method %s declares no policy and will refuse every call", method)
     chain = SecurityChain(
         policies=policies,
-        telemetry=Telemetry(access_log=logging.getLogger("meshgate.access")),
         errors=ErrorMapper(logger=logging.getLogger("meshgate.errors")),
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
@@ -166,6 +219,12 @@ async def create_server(
             OrganizationIdentity(organizations=organizations),
             Authorization(internal_peers=settings.internal_peers),
             NamespaceScope(namespaces=namespaces),
+            rate_limit,
+            Credits(accounts=accounts, plan_of=rate_limit.plan_of),
+        ),
+        observers=(
+            Telemetry(access_log=logging.getLogger("meshgate.access")),
+            UsageObserver(usage=usage, accounts=accounts),
         ),
         logger=_LOG,
     )
@@ -193,6 +252,16 @@ async def create_server(
     )
     vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
         VectorServicer(vectors=vectors), server
+    )
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(
+            usage=usage,
+            accounts=accounts,
+            organizations=organizations,
+            grants=credit_events,
+            plan_of=rate_limit.plan_of,
+        ),
+        server,
     )
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(organizations=organizations), server
@@ -225,11 +294,15 @@ async def create_server(
         verifier=verifier,
         namespaces=namespaces,
         tls=tls,
+        limiter=limiter,
+        accounts=accounts,
+        usage=usage,
     )
     running.tasks.append(asyncio.create_task(invalidation.run(), name="invalidation-bus"))
     running.tasks.append(asyncio.create_task(_flush_last_used(verifier, 30.0), name="last-used"))
     running.tasks.append(
         asyncio.create_task(_finish_deletions(purger, 60.0), name="namespace-deletions")
     )
+    running.tasks.append(asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"))
     await invalidation.wait_live(2.0)
     return running

@@ -49,7 +49,7 @@ async def _dev_key(settings: Settings, backends: object) -> Path:
     assert isinstance(backends, Backends)
     key_file = settings.data_dir / "dev-admin-key"
     if await OrganizationStore(mongo=backends.mongo).count() == 0:
-        result = await bootstrap(backends, name="dev", plan="free", environment="development")
+        result = await bootstrap(backends, name="dev", plan="pro", environment="development")
         write_secret_file(key_file, result.secret)
         _LOG.info(
             "bootstrapped organization %s with ADMIN key %s (secret in %s)",
@@ -90,6 +90,12 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
 
 
 async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    if args.plan not in settings.plans:
+        print(
+            f"error: unknown plan {args.plan!r}; plans: {', '.join(settings.plans)}",
+            file=sys.stderr,
+        )
+        return 2
     backends = await open_backends(settings, with_qdrant=False)
     try:
         existing = await OrganizationStore(mongo=backends.mongo).count()

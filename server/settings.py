@@ -6,14 +6,26 @@ secrets are wrapped in `Secret`, whose repr is masked.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ENVIRONMENTS", "Secret", "Settings", "SettingsError"]
+from storage.plans import Plan, PlanError, parse_plans
+from storage.rate_limiter import FailureMode
+
+__all__ = [
+    "DEFAULT_PLANS_FILE",
+    "ENVIRONMENTS",
+    "Secret",
+    "Settings",
+    "SettingsError",
+    "load_plans",
+]
 
 ENVIRONMENTS = ("development", "staging", "production")
+DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
 
 
 class SettingsError(ValueError):
@@ -62,6 +74,24 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def load_plans(path: Path) -> dict[str, Plan]:
+    try:
+        return parse_plans(json.loads(path.read_text()))
+    except OSError as exc:
+        raise SettingsError(f"MESHGATE_PLANS_FILE: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"MESHGATE_PLANS_FILE: {path} is not JSON: {exc}") from None
+    except PlanError as exc:
+        raise SettingsError(f"MESHGATE_PLANS_FILE: {path}: {exc}") from None
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -92,6 +122,11 @@ class Settings:
     backend_timeout_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    plans: Mapping[str, Plan] = field(default_factory=lambda: load_plans(DEFAULT_PLANS_FILE))
+    default_plan: str = "free"
+    rate_limit_on_redis_failure: FailureMode = FailureMode.LOCAL
+    credits_fail_open: bool = False
+    limiter_timeout_s: float = 0.2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +140,10 @@ class Settings:
         log_level = env.get("MESHGATE_LOG_LEVEL", "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("MESHGATE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        plans = load_plans(Path(env.get("MESHGATE_PLANS_FILE") or DEFAULT_PLANS_FILE))
+        default_plan = env.get("MESHGATE_DEFAULT_PLAN", "free")
+        if default_plan not in plans:
+            raise SettingsError(f"MESHGATE_DEFAULT_PLAN {default_plan!r} is not one of the plans")
         listen = env.get("MESHGATE_LISTEN", "127.0.0.1:50051")
         if ":" not in listen:
             raise SettingsError(f"MESHGATE_LISTEN must be host:port, got {listen!r}")
@@ -130,4 +169,19 @@ class Settings:
                 _number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
             ),
             log_level=log_level,
+            plans=plans,
+            default_plan=default_plan,
+            rate_limit_on_redis_failure=FailureMode(
+                _choice(
+                    env,
+                    "MESHGATE_RATE_LIMIT_ON_REDIS_FAILURE",
+                    "local",
+                    ("local", "open", "closed"),
+                )
+            ),
+            credits_fail_open=_choice(
+                env, "MESHGATE_CREDITS_ON_REDIS_FAILURE", "closed", ("closed", "open")
+            )
+            == "open",
+            limiter_timeout_s=_number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
         )

@@ -27,6 +27,7 @@ from storage.invalidation import InvalidationBus
 from storage.keys import KeyRecord, KeyStore
 from storage.namespaces import NamespaceStore
 from storage.pages import page_size
+from storage.plans import Limit, PlanError
 
 __all__ = ["KeyServicer", "key_to_proto"]
 
@@ -52,6 +53,11 @@ def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
         last_used_time=timestamp(record.last_used_at),
         revoke_time=timestamp(record.revoked_at),
         rotate_time=timestamp(record.rotated_at),
+        rate_limit=(
+            pb.RateLimit(per_second=record.rate_limit.per_second, burst=record.rate_limit.burst)
+            if record.rate_limit
+            else None
+        ),
     )
 
 
@@ -97,6 +103,14 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
         )
+        rate_limit = None
+        if request.HasField("rate_limit"):
+            try:
+                rate_limit = Limit(
+                    per_second=request.rate_limit.per_second, burst=request.rate_limit.burst
+                )
+            except PlanError as exc:
+                raise InvalidArgumentError(f"rate_limit: {exc}") from None
         record, secret = await self._keys.create(
             organization_id=principal.organization.organization_id,
             name=name,
@@ -104,6 +118,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             permissions=permissions,
             namespace_ids=namespace_ids,
             expires_at=expires_at,
+            rate_limit=rate_limit,
         )
         return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
 

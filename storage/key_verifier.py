@@ -18,6 +18,7 @@ from storage.api_keys import parse_secret
 from storage.clock import utc_now
 from storage.errors import UnauthenticatedError
 from storage.keys import KeyRecord, KeyStore
+from storage.plans import Limit
 from storage.ttl_cache import TTLCache
 
 __all__ = ["KeyVerifier", "VerifiedKey"]
@@ -31,6 +32,7 @@ class VerifiedKey:
     permissions: frozenset[str]
     namespace_ids: frozenset[str]
     valid_until: datetime | None
+    rate_limit: Limit | None = None
 
 
 class KeyVerifier:
@@ -103,6 +105,7 @@ class KeyVerifier:
             permissions=record.permissions,
             namespace_ids=record.namespace_ids,
             valid_until=valid_until,
+            rate_limit=record.rate_limit,
         )
 
     async def flush_last_used(self) -> None:

@@ -15,6 +15,7 @@ from storage.errors import InvalidArgumentError, NotFoundError
 from storage.ids import KEY_ID_RE, new_key_id
 from storage.mongo import MongoStore
 from storage.pages import decode_page_token, encode_page_token
+from storage.plans import Limit
 
 __all__ = ["PERMISSIONS", "KeyRecord", "KeySecret", "KeyStore"]
 
@@ -44,6 +45,7 @@ class KeyRecord:
     rotated_at: datetime | None
     last_used_at: datetime | None
     secrets: tuple[KeySecret, ...] = field(repr=False)
+    rate_limit: Limit | None = None
 
     @property
     def display_prefix(self) -> str:
@@ -79,6 +81,14 @@ def _from_doc(doc: dict[str, Any]) -> KeyRecord:
             )
             for s in doc.get("secrets", ())
         ),
+        rate_limit=(
+            Limit(
+                per_second=float(doc["rate_limit"]["per_second"]),
+                burst=int(doc["rate_limit"]["burst"]),
+            )
+            if doc.get("rate_limit")
+            else None
+        ),
     )
 
 
@@ -107,6 +117,7 @@ class KeyStore:
         permissions: frozenset[str],
         namespace_ids: list[str],
         expires_at: datetime | None,
+        rate_limit: Limit | None = None,
     ) -> tuple[KeyRecord, str]:
         """The new key and its secret (returned once, never stored)."""
         now = self._now()
@@ -126,6 +137,11 @@ class KeyStore:
             "rotated_at": None,
             "last_used_at": None,
             "secrets": [_secret_doc(minted, now)],
+            "rate_limit": (
+                {"per_second": rate_limit.per_second, "burst": rate_limit.burst}
+                if rate_limit
+                else None
+            ),
         }
         await self._collection.insert_one(doc)
         return _from_doc(doc), minted.secret

@@ -54,6 +54,11 @@ class MongoStore:
         await documents.create_index([("namespace_id", ASCENDING), ("created_at", ASCENDING)])
         await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
 
+    @property
+    def database(self) -> AsyncDatabase[Document]:
+        """For organization-level collections owned by one storage module (usage, credits)."""
+        return self._db
+
     def scoped(self, name: str, scope: Scope) -> ScopedCollection:
         """A namespaced data collection; there is no unscoped variant."""
         return ScopedCollection(self._db[name], scope)

@@ -277,9 +277,9 @@ ENV_PROTO = {
 
 @pytest.fixture
 def make_tenant(backends: Backends, channel: grpc.aio.Channel, server: RunningServer):  # type: ignore[no-untyped-def]
-    async def make(environment: str = "development") -> Tenant:
+    async def make(environment: str = "development", plan: str = "enterprise") -> Tenant:
         result = await bootstrap(
-            backends, name=f"org-{secrets.token_hex(3)}", plan="free", environment=environment
+            backends, name=f"org-{secrets.token_hex(3)}", plan=plan, environment=environment
         )
         return Tenant(
             organization_id=result.organization_id,

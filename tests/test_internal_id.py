@@ -20,15 +20,18 @@ from meshgate.v1 import (
     options_pb2,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     vector_service_pb2,
     vector_service_pb2_grpc,
 )
 
 from server.app import SERVICE_DESCRIPTORS
 from storage.organizations import OrganizationStore
-from tests.conftest import Tenant, auth
+from tests.conftest import Tenant, auth, client_credentials
 
-INTERNAL_ONLY = {"meshgate.v1.IdentityService"}
+# the one method whose job is to return it, to allow-listed internal peers only
+RESOLVER = "meshgate.v1.IdentityService.ResolveOrganization"
 
 
 def field_names(message: Descriptor, seen: set[str] | None = None) -> set[str]:
@@ -47,16 +50,18 @@ def field_names(message: Descriptor, seen: set[str] | None = None) -> set[str]:
 def test_no_public_response_can_carry_internal_id() -> None:
     walked = 0
     for service in SERVICE_DESCRIPTORS:
-        if service.full_name in INTERNAL_ONLY:
-            continue
         for method in service.methods:
+            if method.full_name == RESOLVER:
+                continue
             names = field_names(method.output_type)
             walked += 1
             assert not {n for n in names if "internal" in n}, f"{method.full_name} exposes {names}"
     assert walked >= 10
 
 
-async def test_serialized_responses_of_every_rpc_omit_internal_id(tenant: Tenant, backends) -> None:  # type: ignore[no-untyped-def]
+async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: ignore[no-untyped-def]
+    tenant: Tenant, backends, server, pki
+) -> None:
     org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     needle = org.internal_id.encode()
     md = auth(tenant.admin)
@@ -148,13 +153,21 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(tenant: Tenant
             namespace_service_pb2.DeleteNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
         ),
     }
-    public = {
-        f"{s.full_name}/{m.name}"
-        for s in SERVICE_DESCRIPTORS
-        if s.full_name not in INTERNAL_ONLY
-        for m in s.methods
-    }
-    assert {p.rsplit("/", 1)[1] for p in public} == set(responses)
+    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
+    responses["GetUsage"] = await usage.GetUsage(usage_service_pb2.GetUsageRequest(), metadata=md)
+    responses["GetCreditBalance"] = await usage.GetCreditBalance(
+        usage_service_pb2.GetCreditBalanceRequest(), metadata=md
+    )
+    async with grpc.aio.secure_channel(
+        f"localhost:{server.port}", client_credentials(pki, "internal")
+    ) as internal:
+        responses["GrantCredits"] = await usage_service_pb2_grpc.UsageServiceStub(
+            internal
+        ).GrantCredits(
+            usage_service_pb2.GrantCreditsRequest(organization_id=tenant.organization_id, credits=5)
+        )
+    every = {m.full_name for s in SERVICE_DESCRIPTORS for m in s.methods} - {RESOLVER}
+    assert {p.rsplit(".", 1)[1] for p in every} == set(responses)
     for name, response in responses.items():
         assert needle not in response.SerializeToString(), name
     # error details too: a NOT_FOUND from another org's namespace

@@ -49,9 +49,9 @@ async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # 
 
     chain = SecurityChain(
         policies={},
-        telemetry=Telemetry(access_log=logging.getLogger("test.access")),
         errors=ErrorMapper(logger=logging.getLogger("test.errors")),
         steps=(),
+        observers=(Telemetry(access_log=logging.getLogger("test.access")),),
         logger=logging.getLogger("test"),
     )
     server = grpc.aio.server(interceptors=(chain,))

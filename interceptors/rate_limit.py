@@ -1,0 +1,69 @@
+"""Step 8, rate limit: per plan and route class (or per key, with an override), in Redis.
+
+The bucket is the organization's for the method's route class
+(`mg:{org_…}:rl:<class>`), or the key's own when the key carries a rate
+override (`mg:{org_…}:rl:key_…:<class>`). Every admitted response carries
+`ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset`; a refusal is
+RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import grpc
+
+from interceptors.context import CallState
+from interceptors.policy import Access
+from storage.errors import ResourceExhaustedError
+from storage.plans import Plan
+from storage.rate_limiter import RateLimiter
+from storage.redis_keys import organization_key
+
+__all__ = ["RateLimit"]
+
+_LOG = logging.getLogger("meshgate.ratelimit")
+
+
+class RateLimit:
+    def __init__(
+        self, *, limiter: RateLimiter, plans: Mapping[str, Plan], default_plan: str
+    ) -> None:
+        self._limiter = limiter
+        self._plans = plans
+        self._default = plans[default_plan]
+        self._buckets: dict[tuple[str, str, str], str] = {}
+
+    def plan_of(self, name: str) -> Plan:
+        plan = self._plans.get(name)
+        if plan is None:
+            _LOG.warning("organization on unknown plan %r: using %r", name, self._default.name)
+            return self._default
+        return plan
+
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
+        if call.policy.access is not Access.API_KEY or call.principal is None:
+            return
+        principal = call.principal
+        rate_class = call.policy.rate_class
+        organization_id = principal.organization.organization_id
+        override = principal.key.rate_limit
+        owner = principal.key.key_id if override is not None else ""
+        name = self._buckets.get((organization_id, owner, rate_class))
+        if name is None:
+            parts = ("rl", owner, rate_class) if owner else ("rl", rate_class)
+            name = self._buckets[(organization_id, owner, rate_class)] = organization_key(
+                organization_id, *parts
+            )
+        limit = override or self.plan_of(principal.organization.plan).limits[rate_class]
+        decision = await self._limiter.acquire(name, limit)
+        call.response_metadata.extend(decision.headers())
+        if not decision.allowed:
+            call.rate_limited = True
+            raise ResourceExhaustedError(
+                f"rate limit exceeded for {rate_class} calls; retry in {decision.retry_after_s:.2f}s",
+                retry_after_s=decision.retry_after_s,
+            )

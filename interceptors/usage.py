@@ -1,0 +1,43 @@
+"""Usage observer: every finished call of an authenticated caller is counted for analytics.
+
+A debit whose call then failed on the server's side (INTERNAL, UNAVAILABLE)
+is refunded; anything else the caller asked for is charged, refused or not.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from interceptors.context import CallState
+from storage.credits import CreditAccounts
+from storage.usage import UsageRecorder
+
+__all__ = ["UsageObserver"]
+
+_SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
+
+
+class UsageObserver:
+    def __init__(self, *, usage: UsageRecorder, accounts: CreditAccounts) -> None:
+        self._usage = usage
+        self._accounts = accounts
+
+    def finish(self, call: CallState, duration_s: float) -> None:
+        principal = call.principal
+        if principal is None:
+            return
+        organization_id = principal.organization.organization_id
+        credits = call.credits
+        if credits and call.code in _SERVER_FAULTS:
+            self._accounts.refund(organization_id, credits)
+            credits = 0
+        self._usage.record(
+            organization_id=organization_id,
+            namespace_id=call.namespace.namespace_id if call.namespace else "",
+            method=call.method,
+            key_id=principal.key.key_id,
+            request_id=call.request_id,
+            status=call.code.name,
+            credits=credits,
+            rate_limited=call.rate_limited,
+        )

@@ -1,0 +1,136 @@
+"""UsageService: usage analytics, credit balance, and (internal) credit grants."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from meshgate.v1 import usage_service_pb2 as pb
+from meshgate.v1 import usage_service_pb2_grpc as pb_grpc
+
+from interceptors.context import current_call
+from services.convert import from_timestamp, timestamp
+from storage.clock import utc_now
+from storage.credits import Balance, CreditAccounts
+from storage.credit_events import CreditEvents
+from storage.errors import InvalidArgumentError
+from storage.ids import ORGANIZATION_ID_RE
+from storage.organizations import OrganizationStore
+from storage.plans import Plan
+from storage.usage import UsageRecorder
+
+__all__ = ["UsageServicer"]
+
+MAX_RANGE = timedelta(days=93)
+MAX_GRANT = 1_000_000_000
+_GROUPS = {
+    pb.USAGE_GROUP_NAMESPACE: "namespace",
+    pb.USAGE_GROUP_METHOD: "method",
+    pb.USAGE_GROUP_DAY: "day",
+    pb.USAGE_GROUP_HOUR: "hour",
+}
+
+
+def balance_to_proto(balance: Balance) -> pb.CreditBalance:
+    return pb.CreditBalance(
+        period=balance.period,
+        allowance=balance.allowance,
+        granted=balance.granted,
+        used=balance.used,
+        reserved=balance.reserved,
+        remaining=balance.remaining,
+    )
+
+
+class UsageServicer(pb_grpc.UsageServiceServicer):
+    def __init__(
+        self,
+        *,
+        usage: UsageRecorder,
+        accounts: CreditAccounts,
+        organizations: OrganizationStore,
+        grants: CreditEvents,
+        plan_of: Callable[[str], Plan],
+    ) -> None:
+        self._usage = usage
+        self._accounts = accounts
+        self._organizations = organizations
+        self._grants = grants
+        self._plan_of = plan_of
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:  # noqa: N802
+        principal = current_call.get().require_principal()
+        end = from_timestamp(request.end_time) if request.HasField("end_time") else utc_now()
+        start = (
+            from_timestamp(request.start_time)
+            if request.HasField("start_time")
+            else end - timedelta(days=1)
+        )
+        if start >= end:
+            raise InvalidArgumentError("start_time must be before end_time")
+        if end - start > MAX_RANGE:
+            raise InvalidArgumentError("the time range may span at most 93 days")
+        groups = []
+        for value in request.group_by:
+            group = _GROUPS.get(value)
+            if group is None:
+                raise InvalidArgumentError(
+                    "group_by takes USAGE_GROUP_NAMESPACE, _METHOD, _DAY or _HOUR"
+                )
+            groups.append(group)
+        if "day" in groups and "hour" in groups:
+            raise InvalidArgumentError("group by USAGE_GROUP_DAY or USAGE_GROUP_HOUR, not both")
+        await self._usage.flush()  # this replica's last second; others flush every second
+        rows = await self._usage.query(
+            organization_id=principal.organization.organization_id,
+            start=start,
+            end=end,
+            group_by=tuple(groups),
+        )
+        return pb.GetUsageResponse(
+            rows=[
+                pb.UsageRow(
+                    namespace_id=row.namespace_id or "",
+                    method=row.method or "",
+                    start_time=timestamp(row.start),
+                    calls=row.calls,
+                    credits=row.credits,
+                    rate_limited=row.rate_limited,
+                    calls_by_status=row.by_status,
+                )
+                for row in rows
+            ]
+        )
+
+    async def GetCreditBalance(  # noqa: N802
+        self, request: pb.GetCreditBalanceRequest, context: Any
+    ) -> pb.GetCreditBalanceResponse:
+        organization = current_call.get().require_principal().organization
+        balance = await self._accounts.balance(
+            organization.organization_id,
+            allowance=self._plan_of(organization.plan).monthly_credits,
+        )
+        return pb.GetCreditBalanceResponse(balance=balance_to_proto(balance))
+
+    async def GrantCredits(  # noqa: N802
+        self, request: pb.GrantCreditsRequest, context: Any
+    ) -> pb.GrantCreditsResponse:
+        if not ORGANIZATION_ID_RE.match(request.organization_id):
+            raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+        if not 1 <= request.credits <= MAX_GRANT:
+            raise InvalidArgumentError(f"credits must be between 1 and {MAX_GRANT}")
+        organization = await self._organizations.get(request.organization_id)
+        balance = await self._accounts.grant(
+            organization.organization_id,
+            request.credits,
+            allowance=self._plan_of(organization.plan).monthly_credits,
+        )
+        call = current_call.get()
+        await self._grants.record_grant(
+            organization.organization_id,
+            balance.period,
+            request.credits,
+            by=call.peer_identity or "",
+        )
+        return pb.GrantCreditsResponse(balance=balance_to_proto(balance))

@@ -1,0 +1,275 @@
+"""Credits: a monthly allowance per organization, debited atomically, never below zero.
+
+The balance of the current period lives in Redis (`mg:{org_…}:credits:<YYYY-MM>`,
+a hash of allowance, granted, balance, used, reserved). A period's hash is
+created by the first script that touches it, with the plan's allowance: the
+monthly refill is lazy, computed from the clock, no cron job.
+
+A replica reserves credits in small batches (one Lua script: the balance
+moves to `reserved`, never below zero) and debits calls from its local
+reservation, so the common call pays no Redis round trip. Every second it
+settles: the credits it spent move from `reserved` to `used`, after the
+matching usage events are stored (the ledger); reservations idle for a while
+are released back to the balance. After settling,
+`allowance + granted == balance + reserved + used` and `used` equals the sum
+of the ledger's credits for the period.
+
+A call whose cost exceeds what can be reserved is RESOURCE_EXHAUSTED before
+any work is done. Redis unreachable: credits fail closed (UNAVAILABLE) unless
+configured open; calls already covered by a local reservation go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from storage.clock import utc_now
+from storage.errors import ResourceExhaustedError, UnavailableError
+from storage.redis_keys import organization_key
+
+__all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "period_of"]
+
+_LOG = logging.getLogger("meshgate.credits")
+THRESHOLDS = (80, 95, 100)
+_PERIOD_TTL_MS = 70 * 24 * 3600 * 1000
+
+_INIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'allowance', ARGV[1], 'granted', 0, 'balance', ARGV[1],
+             'used', 0, 'reserved', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+"""
+_STATE = (
+    "return redis.call('HMGET', KEYS[1], 'allowance', 'granted', 'balance', 'used', 'reserved')"
+)
+# ARGV: allowance, ttl_ms, want, replica
+_RESERVE = (
+    _INIT
+    + """
+local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
+local grant = math.min(tonumber(ARGV[3]), balance)
+if grant > 0 then
+  redis.call('HINCRBY', KEYS[1], 'balance', -grant)
+  redis.call('HINCRBY', KEYS[1], 'reserved', grant)
+  redis.call('HINCRBY', KEYS[1], 'res:' .. ARGV[4], grant)
+end
+local s = redis.call('HMGET', KEYS[1], 'allowance', 'granted', 'balance', 'used', 'reserved')
+return {grant, s[1], s[2], s[3], s[4], s[5]}
+"""
+)
+# ARGV: allowance, ttl_ms, used, release, replica
+_SETTLE = (
+    _INIT
+    + """
+local used = tonumber(ARGV[3])
+local release = tonumber(ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'used', used)
+redis.call('HINCRBY', KEYS[1], 'reserved', -(used + release))
+redis.call('HINCRBY', KEYS[1], 'balance', release)
+redis.call('HINCRBY', KEYS[1], 'res:' .. ARGV[5], -(used + release))
+"""
+    + _STATE
+)
+# ARGV: allowance, ttl_ms, amount
+_GRANT = (
+    _INIT
+    + """
+redis.call('HINCRBY', KEYS[1], 'granted', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'balance', ARGV[3])
+"""
+    + _STATE
+)
+
+
+def period_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def period_end(period: str) -> datetime:
+    year, month = (int(p) for p in period.split("-"))
+    last = calendar.monthrange(year, month)[1]
+    return datetime(year, month, last, 23, 59, 59, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    period: str
+    allowance: int
+    granted: int
+    remaining: int
+    used: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return self.allowance + self.granted
+
+    def consumed_percent(self) -> float:
+        return 100.0 if self.total == 0 else 100.0 * (self.used + self.reserved) / self.total
+
+
+def _balance(period: str, raw: list[object]) -> Balance:
+    allowance, granted, remaining, used, reserved = (int(v) for v in raw)  # type: ignore[call-overload]
+    return Balance(period, allowance, granted, remaining, used, reserved)
+
+
+@dataclass
+class _Reservation:
+    allowance: int
+    available: int = 0
+    spent: int = 0  # spent locally, not settled yet
+    last_used: float = 0.0
+    pending: asyncio.Task[None] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class CreditAccounts:
+    redis: Redis
+    replica: str
+    fail_open: bool = False
+    timeout_s: float = 0.5
+    batch: int = 100
+    idle_release_s: float = 2.0
+    now: Callable[[], datetime] = utc_now
+    monotonic: Callable[[], float] = time.monotonic
+    on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
+    _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
+    _notified: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._grant = self.redis.register_script(_GRANT)
+        self._state = self.redis.register_script(_INIT + _STATE)
+
+    @staticmethod
+    def key(organization_id: str, period: str) -> str:
+        return organization_key(organization_id, "credits", period)
+
+    async def debit(self, organization_id: str, cost: int, *, allowance: int) -> None:
+        """Spend `cost` credits now, or raise before any work is done.
+
+        `allowance` is the plan's monthly credits, used when the period starts.
+        """
+        period = period_of(self.now())
+        slot = (organization_id, period)
+        reservation = self._reservations.get(slot)
+        if reservation is None:
+            reservation = self._reservations[slot] = _Reservation(allowance=allowance)
+        for _ in range(2):
+            if reservation.available >= cost:
+                reservation.available -= cost
+                reservation.spent += cost
+                reservation.last_used = self.monotonic()
+                return
+            if reservation.pending is None:
+                want = max(cost - reservation.available, min(self.batch, cost * 20))
+                reservation.pending = asyncio.create_task(
+                    self._top_up(organization_id, period, reservation, want)
+                )
+            await asyncio.shield(reservation.pending)
+            if reservation.error is not None:
+                error, reservation.error = reservation.error, None
+                if self.fail_open:
+                    _LOG.warning("credits unavailable (%s): failing open", type(error).__name__)
+                    return
+                raise UnavailableError("credit accounting is unavailable; retry later")
+        end = period_end(period)
+        raise ResourceExhaustedError(
+            "the organization's credits for this month are used up",
+            retry_after_s=max(1.0, (end - self.now()).total_seconds()),
+        )
+
+    async def _top_up(
+        self, organization_id: str, period: str, reservation: _Reservation, want: int
+    ) -> None:
+        try:
+            raw = await asyncio.wait_for(
+                self._reserve(
+                    keys=[self.key(organization_id, period)],
+                    args=[reservation.allowance, _PERIOD_TTL_MS, want, self.replica],
+                ),
+                self.timeout_s,
+            )
+            reservation.available += int(raw[0])
+            await self._thresholds(organization_id, period, _balance(period, raw[1:]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            reservation.error = exc
+        finally:
+            reservation.pending = None
+
+    def refund(self, organization_id: str, cost: int) -> None:
+        """Give back a debit whose call failed on the server's side."""
+        reservation = self._reservations.get((organization_id, period_of(self.now())))
+        if reservation is not None and reservation.spent >= cost:
+            reservation.spent -= cost
+            reservation.available += cost
+
+    async def settle(self, *, everything: bool = False) -> None:
+        """Move spent credits to `used`; release idle reservations (all of them on shutdown).
+
+        Call only after the usage events of the spent credits are stored.
+        """
+        now = self.monotonic()
+        for slot, reservation in list(self._reservations.items()):
+            organization_id, period = slot
+            stale = period != period_of(self.now())
+            release = (
+                reservation.available
+                if everything or stale or now - reservation.last_used > self.idle_release_s
+                else 0
+            )
+            spent = reservation.spent
+            if not spent and not release:
+                continue
+            raw = await asyncio.wait_for(
+                self._settle(
+                    keys=[self.key(organization_id, period)],
+                    args=[reservation.allowance, _PERIOD_TTL_MS, spent, release, self.replica],
+                ),
+                self.timeout_s,
+            )
+            reservation.spent -= spent
+            reservation.available -= release
+            if stale and not reservation.spent and not reservation.available:
+                self._reservations.pop(slot, None)
+            await self._thresholds(organization_id, period, _balance(period, raw))
+
+    async def grant(self, organization_id: str, amount: int, *, allowance: int) -> Balance:
+        period = period_of(self.now())
+        raw = await self._grant(
+            keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS, amount]
+        )
+        return _balance(period, raw)
+
+    async def balance(self, organization_id: str, *, allowance: int) -> Balance:
+        period = period_of(self.now())
+        raw = await self._state(
+            keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS]
+        )
+        return _balance(period, raw)
+
+    def spent_unsettled(self, organization_id: str) -> int:
+        reservation = self._reservations.get((organization_id, period_of(self.now())))
+        return reservation.spent if reservation else 0
+
+    async def _thresholds(self, organization_id: str, period: str, balance: Balance) -> None:
+        if self.on_threshold is None:
+            return
+        consumed = balance.consumed_percent() if balance.remaining > 0 else 100.0
+        for threshold in THRESHOLDS:
+            marker = (organization_id, period, threshold)
+            if consumed >= threshold and marker not in self._notified:
+                self._notified.add(marker)
+                await self.on_threshold(organization_id, period, threshold, balance)
