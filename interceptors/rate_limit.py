@@ -64,6 +64,7 @@ class RateLimit:
         if not decision.allowed:
             call.rate_limited = True
             raise ResourceExhaustedError(
-                f"rate limit exceeded for {rate_class} calls; retry in {decision.retry_after_s:.2f}s",
+                f"rate limit exceeded for {rate_class} calls;"
+                f" retry in {decision.retry_after_s:.2f}s",
                 retry_after_s=decision.retry_after_s,
             )

@@ -28,9 +28,10 @@ class UsageObserver:
             return
         organization_id = principal.organization.organization_id
         credits = call.credits
-        if credits and call.code in _SERVER_FAULTS:
-            self._accounts.refund(organization_id, credits)
-            credits = 0
+        if credits:
+            refund = call.code in _SERVER_FAULTS
+            self._accounts.complete(organization_id, credits, refund=refund)
+            credits = 0 if refund else credits
         self._usage.record(
             organization_id=organization_id,
             namespace_id=call.namespace.namespace_id if call.namespace else "",

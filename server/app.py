@@ -71,7 +71,13 @@ from storage.rate_limiter import RateLimiter
 from storage.usage import UsageRecorder
 from storage.vectors import VectorStore
 
-__all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "create_server"]
+__all__ = [
+    "SERVICE_DESCRIPTORS",
+    "Components",
+    "RunningServer",
+    "build_components",
+    "create_server",
+]
 
 _LOG = logging.getLogger("meshgate.server")
 
@@ -102,8 +108,9 @@ class RunningServer:
 
     async def flush_usage(self, *, everything: bool = False) -> None:
         """Ledger first, then the credit settlement it accounts for."""
+        spent = self.accounts.spent_snapshot()
         await self.usage.flush()
-        await self.accounts.settle(everything=everything)
+        await self.accounts.settle(spent=spent, everything=everything)
 
     async def stop(self, grace_s: float) -> None:
         """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
@@ -150,26 +157,34 @@ async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
-async def create_server(
-    settings: Settings,
-    backends: Backends,
-    *,
-    address: str | None = None,
-    extra_options: Sequence[tuple[str, int]] = (),
-) -> RunningServer:
+@dataclass
+class Components:
+    """Everything the servicers and the chain share, built once per server."""
+
+    organizations: OrganizationStore
+    keys: KeyStore
+    namespaces: NamespaceStore
+    verifier: KeyVerifier
+    documents: DocumentStore
+    vectors: VectorStore
+    purger: NamespacePurger
+    invalidation: InvalidationBus
+    limiter: RateLimiter
+    accounts: CreditAccounts
+    credit_events: CreditEvents
+    usage: UsageRecorder
+    rate_limit: RateLimit
+
+
+async def build_components(settings: Settings, backends: Backends) -> Components:
     organizations = OrganizationStore(mongo=backends.mongo)
-    keys = KeyStore(mongo=backends.mongo)
     namespaces = NamespaceStore(mongo=backends.mongo)
+    keys = KeyStore(mongo=backends.mongo)
     verifier = KeyVerifier(
         keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
     )
-
-    documents = DocumentStore(mongo=backends.mongo)
     vectors = VectorStore(
         mongo=backends.mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote
-    )
-    purger = NamespacePurger(
-        mongo=backends.mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
     )
 
     def on_live(live: bool) -> None:
@@ -187,49 +202,125 @@ async def create_server(
         timeout_s=settings.limiter_timeout_s,
     )
     credit_events = CreditEvents(mongo=backends.mongo)
-    accounts = CreditAccounts(
-        redis=backends.redis,
-        replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
-        fail_open=settings.credits_fail_open,
-        timeout_s=max(settings.limiter_timeout_s, 0.5),
-        on_threshold=credit_events.record,
-    )
     usage = UsageRecorder(mongo=backends.mongo)
     await usage.ensure_indexes()
-    rate_limit = RateLimit(
-        limiter=limiter, plans=settings.plans, default_plan=settings.default_plan
+    return Components(
+        organizations=organizations,
+        keys=keys,
+        namespaces=namespaces,
+        verifier=verifier,
+        documents=DocumentStore(mongo=backends.mongo),
+        vectors=vectors,
+        purger=NamespacePurger(
+            mongo=backends.mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
+        ),
+        invalidation=InvalidationBus(
+            redis=backends.redis,
+            on_key=verifier.forget_key,
+            on_namespace=on_namespace,
+            on_live=on_live,
+        ),
+        limiter=limiter,
+        accounts=CreditAccounts(
+            redis=backends.redis,
+            replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            fail_open=settings.credits_fail_open,
+            timeout_s=max(settings.limiter_timeout_s, 0.5),
+            on_threshold=credit_events.record,
+        ),
+        credit_events=credit_events,
+        usage=usage,
+        rate_limit=RateLimit(
+            limiter=limiter, plans=settings.plans, default_plan=settings.default_plan
+        ),
     )
 
-    invalidation = InvalidationBus(
-        redis=backends.redis,
-        on_key=verifier.forget_key,
-        on_namespace=on_namespace,
-        on_live=on_live,
-    )
 
+def build_chain(settings: Settings, c: Components) -> SecurityChain:
+    """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
     policies = build_policy_table(SERVICE_DESCRIPTORS)
     for method in undeclared_methods(SERVICE_DESCRIPTORS, policies):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
-    chain = SecurityChain(
+    return SecurityChain(
         policies=policies,
         errors=ErrorMapper(logger=logging.getLogger("meshgate.errors")),
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
-            Authentication(verifier=verifier),
-            OrganizationIdentity(organizations=organizations),
+            Authentication(verifier=c.verifier),
+            OrganizationIdentity(organizations=c.organizations),
             Authorization(internal_peers=settings.internal_peers),
-            NamespaceScope(namespaces=namespaces),
-            rate_limit,
-            Credits(accounts=accounts, plan_of=rate_limit.plan_of),
+            NamespaceScope(namespaces=c.namespaces),
+            c.rate_limit,
+            Credits(accounts=c.accounts, plan_of=c.rate_limit.plan_of),
         ),
         observers=(
             Telemetry(access_log=logging.getLogger("meshgate.access")),
-            UsageObserver(usage=usage, accounts=accounts),
+            UsageObserver(usage=c.usage, accounts=c.accounts),
         ),
         logger=_LOG,
     )
+
+
+def add_servicers(server: grpc.aio.Server, c: Components) -> None:
+    organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
+        OrganizationServicer(), server
+    )
+    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(keys=c.keys, namespaces=c.namespaces, invalidation=c.invalidation), server
+    )
+    namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
+        NamespaceServicer(namespaces=c.namespaces, invalidation=c.invalidation, purger=c.purger),
+        server,
+    )
+    document_service_pb2_grpc.add_DocumentServiceServicer_to_server(
+        DocumentServicer(documents=c.documents), server
+    )
+    vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
+        VectorServicer(vectors=c.vectors), server
+    )
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(
+            usage=c.usage,
+            accounts=c.accounts,
+            organizations=c.organizations,
+            grants=c.credit_events,
+            plan_of=c.rate_limit.plan_of,
+        ),
+        server,
+    )
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
+        IdentityServicer(organizations=c.organizations), server
+    )
+
+
+def bind(
+    server: grpc.aio.Server, settings: Settings, address: str | None
+) -> tuple[int, ReloadingServerCredentials | None]:
+    where = address or settings.listen
+    tls: ReloadingServerCredentials | None = None
+    if settings.insecure:
+        _LOG.warning("serving WITHOUT TLS (--insecure): for local debugging only")
+        port = server.add_insecure_port(where)
+    else:
+        tls = ReloadingServerCredentials(
+            cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca
+        )
+        port = server.add_secure_port(where, tls.credentials())
+    if port == 0:
+        raise OSError(f"could not bind {where}")
+    return port, tls
+
+
+async def create_server(
+    settings: Settings,
+    backends: Backends,
+    *,
+    address: str | None = None,
+    extra_options: Sequence[tuple[str, int]] = (),
+) -> RunningServer:
+    c = await build_components(settings, backends)
     server = grpc.aio.server(
-        interceptors=(chain,),
+        interceptors=(build_chain(settings, c),),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -238,71 +329,32 @@ async def create_server(
             *extra_options,
         ],
     )
-    organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
-        OrganizationServicer(), server
-    )
-    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(keys=keys, namespaces=namespaces, invalidation=invalidation), server
-    )
-    namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
-        NamespaceServicer(namespaces=namespaces, invalidation=invalidation, purger=purger), server
-    )
-    document_service_pb2_grpc.add_DocumentServiceServicer_to_server(
-        DocumentServicer(documents=documents), server
-    )
-    vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
-        VectorServicer(vectors=vectors), server
-    )
-    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(
-            usage=usage,
-            accounts=accounts,
-            organizations=organizations,
-            grants=credit_events,
-            plan_of=rate_limit.plan_of,
-        ),
-        server,
-    )
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(organizations=organizations), server
-    )
+    add_servicers(server, c)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
-
-    tls: ReloadingServerCredentials | None = None
-    bind = address or settings.listen
-    if settings.insecure:
-        _LOG.warning("serving WITHOUT TLS (--insecure): for local debugging only")
-        port = server.add_insecure_port(bind)
-    else:
-        tls = ReloadingServerCredentials(
-            cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca
-        )
-        port = server.add_secure_port(bind, tls.credentials())
-    if port == 0:
-        raise OSError(f"could not bind {bind}")
+    port, tls = bind(server, settings, address)
     await server.start()
     running = RunningServer(
         server=server,
         port=port,
         health=health_servicer,
-        invalidation=invalidation,
-        verifier=verifier,
-        namespaces=namespaces,
+        invalidation=c.invalidation,
+        verifier=c.verifier,
+        namespaces=c.namespaces,
         tls=tls,
-        limiter=limiter,
-        accounts=accounts,
-        usage=usage,
+        limiter=c.limiter,
+        accounts=c.accounts,
+        usage=c.usage,
     )
-    running.tasks.append(asyncio.create_task(invalidation.run(), name="invalidation-bus"))
-    running.tasks.append(asyncio.create_task(_flush_last_used(verifier, 30.0), name="last-used"))
-    running.tasks.append(
-        asyncio.create_task(_finish_deletions(purger, 60.0), name="namespace-deletions")
-    )
-    running.tasks.append(asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"))
-    await invalidation.wait_live(2.0)
+    running.tasks += [
+        asyncio.create_task(c.invalidation.run(), name="invalidation-bus"),
+        asyncio.create_task(_flush_last_used(c.verifier, 30.0), name="last-used"),
+        asyncio.create_task(_finish_deletions(c.purger, 60.0), name="namespace-deletions"),
+        asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"),
+    ]
+    await c.invalidation.wait_live(2.0)
     return running

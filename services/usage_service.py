@@ -12,8 +12,8 @@ from meshgate.v1 import usage_service_pb2_grpc as pb_grpc
 from interceptors.context import current_call
 from services.convert import from_timestamp, timestamp
 from storage.clock import utc_now
-from storage.credits import Balance, CreditAccounts
 from storage.credit_events import CreditEvents
+from storage.credits import Balance, CreditAccounts
 from storage.errors import InvalidArgumentError
 from storage.ids import ORGANIZATION_ID_RE
 from storage.organizations import OrganizationStore
@@ -59,7 +59,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         self._grants = grants
         self._plan_of = plan_of
 
-    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:  # noqa: N802
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
         principal = current_call.get().require_principal()
         end = from_timestamp(request.end_time) if request.HasField("end_time") else utc_now()
         start = (
@@ -103,7 +103,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             ]
         )
 
-    async def GetCreditBalance(  # noqa: N802
+    async def GetCreditBalance(
         self, request: pb.GetCreditBalanceRequest, context: Any
     ) -> pb.GetCreditBalanceResponse:
         organization = current_call.get().require_principal().organization
@@ -113,7 +113,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         )
         return pb.GetCreditBalanceResponse(balance=balance_to_proto(balance))
 
-    async def GrantCredits(  # noqa: N802
+    async def GrantCredits(
         self, request: pb.GrantCreditsRequest, context: Any
     ) -> pb.GrantCreditsResponse:
         if not ORGANIZATION_ID_RE.match(request.organization_id):

@@ -7,10 +7,12 @@ monthly refill is lazy, computed from the clock, no cron job.
 
 A replica reserves credits in small batches (one Lua script: the balance
 moves to `reserved`, never below zero) and debits calls from its local
-reservation, so the common call pays no Redis round trip. Every second it
-settles: the credits it spent move from `reserved` to `used`, after the
-matching usage events are stored (the ledger); reservations idle for a while
-are released back to the balance. After settling,
+reservation, so the common call pays no Redis round trip. A debit is held
+while its call runs; when the call finishes it is either spent (and becomes a
+usage event, the ledger) or refunded (server-side failure). Every second the
+replica settles what was spent *and recorded* before the ledger flush (a
+snapshot taken before it): those credits move from `reserved` to `used`;
+reservations idle for a while go back to the balance. So at any quiet moment
 `allowance + granted == balance + reserved + used` and `used` equals the sum
 of the ledger's credits for the period.
 
@@ -127,7 +129,8 @@ def _balance(period: str, raw: list[object]) -> Balance:
 class _Reservation:
     allowance: int
     available: int = 0
-    spent: int = 0  # spent locally, not settled yet
+    held: int = 0  # debited by calls still running
+    spent: int = 0  # debited by finished calls, not settled yet
     last_used: float = 0.0
     pending: asyncio.Task[None] | None = None
     error: BaseException | None = None
@@ -170,7 +173,7 @@ class CreditAccounts:
         for _ in range(2):
             if reservation.available >= cost:
                 reservation.available -= cost
-                reservation.spent += cost
+                reservation.held += cost
                 reservation.last_used = self.monotonic()
                 return
             if reservation.pending is None:
@@ -209,19 +212,28 @@ class CreditAccounts:
         finally:
             reservation.pending = None
 
-    def refund(self, organization_id: str, cost: int) -> None:
-        """Give back a debit whose call failed on the server's side."""
-        reservation = self._reservations.get((organization_id, period_of(self.now())))
-        if reservation is not None and reservation.spent >= cost:
-            reservation.spent -= cost
-            reservation.available += cost
+    def complete(self, organization_id: str, cost: int, *, refund: bool) -> None:
+        """The call holding `cost` finished: spent (record its usage event first) or refunded."""
+        for (org, _), reservation in self._reservations.items():
+            if org == organization_id and reservation.held >= cost:
+                reservation.held -= cost
+                if refund:
+                    reservation.available += cost
+                else:
+                    reservation.spent += cost
+                return
 
-    async def settle(self, *, everything: bool = False) -> None:
-        """Move spent credits to `used`; release idle reservations (all of them on shutdown).
+    def spent_snapshot(self) -> dict[tuple[str, str], int]:
+        """What is spent now; take it before flushing the ledger, then `settle(spent=...)`."""
+        return {slot: r.spent for slot, r in self._reservations.items() if r.spent}
 
-        Call only after the usage events of the spent credits are stored.
-        """
+    async def settle(
+        self, *, spent: dict[tuple[str, str], int] | None = None, everything: bool = False
+    ) -> None:
+        """Move `spent` (a snapshot whose usage events are stored) to `used`; release idle
+        reservations back to the balance (all of them with `everything`, at shutdown)."""
         now = self.monotonic()
+        snapshot = self.spent_snapshot() if spent is None else spent
         for slot, reservation in list(self._reservations.items()):
             organization_id, period = slot
             stale = period != period_of(self.now())
@@ -230,19 +242,19 @@ class CreditAccounts:
                 if everything or stale or now - reservation.last_used > self.idle_release_s
                 else 0
             )
-            spent = reservation.spent
-            if not spent and not release:
+            spent_now = min(snapshot.get(slot, 0), reservation.spent)
+            if not spent_now and not release:
                 continue
             raw = await asyncio.wait_for(
                 self._settle(
                     keys=[self.key(organization_id, period)],
-                    args=[reservation.allowance, _PERIOD_TTL_MS, spent, release, self.replica],
+                    args=[reservation.allowance, _PERIOD_TTL_MS, spent_now, release, self.replica],
                 ),
                 self.timeout_s,
             )
-            reservation.spent -= spent
+            reservation.spent -= spent_now
             reservation.available -= release
-            if stale and not reservation.spent and not reservation.available:
+            if stale and not (reservation.spent or reservation.available or reservation.held):
                 self._reservations.pop(slot, None)
             await self._thresholds(organization_id, period, _balance(period, raw))
 
@@ -259,10 +271,6 @@ class CreditAccounts:
             keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS]
         )
         return _balance(period, raw)
-
-    def spent_unsettled(self, organization_id: str) -> int:
-        reservation = self._reservations.get((organization_id, period_of(self.now())))
-        return reservation.spent if reservation else 0
 
     async def _thresholds(self, organization_id: str, period: str, balance: Balance) -> None:
         if self.on_threshold is None:

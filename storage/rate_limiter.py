@@ -9,13 +9,16 @@ refilled in the background, once per bucket however many calls are waiting
 
 Accuracy: every admitted call spends a token that Redis granted exactly once,
 so N replicas together never admit more than one bucket would — over any
-window of T seconds at most `burst + per_second * T`. The price is on the other
-side: tokens leased but not yet spent are invisible to the other replicas, so
-admissions can fall short of the limit by at most `replicas * lease` tokens
-(leases expire after `lease_ttl_s` and unspent tokens are dropped, never
-returned). The lease is ~50 ms of the bucket's rate, at most burst/8: a single
-token for small limits (where a round trip per call costs little) and
-hundreds for high ones.
+window of T seconds at most `burst + per_second * T`: the overshoot is zero.
+The price is on the other side: tokens leased but not yet spent are invisible
+to the other replicas (leases expire after `lease_ttl_s`; unspent tokens are
+dropped, never returned), and a replica that found less than a lease in Redis
+waits until a full lease has accrued before asking again. Admissions can
+therefore fall short of the limit by at most `2 * replicas * lease` tokens.
+The lease is ~50 ms of the bucket's rate, at most burst/8: a single token for
+small limits (where a round trip per call costs little) and hundreds for high
+ones, so at saturation Redis sees about one script call per lease, not per
+call.
 
 When Redis fails (error or timeout), the limiter switches for `retry_after_s`
 to the configured fallback: a local per-replica bucket with the same limit
@@ -65,9 +68,10 @@ local grant = math.max(0, math.min(want, math.floor(tokens)))
 tokens = tokens - grant
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+-- when short of a full lease: how long until `want` tokens (capped at burst) have accrued
 local wait = 0
-if tokens < 1 then
-  wait = (1 - tokens) / rate
+if grant < want then
+  wait = (math.min(want, burst) - tokens) / rate
 end
 return {grant, tostring(tokens), tostring(wait)}
 """
@@ -104,6 +108,7 @@ class _Lease:
     tokens: int = 0
     expires: float = 0.0
     stock: float = 0.0  # tokens left in Redis at the last grant (for the headers)
+    # Redis had less than a full lease: don't ask again before a full lease has accrued
     empty_until: float = 0.0
     refill: asyncio.Task[None] | None = None
 
@@ -152,7 +157,11 @@ class RateLimiter:
         for _ in range(3):
             if lease.tokens > 0 and now < lease.expires:
                 lease.tokens -= 1
-                if lease.tokens <= lease_size(limit) // 4 and lease.refill is None:
+                if (
+                    lease.tokens <= lease_size(limit) // 4
+                    and lease.refill is None
+                    and now >= lease.empty_until
+                ):
                     lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
                 return self._decision(True, lease, limit)
             if now < lease.empty_until:
@@ -181,8 +190,7 @@ class RateLimiter:
             lease.tokens += grant
             lease.stock = float(stock)
             lease.expires = now + self.lease_ttl_s
-            if grant == 0:
-                lease.empty_until = now + float(wait)
+            lease.empty_until = now + float(wait)
         except (RedisError, OSError, TimeoutError) as exc:
             self._degrade(bucket, exc)
         finally:

@@ -122,14 +122,17 @@ class UsageRecorder:
 
     async def flush(self) -> None:
         """Store buffered events and counters; on failure they stay buffered for the next try."""
-        events = self._events
+        events, self._events = self._events, []
         if events:
             try:
                 await self.events.insert_many(events, ordered=False)
-            except BulkWriteError as exc:  # only duplicates of a retried flush are acceptable
+            except BulkWriteError as exc:  # duplicates of a retried flush are fine
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    self._events[:0] = events
                     raise
-            self._events = self._events[len(events) :]
+            except Exception:
+                self._events[:0] = events  # retried next time; ids make the retry idempotent
+                raise
         counters, self._counters = self._counters, {}
         if not counters:
             return

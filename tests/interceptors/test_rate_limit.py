@@ -1,0 +1,259 @@
+"""Rate limits, credits and usage through the real server and a real redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from meshgate.v1 import (
+    document_service_pb2,
+    document_service_pb2_grpc,
+    key_service_pb2,
+    options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
+)
+
+from server.app import RunningServer
+from server.backends import Backends
+from storage.clock import utc_now
+from storage.credits import CreditAccounts, period_of
+from storage.organizations import OrganizationStore
+from storage.scoped import Scope
+from tests.conftest import Tenant, auth
+
+GET_ORG = organization_service_pb2.GetOrganizationRequest()
+
+
+def org_stub(tenant: Tenant) -> organization_service_pb2_grpc.OrganizationServiceStub:
+    return organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+
+
+async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[grpc.aio.UnaryUnaryCall]:  # type: ignore[type-arg]
+    calls = []
+    for _ in range(n):
+        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secret))
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call
+        calls.append(call)
+    return calls
+
+
+async def test_every_response_carries_ratelimit_headers(make_tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant: Tenant = await make_tenant(plan="free")
+    call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(tenant.admin))
+    await call
+    headers = dict(await call.initial_metadata())
+    assert headers["ratelimit-limit"] == "40"  # free plan, metadata class: burst 40
+    assert 0 <= int(headers["ratelimit-remaining"]) < 40
+    assert int(headers["ratelimit-reset"]) >= 0
+    # an application error carries them too
+    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
+    ns = await tenant.namespace()
+    call = docs.GetDocument(
+        document_service_pb2.GetDocumentRequest(document_id="nope"),
+        metadata=auth(tenant.admin, ns.name),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "ratelimit-remaining" in dict(await call.initial_metadata())
+
+
+async def test_exhausted_limit_is_resource_exhausted_with_retry_info(make_tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant: Tenant = await make_tenant(plan="free")
+    calls = await burst_calls(tenant, tenant.admin, 50)
+    codes = [await c.code() for c in calls]
+    assert codes.count(grpc.StatusCode.OK) >= 40
+    refused = [
+        c
+        for c, code in zip(calls, codes, strict=True)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ]
+    assert refused, codes
+    trailers = dict(await refused[0].trailing_metadata())
+    assert int(trailers["retry-after"]) >= 1
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert 0 < info.retry_delay.ToNanoseconds() <= 1_000_000_000
+    assert "rate limit exceeded for metadata calls" in (await refused[0].details() or "")
+    assert dict(await refused[0].initial_metadata())["ratelimit-remaining"] == "0"
+    # other route classes have their own buckets
+    await tenant.keys.ListKeys(key_service_pb2.ListKeysRequest(), metadata=auth(tenant.admin))
+
+
+async def test_plans_are_independent(make_tenant) -> None:  # type: ignore[no-untyped-def]
+    free: Tenant = await make_tenant(plan="free")
+    pro: Tenant = await make_tenant(plan="pro")
+    await burst_calls(free, free.admin, 45)
+    calls = await burst_calls(pro, pro.admin, 45)  # pro: burst 400
+    assert [await c.code() for c in calls] == [grpc.StatusCode.OK] * 45
+
+
+async def test_per_key_override(make_tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant: Tenant = await make_tenant(plan="pro")
+    created = await tenant.keys.CreateKey(
+        key_service_pb2.CreateKeyRequest(
+            name="slow",
+            environment=1,
+            permissions=[options_pb2.PERMISSION_READ],
+            rate_limit=key_service_pb2.RateLimit(per_second=0.5, burst=2),
+        ),
+        metadata=auth(tenant.admin),
+    )
+    assert created.key.rate_limit.burst == 2
+    codes = [await c.code() for c in await burst_calls(tenant, created.secret, 4)]
+    assert codes == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    # the organization's own bucket is untouched
+    assert [await c.code() for c in await burst_calls(tenant, tenant.admin, 3)] == [
+        grpc.StatusCode.OK
+    ] * 3
+    for bad in (
+        key_service_pb2.RateLimit(per_second=0, burst=1),
+        key_service_pb2.RateLimit(per_second=1, burst=-1),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tenant.keys.CreateKey(
+                key_service_pb2.CreateKeyRequest(
+                    name="bad",
+                    environment=1,
+                    permissions=[options_pb2.PERMISSION_READ],
+                    rate_limit=bad,
+                ),
+                metadata=auth(tenant.admin),
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: Backends) -> None:
+    ns = await tenant.namespace()
+    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
+    await usage.GetCreditBalance(
+        usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
+    )
+    # leave the organization 2 credits this month (test set-up, straight in Redis)
+    key = CreditAccounts.key(tenant.organization_id, period_of(utc_now()))
+    await backends.redis.hset(key, mapping={"balance": 2, "allowance": 2})
+    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
+    md = auth(tenant.admin, ns.name)
+
+    def create(i: int):  # type: ignore[no-untyped-def]
+        return docs.CreateDocument(
+            document_service_pb2.CreateDocumentRequest(
+                document=document_service_pb2.Document(document_id=f"d{i}")
+            ),
+            metadata=md,
+        )
+
+    await create(1)
+    await create(2)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await create(3)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "credits" in (info.value.details() or "")
+    trailers = dict(info.value.trailing_metadata() or ())
+    assert "retry-after" in trailers
+    org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
+    stored = await backends.mongo.scoped(
+        "documents", Scope(org.internal_id, ns.namespace_id)
+    ).find()
+    assert sorted(d["document_id"] for d in stored) == ["d1", "d2"]  # the third did no work
+
+
+async def test_usage_reports_calls_credits_statuses_and_rejections(
+    make_tenant, server: RunningServer
+) -> None:  # type: ignore[no-untyped-def]
+    tenant: Tenant = await make_tenant(plan="free")
+    ns = await tenant.namespace()
+    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
+    md = auth(tenant.admin, ns.name)
+    for i in range(3):
+        await docs.CreateDocument(
+            document_service_pb2.CreateDocumentRequest(
+                document=document_service_pb2.Document(document_id=f"u{i}")
+            ),
+            metadata=md,
+        )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await docs.GetDocument(
+            document_service_pb2.GetDocumentRequest(document_id="missing"), metadata=md
+        )
+    burster = await tenant.keys.CreateKey(  # its own bucket: the admin key stays usable
+        key_service_pb2.CreateKeyRequest(
+            name="burst",
+            environment=1,
+            permissions=[options_pb2.PERMISSION_READ],
+            rate_limit=key_service_pb2.RateLimit(per_second=20, burst=40),
+        ),
+        metadata=auth(tenant.admin),
+    )
+    await burst_calls(tenant, burster.secret, 45)
+    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
+    response = await usage.GetUsage(
+        usage_service_pb2.GetUsageRequest(
+            group_by=[usage_service_pb2.USAGE_GROUP_NAMESPACE, usage_service_pb2.USAGE_GROUP_METHOD]
+        ),
+        metadata=auth(tenant.admin),
+    )
+    rows = {(r.namespace_id, r.method.rsplit("/", 1)[1]): r for r in response.rows}
+    create = rows[(ns.namespace_id, "CreateDocument")]
+    assert (create.calls, create.credits, dict(create.calls_by_status)) == (3, 3, {"OK": 3})
+    get = rows[(ns.namespace_id, "GetDocument")]
+    assert dict(get.calls_by_status) == {"NOT_FOUND": 1} and get.credits == 0
+    org_calls = rows[("", "GetOrganization")]
+    assert (
+        org_calls.calls == 45 and org_calls.rate_limited == 45 - org_calls.calls_by_status["OK"] > 0
+    )
+    by_day = await usage.GetUsage(
+        usage_service_pb2.GetUsageRequest(group_by=[usage_service_pb2.USAGE_GROUP_DAY]),
+        metadata=auth(tenant.admin),
+    )
+    assert len(by_day.rows) == 1 and by_day.rows[0].calls >= 49
+    assert by_day.rows[0].start_time.ToDatetime().hour == 0
+    for bad in (
+        usage_service_pb2.GetUsageRequest(group_by=[0]),
+        usage_service_pb2.GetUsageRequest(
+            group_by=[usage_service_pb2.USAGE_GROUP_DAY, usage_service_pb2.USAGE_GROUP_HOUR]
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await usage.GetUsage(bad, metadata=auth(tenant.admin))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # the balance reflects the debits once settled
+    await server.flush_usage()
+    balance = await usage.GetCreditBalance(
+        usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
+    )
+    assert balance.balance.used == 3 and balance.balance.allowance == 10_000
+    assert balance.balance.remaining + balance.balance.reserved == 10_000 - 3
+
+
+async def test_grant_credits_is_internal_only(tenant: Tenant, server: RunningServer, pki) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import client_credentials
+
+    request = usage_service_pb2.GrantCreditsRequest(
+        organization_id=tenant.organization_id, credits=100
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await usage_service_pb2_grpc.UsageServiceStub(tenant.channel).GrantCredits(
+            request, metadata=auth(tenant.admin)
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with grpc.aio.secure_channel(
+        f"localhost:{server.port}", client_credentials(pki, "internal")
+    ) as channel:
+        stub = usage_service_pb2_grpc.UsageServiceStub(channel)
+        granted = await stub.GrantCredits(request)
+        assert granted.balance.granted == 100
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GrantCredits(
+                usage_service_pb2.GrantCreditsRequest(
+                    organization_id=tenant.organization_id, credits=0
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

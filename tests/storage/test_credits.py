@@ -1,0 +1,114 @@
+"""Credits against a real redis-server: never negative, ledger == balance, lazy monthly refill."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from server.backends import Backends
+from storage.credit_events import CreditEvents
+from storage.credits import CreditAccounts
+from storage.errors import ResourceExhaustedError
+from storage.usage import UsageRecorder
+from tests.conftest import RedisServer
+
+
+def org() -> str:
+    return "org_" + secrets.token_hex(10)[:20]
+
+
+async def test_concurrent_debits_never_overdraw_and_reconcile(
+    redis_server: RedisServer, backends: Backends
+) -> None:
+    redis = Redis.from_url(redis_server.url)
+    events = CreditEvents(mongo=backends.mongo)
+    replicas = [
+        CreditAccounts(redis=redis, replica=f"r{i}", batch=7, on_threshold=events.record)
+        for i in range(3)
+    ]
+    usage = [UsageRecorder(mongo=backends.mongo) for _ in replicas]
+    organization = org()
+    allowance = 500
+    admitted = refused = 0
+
+    async def caller(i: int) -> None:
+        nonlocal admitted, refused
+        replica, recorder = replicas[i % 3], usage[i % 3]
+        for n in range(60):
+            cost = 1 + (n % 3)
+            try:
+                await replica.debit(organization, cost, allowance=allowance)
+            except ResourceExhaustedError:
+                refused += 1
+                continue
+            admitted += cost
+            replica.complete(organization, cost, refund=False)
+            recorder.record(
+                organization_id=organization,
+                namespace_id="",
+                method="/m",
+                key_id="key_x",
+                request_id=f"{i}-{n}",
+                status="OK",
+                credits=cost,
+                rate_limited=False,
+            )
+            if n % 10 == 0:
+                spent = replica.spent_snapshot()
+                await recorder.flush()
+                await replica.settle(spent=spent)
+
+    await asyncio.gather(*(caller(i) for i in range(12)))
+    for replica, recorder in zip(replicas, usage, strict=True):
+        await recorder.flush()
+        await replica.settle(everything=True)
+    balance = await replicas[0].balance(organization, allowance=allowance)
+    print(f"\ncredits: {admitted} spent of {allowance}, {refused} calls refused")
+    assert balance.remaining >= 0 and balance.reserved == 0
+    assert admitted <= allowance and refused > 0
+    assert balance.used == admitted  # every admitted credit settled
+    assert balance.remaining + balance.used == allowance  # nothing lost, nothing invented
+    assert (
+        await usage[0].ledger_total(organization, balance.period) == balance.used
+    )  # ledger == balance
+    assert await events.thresholds(organization, balance.period) == [80, 95, 100]
+    await redis.aclose()
+
+
+async def test_grants_add_to_the_current_period(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    accounts = CreditAccounts(redis=redis, replica="g")
+    organization = org()
+    before = await accounts.balance(organization, allowance=10)
+    after = await accounts.grant(organization, 15, allowance=10)
+    assert (before.remaining, after.remaining, after.granted, after.total) == (10, 25, 15, 25)
+    await redis.aclose()
+
+
+async def test_monthly_refill_is_lazy(redis_server: RedisServer) -> None:
+    """The clock crosses a month boundary: the new period starts with the plan's allowance."""
+    redis = Redis.from_url(redis_server.url)
+    clock = [datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)]
+    accounts = CreditAccounts(redis=redis, replica="c", batch=5, now=lambda: clock[0])
+    organization = org()
+    for _ in range(5):
+        await accounts.debit(organization, 1, allowance=5)
+        accounts.complete(organization, 1, refund=False)
+    try:
+        await accounts.debit(organization, 1, allowance=5)
+        raise AssertionError("the sixth credit of a 5-credit month was granted")
+    except ResourceExhaustedError as exc:
+        assert exc.retry_after_s is not None and exc.retry_after_s <= 1.0 + 1e-6
+    await accounts.settle(everything=True)
+    november = await accounts.balance(organization, allowance=5)
+    clock[0] = datetime(2026, 12, 1, 0, 0, 1, tzinfo=UTC)
+    await accounts.debit(organization, 1, allowance=5)
+    accounts.complete(organization, 1, refund=False)
+    await accounts.settle(everything=True)
+    december = await accounts.balance(organization, allowance=5)
+    assert (november.period, november.used, november.remaining) == ("2026-11", 5, 0)
+    assert (december.period, december.used, december.remaining) == ("2026-12", 1, 4)
+    await redis.aclose()
