@@ -73,6 +73,8 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
         assert '"internal_id"' in out
         assert "KEY_STATE_REVOKED" in out
         assert '"document_id": "order-1"' in out and "Code: NotFound" in err
+        assert "ratelimit-remaining:" in out and "Code: ResourceExhausted" in err
+        assert '"calls_by_status"' in out and '"allowance": "1000000"' in out
         assert out.count('"upserted": 1') == 1 and out.count('"score"') == 1  # found in orders only
     finally:
         server.terminate()
