@@ -57,6 +57,12 @@ test-deps: ## make sure a redis-server binary exists (installs Debian's package 
 test: setup test-deps ## run the whole test suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/pytest -q
 
+bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server (a few minutes)
+	$(PY) -m tests.bench --out bench-results.json
+
+bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
+	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
+
 lint: setup ## ruff and mypy --strict on the source tree
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests

@@ -36,8 +36,6 @@ class UsageObserver:
             organization_id=organization_id,
             namespace_id=call.namespace.namespace_id if call.namespace else "",
             method=call.method,
-            key_id=principal.key.key_id,
-            request_id=call.request_id,
             status=call.code.name,
             credits=credits,
             rate_limited=call.rate_limited,

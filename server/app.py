@@ -202,7 +202,8 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         timeout_s=settings.limiter_timeout_s,
     )
     credit_events = CreditEvents(mongo=backends.mongo)
-    usage = UsageRecorder(mongo=backends.mongo)
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    usage = UsageRecorder(mongo=backends.mongo, replica=replica)
     await usage.ensure_indexes()
     return Components(
         organizations=organizations,
@@ -223,7 +224,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         limiter=limiter,
         accounts=CreditAccounts(
             redis=backends.redis,
-            replica=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            replica=replica,
             fail_open=settings.credits_fail_open,
             timeout_s=max(settings.limiter_timeout_s, 0.5),
             on_threshold=credit_events.record,

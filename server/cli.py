@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -89,6 +90,46 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
     return 0
 
 
+def _serve_workers(settings: Settings, args: argparse.Namespace) -> int:
+    """N worker processes on one port (SO_REUSEPORT), one event loop each; SIGTERM drains all."""
+    embedded = [
+        name
+        for name, value in (
+            ("MESHGATE_MONGODB_URI", settings.mongodb_uri),
+            ("MESHGATE_REDIS_URL", settings.redis_url),
+            ("MESHGATE_QDRANT_URL", settings.qdrant_url),
+        )
+        if value is None
+    ]
+    if embedded or args.dev:
+        print(
+            "error: --workers needs shared backends (set "
+            + (", ".join(embedded) or "them")
+            + ") and cannot be combined with --dev: embedded backends live inside one process",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.qdrant_url == ":memory:":
+        _LOG.warning("each worker has its own in-memory Qdrant: for benchmarks and tests only")
+    command = [sys.executable, "-m", "server.cli", "serve", "--listen", settings.listen]
+    if settings.insecure:
+        command.append("--insecure")
+    children = [subprocess.Popen(command) for _ in range(args.workers)]
+    _LOG.info(
+        "started %d workers on %s: %s", args.workers, settings.listen, [c.pid for c in children]
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes)
+
+
 async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     if args.plan not in settings.plans:
         print(
@@ -131,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         "--insecure", action="store_true", help="plaintext, no client certificates (debug only)"
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT); needs external backends",
+    )
+    serve.add_argument(
         "--dev",
         action="store_true",
         help="bootstrap a dev organization and ADMIN key on first run; allow the dev internal cert",
@@ -157,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev and not settings.internal_peers:
             settings = replace(settings, internal_peers=frozenset({DEV_INTERNAL_PEER}))
     configure_logging(settings.log_level)
+    if args.command == "serve" and args.workers != 1:
+        if not 1 <= args.workers <= 64:
+            print("error: --workers must be between 1 and 64", file=sys.stderr)
+            return 2
+        return _serve_workers(settings, args)
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "serve":
             return asyncio.run(_serve(settings, dev=args.dev))

@@ -204,7 +204,9 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
     create = rows[(ns.namespace_id, "CreateDocument")]
     assert (create.calls, create.credits, dict(create.calls_by_status)) == (3, 3, {"OK": 3})
     get = rows[(ns.namespace_id, "GetDocument")]
-    assert dict(get.calls_by_status) == {"NOT_FOUND": 1} and get.credits == 0
+    assert (
+        dict(get.calls_by_status) == {"NOT_FOUND": 1} and get.credits == 1
+    )  # charged: a client error
     org_calls = rows[("", "GetOrganization")]
     assert (
         org_calls.calls == 45 and org_calls.rate_limited == 45 - org_calls.calls_by_status["OK"] > 0
@@ -229,8 +231,8 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
     balance = await usage.GetCreditBalance(
         usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
     )
-    assert balance.balance.used == 3 and balance.balance.allowance == 10_000
-    assert balance.balance.remaining + balance.balance.reserved == 10_000 - 3
+    assert balance.balance.used == 4 and balance.balance.allowance == 10_000  # 3 creates + 1 get
+    assert balance.balance.remaining + balance.balance.reserved == 10_000 - 4
 
 
 async def test_grant_credits_is_internal_only(tenant: Tenant, server: RunningServer, pki) -> None:  # type: ignore[no-untyped-def]

@@ -29,8 +29,8 @@ async def test_concurrent_debits_never_overdraw_and_reconcile(
         CreditAccounts(redis=redis, replica=f"r{i}", batch=7, on_threshold=events.record)
         for i in range(3)
     ]
-    usage = [UsageRecorder(mongo=backends.mongo) for _ in replicas]
     organization = org()
+    usage = [UsageRecorder(mongo=backends.mongo, replica=f"r{i}-{organization}") for i in range(3)]
     allowance = 500
     admitted = refused = 0
 
@@ -50,8 +50,6 @@ async def test_concurrent_debits_never_overdraw_and_reconcile(
                 organization_id=organization,
                 namespace_id="",
                 method="/m",
-                key_id="key_x",
-                request_id=f"{i}-{n}",
                 status="OK",
                 credits=cost,
                 rate_limited=False,

@@ -1,0 +1,472 @@
+"""`make bench` / `python -m tests.bench`: the security chain against a bare grpc.aio server.
+
+Everything runs in one go on this machine, so the figures that matter are
+ratios measured in the same run (the machine is noisy):
+
+1. A/B rounds, alternating: a bare grpc.aio echo server (same grpcio, same
+   mTLS settings) and `meshgate serve`, each pinned to core 0 when `taskset`
+   exists, driven by a load generator in its own process on core 1. The
+   meshgate call is `NamespaceService/GetNamespace`: namespaced, READ, cost 1,
+   so it passes every step (mTLS, authentication, identity, permission,
+   namespace, rate limit, credits, usage) and does no storage I/O of its own.
+   Reported: requests/s, p50/p99 latency, server CPU time per request, and
+   meshgate/bare ratios; then the same with one call in flight (p50 overhead).
+2. Cold paths: the first call with a key no replica has cached; revocation
+   propagation between two replicas sharing Redis (p50/p99).
+3. `meshgate serve --workers N` for N = 1, 2: throughput and CPU per request.
+
+A table goes to stdout and JSON to `--out` (default bench-results.json).
+`--smoke` runs every part for a fraction of a second (used by `make test` so
+the harness cannot rot); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from meshgate.v1 import key_service_pb2, key_service_pb2_grpc, namespace_service_pb2
+
+from certs.dev_pki import issue_pki
+from server.backends import open_backends
+from server.bootstrap import bootstrap
+from server.settings import Secret, Settings
+from storage.embedded import EmbeddedMongo
+from storage.keys import KeyStore
+from storage.namespaces import NamespaceStore
+from tests.conftest import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+GET_NAMESPACE = "/meshgate.v1.NamespaceService/GetNamespace"
+ECHO = "/bench.Echo/Echo"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The process and its children (workers)."""
+        found = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with suppress(OSError):
+            found += [int(p) for p in children.read_text().split()]
+        return found
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            with suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / CLK_TCK
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@dataclass
+class Env:
+    certs: Path
+    settings: Settings
+    namespace_id: str
+    reader: str
+    admin: str
+    organization_id: str
+    taskset: str | None
+    procs: list[Proc] = field(default_factory=list)
+
+    def pin(self, core: int | None) -> list[str]:
+        return [self.taskset, "-c", str(core)] if self.taskset and core is not None else []
+
+
+def meshgate_env(settings: Settings, port: int) -> dict[str, str]:
+    assert settings.mongodb_uri and settings.redis_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    env.update(
+        PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'gen'}",
+        MESHGATE_LISTEN=f"127.0.0.1:{port}",
+        MESHGATE_TLS_CERT=str(settings.tls_cert),
+        MESHGATE_TLS_KEY=str(settings.tls_key),
+        MESHGATE_TLS_CLIENT_CA=str(settings.tls_client_ca),
+        MESHGATE_MONGODB_URI=settings.mongodb_uri.reveal(),
+        MESHGATE_MONGODB_DATABASE=settings.mongodb_database,
+        MESHGATE_REDIS_URL=settings.redis_url.reveal(),
+        MESHGATE_QDRANT_URL=":memory:",
+        MESHGATE_DATA_DIR=str(settings.data_dir),
+        MESHGATE_LOG_LEVEL="WARNING",  # the access log is measured in make run, not here
+    )
+    return env
+
+
+def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: str) -> None:
+    credentials = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(),
+        (certs / "client-key.pem").read_bytes(),
+        (certs / "client.pem").read_bytes(),
+    )
+    deadline = time.monotonic() + 60
+    with grpc.secure_channel(target, credentials) as channel:
+        call = channel.unary_unary(method)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                call(b"", timeout=1)
+                return
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:  # answering (even with a refusal)
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{target} never became ready") from None
+                time.sleep(0.1)
+
+
+def start_meshgate(env: Env, *, core: int | None, workers: int = 1) -> Proc:
+    port = free_port()
+    command = [*env.pin(core), sys.executable, "-m", "server.cli", "serve"]
+    if workers != 1:
+        command += ["--workers", str(workers)]
+    process = subprocess.Popen(command, cwd=ROOT, env=meshgate_env(env.settings, port))
+    proc = Proc(process, port)
+    env.procs.append(proc)
+    wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
+    return proc
+
+
+def start_echo(env: Env, *, core: int | None) -> Proc:
+    port = free_port()
+    command = [*env.pin(core), sys.executable, "-m", "tests.bench.echo_server", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--certs", str(env.certs)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    proc = Proc(process, port)
+    env.procs.append(proc)
+    wait_ready(proc.target, env.certs, process, ECHO)
+    return proc
+
+
+def load(
+    env: Env,
+    proc: Proc,
+    *,
+    meshgate: bool,
+    inflight: int,
+    channels: int,
+    warmup: float,
+    duration: float,
+    core: int | None,
+) -> dict[str, Any]:
+    """Run the load generator against `proc`; server CPU is sampled on the measured window."""
+    command = [
+        *env.pin(core), sys.executable, "-m", "tests.bench.loadgen",
+        "--target", proc.target, "--certs", str(env.certs),
+        "--inflight", str(inflight), "--channels", str(channels),
+        "--warmup", str(warmup), "--duration", str(duration),
+    ]  # fmt: skip
+    if meshgate:
+        request = namespace_service_pb2.GetNamespaceRequest().SerializeToString().hex()
+        command += ["--method", GET_NAMESPACE, "--request-hex", request]
+        command += [
+            "--header",
+            f"authorization: Bearer {env.reader}",
+            "--header",
+            f"x-namespace: {env.namespace_id}",
+        ]
+    else:
+        command += ["--method", ECHO, "--request-hex", ""]
+    generator = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": f"{ROOT}"}
+    )
+    assert generator.stdout is not None
+    cpu_start = cpu_end = 0.0
+    result: dict[str, Any] = {}
+    for raw in generator.stdout:
+        line = raw.decode().strip()
+        if line == "MEASURE_START":
+            cpu_start = proc.cpu_seconds()
+        elif line == "MEASURE_END":
+            cpu_end = proc.cpu_seconds()
+        elif line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+    if generator.wait() != 0 or not result:
+        raise RuntimeError("the load generator failed")
+    requests = max(1, int(result["requests"]))
+    result["cpu_us_per_request"] = (cpu_end - cpu_start) / requests * 1e6
+    return result
+
+
+def median_of(rounds: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in rounds)
+
+
+async def prepare(workdir: Path, redis: RedisServer, mongo_uri: str) -> Env:
+    certs = workdir / "certs"
+    issue_pki(certs)
+    settings = Settings(
+        data_dir=workdir / "data",
+        tls_cert=certs / "server.pem",
+        tls_key=certs / "server-key.pem",
+        tls_client_ca=certs / "ca.pem",
+        mongodb_uri=Secret(mongo_uri),
+        mongodb_database="meshgate_bench",
+        redis_url=Secret(redis.url),
+        qdrant_url=":memory:",
+    )
+    backends = await open_backends(settings, with_qdrant=False)
+    try:
+        admin = await bootstrap(
+            backends, name="bench", plan="enterprise", environment="development"
+        )
+        from storage.organizations import OrganizationStore
+
+        org = await OrganizationStore(mongo=backends.mongo).get(admin.organization_id)
+        namespace = await NamespaceStore(mongo=backends.mongo).create(
+            internal_id=org.internal_id, name="bench", environment="development"
+        )
+        _, reader = await KeyStore(mongo=backends.mongo).create(
+            organization_id=admin.organization_id, name="bench reader", environment="development",
+            permissions=frozenset({"read"}), namespace_ids=[], expires_at=None,
+        )  # fmt: skip
+    finally:
+        await backends.close()
+    return Env(
+        certs=certs,
+        settings=settings,
+        namespace_id=namespace.namespace_id,
+        reader=reader,
+        admin=admin.secret,
+        organization_id=admin.organization_id,
+        taskset=shutil.which("taskset"),
+    )
+
+
+def client_channel(env: Env, target: str) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        (env.certs / "ca.pem").read_bytes(),
+        (env.certs / "client-key.pem").read_bytes(),
+        (env.certs / "client.pem").read_bytes(),
+    )
+    return grpc.secure_channel(target, credentials)
+
+
+def new_key(env: Env, channel: grpc.Channel) -> key_service_pb2.CreateKeyResponse:
+    stub = key_service_pb2_grpc.KeyServiceStub(channel)
+    request = key_service_pb2.CreateKeyRequest(name="bench", environment=1, permissions=[1])
+    return stub.CreateKey(request, metadata=(("authorization", f"Bearer {env.admin}"),))
+
+
+def get_namespace(channel: grpc.Channel, env: Env, secret: str) -> grpc.StatusCode:
+    call = channel.unary_unary(GET_NAMESPACE)
+    metadata = (("authorization", f"Bearer {secret}"), ("x-namespace", env.namespace_id))
+    try:
+        call(b"", metadata=metadata, timeout=5)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[no-any-return]
+
+
+def cold_and_revocation(env: Env, a: Proc, b: Proc, samples: int) -> dict[str, float]:
+    cold: list[float] = []
+    warm: list[float] = []
+    propagation: list[float] = []
+    with client_channel(env, a.target) as ch_a, client_channel(env, b.target) as ch_b:
+        for _ in range(samples):
+            created = new_key(env, ch_a)
+            t0 = time.perf_counter()
+            assert (
+                get_namespace(ch_b, env, created.secret) == grpc.StatusCode.OK
+            )  # B has never seen it
+            cold.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert get_namespace(ch_b, env, created.secret) == grpc.StatusCode.OK  # now cached on B
+            warm.append(time.perf_counter() - t0)
+            stub = key_service_pb2_grpc.KeyServiceStub(ch_a)
+            revoked_at = time.perf_counter()
+            stub.RevokeKey(
+                key_service_pb2.RevokeKeyRequest(key_id=created.key.key_id),
+                metadata=(("authorization", f"Bearer {env.admin}"),),
+            )
+            while get_namespace(ch_b, env, created.secret) == grpc.StatusCode.OK:
+                if time.perf_counter() - revoked_at > 5:
+                    raise RuntimeError("revocation did not propagate within 5 s")
+            propagation.append(time.perf_counter() - revoked_at)
+    propagation.sort()
+    return {
+        "cold_first_call_p50_us": statistics.median(cold) * 1e6,
+        "warm_call_p50_us": statistics.median(warm) * 1e6,
+        "revocation_p50_ms": statistics.median(propagation) * 1e3,
+        "revocation_p99_ms": propagation[min(len(propagation) - 1, int(0.99 * len(propagation)))]
+        * 1e3,
+        "revocation_samples": float(len(propagation)),
+    }
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    smoke = args.smoke
+    warmup, duration = (0.2, 0.3) if smoke else (args.warmup, args.duration)
+    rounds = 1 if smoke else args.rounds
+    with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisServer(
+            binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
+        )
+        redis.start()
+        mongo = EmbeddedMongo(sqlite_path=None)
+        env: Env | None = None
+        try:
+            env = asyncio.run(prepare(workdir, redis, mongo.start()))
+            results: dict[str, Any] = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+                "python": platform.python_version(),
+                "grpcio": grpc.__version__,
+                "pinned": bool(env.taskset),
+                "smoke": smoke,
+            }
+            bare = start_echo(env, core=0)
+            mesh = start_meshgate(env, core=0)
+            loaded: dict[str, list[dict[str, Any]]] = {"bare": [], "meshgate": []}
+            for _ in range(rounds):  # A/B/A/B
+                for name, proc in (("bare", bare), ("meshgate", mesh)):
+                    loaded[name].append(
+                        load(env, proc, meshgate=name == "meshgate", inflight=args.inflight,
+                             channels=args.channels, warmup=warmup, duration=duration, core=1)
+                    )  # fmt: skip
+            unloaded = {
+                name: load(env, proc, meshgate=name == "meshgate", inflight=1, channels=1,
+                           warmup=warmup, duration=duration, core=1)
+                for name, proc in (("bare", bare), ("meshgate", mesh))
+            }  # fmt: skip
+            for name in ("bare", "meshgate"):
+                errors = [r["errors"] for r in loaded[name] if r["errors"]]
+                if errors:
+                    raise RuntimeError(f"{name} answered with errors under load: {errors}")
+            summary = {
+                name: {
+                    key: median_of(loaded[name], key)
+                    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request")
+                }
+                for name in loaded
+            }
+            summary["ratio"] = {
+                key: summary["meshgate"][key] / summary["bare"][key] for key in summary["bare"]
+            }
+            results["loaded"] = {
+                "inflight": args.inflight,
+                "channels": args.channels,
+                "rounds": loaded,
+                "median": summary,
+            }
+            results["unloaded"] = {
+                "bare_p50_us": unloaded["bare"]["p50_us"],
+                "meshgate_p50_us": unloaded["meshgate"]["p50_us"],
+                "overhead_p50_us": unloaded["meshgate"]["p50_us"] - unloaded["bare"]["p50_us"],
+            }
+            bare.stop()
+            second = start_meshgate(env, core=None)
+            results["cold"] = cold_and_revocation(
+                env, mesh, second, 3 if smoke else args.revocations
+            )
+            mesh.stop()
+            second.stop()
+            scaling: dict[str, Any] = {}
+            if smoke:  # the one-worker figure is only a comparison point
+                scaling["1"] = loaded["meshgate"][0]
+            for workers in (2,) if smoke else (1, 2):
+                proc = start_meshgate(env, core=None, workers=workers)
+                scaling[str(workers)] = load(
+                    env, proc, meshgate=True, inflight=args.inflight * workers, channels=args.channels * 2,
+                    warmup=warmup, duration=duration, core=None,
+                )  # fmt: skip
+                proc.stop()
+            scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
+            results["workers"] = scaling
+            return results
+        finally:
+            if env is not None:
+                for proc in env.procs:
+                    proc.stop()
+            mongo.close()
+            redis.stop()
+
+
+def table(results: dict[str, Any]) -> str:
+    m = results["loaded"]["median"]
+    u = results["unloaded"]
+    c = results["cold"]
+    w = results["workers"]
+    lines = [
+        f"meshgate bench — {results['date']} — {results['machine']}, Python {results['python']}, "
+        f"grpcio {results['grpcio']}, pinned={results['pinned']}{' (SMOKE: numbers mean nothing)' if results['smoke'] else ''}",
+        "",
+        f"loaded: {results['loaded']['inflight']} in flight over {results['loaded']['channels']} channels, "
+        f"median of {len(results['loaded']['rounds']['bare'])} A/B rounds",
+        f"{'':24}{'bare mTLS':>12}{'meshgate':>12}{'ratio':>9}",
+    ]
+    for key, label in (("rps", "requests/s"), ("p50_us", "p50 latency µs"), ("p99_us", "p99 latency µs"),
+                       ("cpu_us_per_request", "server CPU µs/req")):  # fmt: skip
+        lines.append(
+            f"{label:24}{m['bare'][key]:>12.0f}{m['meshgate'][key]:>12.0f}{m['ratio'][key]:>9.2f}"
+        )
+    lines += [
+        "",
+        f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} µs, meshgate {u['meshgate_p50_us']:.0f} µs, "
+        f"overhead {u['overhead_p50_us']:.0f} µs",
+        f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} µs (warm {c['warm_call_p50_us']:.0f} µs)",
+        f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms, "
+        f"p99 {c['revocation_p99_ms']:.1f} ms ({c['revocation_samples']:.0f} revocations)",
+        f"workers: 1 → {w['1']['rps']:.0f} req/s at {w['1']['cpu_us_per_request']:.0f} µs CPU/req; "
+        f"2 → {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} µs CPU/req "
+        f"({w['throughput_ratio']['rps']:.2f}×)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds, not minutes: checks the harness only"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (default 3)")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--inflight", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument("--revocations", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    args = parser.parse_args()
+    results = run_bench(args)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

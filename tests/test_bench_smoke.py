@@ -1,0 +1,34 @@
+"""`python -m tests.bench --smoke` end to end, so the benchmark harness cannot rot.
+
+No speed is asserted: speed is tracked by `make bench`, never by a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert set(data["loaded"]["median"]) == {"bare", "meshgate", "ratio"}
+    assert data["loaded"]["median"]["meshgate"]["rps"] > 0
+    assert data["loaded"]["median"]["meshgate"]["cpu_us_per_request"] > 0
+    assert data["unloaded"]["meshgate_p50_us"] > 0
+    assert data["cold"]["revocation_samples"] == 3
+    assert data["workers"]["2"]["rps"] > 0
+    assert "requests/s" in result.stdout and "revocation propagation" in result.stdout
