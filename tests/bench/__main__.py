@@ -185,11 +185,23 @@ def load(
 ) -> dict[str, Any]:
     """Run the load generator against `proc`; server CPU is sampled on the measured window."""
     command = [
-        *env.pin(core), sys.executable, "-m", "tests.bench.loadgen",
-        "--target", proc.target, "--certs", str(env.certs),
-        "--inflight", str(inflight), "--channels", str(channels),
-        "--warmup", str(warmup), "--duration", str(duration),
-    ]  # fmt: skip
+        *env.pin(core),
+        sys.executable,
+        "-m",
+        "tests.bench.loadgen",
+        "--target",
+        proc.target,
+        "--certs",
+        str(env.certs),
+        "--inflight",
+        str(inflight),
+        "--channels",
+        str(channels),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ]
     if meshgate:
         request = namespace_service_pb2.GetNamespaceRequest().SerializeToString().hex()
         command += ["--method", GET_NAMESPACE, "--request-hex", request]
@@ -251,9 +263,13 @@ async def prepare(workdir: Path, redis: RedisServer, mongo_uri: str) -> Env:
             internal_id=org.internal_id, name="bench", environment="development"
         )
         _, reader = await KeyStore(mongo=backends.mongo).create(
-            organization_id=admin.organization_id, name="bench reader", environment="development",
-            permissions=frozenset({"read"}), namespace_ids=[], expires_at=None,
-        )  # fmt: skip
+            organization_id=admin.organization_id,
+            name="bench reader",
+            environment="development",
+            permissions=frozenset({"read"}),
+            namespace_ids=[],
+            expires_at=None,
+        )
     finally:
         await backends.close()
     return Env(
@@ -356,14 +372,30 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(rounds):  # A/B/A/B
                 for name, proc in (("bare", bare), ("meshgate", mesh)):
                     loaded[name].append(
-                        load(env, proc, meshgate=name == "meshgate", inflight=args.inflight,
-                             channels=args.channels, warmup=warmup, duration=duration, core=1)
-                    )  # fmt: skip
+                        load(
+                            env,
+                            proc,
+                            meshgate=name == "meshgate",
+                            inflight=args.inflight,
+                            channels=args.channels,
+                            warmup=warmup,
+                            duration=duration,
+                            core=1,
+                        )
+                    )
             unloaded = {
-                name: load(env, proc, meshgate=name == "meshgate", inflight=1, channels=1,
-                           warmup=warmup, duration=duration, core=1)
+                name: load(
+                    env,
+                    proc,
+                    meshgate=name == "meshgate",
+                    inflight=1,
+                    channels=1,
+                    warmup=warmup,
+                    duration=duration,
+                    core=1,
+                )
                 for name, proc in (("bare", bare), ("meshgate", mesh))
-            }  # fmt: skip
+            }
             for name in ("bare", "meshgate"):
                 errors = [r["errors"] for r in loaded[name] if r["errors"]]
                 if errors:
@@ -402,9 +434,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             for workers in (2,) if smoke else (1, 2):
                 proc = start_meshgate(env, core=None, workers=workers)
                 scaling[str(workers)] = load(
-                    env, proc, meshgate=True, inflight=args.inflight * workers, channels=args.channels * 2,
-                    warmup=warmup, duration=duration, core=None,
-                )  # fmt: skip
+                    env,
+                    proc,
+                    meshgate=True,
+                    inflight=args.inflight * workers,
+                    channels=args.channels * 2,
+                    warmup=warmup,
+                    duration=duration,
+                    core=None,
+                )
                 proc.stop()
             scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
             results["workers"] = scaling
@@ -418,33 +456,36 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    m = results["loaded"]["median"]
-    u = results["unloaded"]
-    c = results["cold"]
-    w = results["workers"]
+    m, u, c, w = (results[k] for k in ("loaded", "unloaded", "cold", "workers"))
+    med = m["median"]
+    smoke = " (SMOKE: numbers mean nothing)" if results["smoke"] else ""
     lines = [
-        f"meshgate bench — {results['date']} — {results['machine']}, Python {results['python']}, "
-        f"grpcio {results['grpcio']}, pinned={results['pinned']}{' (SMOKE: numbers mean nothing)' if results['smoke'] else ''}",
+        f"meshgate bench, {results['date']}, {results['machine']}",
+        f"Python {results['python']}, grpcio {results['grpcio']}, pinned={results['pinned']}{smoke}",
         "",
-        f"loaded: {results['loaded']['inflight']} in flight over {results['loaded']['channels']} channels, "
-        f"median of {len(results['loaded']['rounds']['bare'])} A/B rounds",
+        f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
+        f" median of {len(m['rounds']['bare'])} A/B rounds",
         f"{'':24}{'bare mTLS':>12}{'meshgate':>12}{'ratio':>9}",
     ]
-    for key, label in (("rps", "requests/s"), ("p50_us", "p50 latency µs"), ("p99_us", "p99 latency µs"),
-                       ("cpu_us_per_request", "server CPU µs/req")):  # fmt: skip
-        lines.append(
-            f"{label:24}{m['bare'][key]:>12.0f}{m['meshgate'][key]:>12.0f}{m['ratio'][key]:>9.2f}"
-        )
+    for key, label in (
+        ("rps", "requests/s"),
+        ("p50_us", "p50 latency us"),
+        ("p99_us", "p99 latency us"),
+        ("cpu_us_per_request", "server CPU us/req"),
+    ):
+        bare, mesh, ratio = med["bare"][key], med["meshgate"][key], med["ratio"][key]
+        lines.append(f"{label:24}{bare:>12.0f}{mesh:>12.0f}{ratio:>9.2f}")
     lines += [
         "",
-        f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} µs, meshgate {u['meshgate_p50_us']:.0f} µs, "
-        f"overhead {u['overhead_p50_us']:.0f} µs",
-        f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} µs (warm {c['warm_call_p50_us']:.0f} µs)",
-        f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms, "
-        f"p99 {c['revocation_p99_ms']:.1f} ms ({c['revocation_samples']:.0f} revocations)",
-        f"workers: 1 → {w['1']['rps']:.0f} req/s at {w['1']['cpu_us_per_request']:.0f} µs CPU/req; "
-        f"2 → {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} µs CPU/req "
-        f"({w['throughput_ratio']['rps']:.2f}×)",
+        f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} us,"
+        f" meshgate {u['meshgate_p50_us']:.0f} us, overhead {u['overhead_p50_us']:.0f} us",
+        f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
+        f" (warm {c['warm_call_p50_us']:.0f} us)",
+        f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms,"
+        f" p99 {c['revocation_p99_ms']:.1f} ms ({c['revocation_samples']:.0f} revocations)",
+        f"workers: 1 -> {w['1']['rps']:.0f} req/s at {w['1']['cpu_us_per_request']:.0f} us CPU/req;"
+        f" 2 -> {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} us CPU/req"
+        f" ({w['throughput_ratio']['rps']:.2f}x)",
     ]
     return "\n".join(lines)
 
