@@ -461,7 +461,8 @@ def table(results: dict[str, Any]) -> str:
     smoke = " (SMOKE: numbers mean nothing)" if results["smoke"] else ""
     lines = [
         f"meshgate bench, {results['date']}, {results['machine']}",
-        f"Python {results['python']}, grpcio {results['grpcio']}, pinned={results['pinned']}{smoke}",
+        f"Python {results['python']}, grpcio {results['grpcio']},"
+        f" pinned={results['pinned']}{smoke}",
         "",
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
         f" median of {len(m['rounds']['bare'])} A/B rounds",
