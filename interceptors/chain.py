@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import grpc
 from grpc.aio import AbortError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from interceptors.context import CallState, current_call
 from interceptors.errors import ErrorMapper
@@ -69,11 +71,13 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         steps: Sequence[Step],
         observers: Sequence[Observer],
         logger: logging.Logger,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._policies = policies
         self._errors = errors
         self._steps = tuple(steps)
         self._observers = tuple(observers)
+        self._tracer = tracer
         self._logger = logger
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -114,6 +118,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             peer_address=context.peer(),
         )
         current_call.set(call)
+        if self._tracer is not None:
+            self._start_span(call)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         if failure is not None:
             raise failure
@@ -146,6 +152,33 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             ((REQUEST_ID_HEADER, request_id), *refusal.trailing_metadata),
         )
 
+    def _start_span(self, call: CallState) -> None:
+        assert self._tracer is not None
+        service, _, name = call.method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            f"{service}/{name}",
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        call.span = span
+        call.span_token = otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def _end_span(call: CallState) -> None:
+        span = call.span
+        span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+        if call.principal is not None:
+            span.set_attribute(
+                "meshgate.organization_id", call.principal.organization.organization_id
+            )
+            span.set_attribute("meshgate.key_id", call.principal.key.key_id)
+        if call.namespace is not None:
+            span.set_attribute("meshgate.namespace_id", call.namespace.namespace_id)
+        if call.code in _SERVER_ERRORS:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, call.code.name))
+        span.end()
+        otel_context.detach(call.span_token)
+
     def _finish(self, call: CallState | None, started: float, context: Context) -> None:
         if call is None:
             return
@@ -159,6 +192,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 observer.finish(call, duration)
             except Exception:  # an observer must never change the call's outcome
                 self._logger.exception("observer %s failed", type(observer).__name__)
+        if call.span is not None:
+            self._end_span(call)
 
     def _wrap(
         self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]
@@ -220,6 +255,19 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+# SERVER spans are errors only for these codes (OpenTelemetry rpc semantic conventions)
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 class _NoPolicyError(PermissionDeniedError):

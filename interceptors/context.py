@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -43,6 +44,9 @@ class CallState:
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False
+    # tracing (only when a tracer is configured)
+    span: Any = None
+    span_token: Any = None
 
     def require_principal(self) -> Principal:
         if self.principal is None:  # the chain guarantees it for ACCESS_API_KEY methods

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import grpc
 
 from interceptors.context import CallState
+from interceptors.metrics import Metrics
 from storage.credits import CreditAccounts
 from storage.plans import Plan
 
@@ -14,9 +15,16 @@ __all__ = ["Credits"]
 
 
 class Credits:
-    def __init__(self, *, accounts: CreditAccounts, plan_of: Callable[[str], Plan]) -> None:
+    def __init__(
+        self,
+        *,
+        accounts: CreditAccounts,
+        plan_of: Callable[[str], Plan],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._accounts = accounts
         self._plan_of = plan_of
+        self._metrics = metrics
 
     async def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
@@ -28,3 +36,5 @@ class Credits:
         allowance = self._plan_of(organization.plan).monthly_credits
         await self._accounts.debit(organization.organization_id, cost, allowance=allowance)
         call.credits = cost
+        if self._metrics is not None:
+            self._metrics.credits_debited.labels(organization.plan).inc(cost)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import grpc
 
 from interceptors.context import CallState
+from interceptors.metrics import Metrics
 from interceptors.policy import Access
 from storage.errors import ResourceExhaustedError
 from storage.plans import Plan
@@ -28,9 +29,15 @@ _LOG = logging.getLogger("meshgate.ratelimit")
 
 class RateLimit:
     def __init__(
-        self, *, limiter: RateLimiter, plans: Mapping[str, Plan], default_plan: str
+        self,
+        *,
+        limiter: RateLimiter,
+        plans: Mapping[str, Plan],
+        default_plan: str,
+        metrics: Metrics | None = None,
     ) -> None:
         self._limiter = limiter
+        self._metrics = metrics
         self._plans = plans
         self._default = plans[default_plan]
         self._buckets: dict[tuple[str, str, str], str] = {}
@@ -63,6 +70,8 @@ class RateLimit:
         call.response_metadata.extend(decision.headers())
         if not decision.allowed:
             call.rate_limited = True
+            if self._metrics is not None:
+                self._metrics.rate_limited.labels(principal.organization.plan, rate_class).inc()
             raise ResourceExhaustedError(
                 f"rate limit exceeded for {rate_class} calls;"
                 f" retry in {decision.retry_after_s:.2f}s",

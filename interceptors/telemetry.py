@@ -1,7 +1,10 @@
-"""Step 1, telemetry: request id in and out, and one structured access-log line per call.
+"""Step 1, telemetry: request id in and out, metrics, and one structured access-log line per call.
 
-The line carries request id, method, status, duration, organization_id,
-namespace_id, key_id and peer identity; never the key, never internal_id.
+The access-log line carries request id, method, status, duration,
+organization_id, namespace_id, key_id and peer identity (and the trace id when
+tracing is on, added by the log formatter); never the key, never internal_id.
+The span itself is opened and closed by the chain (interceptors/chain.py)
+around every step, so a refusal is traced too.
 """
 
 from __future__ import annotations
@@ -10,17 +13,22 @@ import logging
 import re
 import secrets
 
+import grpc
+
 from interceptors.context import CallState
+from interceptors.metrics import Metrics
 
 __all__ = ["REQUEST_ID_HEADER", "Telemetry"]
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_AUTH_FAILURES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class Telemetry:
-    def __init__(self, *, access_log: logging.Logger) -> None:
+    def __init__(self, *, access_log: logging.Logger, metrics: Metrics | None = None) -> None:
         self._log = access_log
+        self._metrics = metrics
 
     @staticmethod
     def request_id(metadata: dict[str, str]) -> str:
@@ -31,6 +39,12 @@ class Telemetry:
         return secrets.token_hex(12)
 
     def finish(self, call: CallState, duration_s: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_call(call.method, call.code.name, duration_s)
+            if call.code in _AUTH_FAILURES:
+                self._metrics.auth_failures.labels(
+                    call.method, call.code.name, call.peer_identity or "unknown"
+                ).inc()
         if not self._log.isEnabledFor(logging.INFO):
             return
         principal = call.principal

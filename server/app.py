@@ -14,6 +14,7 @@ import secrets
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +35,7 @@ from meshgate.v1 import (
     vector_service_pb2,
     vector_service_pb2_grpc,
 )
+from opentelemetry import trace
 
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
@@ -41,12 +43,14 @@ from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
 from interceptors.credits import Credits
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
+from interceptors.metrics import Metrics
 from interceptors.namespace import NamespaceScope
 from interceptors.peer import PeerIdentity
 from interceptors.rate_limit import RateLimit
 from interceptors.telemetry import Telemetry
 from interceptors.usage import UsageObserver
 from server.backends import Backends
+from server.observability import serve_metrics
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.settings import Settings
@@ -104,6 +108,9 @@ class RunningServer:
     limiter: RateLimiter
     accounts: CreditAccounts
     usage: UsageRecorder
+    metrics: Metrics
+    metrics_port: int = 0
+    metrics_server: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def flush_usage(self, *, everything: bool = False) -> None:
@@ -116,6 +123,9 @@ class RunningServer:
         """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -174,6 +184,7 @@ class Components:
     credit_events: CreditEvents
     usage: UsageRecorder
     rate_limit: RateLimit
+    metrics: Metrics
 
 
 async def build_components(settings: Settings, backends: Backends) -> Components:
@@ -196,10 +207,12 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         namespaces.forget(namespace_id)
         vectors.forget(namespace_id)
 
+    metrics = Metrics()
     limiter = RateLimiter(
         redis=backends.redis,
         failure_mode=settings.rate_limit_on_redis_failure,
         timeout_s=settings.limiter_timeout_s,
+        on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
     )
     credit_events = CreditEvents(mongo=backends.mongo)
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -232,12 +245,18 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         credit_events=credit_events,
         usage=usage,
         rate_limit=RateLimit(
-            limiter=limiter, plans=settings.plans, default_plan=settings.default_plan
+            limiter=limiter,
+            plans=settings.plans,
+            default_plan=settings.default_plan,
+            metrics=metrics,
         ),
+        metrics=metrics,
     )
 
 
-def build_chain(settings: Settings, c: Components) -> SecurityChain:
+def build_chain(
+    settings: Settings, c: Components, tracer: trace.Tracer | None = None
+) -> SecurityChain:
     """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
     policies = build_policy_table(SERVICE_DESCRIPTORS)
     for method in undeclared_methods(SERVICE_DESCRIPTORS, policies):
@@ -252,14 +271,44 @@ def build_chain(settings: Settings, c: Components) -> SecurityChain:
             Authorization(internal_peers=settings.internal_peers),
             NamespaceScope(namespaces=c.namespaces),
             c.rate_limit,
-            Credits(accounts=c.accounts, plan_of=c.rate_limit.plan_of),
+            Credits(accounts=c.accounts, plan_of=c.rate_limit.plan_of, metrics=c.metrics),
         ),
         observers=(
-            Telemetry(access_log=logging.getLogger("meshgate.access")),
+            Telemetry(access_log=logging.getLogger("meshgate.access"), metrics=c.metrics),
             UsageObserver(usage=c.usage, accounts=c.accounts),
         ),
         logger=_LOG,
+        tracer=tracer,
     )
+
+
+def _export_component_metrics(c: Components) -> None:
+    m = c.metrics
+    cache = c.verifier.cache
+    m.counter_from("meshgate_key_cache_hits_total", "verified-key cache hits", lambda: cache.hits)
+    m.counter_from(
+        "meshgate_key_cache_misses_total", "verified-key cache misses", lambda: cache.misses
+    )
+    m.counter_from(
+        "meshgate_invalidations_received_total",
+        "revocations, rotations and namespace deletions heard from other replicas",
+        lambda: c.invalidation.received,
+    )
+    m.gauge_from(
+        "meshgate_invalidation_channel_up",
+        "1 while subscribed to the invalidation channel (key cache on)",
+        lambda: {(): float(c.invalidation.live)},
+    )
+
+
+def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
+    """The given tracer, or the global one when an SDK provider is installed (OTEL_*)."""
+    if explicit is not None:
+        return explicit
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = trace.get_tracer_provider()
+    return provider.get_tracer("meshgate") if isinstance(provider, TracerProvider) else None
 
 
 def add_servicers(server: grpc.aio.Server, c: Components) -> None:
@@ -318,10 +367,12 @@ async def create_server(
     *,
     address: str | None = None,
     extra_options: Sequence[tuple[str, int]] = (),
+    tracer: trace.Tracer | None = None,
 ) -> RunningServer:
     c = await build_components(settings, backends)
+    _export_component_metrics(c)
     server = grpc.aio.server(
-        interceptors=(build_chain(settings, c),),
+        interceptors=(build_chain(settings, c, _tracer(tracer)),),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -338,6 +389,9 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port, tls = bind(server, settings, address)
+    metrics_server, metrics_port = (
+        serve_metrics(c.metrics, settings.metrics_listen) if settings.metrics_listen else (None, 0)
+    )
     await server.start()
     running = RunningServer(
         server=server,
@@ -350,6 +404,9 @@ async def create_server(
         limiter=c.limiter,
         accounts=c.accounts,
         usage=c.usage,
+        metrics=c.metrics,
+        metrics_port=metrics_port,
+        metrics_server=metrics_server,
     )
     running.tasks += [
         asyncio.create_task(c.invalidation.run(), name="invalidation-bus"),

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from server.app import create_server
 from server.backends import open_backends
 from server.bootstrap import bootstrap, write_secret_file
 from server.logs import configure_logging
+from server.observability import configure_tracing
 from server.settings import ENVIRONMENTS, Settings, SettingsError
 from storage.organizations import OrganizationStore
 
@@ -115,7 +117,13 @@ def _serve_workers(settings: Settings, args: argparse.Namespace) -> int:
     if settings.insecure:
         command.append("--insecure")
     # our own interpreter and module, no shell: nothing untrusted reaches the command
-    children = [subprocess.Popen(command) for _ in range(args.workers)]  # noqa: S603
+    children = []
+    for index in range(args.workers):
+        env = dict(os.environ)
+        if settings.metrics_listen:  # one metrics port per worker: base, base+1, ...
+            host, _, port = settings.metrics_listen.rpartition(":")
+            env["MESHGATE_METRICS_LISTEN"] = f"{host}:{int(port) + index if int(port) else 0}"
+        children.append(subprocess.Popen(command, env=env))  # noqa: S603
     _LOG.info(
         "started %d workers on %s: %s", args.workers, settings.listen, [c.pid for c in children]
     )
@@ -205,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev and not settings.internal_peers:
             settings = replace(settings, internal_peers=frozenset({DEV_INTERNAL_PEER}))
     configure_logging(settings.log_level)
+    if args.command == "serve":
+        try:
+            configure_tracing()
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "serve" and args.workers != 1:
         if not 1 <= args.workers <= 64:
             print("error: --workers must be between 1 and 64", file=sys.stderr)

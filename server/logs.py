@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 __all__ = ["FORBIDDEN_FIELDS", "GuardedJsonFormatter", "configure_logging", "redact"]
 
 FORBIDDEN_FIELDS = frozenset(
@@ -52,6 +54,10 @@ class GuardedJsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            line["trace_id"] = format(span_context.trace_id, "032x")
+            line["span_id"] = format(span_context.span_id, "016x")
         for key, value in record.__dict__.items():
             if key in _STANDARD or key.startswith("_"):
                 continue

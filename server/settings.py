@@ -92,6 +92,16 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _listen(env: Mapping[str, str], name: str, default: str) -> str | None:
+    value = env.get(name, default).strip()
+    if value.lower() in ("off", "none", ""):
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name} must be host:port or off, got {value!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -127,6 +137,8 @@ class Settings:
     rate_limit_on_redis_failure: FailureMode = FailureMode.LOCAL
     credits_fail_open: bool = False
     limiter_timeout_s: float = 0.2
+    metrics_listen: str | None = "127.0.0.1:9464"
+    health_interval_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -184,4 +196,6 @@ class Settings:
             )
             == "open",
             limiter_timeout_s=_number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
+            metrics_listen=_listen(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
+            health_interval_s=_number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
         )

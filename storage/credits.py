@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from storage.clock import utc_now
 from storage.errors import ResourceExhaustedError, UnavailableError
 from storage.redis_keys import organization_key
+from storage.tracing import client_span
 
 __all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "period_of"]
 
@@ -198,13 +199,14 @@ class CreditAccounts:
         self, organization_id: str, period: str, reservation: _Reservation, want: int
     ) -> None:
         try:
-            raw = await asyncio.wait_for(
-                self._reserve(
-                    keys=[self.key(organization_id, period)],
-                    args=[reservation.allowance, _PERIOD_TTL_MS, want, self.replica],
-                ),
-                self.timeout_s,
-            )
+            with client_span("redis", "EVALSHA", **{"meshgate.script": "credits_reserve"}):
+                raw = await asyncio.wait_for(
+                    self._reserve(
+                        keys=[self.key(organization_id, period)],
+                        args=[reservation.allowance, _PERIOD_TTL_MS, want, self.replica],
+                    ),
+                    self.timeout_s,
+                )
             reservation.available += int(raw[0])
             await self._thresholds(organization_id, period, _balance(period, raw[1:]))
         except (RedisError, OSError, TimeoutError) as exc:

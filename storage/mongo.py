@@ -9,6 +9,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from storage.scoped import Scope, ScopedCollection
+from storage.tracing import MongoCommandSpans
 
 __all__ = ["NAMESPACED_COLLECTIONS", "MongoStore"]
 
@@ -29,6 +30,7 @@ class MongoStore:
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms * 2,
             appname="meshgate",
+            event_listeners=[MongoCommandSpans()],
         )
         self._db: AsyncDatabase[Document] = self._client[database]
         self.organizations: AsyncCollection[Document] = self._db["organizations"]

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 
 from storage.errors import UnavailableError
 from storage.plans import Limit
+from storage.tracing import client_span
 
 __all__ = ["Decision", "FailureMode", "RateLimiter", "lease_size"]
 
@@ -179,10 +180,11 @@ class RateLimiter:
         try:
             want = lease_size(limit)
             self.redis_calls += 1
-            grant, stock, wait = await asyncio.wait_for(
-                self._script(keys=[bucket], args=[limit.per_second, limit.burst, want]),
-                self.timeout_s,
-            )
+            with client_span("redis", "EVALSHA", **{"meshgate.script": "rate_lease"}):
+                grant, stock, wait = await asyncio.wait_for(
+                    self._script(keys=[bucket], args=[limit.per_second, limit.burst, want]),
+                    self.timeout_s,
+                )
             now = self.clock()
             grant = int(grant)
             if now >= lease.expires:

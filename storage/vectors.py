@@ -23,6 +23,7 @@ from storage.errors import AlreadyExistsError, FailedPreconditionError, InvalidA
 from storage.filters import Group, to_qdrant
 from storage.mongo import MongoStore
 from storage.scoped import Scope
+from storage.tracing import client_span
 from storage.ttl_cache import TTLCache
 
 __all__ = [
@@ -173,7 +174,12 @@ class VectorStore:
                     payload={**payload, "namespace_id": scope.namespace_id, "point_id": point_id},
                 )
             )
-        await self._qdrant.upsert(collection_name(scope.namespace_id), points=structs, wait=True)
+        with client_span(
+            "qdrant", "upsert", **{"db.collection.name": collection_name(scope.namespace_id)}
+        ):
+            await self._qdrant.upsert(
+                collection_name(scope.namespace_id), points=structs, wait=True
+            )
         return len(structs)
 
     async def search(
@@ -187,15 +193,16 @@ class VectorStore:
         with_vectors: bool,
     ) -> list[Hit]:
         config = await self.config(scope)
-        response = await self._qdrant.query_points(
-            collection_name(scope.namespace_id),
-            query=check_vector(vector, config.dimension),
-            query_filter=self._namespace_filter(scope, *to_qdrant(tree)),
-            limit=limit,
-            score_threshold=score_threshold,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
+        with client_span("qdrant", "query_points"):
+            response = await self._qdrant.query_points(
+                collection_name(scope.namespace_id),
+                query=check_vector(vector, config.dimension),
+                query_filter=self._namespace_filter(scope, *to_qdrant(tree)),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
         return [Hit(point=_point(p), score=float(p.score)) for p in response.points]
 
     async def get(
@@ -205,13 +212,14 @@ class VectorStore:
         wanted: list[int | str | uuid.UUID] = [
             qdrant_id(scope.namespace_id, check_point_id(i)) for i in ids
         ]
-        records, _ = await self._qdrant.scroll(
-            collection_name(scope.namespace_id),
-            scroll_filter=self._namespace_filter(scope, models.HasIdCondition(has_id=wanted)),
-            limit=len(wanted),
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
+        with client_span("qdrant", "scroll"):
+            records, _ = await self._qdrant.scroll(
+                collection_name(scope.namespace_id),
+                scroll_filter=self._namespace_filter(scope, models.HasIdCondition(has_id=wanted)),
+                limit=len(wanted),
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
         return [_point(r) for r in records]
 
     async def count(self, scope: Scope) -> int:

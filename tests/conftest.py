@@ -182,6 +182,7 @@ def settings(
         trusted_proxies=frozenset({PROXY_ID}),
         key_cache_ttl_s=10.0,
         shutdown_grace_s=2.0,
+        metrics_listen="127.0.0.1:0",
     )
 
 

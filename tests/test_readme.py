@@ -35,7 +35,11 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--dev", "--listen", f"127.0.0.1:{port}"],
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
+            "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -121,6 +121,7 @@ def meshgate_env(settings: Settings, port: int) -> dict[str, str]:
         MESHGATE_QDRANT_URL=":memory:",
         MESHGATE_DATA_DIR=str(settings.data_dir),
         MESHGATE_LOG_LEVEL="WARNING",  # the access log is measured in make run, not here
+        MESHGATE_METRICS_LISTEN="127.0.0.1:0",
     )
     return env
 

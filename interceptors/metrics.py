@@ -1,0 +1,124 @@
+"""Metrics of the request path and its components, in a Prometheus registry per server.
+
+The per-call cost is a dictionary lookup and a histogram observation; values
+the components already count (cache hits, invalidations, queue depths) are
+read only when scraped. `server/observability.py` exposes the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _Callbacks(Collector):
+    """Counters and gauges read from the components when scraped (no cost per call)."""
+
+    def __init__(self) -> None:
+        self.counters: list[tuple[str, str, Callable[[], float]]] = []
+        self.gauges: list[
+            tuple[str, str, Callable[[], Mapping[tuple[str, ...], float]], tuple[str, ...]]
+        ] = []
+
+    def collect(self) -> Iterable[Any]:
+        for name, doc, read in self.counters:
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], read())
+            yield family
+        for name, doc, read_many, labels in self.gauges:
+            gauge = GaugeMetricFamily(name, doc, labels=list(labels))
+            for values, value in read_many().items():
+                gauge.add_metric(list(values), value)
+            yield gauge
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.call_duration = Histogram(
+            "rpc_server_call_duration_seconds",
+            "rpc.server.call.duration: time from the first byte of a call to its status",
+            ["rpc_method", "rpc_grpc_status_code"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "meshgate_auth_failures_total",
+            "UNAUTHENTICATED and PERMISSION_DENIED answers by method, code and peer identity",
+            ["rpc_method", "code", "peer"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "meshgate_rate_limited_total",
+            "calls refused by a rate limit, by plan and route class",
+            ["plan", "rate_class"],
+            registry=r,
+        )
+        self.credits_debited = Counter(
+            "meshgate_credits_debited_total", "credits debited, by plan", ["plan"], registry=r
+        )
+        self.limiter_fallbacks = Counter(
+            "meshgate_rate_limiter_fallbacks_total",
+            "rate-limit decisions taken without Redis (configured fallback)",
+            registry=r,
+        )
+        self.task_failures = Counter(
+            "meshgate_task_failures_total", "ingestion tasks that failed", registry=r
+        )
+        self.webhook_failures = Counter(
+            "meshgate_webhook_delivery_failures_total",
+            "webhook delivery attempts that failed, and deliveries exhausted",
+            ["outcome"],
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "meshgate_dependency_up",
+            "1 when the dependency answered its last check",
+            ["dependency"],
+            registry=r,
+        )
+        self.dependency_latency = Gauge(
+            "meshgate_dependency_latency_seconds",
+            "latency of the last check",
+            ["dependency"],
+            registry=r,
+        )
+        self.serving = Gauge(
+            "meshgate_service_serving",
+            "1 when the service's health status is SERVING",
+            ["service"],
+            registry=r,
+        )
+        self._callbacks = _Callbacks()
+        r.register(self._callbacks)
+        self._durations: dict[tuple[str, str], Any] = {}
+
+    def observe_call(self, method: str, status: str, duration_s: float) -> None:
+        child = self._durations.get((method, status))
+        if child is None:
+            child = self._durations[(method, status)] = self.call_duration.labels(method, status)
+        child.observe(duration_s)
+
+    def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._callbacks.counters.append((name, doc, read))
+
+    def gauge_from(
+        self,
+        name: str,
+        doc: str,
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        labels: tuple[str, ...] = (),
+    ) -> None:
+        self._callbacks.gauges.append((name, doc, read, labels))
