@@ -47,12 +47,18 @@ certs: setup ## create a dev CA, server and client certificates under certs/ (ke
 run: setup certs ## serve on embedded backends (data under var/), bootstrapping a dev admin key
 	$(VENV)/bin/meshgate serve --dev
 
-test-deps: ## make sure a redis-server binary exists (installs Debian's package as root)
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing redis-server from Debian's packages"; \
-	    (apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }); \
-	  else echo "error: redis-server is needed by the tests; install it (e.g. 'sudo apt-get install redis-server') or set MESHGATE_TEST_REDIS_SERVER=/path/to/redis-server"; exit 1; fi; }
+test-deps: ## make sure redis-server and promtool exist (installs Debian's packages as root)
+	@$(call need,redis-server,redis-server)
+	@$(call need,promtool,prometheus)
+
+# $(call need,COMMAND,DEBIAN_PACKAGE): install the package as root when the command is missing
+define need
+command -v $(1) >/dev/null || { \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    echo "installing $(2) from Debian's packages (for $(1))"; \
+    (apt-get install -y -q $(2) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; }); \
+  else echo "error: $(1) is needed by the tests; install Debian's $(2) package (e.g. 'sudo apt-get install $(2)')"; exit 1; fi; }
+endef
 
 test: setup test-deps ## run the whole test suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/pytest -q

@@ -102,7 +102,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     # -- one call -----------------------------------------------------------------
 
-    async def _admit(self, method: str, policy: Policy | None, context: Context) -> CallState:
+    async def _admit(
+        self, method: str, policy: Policy | None, context: Context, request: Any = None
+    ) -> CallState:
         """Build the call state and run every step; raises to refuse."""
         metadata: dict[str, str] = {}
         failure: MeshgateError | None = None
@@ -116,6 +118,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request_id=Telemetry.request_id(metadata),
             metadata=metadata,
             peer_address=context.peer(),
+            request=request,
         )
         current_call.set(call)
         if self._tracer is not None:
@@ -127,6 +130,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise _NoPolicyError("this method declares no access policy and is refused")
         for step in self._steps:
             await step.check(call, context)
+        call.admitted = True
         await self._send_headers(call, context)
         return call
 
@@ -206,7 +210,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             async def unary_response(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
                 try:
-                    await chain._admit(method, policy, context)
+                    await chain._admit(method, policy, context, request)
                     return await inner(request, context)
                 except AbortError:
                     raise

@@ -44,6 +44,11 @@ class CallState:
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False
+    # set once every step has let the call through (a failure after that is not a denial)
+    admitted: bool = False
+    # what the call acted on, for the audit trail (servicers set it for created resources)
+    resource: str = ""
+    request: Any = None
     # tracing (only when a tracer is configured)
     span: Any = None
     span_token: Any = None

@@ -56,8 +56,8 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "meshgate_auth_failures_total",
-            "UNAUTHENTICATED and PERMISSION_DENIED answers by method, code and peer identity",
-            ["rpc_method", "code", "peer"],
+            "UNAUTHENTICATED and PERMISSION_DENIED answers by method, code, peer identity and key",
+            ["rpc_method", "code", "peer", "key_id"],
             registry=r,
         )
         self.rate_limited = Counter(

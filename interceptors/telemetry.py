@@ -43,7 +43,10 @@ class Telemetry:
             self._metrics.observe_call(call.method, call.code.name, duration_s)
             if call.code in _AUTH_FAILURES:
                 self._metrics.auth_failures.labels(
-                    call.method, call.code.name, call.peer_identity or "unknown"
+                    call.method,
+                    call.code.name,
+                    call.peer_identity or "unknown",
+                    call.key.key_id if call.key else "",
                 ).inc()
         if not self._log.isEnabledFor(logging.INFO):
             return

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from meshgate.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     document_service_pb2,
     document_service_pb2_grpc,
+    health_service_pb2,
+    health_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     key_service_pb2,
@@ -37,6 +41,7 @@ from meshgate.v1 import (
 )
 from opentelemetry import trace
 
+from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
 from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
@@ -55,17 +60,21 @@ from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials
+from services.audit_service import AuditServicer
 from services.document_service import DocumentServicer
+from services.health_service import HealthServicer as DeepHealthServicer
 from services.identity_service import IdentityServicer
 from services.key_service import KeyServicer
 from services.namespace_service import NamespaceServicer
 from services.organization_service import OrganizationServicer
 from services.usage_service import UsageServicer
 from services.vector_service import VectorServicer
+from storage.audit import AuditLog
 from storage.cascade import NamespacePurger
 from storage.credit_events import CreditEvents
 from storage.credits import CreditAccounts
 from storage.documents import DocumentStore
+from storage.health import DependencyMonitor, DependencyState
 from storage.invalidation import InvalidationBus
 from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
@@ -93,7 +102,24 @@ SERVICE_DESCRIPTORS = (
     document_service_pb2.DESCRIPTOR.services_by_name["DocumentService"],
     vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"],
     usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    health_service_pb2.DESCRIPTOR.services_by_name["HealthService"],
 )
+
+# The stores each service cannot work without; a service is NOT_SERVING while one is down.
+# Redis: revocations propagate through it, and costed calls need it for credits.
+SERVICE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "": ("mongodb",),
+    "meshgate.v1.OrganizationService": ("mongodb",),
+    "meshgate.v1.KeyService": ("mongodb", "redis"),
+    "meshgate.v1.NamespaceService": ("mongodb", "redis", "qdrant"),
+    "meshgate.v1.IdentityService": ("mongodb",),
+    "meshgate.v1.DocumentService": ("mongodb", "redis"),
+    "meshgate.v1.VectorService": ("mongodb", "redis", "qdrant"),
+    "meshgate.v1.UsageService": ("mongodb", "redis"),
+    "meshgate.v1.AuditService": ("mongodb",),
+    "meshgate.v1.HealthService": (),
+}
 
 
 @dataclass
@@ -185,6 +211,8 @@ class Components:
     usage: UsageRecorder
     rate_limit: RateLimit
     metrics: Metrics
+    audit: AuditLog
+    serving: dict[str, bool] = field(default_factory=dict)
 
 
 async def build_components(settings: Settings, backends: Backends) -> Components:
@@ -215,6 +243,8 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
     )
     credit_events = CreditEvents(mongo=backends.mongo)
+    audit = AuditLog(mongo=backends.mongo)
+    await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     usage = UsageRecorder(mongo=backends.mongo, replica=replica)
     await usage.ensure_indexes()
@@ -251,6 +281,39 @@ async def build_components(settings: Settings, backends: Backends) -> Components
             metrics=metrics,
         ),
         metrics=metrics,
+        audit=audit,
+    )
+
+
+def dependency_monitor(
+    settings: Settings, backends: Backends, c: Components, health: HealthServicer
+) -> DependencyMonitor:
+    """Probes every store; a flip updates the grpc.health.v1 status of the services needing it."""
+
+    async def on_change(states: Mapping[str, DependencyState]) -> None:
+        for service, needs in SERVICE_DEPENDENCIES.items():
+            serving = all(states[n].up for n in needs if n in states)
+            c.serving[service or "(server)"] = serving
+            c.metrics.serving.labels(service or "(server)").set(float(serving))
+            await health.set(
+                service,
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+        for name, state in states.items():
+            c.metrics.dependency_up.labels(name).set(float(state.up))
+            c.metrics.dependency_latency.labels(name).set(state.latency_s)
+
+    return DependencyMonitor(
+        probes={
+            "mongodb": backends.mongo.ping,
+            "redis": backends.redis.ping,
+            "qdrant": backends.qdrant.get_collections,
+        },
+        interval_s=settings.health_interval_s,
+        timeout_s=min(settings.backend_timeout_s, 2.0),
+        on_change=on_change,
     )
 
 
@@ -259,6 +322,7 @@ def build_chain(
 ) -> SecurityChain:
     """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
     policies = build_policy_table(SERVICE_DESCRIPTORS)
+    audit = AuditTrail(log=c.audit)
     for method in undeclared_methods(SERVICE_DESCRIPTORS, policies):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
     return SecurityChain(
@@ -272,10 +336,12 @@ def build_chain(
             NamespaceScope(namespaces=c.namespaces),
             c.rate_limit,
             Credits(accounts=c.accounts, plan_of=c.rate_limit.plan_of, metrics=c.metrics),
+            audit,
         ),
         observers=(
             Telemetry(access_log=logging.getLogger("meshgate.access"), metrics=c.metrics),
             UsageObserver(usage=c.usage, accounts=c.accounts),
+            audit,
         ),
         logger=_LOG,
         tracer=tracer,
@@ -295,6 +361,16 @@ def _export_component_metrics(c: Components) -> None:
         lambda: c.invalidation.received,
     )
     m.gauge_from(
+        "meshgate_audit_queue_depth",
+        "audit events waiting to be written (grows while MongoDB is down)",
+        lambda: {(): float(c.audit.depth)},
+    )
+    m.counter_from(
+        "meshgate_audit_write_failures_total",
+        "failed audit writes (retried)",
+        lambda: c.audit.failures,
+    )
+    m.gauge_from(
         "meshgate_invalidation_channel_up",
         "1 while subscribed to the invalidation channel (key cache on)",
         lambda: {(): float(c.invalidation.live)},
@@ -311,7 +387,7 @@ def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
     return provider.get_tracer("meshgate") if isinstance(provider, TracerProvider) else None
 
 
-def add_servicers(server: grpc.aio.Server, c: Components) -> None:
+def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         OrganizationServicer(), server
     )
@@ -340,6 +416,10 @@ def add_servicers(server: grpc.aio.Server, c: Components) -> None:
     )
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(organizations=c.organizations), server
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log=c.audit), server)
+    health_service_pb2_grpc.add_HealthServiceServicer_to_server(
+        DeepHealthServicer(monitor=monitor, services=lambda: dict(c.serving)), server
     )
 
 
@@ -381,12 +461,12 @@ async def create_server(
             *extra_options,
         ],
     )
-    add_servicers(server, c)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    monitor = dependency_monitor(settings, backends, c, health_servicer)
+    add_servicers(server, c, monitor)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
-    for name in names:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await monitor.check_once()
     enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     port, tls = bind(server, settings, address)
     metrics_server, metrics_port = (
@@ -413,6 +493,8 @@ async def create_server(
         asyncio.create_task(_flush_last_used(c.verifier, 30.0), name="last-used"),
         asyncio.create_task(_finish_deletions(c.purger, 60.0), name="namespace-deletions"),
         asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"),
+        asyncio.create_task(c.audit.run(), name="audit-writer"),
+        asyncio.create_task(monitor.run(), name="dependency-monitor"),
     ]
     await c.invalidation.wait_live(2.0)
     return running

@@ -65,6 +65,7 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         record = await self._documents.create(
             scope, document_id=document_id, body=body, metadata=metadata
         )
+        current_call.get().resource = record.document_id
         return pb.CreateDocumentResponse(document=document_to_proto(record))
 
     async def BatchCreateDocuments(

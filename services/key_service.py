@@ -120,6 +120,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             expires_at=expires_at,
             rate_limit=rate_limit,
         )
+        current_call.get().resource = record.key_id
         return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
 
     async def GetKey(self, request: pb.GetKeyRequest, context: Any) -> pb.GetKeyResponse:

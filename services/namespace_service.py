@@ -53,6 +53,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
             name=request.name,
             environment=environment,
         )
+        current_call.get().resource = namespace.namespace_id
         return pb.CreateNamespaceResponse(namespace=namespace_to_proto(namespace))
 
     async def GetNamespace(

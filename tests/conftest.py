@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -37,10 +38,44 @@ from certs.dev_pki import CLIENT_ID, INTERNAL_ID, issue, issue_pki, make_ca
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
+from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
 from storage.embedded import EmbeddedMongo
 
 PROXY_ID = "spiffe://meshgate.local/proxy/envoy"
+
+# Every API key secret and internal_id the suite creates; none may ever reach a log line.
+NEVER_LOGGED: set[str] = set()
+# Log files of `meshgate serve` processes the suite started (tests/replica.py adds to it).
+PROCESS_LOGS: list[Path] = []
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(GuardedJsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_or_internal_id_in_any_log() -> Iterator[None]:
+    """Formats every log record of the whole session as the server does, then checks that no
+    secret and no internal_id created by any test appears in any line (nor in the logs of the
+    server processes the suite started)."""
+    capture = _Capture()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(capture)
+    root.setLevel(previous)
+    texts = capture.lines + [p.read_text(errors="replace") for p in PROCESS_LOGS if p.exists()]
+    leaked = sorted({s[:12] for s in NEVER_LOGGED for text in texts if s in text})
+    assert not leaked, f"secrets or internal ids in logs: {leaked}"
 
 
 def free_port() -> int:
@@ -266,7 +301,9 @@ class Tenant:
         )
         if expire_time is not None:
             request.expire_time.CopyFrom(expire_time)  # type: ignore[arg-type]
-        return await self.keys.CreateKey(request, metadata=auth(self.admin))
+        created = await self.keys.CreateKey(request, metadata=auth(self.admin))
+        NEVER_LOGGED.add(created.secret)
+        return created
 
 
 ENV_PROTO = {
@@ -282,6 +319,11 @@ def make_tenant(backends: Backends, channel: grpc.aio.Channel, server: RunningSe
         result = await bootstrap(
             backends, name=f"org-{secrets.token_hex(3)}", plan=plan, environment=environment
         )
+        NEVER_LOGGED.add(result.secret)
+        from storage.organizations import OrganizationStore
+
+        organization = await OrganizationStore(mongo=backends.mongo).get(result.organization_id)
+        NEVER_LOGGED.add(organization.internal_id)
         return Tenant(
             organization_id=result.organization_id,
             admin_key_id=result.key_id,

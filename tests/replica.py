@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.settings import Settings
-from tests.conftest import Pki, client_credentials, free_port
+from tests.conftest import PROCESS_LOGS, Pki, client_credentials, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,7 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
             stderr=subprocess.STDOUT,
         )
     replica = Replica(process=process, port=port, log_path=log_path)
+    PROCESS_LOGS.append(log_path)
     deadline = time.monotonic() + 60
     channel = grpc.secure_channel(replica.target, client_credentials(pki))
     try:

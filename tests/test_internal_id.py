@@ -13,8 +13,12 @@ from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.duration_pb2 import Duration
 from meshgate.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     document_service_pb2,
     document_service_pb2_grpc,
+    health_service_pb2,
+    health_service_pb2_grpc,
     key_service_pb2,
     namespace_service_pb2,
     options_pb2,
@@ -166,6 +170,17 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
         ).GrantCredits(
             usage_service_pb2.GrantCreditsRequest(organization_id=tenant.organization_id, credits=5)
         )
+    audit = audit_service_pb2_grpc.AuditServiceStub(tenant.channel)
+    responses["ListAuditEvents"] = await audit.ListAuditEvents(
+        audit_service_pb2.ListAuditEventsRequest(), metadata=md
+    )
+    assert responses["ListAuditEvents"].events  # the calls above were audited
+    responses["VerifyAuditChain"] = await audit.VerifyAuditChain(
+        audit_service_pb2.VerifyAuditChainRequest(), metadata=md
+    )
+    responses["DeepCheck"] = await health_service_pb2_grpc.HealthServiceStub(
+        tenant.channel
+    ).DeepCheck(health_service_pb2.DeepCheckRequest(), metadata=md)
     every = {m.full_name for s in SERVICE_DESCRIPTORS for m in s.methods} - {RESOLVER}
     assert {p.rsplit(".", 1)[1] for p in every} == set(responses)
     for name, response in responses.items():

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import Pki, client_credentials, free_port
+from tests.conftest import NEVER_LOGGED, PROCESS_LOGS, Pki, client_credentials, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +68,8 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        NEVER_LOGGED.add((tmp_path / "var/dev-admin-key").read_text().strip())
+        PROCESS_LOGS.append(tmp_path / "serve.log")
         out, err = result.stdout, result.stderr
         assert "meshgate.v1.KeyService" in out and '"status": "SERVING"' in out
         assert '"name": "orders"' in out

@@ -1,0 +1,67 @@
+"""Step 10, audit: write, delete and admin calls, and every denial by the request path.
+
+As a step it refuses an audited call up front (UNAVAILABLE) when the audit
+queue is full; as an observer it queues one event per audited call with who
+(key, peer), what (method, resource), where (organization, namespace), the
+outcome and the request id. Events go to a per-organization hash chain
+(storage/audit.py); the call never waits for that write.
+
+Calls whose organization is unknown (no valid key) cannot join an
+organization's chain: they are counted in the metrics and access log instead.
+Rate-limit and credit refusals are counted in usage analytics, not audited.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from interceptors.context import CallState
+from storage.audit import AuditLog
+
+__all__ = ["AuditTrail", "audited"]
+
+_ALWAYS = frozenset({"write", "delete", "admin"})
+_NOT_DENIALS = frozenset({grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED})
+_RESOURCE_FIELDS = ("key_id", "document_id", "organization_id")
+
+
+def audited(call: CallState) -> bool:
+    return call.policy.audit or call.policy.permission in _ALWAYS
+
+
+class AuditTrail:
+    def __init__(self, *, log: AuditLog) -> None:
+        self._log = log
+
+    async def check(
+        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
+        if audited(call):
+            self._log.check_room()
+
+    def finish(self, call: CallState, duration_s: float) -> None:
+        principal = call.principal
+        if principal is None:
+            return
+        denied = not call.admitted and call.code not in _NOT_DENIALS
+        if not (denied or audited(call)):
+            return
+        self._log.record(
+            actor_key_id=principal.key.key_id,
+            actor_peer=call.peer_identity or "",
+            organization_id=principal.organization.organization_id,
+            namespace_id=call.namespace.namespace_id if call.namespace else "",
+            method=call.method,
+            resource=call.resource or _resource_of(call.request),
+            outcome=call.code.name,
+            request_id=call.request_id,
+            peer_address=call.peer_address,
+        )
+
+
+def _resource_of(request: object) -> str:
+    for name in _RESOURCE_FIELDS:
+        value = getattr(request, name, "")
+        if isinstance(value, str) and value:
+            return value
+    return ""
