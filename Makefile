@@ -59,7 +59,7 @@ test: setup test-deps ## run the whole test suite (starts its own redis-server, 
 
 lint: setup ## ruff and mypy --strict on the source tree
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check server services interceptors storage tests
+	$(VENV)/bin/ruff format --check server services interceptors storage workers tests
 	$(VENV)/bin/mypy
 
 stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for other services

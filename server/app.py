@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,8 +28,12 @@ from meshgate.v1 import (
     namespace_service_pb2_grpc,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
     vector_service_pb2,
     vector_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 
 from interceptors.authentication import Authentication
@@ -48,7 +54,9 @@ from services.identity_service import IdentityServicer
 from services.key_service import KeyServicer
 from services.namespace_service import NamespaceServicer
 from services.organization_service import OrganizationServicer
+from services.task_service import TaskServicer
 from services.vector_service import VectorServicer
+from services.webhook_service import WebhookServicer
 from storage.cascade import NamespacePurger
 from storage.documents import DocumentStore
 from storage.invalidation import InvalidationBus
@@ -56,7 +64,18 @@ from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
 from storage.namespaces import NamespaceStore
 from storage.organizations import OrganizationStore
+from storage.outbox import EventOutbox
+from storage.sealing import SecretBox
+from storage.tasks import TaskStore
 from storage.vectors import VectorStore
+from storage.webhook_http import WebhookSender
+from storage.webhook_targets import TargetPolicy
+from storage.webhooks import DeliveryStore, WebhookStore
+from storage.work_queue import WorkQueue
+from workers.dispatcher import DeliveryWorker, RetrySchedule
+from workers.metrics import WorkMetrics
+from workers.runner import QueueRunner
+from workers.tasks import TaskWorker
 
 __all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "create_server"]
 
@@ -69,6 +88,8 @@ SERVICE_DESCRIPTORS = (
     identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
     document_service_pb2.DESCRIPTOR.services_by_name["DocumentService"],
     vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"],
+    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"],
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
 )
 
 
@@ -81,6 +102,9 @@ class RunningServer:
     verifier: KeyVerifier
     namespaces: NamespaceStore
     tls: ReloadingServerCredentials | None
+    # counters of the background work (tasks, deliveries) for the observability change
+    work_metrics: WorkMetrics = field(default_factory=WorkMetrics)
+    runners: dict[str, QueueRunner] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace_s: float) -> None:
@@ -115,6 +139,110 @@ async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
+@dataclass
+class _Background:
+    """The stores and runners of ingestion tasks and webhook delivery."""
+
+    tasks: TaskStore
+    webhooks: WebhookStore
+    deliveries: DeliveryStore
+    queue: WorkQueue
+    sender: WebhookSender
+    metrics: WorkMetrics
+    runners: dict[str, QueueRunner]
+
+
+def _background(
+    settings: Settings, backends: Backends, *, documents: DocumentStore, vectors: VectorStore
+) -> _Background:
+    queue = WorkQueue(mongo=backends.mongo)
+    box = SecretBox(settings.webhook_sealing_key())
+    if not box.encrypts:
+        _LOG.warning(
+            "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+        )
+    if sum(settings.webhook_retry_schedule) < 24 * 3600:
+        _LOG.warning("the webhook retry schedule spans less than a day")
+    webhooks = WebhookStore(mongo=backends.mongo, box=box)
+    deliveries = DeliveryStore(mongo=backends.mongo)
+    outbox = EventOutbox(
+        mongo=backends.mongo, queue=queue, webhooks=webhooks, deliveries=deliveries
+    )
+    tasks = TaskStore(mongo=backends.mongo, queue=queue)
+    ssl_context = ssl.create_default_context(
+        cafile=str(settings.webhook_ca_file) if settings.webhook_ca_file else None
+    )
+    sender = WebhookSender(
+        policy=TargetPolicy.from_entries(settings.webhook_allowed_hosts),
+        timeout_s=settings.webhook_timeout_s,
+        max_response_bytes=settings.webhook_max_response_bytes,
+        ssl_context=ssl_context,
+    )
+    metrics = WorkMetrics(queue_depth=queue.depth)
+    task_lease = timedelta(seconds=settings.task_lease_s)
+    task_worker = TaskWorker(
+        tasks=tasks,
+        queue=queue,
+        documents=documents,
+        vectors=vectors,
+        outbox=outbox,
+        metrics=metrics,
+        lease=task_lease,
+        max_attempts=settings.task_max_attempts,
+        logger=logging.getLogger("meshgate.tasks"),
+    )
+    delivery_worker = DeliveryWorker(
+        queue=queue,
+        deliveries=deliveries,
+        webhooks=webhooks,
+        outbox=outbox,
+        sender=sender,
+        schedule=RetrySchedule(settings.webhook_retry_schedule, settings.webhook_jitter),
+        metrics=metrics,
+        logger=logging.getLogger("meshgate.webhooks"),
+    )
+    runners = {
+        "task": QueueRunner(
+            kind="task",
+            queue=queue,
+            handle=task_worker.handle,
+            concurrency=settings.task_workers,
+            lease=task_lease,
+            poll_s=settings.work_poll_s,
+            logger=logging.getLogger("meshgate.tasks"),
+        ),
+        "delivery": QueueRunner(
+            kind="delivery",
+            queue=queue,
+            handle=delivery_worker.handle,
+            concurrency=settings.webhook_workers,
+            # one attempt is bounded by the request timeout; the rest is store writes
+            lease=timedelta(seconds=2 * settings.webhook_timeout_s + 1),
+            poll_s=settings.work_poll_s,
+            logger=logging.getLogger("meshgate.webhooks"),
+        ),
+        "event": QueueRunner(
+            kind="event",
+            queue=queue,
+            handle=outbox.recover,
+            concurrency=1 if settings.webhook_workers else 0,
+            lease=timedelta(seconds=30),
+            poll_s=max(settings.work_poll_s, 5.0),
+            logger=logging.getLogger("meshgate.webhooks"),
+        ),
+    }
+    outbox.on_delivery = runners["delivery"].wake
+    return _Background(
+        tasks=tasks,
+        webhooks=webhooks,
+        deliveries=deliveries,
+        queue=queue,
+        sender=sender,
+        metrics=metrics,
+        runners=runners,
+    )
+
+
 async def create_server(
     settings: Settings,
     backends: Backends,
@@ -136,6 +264,7 @@ async def create_server(
     purger = NamespacePurger(
         mongo=backends.mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
     )
+    background = _background(settings, backends, documents=documents, vectors=vectors)
 
     def on_live(live: bool) -> None:
         verifier.forget_all()
@@ -197,6 +326,19 @@ async def create_server(
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(organizations=organizations), server
     )
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+        TaskServicer(tasks=background.tasks, on_change=background.runners["task"].wake), server
+    )
+    webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
+        WebhookServicer(
+            webhooks=background.webhooks,
+            deliveries=background.deliveries,
+            queue=background.queue,
+            sender=background.sender,
+            on_retry=background.runners["delivery"].wake,
+        ),
+        server,
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
@@ -225,11 +367,15 @@ async def create_server(
         verifier=verifier,
         namespaces=namespaces,
         tls=tls,
+        work_metrics=background.metrics,
+        runners=background.runners,
     )
     running.tasks.append(asyncio.create_task(invalidation.run(), name="invalidation-bus"))
     running.tasks.append(asyncio.create_task(_flush_last_used(verifier, 30.0), name="last-used"))
     running.tasks.append(
         asyncio.create_task(_finish_deletions(purger, 60.0), name="namespace-deletions")
     )
+    for kind, runner in background.runners.items():
+        running.tasks.append(asyncio.create_task(runner.run(), name=f"{kind}-runner"))
     await invalidation.wait_live(2.0)
     return running
