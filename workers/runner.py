@@ -1,7 +1,8 @@
 """One loop per kind of work: claim due rows while a worker slot is free, run them.
 
 Idle loops sleep until the next row is due, at most `poll_s` (other replicas
-add work too), and wake at once when this process adds work (`wake`).
+add work too), and wake at once when this process adds work (`wake`) or one
+of its handlers finishes (it may have rescheduled its row).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class QueueRunner:
             self._log.exception("%s work %s failed", self.kind, claim.ref)
         finally:
             slots.release()
+            self._wake.set()  # it may have rescheduled its row sooner than the loop sleeps
 
     async def _until_next_due(self) -> float:
         try:
