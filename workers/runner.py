@@ -76,6 +76,9 @@ class QueueRunner:
         try:
             await self._handle(claim)
         except asyncio.CancelledError:
+            # shutting down: hand the row back so another replica need not wait for the lease
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._queue.retry_at(claim, utc_now()), timeout=2.0)
             raise
         except Exception:
             # the row stays leased and becomes due again when the lease runs out

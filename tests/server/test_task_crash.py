@@ -16,6 +16,7 @@ import collections
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,7 @@ from meshgate.v1 import (
     webhook_service_pb2_grpc,
 )
 
+from server.app import create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
 from server.settings import Settings
@@ -36,8 +38,6 @@ from tests.conftest import ENV_PROTO, Pki, auth, client_credentials, eventually
 from tests.replica import Replica, start_replica
 from tests.services.test_document_service import doc
 from tests.webhook_receiver import Receiver
-
-pytestmark = pytest.mark.slow
 
 # small: every write of the embedded test engine scans its collection
 TASKS = 10
@@ -73,6 +73,7 @@ async def states(stub: task_service_pb2_grpc.TaskServiceStub, md) -> collections
     return collections.Counter(t.state for t in page.tasks)
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
     crash_db: tuple[Settings, Backends], pki: Pki, tmp_path: Path
 ) -> None:
@@ -188,3 +189,70 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
             if replica is not None and replica.process.poll() is None:
                 replica.process.kill()
                 replica.process.wait(timeout=10)
+
+
+async def test_a_stopping_server_hands_its_running_task_back(settings: Settings, pki: Pki) -> None:
+    """SIGTERM (RunningServer.stop): the claimed task is due again at once, not after its lease."""
+    quiet = replace(settings, mongodb_database=f"{settings.mongodb_database}_stop", task_workers=1)
+    backends = await open_backends(quiet)
+    try:
+        boot = await bootstrap(backends, name="stop", plan="free", environment="development")
+        running = await create_server(quiet, backends, address="127.0.0.1:0")
+        async with grpc.aio.secure_channel(
+            f"localhost:{running.port}", client_credentials(pki)
+        ) as channel:
+            ns = (
+                await namespace_service_pb2_grpc.NamespaceServiceStub(channel).CreateNamespace(
+                    namespace_service_pb2.CreateNamespaceRequest(
+                        name="stop", environment=ENV_PROTO["development"]
+                    ),
+                    metadata=auth(boot.secret),
+                )
+            ).namespace
+            md = auth(boot.secret, ns.name)
+            tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+            task = (
+                await tasks.SubmitIngestion(
+                    task_service_pb2.SubmitIngestionRequest(
+                        documents=[doc(f"s{i}") for i in range(400)]
+                    ),
+                    metadata=md,
+                )
+            ).task
+
+            async def running_now() -> bool:
+                got = await tasks.GetTask(
+                    task_service_pb2.GetTaskRequest(task_id=task.task_id), metadata=md
+                )
+                return got.task.state == task_service_pb2.TASK_STATE_IN_PROGRESS
+
+            await eventually(running_now, timeout_s=10, interval_s=0.01)
+        await running.stop(0.5)
+        row = await backends.mongo.work_queue.find_one({"ref": task.task_id})
+        assert row is not None and row["token"] is None
+        assert row["due_at"] <= datetime.now(UTC)  # not 30 s (the lease) from now
+        restarted = await create_server(quiet, backends, address="127.0.0.1:0")
+        try:
+            async with grpc.aio.secure_channel(
+                f"localhost:{restarted.port}", client_credentials(pki)
+            ) as channel:
+                tasks = task_service_pb2_grpc.TaskServiceStub(channel)
+
+                async def completed() -> bool:
+                    got = await tasks.GetTask(
+                        task_service_pb2.GetTaskRequest(task_id=task.task_id), metadata=md
+                    )
+                    return got.task.state == task_service_pb2.TASK_STATE_COMPLETED
+
+                await eventually(completed, timeout_s=30)
+                final = (
+                    await tasks.GetTask(
+                        task_service_pb2.GetTaskRequest(task_id=task.task_id), metadata=md
+                    )
+                ).task
+            assert final.attempts == 2 and final.items_done == 400
+        finally:
+            await restarted.stop(0.5)
+    finally:
+        await backends.mongo._client.drop_database(quiet.mongodb_database)
+        await backends.close()
