@@ -173,16 +173,30 @@ class WebhookSender:
     async def send(
         self, *, url: str, msg_id: str, body: bytes, secrets: Sequence[str]
     ) -> SendResult:
+        """One attempt, resolution included, within one deadline; never raises."""
         started = time.monotonic()
 
         def result(code: int, error: str, **extra: typing.Any) -> SendResult:
             return SendResult(code, error, int((time.monotonic() - started) * 1000), **extra)
 
         try:
-            target = parse_webhook_url(url)
-            addresses = await vet_target(target, policy=self._policy, resolver=self._resolver)
+            async with asyncio.timeout(self._timeout_s):
+                return await self._attempt(url, msg_id, body, secrets, result)
         except TargetRefusedError as exc:
             return result(0, f"refused: {exc.message}", refused=True)
+        except Exception as exc:  # transport failures become a failed attempt, never a crash
+            return result(0, _describe(exc, self._timeout_s))
+
+    async def _attempt(
+        self,
+        url: str,
+        msg_id: str,
+        body: bytes,
+        secrets: Sequence[str],
+        result: typing.Callable[..., SendResult],
+    ) -> SendResult:
+        target = parse_webhook_url(url)
+        addresses = await vet_target(target, policy=self._policy, resolver=self._resolver)
         timestamp = int(time.time())
         headers = [
             (b"content-type", b"application/json"),
@@ -195,21 +209,17 @@ class WebhookSender:
             ),
         ]
         error = "connection failed"
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                for address in addresses:
-                    try:
-                        code, retry_after = await self._post(address, url, headers, body)
-                    except httpcore.ConnectError as exc:
-                        error = _describe(exc, self._timeout_s)
-                        continue  # the next resolved address, if any
-                    if 200 <= code < 300:
-                        return result(code, "")
-                    if 300 <= code < 400:
-                        return result(code, f"HTTP {code}: redirects are not followed")
-                    return result(code, f"HTTP {code}", retry_after_s=retry_after)
-        except Exception as exc:  # transport failures become a failed attempt, never a crash
-            return result(0, _describe(exc, self._timeout_s))
+        for address in addresses:
+            try:
+                code, retry_after = await self._post(address, url, headers, body)
+            except httpcore.ConnectError as exc:
+                error = _describe(exc, self._timeout_s)
+                continue  # the next resolved address, if any
+            if 200 <= code < 300:
+                return result(code, "")
+            if 300 <= code < 400:
+                return result(code, f"HTTP {code}: redirects are not followed")
+            return result(code, f"HTTP {code}", retry_after_s=retry_after)
         return result(0, error)
 
     async def _post(

@@ -316,3 +316,17 @@ def test_receiver_check_is_strict() -> None:
         {**headers, "webhook-timestamp": str(now - 600), "webhook-signature": stale},
         b"{}",
     )
+
+
+async def test_a_hanging_resolver_counts_against_the_deadline() -> None:
+    async def slow_dns(host: str, port: int) -> list[str]:
+        await asyncio.sleep(5)
+        return ["93.184.216.34"]
+
+    sender = WebhookSender(
+        policy=TargetPolicy(), timeout_s=0.3, max_response_bytes=1024, resolver=slow_dns
+    )
+    result = await sender.send(
+        url="https://slow.example/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+    )
+    assert result.error == "timed out after 0.3s" and result.duration_ms < 1000
