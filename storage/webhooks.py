@@ -264,7 +264,8 @@ class WebhookStore:
         ][-(MAX_SECRETS - 1) :]
         secret = new_secret()
         doc = await collection.find_one_and_update(
-            {"webhook_id": webhook_id},
+            # only if nobody rotated in between: a concurrent rotation's secret must not vanish
+            {"webhook_id": webhook_id, "secret_rotated_at": current.get("secret_rotated_at")},
             {
                 "$set": {
                     "secrets": [*kept, self._sealed(scope, webhook_id, secret, now)],
@@ -275,7 +276,7 @@ class WebhookStore:
             projection=_NO_SECRETS,
         )
         if doc is None:
-            raise NotFoundError("webhook not found")
+            raise FailedPreconditionError("the webhook's secret was rotated concurrently; retry")
         return _webhook(doc), secret, cutoff
 
     async def for_delivery(

@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from storage.clock import utc_now
 from storage.outbox import EventOutbox
+from storage.sealing import SealedSecretError
 from storage.webhook_http import SendResult, WebhookSender
 from storage.webhooks import AttemptRecord, DeliveryStore, WebhookStore
 from storage.work_queue import Claim, WorkQueue
@@ -78,7 +79,23 @@ class DeliveryWorker:
         if delivery is None or delivery.status != "pending":
             await self._queue.done(claim)  # removed with its webhook, or finished already
             return
-        found = await self._webhooks.for_delivery(scope, delivery.webhook_id)
+        try:
+            found = await self._webhooks.for_delivery(scope, delivery.webhook_id)
+        except SealedSecretError:
+            # retrying cannot help until the operator restores the key
+            self._log.error(
+                "webhook %s: its signing secret does not open with MESHGATE_WEBHOOK_SECRET_KEY",
+                delivery.webhook_id,
+            )
+            await self._deliveries.stop(
+                scope,
+                delivery.delivery_id,
+                status="failed",
+                error="the webhook's signing secret cannot be read by the server",
+            )
+            self._metrics.deliveries_failed += 1
+            await self._queue.done(claim)
+            return
         webhook, secrets = found if found is not None else (None, [])
         event = await self._outbox.get(scope, delivery.event_id)
         if webhook is None or not webhook.enabled or event is None:

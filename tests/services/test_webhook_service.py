@@ -608,3 +608,18 @@ async def test_metrics_hooks(server: RunningServer) -> None:
     depth = await metrics.queue_depth()
     assert set(depth) == {"task", "delivery", "event"}
     assert all({"due", "total"} == set(v) for v in depth.values())
+
+
+async def test_a_secret_that_does_not_open_fails_the_delivery(
+    tenant: Tenant, receiver: Receiver, backends: Backends
+) -> None:
+    """Sealed with another key (or tampered with): failed at once, nothing sent, no retries."""
+    _ns, hooks, tasks, where, created = await setup(tenant, receiver)
+    await backends.mongo._db["webhooks"].update_one(
+        {"webhook_id": created.webhook.webhook_id},
+        {"$set": {"secrets.0.sealed.c": base64.b64encode(b"not the sealed secret").decode()}},
+    )
+    await tasks.submit([doc("a")])
+    delivery = await hooks.delivery_in(created.webhook.webhook_id, pb.DELIVERY_STATUS_FAILED)
+    assert "cannot be read" in delivery.last_error and delivery.attempt_count == 0
+    assert receiver.requests(where) == []
