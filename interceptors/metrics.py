@@ -20,20 +20,27 @@ __all__ = ["Metrics"]
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+_Labeled = tuple[str, str, Callable[[], Mapping[tuple[str, ...], float]], tuple[str, ...]]
+
+
 class _Callbacks(Collector):
     """Counters and gauges read from the components when scraped (no cost per call)."""
 
     def __init__(self) -> None:
         self.counters: list[tuple[str, str, Callable[[], float]]] = []
-        self.gauges: list[
-            tuple[str, str, Callable[[], Mapping[tuple[str, ...], float]], tuple[str, ...]]
-        ] = []
+        self.gauges: list[_Labeled] = []
+        self.labeled: list[_Labeled] = []
 
     def collect(self) -> Iterable[Any]:
         for name, doc, read in self.counters:
             family = CounterMetricFamily(name, doc)
             family.add_metric([], read())
             yield family
+        for name, doc, read_many, labels in self.labeled:
+            counter = CounterMetricFamily(name, doc, labels=list(labels))
+            for values, value in read_many().items():
+                counter.add_metric(list(values), value)
+            yield counter
         for name, doc, read_many, labels in self.gauges:
             gauge = GaugeMetricFamily(name, doc, labels=list(labels))
             for values, value in read_many().items():
@@ -74,15 +81,6 @@ class Metrics:
             "rate-limit decisions taken without Redis (configured fallback)",
             registry=r,
         )
-        self.task_failures = Counter(
-            "meshgate_task_failures_total", "ingestion tasks that failed", registry=r
-        )
-        self.webhook_failures = Counter(
-            "meshgate_webhook_delivery_failures_total",
-            "webhook delivery attempts that failed, and deliveries exhausted",
-            ["outcome"],
-            registry=r,
-        )
         self.dependency_up = Gauge(
             "meshgate_dependency_up",
             "1 when the dependency answered its last check",
@@ -113,6 +111,15 @@ class Metrics:
 
     def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
         self._callbacks.counters.append((name, doc, read))
+
+    def labeled_counter_from(
+        self,
+        name: str,
+        doc: str,
+        read: Callable[[], Mapping[tuple[str, ...], float]],
+        labels: tuple[str, ...],
+    ) -> None:
+        self._callbacks.labeled.append((name, doc, read, labels))
 
     def gauge_from(
         self,

@@ -12,8 +12,10 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -34,10 +36,14 @@ from meshgate.v1 import (
     namespace_service_pb2_grpc,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
     usage_service_pb2,
     usage_service_pb2_grpc,
     vector_service_pb2,
     vector_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 from opentelemetry import trace
 
@@ -60,6 +66,10 @@ from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials
+from server.workers.dispatcher import DeliveryWorker, RetrySchedule
+from server.workers.metrics import WorkMetrics
+from server.workers.runner import QueueRunner
+from server.workers.tasks import TaskWorker
 from services.audit_service import AuditServicer
 from services.document_service import DocumentServicer
 from services.health_service import HealthServicer as DeepHealthServicer
@@ -67,8 +77,10 @@ from services.identity_service import IdentityServicer
 from services.key_service import KeyServicer
 from services.namespace_service import NamespaceServicer
 from services.organization_service import OrganizationServicer
+from services.task_service import TaskServicer
 from services.usage_service import UsageServicer
 from services.vector_service import VectorServicer
+from services.webhook_service import WebhookServicer
 from storage.audit import AuditLog
 from storage.cascade import NamespacePurger
 from storage.credit_events import CreditEvents
@@ -80,9 +92,16 @@ from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
 from storage.namespaces import NamespaceStore
 from storage.organizations import OrganizationStore
+from storage.outbox import EventOutbox
 from storage.rate_limiter import RateLimiter
+from storage.sealing import SecretBox
+from storage.tasks import TaskStore
 from storage.usage import UsageRecorder
 from storage.vectors import VectorStore
+from storage.webhook_http import WebhookSender
+from storage.webhook_targets import TargetPolicy
+from storage.webhooks import DeliveryStore, WebhookStore
+from storage.work_queue import WorkQueue
 
 __all__ = [
     "SERVICE_DESCRIPTORS",
@@ -104,6 +123,8 @@ SERVICE_DESCRIPTORS = (
     usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
     health_service_pb2.DESCRIPTOR.services_by_name["HealthService"],
+    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"],
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
 )
 
 # The stores each service cannot work without; a service is NOT_SERVING while one is down.
@@ -119,6 +140,8 @@ SERVICE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "meshgate.v1.UsageService": ("mongodb", "redis"),
     "meshgate.v1.AuditService": ("mongodb",),
     "meshgate.v1.HealthService": (),
+    "meshgate.v1.TaskService": ("mongodb", "redis"),
+    "meshgate.v1.WebhookService": ("mongodb",),
 }
 
 
@@ -137,6 +160,9 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int = 0
     metrics_server: Any = None
+    # counters of the background work (tasks, deliveries)
+    work_metrics: WorkMetrics = field(default_factory=WorkMetrics)
+    runners: dict[str, QueueRunner] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def flush_usage(self, *, everything: bool = False) -> None:
@@ -191,6 +217,110 @@ async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
         except Exception as exc:
             _LOG.warning("could not finish pending namespace deletions: %s", type(exc).__name__)
         await asyncio.sleep(every_s)
+
+
+@dataclass
+class _Background:
+    """The stores and runners of ingestion tasks and webhook delivery."""
+
+    tasks: TaskStore
+    webhooks: WebhookStore
+    deliveries: DeliveryStore
+    queue: WorkQueue
+    sender: WebhookSender
+    metrics: WorkMetrics
+    runners: dict[str, QueueRunner]
+
+
+def _background(
+    settings: Settings, backends: Backends, *, documents: DocumentStore, vectors: VectorStore
+) -> _Background:
+    queue = WorkQueue(mongo=backends.mongo)
+    box = SecretBox(settings.webhook_sealing_key())
+    if not box.encrypts:
+        _LOG.warning(
+            "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+        )
+    if sum(settings.webhook_retry_schedule) < 24 * 3600:
+        _LOG.warning("the webhook retry schedule spans less than a day")
+    webhooks = WebhookStore(mongo=backends.mongo, box=box)
+    deliveries = DeliveryStore(mongo=backends.mongo)
+    outbox = EventOutbox(
+        mongo=backends.mongo, queue=queue, webhooks=webhooks, deliveries=deliveries
+    )
+    tasks = TaskStore(mongo=backends.mongo, queue=queue)
+    ssl_context = ssl.create_default_context(
+        cafile=str(settings.webhook_ca_file) if settings.webhook_ca_file else None
+    )
+    sender = WebhookSender(
+        policy=TargetPolicy.from_entries(settings.webhook_allowed_hosts),
+        timeout_s=settings.webhook_timeout_s,
+        max_response_bytes=settings.webhook_max_response_bytes,
+        ssl_context=ssl_context,
+    )
+    metrics = WorkMetrics(queue_depth=queue.depth)
+    task_lease = timedelta(seconds=settings.task_lease_s)
+    task_worker = TaskWorker(
+        tasks=tasks,
+        queue=queue,
+        documents=documents,
+        vectors=vectors,
+        outbox=outbox,
+        metrics=metrics,
+        lease=task_lease,
+        max_attempts=settings.task_max_attempts,
+        logger=logging.getLogger("meshgate.tasks"),
+    )
+    delivery_worker = DeliveryWorker(
+        queue=queue,
+        deliveries=deliveries,
+        webhooks=webhooks,
+        outbox=outbox,
+        sender=sender,
+        schedule=RetrySchedule(settings.webhook_retry_schedule, settings.webhook_jitter),
+        metrics=metrics,
+        logger=logging.getLogger("meshgate.webhooks"),
+    )
+    runners = {
+        "task": QueueRunner(
+            kind="task",
+            queue=queue,
+            handle=task_worker.handle,
+            concurrency=settings.task_workers,
+            lease=task_lease,
+            poll_s=settings.work_poll_s,
+            logger=logging.getLogger("meshgate.tasks"),
+        ),
+        "delivery": QueueRunner(
+            kind="delivery",
+            queue=queue,
+            handle=delivery_worker.handle,
+            concurrency=settings.webhook_workers,
+            # one attempt is bounded by the request timeout; the rest is store writes
+            lease=timedelta(seconds=2 * settings.webhook_timeout_s + 1),
+            poll_s=settings.work_poll_s,
+            logger=logging.getLogger("meshgate.webhooks"),
+        ),
+        "event": QueueRunner(
+            kind="event",
+            queue=queue,
+            handle=outbox.recover,
+            concurrency=1 if settings.webhook_workers else 0,
+            lease=timedelta(seconds=30),
+            poll_s=max(settings.work_poll_s, 5.0),
+            logger=logging.getLogger("meshgate.webhooks"),
+        ),
+    }
+    outbox.on_delivery = runners["delivery"].wake
+    return _Background(
+        tasks=tasks,
+        webhooks=webhooks,
+        deliveries=deliveries,
+        queue=queue,
+        sender=sender,
+        metrics=metrics,
+        runners=runners,
+    )
 
 
 @dataclass
@@ -377,6 +507,45 @@ def _export_component_metrics(c: Components) -> None:
     )
 
 
+def _export_work_metrics(m: Metrics, work: WorkMetrics) -> None:
+    m.counter_from(
+        "meshgate_task_failures_total", "ingestion tasks that failed", lambda: work.tasks_failed
+    )
+    m.labeled_counter_from(
+        "meshgate_webhook_delivery_failures_total",
+        "failed webhook delivery attempts (attempt), and deliveries out of retries (exhausted)",
+        lambda: {
+            ("attempt",): float(work.delivery_attempt_failures),
+            ("exhausted",): float(work.deliveries_exhausted),
+            ("gone",): float(work.deliveries_failed),
+        },
+        ("outcome",),
+    )
+    m.gauge_from(
+        "meshgate_work_queue_depth",
+        "rows in the shared work queue, by kind and state (all replicas)",
+        lambda: dict(_QUEUE_DEPTH),
+        ("kind", "state"),
+    )
+
+
+_QUEUE_DEPTH: dict[tuple[str, ...], float] = {}
+
+
+async def _refresh_queue_depth(work: WorkMetrics, every_s: float) -> None:
+    """The queue depth needs MongoDB: read here, in the loop, not in the scrape thread."""
+    while True:
+        try:
+            depth = await work.queue_depth()
+            _QUEUE_DEPTH.clear()
+            for kind, states in depth.items():
+                for state, n in states.items():
+                    _QUEUE_DEPTH[(kind, state)] = float(n)
+        except Exception as exc:
+            _LOG.debug("queue depth unavailable: %s", type(exc).__name__)
+        await asyncio.sleep(every_s)
+
+
 def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
     """The given tracer, or the global one when an SDK provider is installed (OTEL_*)."""
     if explicit is not None:
@@ -387,7 +556,9 @@ def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
     return provider.get_tracer("meshgate") if isinstance(provider, TracerProvider) else None
 
 
-def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
+def add_servicers(
+    server: grpc.aio.Server, c: Components, monitor: DependencyMonitor, background: _Background
+) -> None:
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         OrganizationServicer(), server
     )
@@ -418,6 +589,19 @@ def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMon
         IdentityServicer(organizations=c.organizations), server
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log=c.audit), server)
+    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+        TaskServicer(tasks=background.tasks, on_change=background.runners["task"].wake), server
+    )
+    webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
+        WebhookServicer(
+            webhooks=background.webhooks,
+            deliveries=background.deliveries,
+            queue=background.queue,
+            sender=background.sender,
+            on_retry=background.runners["delivery"].wake,
+        ),
+        server,
+    )
     health_service_pb2_grpc.add_HealthServiceServicer_to_server(
         DeepHealthServicer(monitor=monitor, services=lambda: dict(c.serving)), server
     )
@@ -464,7 +648,9 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     monitor = dependency_monitor(settings, backends, c, health_servicer)
-    add_servicers(server, c, monitor)
+    background = _background(settings, backends, documents=c.documents, vectors=c.vectors)
+    _export_work_metrics(c.metrics, background.metrics)
+    add_servicers(server, c, monitor, background)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     await monitor.check_once()
     enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
@@ -487,6 +673,8 @@ async def create_server(
         metrics=c.metrics,
         metrics_port=metrics_port,
         metrics_server=metrics_server,
+        work_metrics=background.metrics,
+        runners=background.runners,
     )
     running.tasks += [
         asyncio.create_task(c.invalidation.run(), name="invalidation-bus"),
@@ -495,6 +683,11 @@ async def create_server(
         asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"),
         asyncio.create_task(c.audit.run(), name="audit-writer"),
         asyncio.create_task(monitor.run(), name="dependency-monitor"),
+        asyncio.create_task(_refresh_queue_depth(background.metrics, 5.0), name="queue-depth"),
+        *(
+            asyncio.create_task(runner.run(), name=f"{kind}-runner")
+            for kind, runner in background.runners.items()
+        ),
     ]
     await c.invalidation.wait_live(2.0)
     return running

@@ -26,6 +26,8 @@ __all__ = ["main"]
 
 _LOG = logging.getLogger("meshgate")
 DEV_INTERNAL_PEER = "spiffe://meshgate.local/internal/dev"
+# `serve --dev` lets webhooks reach receivers on this machine (plain http included)
+DEV_WEBHOOK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def _grpcurl_hint(settings: Settings, port: int, key_file: Path) -> str:
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--dev",
         action="store_true",
-        help="bootstrap a dev organization and ADMIN key on first run; allow the dev internal cert",
+        help="bootstrap a dev organization and ADMIN key on first run; allow the dev internal"
+        " cert and webhooks to this machine",
     )
     boot = sub.add_parser("bootstrap", help="create an organization and an ADMIN key")
     boot.add_argument("--name", default="default")
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = replace(settings, insecure=True)
         if args.dev and not settings.internal_peers:
             settings = replace(settings, internal_peers=frozenset({DEV_INTERNAL_PEER}))
+        if args.dev and not settings.webhook_allowed_hosts:
+            settings = replace(settings, webhook_allowed_hosts=DEV_WEBHOOK_HOSTS)
     configure_logging(settings.log_level)
     if args.command == "serve":
         try:

@@ -76,5 +76,5 @@ def configure_logging(level: str, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pymongo", "asyncio", "grpc", "httpx", "urllib3"):
+    for noisy in ("pymongo", "asyncio", "grpc", "httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

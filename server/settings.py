@@ -6,7 +6,10 @@ secrets are wrapped in `Secret`, whose repr is masked.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,18 +17,25 @@ from pathlib import Path
 
 from storage.plans import Plan, PlanError, parse_plans
 from storage.rate_limiter import FailureMode
+from storage.webhook_targets import TargetPolicy
 
 __all__ = [
     "DEFAULT_PLANS_FILE",
+    "DEFAULT_RETRY_SCHEDULE",
     "ENVIRONMENTS",
     "Secret",
     "Settings",
     "SettingsError",
     "load_plans",
+    "parse_durations",
 ]
 
 ENVIRONMENTS = ("development", "staging", "production")
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
+# Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
+DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_RETRY_STEPS = 20
 
 
 class SettingsError(ValueError):
@@ -69,7 +79,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
 
@@ -99,6 +109,90 @@ def _listen(env: Mapping[str, str], name: str, default: str) -> str | None:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingsError(f"{name} must be host:port or off, got {value!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+    return value
+
+
+def parse_durations(value: str) -> tuple[float, ...]:
+    """`5s,5m,30m,2h` -> seconds. Units: ms, s, m, h, d."""
+    out: list[float] = []
+    for raw in value.split(","):
+        part = raw.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h", "d") if part.endswith(u)), None)
+        if unit is None:
+            raise ValueError(f"{raw.strip()!r} needs a unit (ms, s, m, h or d)")
+        try:
+            number = float(part[: -len(unit)])
+        except ValueError:
+            raise ValueError(f"{raw.strip()!r} is not a duration") from None
+        if not 0 < number < float("inf"):
+            raise ValueError(f"{raw.strip()!r} must be positive")
+        out.append(number * _UNITS[unit])
+    return tuple(out)
+
+
+def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
+    name = "MESHGATE_WEBHOOK_RETRY_SCHEDULE"
+    raw = env.get(name) or DEFAULT_RETRY_SCHEDULE
+    try:
+        delays = parse_durations(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if len(delays) > MAX_RETRY_STEPS:
+        raise SettingsError(f"{name} may have at most {MAX_RETRY_STEPS} steps")
+    return delays
+
+
+def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
+    name = "MESHGATE_WEBHOOK_ALLOWED_HOSTS"
+    entries = _list(env, name)
+    try:
+        TargetPolicy.from_entries(entries)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return frozenset(e.lower() for e in entries)
+
+
+def _sealing_key(env: Mapping[str, str]) -> Secret | None:
+    name = "MESHGATE_WEBHOOK_SECRET_KEY"
+    secret = _secret(env, name)
+    if secret is None:
+        return None
+    try:
+        key = base64.b64decode(secret.reveal(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise SettingsError(f"{name} must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)")
+    return secret
+
+
+def _file(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(f"{name}: {raw} is not a readable file")
+    return path
+
+
+def _jitter(env: Mapping[str, str]) -> float:
+    value = _number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
+    if value >= 1:
+        raise SettingsError("MESHGATE_WEBHOOK_JITTER must be below 1 (a fraction of each delay)")
     return value
 
 
@@ -139,6 +233,26 @@ class Settings:
     limiter_timeout_s: float = 0.2
     metrics_listen: str | None = "127.0.0.1:9464"
     health_interval_s: float = 2.0
+    # ingestion tasks and webhooks
+    task_workers: int = 2
+    task_lease_s: float = 30.0
+    task_max_attempts: int = 5
+    work_poll_s: float = 1.0
+    webhook_workers: int = 4
+    webhook_retry_schedule: tuple[float, ...] = field(
+        default_factory=lambda: parse_durations(DEFAULT_RETRY_SCHEDULE)
+    )
+    webhook_jitter: float = 0.2
+    webhook_timeout_s: float = 10.0
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_allowed_hosts: frozenset[str] = frozenset()
+    webhook_secret_key: Secret | None = None
+    webhook_ca_file: Path | None = None
+
+    def webhook_sealing_key(self) -> bytes | None:
+        if self.webhook_secret_key is None:
+            return None
+        return base64.b64decode(self.webhook_secret_key.reveal())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -198,4 +312,18 @@ class Settings:
             limiter_timeout_s=_number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
             metrics_listen=_listen(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
             health_interval_s=_number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
+            task_workers=_int(env, "MESHGATE_TASK_WORKERS", 2, minimum=0, maximum=64),
+            task_lease_s=_number(env, "MESHGATE_TASK_LEASE_S", 30.0, minimum=0.5),
+            task_max_attempts=_int(env, "MESHGATE_TASK_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+            work_poll_s=_number(env, "MESHGATE_WORK_POLL_S", 1.0, minimum=0.05),
+            webhook_workers=_int(env, "MESHGATE_WEBHOOK_WORKERS", 4, minimum=0, maximum=256),
+            webhook_retry_schedule=_schedule(env),
+            webhook_jitter=_jitter(env),
+            webhook_timeout_s=_number(env, "MESHGATE_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
+            webhook_max_response_bytes=_int(
+                env, "MESHGATE_WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0, maximum=2**24
+            ),
+            webhook_allowed_hosts=_allowed_hosts(env),
+            webhook_secret_key=_sealing_key(env),
+            webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
         )

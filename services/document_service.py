@@ -20,7 +20,7 @@ from storage.errors import InvalidArgumentError
 from storage.filters import check_field, parse_filter
 from storage.pages import page_size
 
-__all__ = ["MAX_BATCH", "MAX_DOCUMENT_BYTES", "DocumentServicer"]
+__all__ = ["MAX_BATCH", "MAX_DOCUMENT_BYTES", "DocumentServicer", "checked_document"]
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_BATCH = 100
@@ -37,7 +37,7 @@ def document_to_proto(record: DocumentRecord) -> pb.Document:
     )
 
 
-def _checked(
+def checked_document(
     document: pb.Document, *, what: str
 ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
     if document.ByteSize() > MAX_DOCUMENT_BYTES:
@@ -61,7 +61,7 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         self, request: pb.CreateDocumentRequest, context: Any
     ) -> pb.CreateDocumentResponse:
         scope = current_call.get().require_scope()
-        document_id, body, metadata = _checked(request.document, what="document")
+        document_id, body, metadata = checked_document(request.document, what="document")
         record = await self._documents.create(
             scope, document_id=document_id, body=body, metadata=metadata
         )
@@ -75,7 +75,7 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         if not 1 <= len(request.requests) <= MAX_BATCH:
             raise InvalidArgumentError(f"requests must hold 1-{MAX_BATCH} documents")
         items = [
-            _checked(r.document, what=f"requests[{i}].document")
+            checked_document(r.document, what=f"requests[{i}].document")
             for i, r in enumerate(request.requests)
         ]
         records = await self._documents.create_many(scope, items)
@@ -107,7 +107,7 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         paths = list(request.update_mask.paths)
         if not paths:
             raise InvalidArgumentError("update_mask must name at least one path")
-        _, body, metadata = _checked(request.document, what="document")
+        _, body, metadata = checked_document(request.document, what="document")
         keys: list[str] = []
         for path in paths:
             if path in ("body", "metadata"):

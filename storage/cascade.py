@@ -2,7 +2,8 @@
 
 1. `mark_deleting` flips the namespace's state: from that moment no call can
    resolve it (the invalidation bus drops it from every replica's cache).
-2. `purge` empties every namespaced MongoDB collection, drops the Qdrant
+2. `purge` drops the namespace's pending background work (tasks, webhook
+   deliveries), empties every namespaced MongoDB collection, drops the Qdrant
    collection and deletes the Redis keys. Each step is idempotent.
 3. The namespace document is removed last.
 
@@ -22,6 +23,7 @@ from storage.namespaces import NamespaceStore
 from storage.redis_keys import purge_namespace_keys
 from storage.scoped import Scope
 from storage.vectors import VectorStore
+from storage.work_queue import WorkQueue
 
 __all__ = ["NamespacePurger"]
 
@@ -38,6 +40,8 @@ class NamespacePurger:
         self._namespaces = namespaces
 
     async def purge(self, scope: Scope) -> None:
+        # pending work first, so no worker picks up the namespace's tasks or deliveries again
+        await WorkQueue(mongo=self._mongo).purge_namespace(scope.namespace_id)
         for name in NAMESPACED_COLLECTIONS:
             await self._mongo.scoped(name, scope).delete_many()
         await self._vectors.drop(scope.namespace_id)

@@ -34,7 +34,9 @@ __all__ = [
     "DocumentRecord",
     "DocumentStore",
     "check_body",
+    "check_document_id",
     "check_metadata",
+    "new_document_id",
 ]
 
 DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -180,6 +182,51 @@ class DocumentStore:
                 "a document of the batch was created concurrently; retry"
             ) from None
         return [_record(d) for d in docs]
+
+    async def ingest(
+        self,
+        scope: Scope,
+        *,
+        writer: str,
+        document_id: str,
+        body: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Create or replace one document, at most once per `writer` (an ingestion task).
+
+        The document is stamped with `writer`; replaying the same write (a task
+        re-claimed after its worker died) matches nothing and changes nothing, so
+        the write happens once in effect and `revision` counts real writes.
+        """
+        collection = self._collection(scope)
+        check_document_id(document_id)
+        for _ in range(_UPDATE_RETRIES):
+            now = self._now()
+            try:
+                await collection.update_one(
+                    {"document_id": document_id, "ingested_by": {"$ne": writer}},
+                    {
+                        "$set": {
+                            "body": body,
+                            "metadata": metadata,
+                            "updated_at": now,
+                            "ingested_by": writer,
+                        },
+                        "$inc": {"revision": 1},
+                        "$setOnInsert": {"created_at": now},
+                    },
+                    upsert=True,
+                )
+                return
+            except DuplicateKeyError:
+                # the document exists and the filter did not match it: either this writer
+                # wrote it already (done), or another writer created it concurrently (retry)
+                current = await collection.find_one(
+                    {"document_id": document_id}, projection={"ingested_by": 1}
+                )
+                if current is not None and current.get("ingested_by") == writer:
+                    return
+        raise FailedPreconditionError(f"document {document_id!r} is being written concurrently")
 
     async def get(self, scope: Scope, document_id: str) -> DocumentRecord:
         doc = await self._collection(scope).find_one(

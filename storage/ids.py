@@ -5,17 +5,20 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from datetime import datetime
 
 __all__ = [
     "BASE62",
     "KEY_ID_RE",
     "NAMESPACE_ID_RE",
     "ORGANIZATION_ID_RE",
+    "TIME_ORDERED_BODY",
     "new_internal_id",
     "new_key_id",
     "new_namespace_id",
     "new_organization_id",
     "random_base62",
+    "time_ordered_id",
 ]
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -46,3 +49,28 @@ def new_key_id() -> str:
 def new_internal_id() -> str:
     """The hidden primary key of an organization: a random UUID, never shown."""
     return str(uuid.uuid4())
+
+
+TIME_ORDERED_BODY = 20  # 8 base62 characters of milliseconds, then 12 random ones
+
+
+def base62_fixed(value: int, width: int) -> str:
+    """`value` in base62, padded to `width`: sorts like the number (BASE62 is in ASCII order)."""
+    digits = []
+    for _ in range(width):
+        value, digit = divmod(value, 62)
+        digits.append(BASE62[digit])
+    if value:
+        raise ValueError("value does not fit")
+    return "".join(reversed(digits))
+
+
+def time_ordered_id(prefix: str, at: datetime, *, suffix: str | None = None) -> str:
+    """`<prefix>_<8 chars of ms since the epoch><12 chars>`: ids sort by `at`.
+
+    The 12 characters are random, or `suffix` when the id must be deterministic.
+    """
+    tail = suffix if suffix is not None else random_base62(12)
+    if len(tail) != 12:
+        raise ValueError("suffix must be 12 characters")
+    return f"{prefix}_{base62_fixed(int(at.timestamp() * 1000), 8)}{tail}"

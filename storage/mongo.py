@@ -14,7 +14,14 @@ from storage.tracing import MongoCommandSpans
 __all__ = ["NAMESPACED_COLLECTIONS", "MongoStore"]
 
 # Every collection holding namespaced data; a namespace deletion empties each of them.
-NAMESPACED_COLLECTIONS = ("documents", "vector_stores")
+NAMESPACED_COLLECTIONS = (
+    "documents",
+    "vector_stores",
+    "tasks",
+    "webhooks",
+    "events",
+    "deliveries",
+)
 
 Document = dict[str, Any]
 
@@ -36,6 +43,8 @@ class MongoStore:
         self.organizations: AsyncCollection[Document] = self._db["organizations"]
         self.keys: AsyncCollection[Document] = self._db["keys"]
         self.namespaces: AsyncCollection[Document] = self._db["namespaces"]
+        # pointers to due work across namespaces (storage/work_queue.py); never tenant data
+        self.work_queue: AsyncCollection[Document] = self._db["work_queue"]
 
     async def ensure_indexes(self) -> None:
         await self.organizations.create_index([("organization_id", ASCENDING)], unique=True)
@@ -55,6 +64,23 @@ class MongoStore:
         )
         await documents.create_index([("namespace_id", ASCENDING), ("created_at", ASCENDING)])
         await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
+        for name, field in (
+            ("tasks", "task_id"),
+            ("webhooks", "webhook_id"),
+            ("events", "event_id"),
+            ("deliveries", "delivery_id"),
+        ):
+            await self._db[name].create_index(
+                [("namespace_id", ASCENDING), (field, ASCENDING)], unique=True
+            )
+        await self._db["tasks"].create_index(
+            [("namespace_id", ASCENDING), ("state", ASCENDING), ("task_id", ASCENDING)]
+        )
+        await self._db["deliveries"].create_index(
+            [("namespace_id", ASCENDING), ("webhook_id", ASCENDING), ("delivery_id", ASCENDING)]
+        )
+        await self.work_queue.create_index([("kind", ASCENDING), ("due_at", ASCENDING)])
+        await self.work_queue.create_index([("namespace_id", ASCENDING)])
 
     @property
     def database(self) -> AsyncDatabase[Document]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from storage.errors import InvalidArgumentError
@@ -25,6 +26,7 @@ __all__ = [
     "ScopeViolationError",
     "ScopedCollection",
     "check_filter",
+    "check_projection",
     "check_update",
 ]
 
@@ -172,6 +174,22 @@ def check_update(update: Mapping[str, Any]) -> None:
             walker.visit(value, 1, in_filter=operator in {"$pull", "$pullAll"})
 
 
+def check_projection(projection: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """Plain inclusion or exclusion of fields: no operators, never the scope fields."""
+    if projection is None:
+        return None
+    if not isinstance(projection, Mapping) or not projection:
+        raise ScopeViolationError("projection must be a non-empty document of fields")
+    out: dict[str, int] = {}
+    for key, value in projection.items():
+        if not isinstance(key, str) or not key or key.startswith("$") or _is_scope_path(key):
+            raise ScopeViolationError(f"projection may not name {key!r}")
+        if value not in (0, 1) or not isinstance(value, int | bool):
+            raise ScopeViolationError("projection values must be 0 or 1")
+        out[key] = int(value)
+    return out
+
+
 def _check_pipeline(pipeline: Sequence[Mapping[str, Any]]) -> None:
     if not isinstance(pipeline, Sequence) or isinstance(pipeline, str | bytes):
         raise ScopeViolationError("pipeline must be a list of stages")
@@ -228,8 +246,15 @@ class ScopedCollection:
         result = await self._collection.insert_many([{**d, **self._stamp} for d in documents])
         return list(result.inserted_ids)
 
-    async def find_one(self, query: Mapping[str, Any] | None = None) -> Document | None:
-        return self._strip(await self._collection.find_one(self._scoped(query)))
+    async def find_one(
+        self,
+        query: Mapping[str, Any] | None = None,
+        *,
+        projection: Mapping[str, Any] | None = None,
+    ) -> Document | None:
+        return self._strip(
+            await self._collection.find_one(self._scoped(query), check_projection(projection))
+        )
 
     async def find(
         self,
@@ -238,8 +263,9 @@ class ScopedCollection:
         sort: Sequence[tuple[str, int]] | None = None,
         limit: int = 0,
         skip: int = 0,
+        projection: Mapping[str, Any] | None = None,
     ) -> list[Document]:
-        cursor = self._collection.find(self._scoped(query))
+        cursor = self._collection.find(self._scoped(query), check_projection(projection))
         if sort:
             for key, _ in sort:
                 if _is_scope_path(key):
@@ -264,6 +290,24 @@ class ScopedCollection:
         check_update(update)
         result = await self._collection.update_one(self._scoped(query), update, upsert=upsert)
         return result.matched_count
+
+    async def find_one_and_update(
+        self,
+        query: Mapping[str, Any],
+        update: Mapping[str, Any],
+        *,
+        projection: Mapping[str, Any] | None = None,
+    ) -> Document | None:
+        """Update one document and return it as it is after the update (None if none matched)."""
+        check_update(update)
+        return self._strip(
+            await self._collection.find_one_and_update(
+                self._scoped(query),
+                update,
+                projection=check_projection(projection),
+                return_document=ReturnDocument.AFTER,
+            )
+        )
 
     async def update_many(self, query: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         check_update(update)

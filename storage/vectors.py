@@ -28,11 +28,14 @@ from storage.ttl_cache import TTLCache
 
 __all__ = [
     "DISTANCES",
+    "MAX_DIMENSION",
     "POINT_ID_RE",
     "Hit",
     "StoredPoint",
     "VectorConfig",
     "VectorStore",
+    "check_point_id",
+    "check_vector",
     "collection_name",
 ]
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import secrets
@@ -41,8 +42,11 @@ from server.bootstrap import bootstrap
 from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
 from storage.embedded import EmbeddedMongo
+from tests.webhook_receiver import Receiver
 
 PROXY_ID = "spiffe://meshgate.local/proxy/envoy"
+# delays after each failed webhook attempt in tests: 5 attempts within about a second
+WEBHOOK_TEST_SCHEDULE = (0.1, 0.2, 0.2, 0.3)
 
 # Every API key secret and internal_id the suite creates; none may ever reach a log line.
 NEVER_LOGGED: set[str] = set()
@@ -191,6 +195,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="session")
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (allow-listed in the test settings)."""
+    started = Receiver().start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
 def database_name() -> str:
     return f"meshgate_test_{secrets.token_hex(4)}"
 
@@ -218,6 +230,11 @@ def settings(
         key_cache_ttl_s=10.0,
         shutdown_grace_s=2.0,
         metrics_listen="127.0.0.1:0",
+        # webhook retries shrunk for tests: 5 attempts within about a second
+        webhook_retry_schedule=WEBHOOK_TEST_SCHEDULE,
+        webhook_timeout_s=2.0,
+        webhook_allowed_hosts=frozenset({"127.0.0.1"}),
+        webhook_secret_key=Secret(base64.b64encode(b"k" * 32).decode()),
     )
 
 

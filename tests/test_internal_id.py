@@ -24,15 +24,20 @@ from meshgate.v1 import (
     options_pb2,
     organization_service_pb2,
     organization_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
     usage_service_pb2,
     usage_service_pb2_grpc,
     vector_service_pb2,
     vector_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 
 from server.app import SERVICE_DESCRIPTORS
 from storage.organizations import OrganizationStore
-from tests.conftest import Tenant, auth, client_credentials
+from tests.conftest import Tenant, auth, client_credentials, eventually
+from tests.webhook_receiver import Receiver
 
 # the one method whose job is to return it, to allow-listed internal peers only
 RESOLVER = "meshgate.v1.IdentityService.ResolveOrganization"
@@ -64,7 +69,7 @@ def test_no_public_response_can_carry_internal_id() -> None:
 
 
 async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: ignore[no-untyped-def]
-    tenant: Tenant, backends, server, pki
+    tenant: Tenant, backends, server, pki, receiver: Receiver
 ) -> None:
     org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     needle = org.internal_id.encode()
@@ -127,8 +132,80 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
             vector_service_pb2.DeletePointsRequest(ids=["p1"]), metadata=data_md
         ),
     }
+    tasks = task_service_pb2_grpc.TaskServiceStub(tenant.channel)
+    hooks = webhook_service_pb2_grpc.WebhookServiceStub(tenant.channel)
+    created_hook = await hooks.CreateWebhook(
+        webhook_service_pb2.CreateWebhookRequest(
+            webhook=webhook_service_pb2.Webhook(url=receiver.url("/internal-id"), event_types=["*"])
+        ),
+        metadata=data_md,
+    )
+    receiver.endpoint("/internal-id", created_hook.secret)
+    receiver.script("/internal-id", 410)  # the delivery fails, so it can be retried below
+    webhook_id = created_hook.webhook.webhook_id
+    submitted = await tasks.SubmitIngestion(
+        task_service_pb2.SubmitIngestionRequest(documents=[body]), metadata=data_md
+    )
+    task_id = submitted.task.task_id
+    failed: list[webhook_service_pb2.Delivery] = []
+
+    async def delivery_failed() -> bool:
+        page = await hooks.ListDeliveries(
+            webhook_service_pb2.ListDeliveriesRequest(
+                webhook_id=webhook_id, statuses=[webhook_service_pb2.DELIVERY_STATUS_FAILED]
+            ),
+            metadata=data_md,
+        )
+        failed[:] = page.deliveries
+        return bool(failed)
+
+    await eventually(delivery_failed, timeout_s=10)
+    await hooks.UpdateWebhook(
+        webhook_service_pb2.UpdateWebhookRequest(
+            webhook=webhook_service_pb2.Webhook(webhook_id=webhook_id, enabled=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["enabled"]),
+        ),
+        metadata=data_md,
+    )
+    background_responses = {
+        "SubmitIngestion": submitted,
+        "GetTask": await tasks.GetTask(
+            task_service_pb2.GetTaskRequest(task_id=task_id), metadata=data_md
+        ),
+        "ListTasks": await tasks.ListTasks(task_service_pb2.ListTasksRequest(), metadata=data_md),
+        "CancelTask": await _cancel_response(tasks, data_md, body),
+        "CreateWebhook": created_hook,
+        "GetWebhook": await hooks.GetWebhook(
+            webhook_service_pb2.GetWebhookRequest(webhook_id=webhook_id), metadata=data_md
+        ),
+        "ListWebhooks": await hooks.ListWebhooks(
+            webhook_service_pb2.ListWebhooksRequest(), metadata=data_md
+        ),
+        "UpdateWebhook": await hooks.UpdateWebhook(
+            webhook_service_pb2.UpdateWebhookRequest(
+                webhook=webhook_service_pb2.Webhook(webhook_id=webhook_id, description="d"),
+                update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+            ),
+            metadata=data_md,
+        ),
+        "RotateWebhookSecret": await hooks.RotateWebhookSecret(
+            webhook_service_pb2.RotateWebhookSecretRequest(webhook_id=webhook_id),
+            metadata=data_md,
+        ),
+        "ListDeliveries": await hooks.ListDeliveries(
+            webhook_service_pb2.ListDeliveriesRequest(webhook_id=webhook_id), metadata=data_md
+        ),
+        "RetryDelivery": await hooks.RetryDelivery(
+            webhook_service_pb2.RetryDeliveryRequest(delivery_id=failed[0].delivery_id),
+            metadata=data_md,
+        ),
+        "DeleteWebhook": await hooks.DeleteWebhook(
+            webhook_service_pb2.DeleteWebhookRequest(webhook_id=webhook_id), metadata=data_md
+        ),
+    }
     responses = {
         **data_responses,
+        **background_responses,
         "GetOrganization": await organization_service_pb2_grpc.OrganizationServiceStub(
             tenant.channel
         ).GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=md),
@@ -185,6 +262,9 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
     assert {p.rsplit(".", 1)[1] for p in every} == set(responses)
     for name, response in responses.items():
         assert needle not in response.SerializeToString(), name
+    # the events the receiver got carry public ids only
+    for request in receiver.requests("/internal-id"):
+        assert org.internal_id not in str(request.payload)
     # error details too: a NOT_FOUND from another org's namespace
     try:
         await n.GetNamespace(
@@ -193,3 +273,18 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
     except grpc.aio.AioRpcError as error:
         assert org.internal_id not in (error.details() or "")
         assert all(org.internal_id not in str(v) for _, v in (error.trailing_metadata() or ()))
+
+
+async def _cancel_response(tasks, md, body):  # type: ignore[no-untyped-def]
+    """A CancelTask response: of a task still running, or FAILED_PRECONDITION's retry."""
+    big = [document_service_pb2.Document(document_id=f"c{i}") for i in range(1000)]
+    task = await tasks.SubmitIngestion(
+        task_service_pb2.SubmitIngestionRequest(documents=big), metadata=md
+    )
+    try:
+        return await tasks.CancelTask(
+            task_service_pb2.CancelTaskRequest(task_id=task.task.task_id), metadata=md
+        )
+    except grpc.aio.AioRpcError as error:  # finished already: the API answered without a body
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        return task_service_pb2.CancelTaskResponse()

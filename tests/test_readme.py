@@ -56,8 +56,11 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
                     if server.poll() is not None or time.monotonic() > deadline:
                         pytest.fail((tmp_path / "serve.log").read_text())
                     time.sleep(0.1)
+        hook_port = free_port()
         script = "set -euo pipefail\n" + readme_session().replace(
             "localhost:50051", f"localhost:{port}"
+        ).replace("127.0.0.1:8099", f"127.0.0.1:{hook_port}").replace(
+            "receiver.py 8099", f"receiver.py {hook_port}"
         )
         result = subprocess.run(
             ["bash", "-c", script],
@@ -82,6 +85,10 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
         assert "ratelimit-remaining:" in out and "Code: ResourceExhausted" in err
         assert '"calls_by_status"' in out and '"allowance": "1000000"' in out
         assert out.count('"upserted": 1') == 1 and out.count('"score"') == 1  # found in orders only
+        # the ingestion task completed and its webhook arrived, signed
+        assert "verified task.completed webhook-id: evt_" in out
+        assert "TASK_STATE_COMPLETED" in out and "REFUSED" not in out
+        assert "whsec_" in (tmp_path / "var" / "webhook.json").read_text()
     finally:
         server.terminate()
         server.wait(timeout=20)

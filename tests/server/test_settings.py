@@ -42,11 +42,60 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_INSECURE": "maybe"}, "MESHGATE_INSECURE"),
         ({"MESHGATE_LISTEN": "50051"}, "MESHGATE_LISTEN"),
         ({"MESHGATE_MONGODB_URI_FILE": "/nonexistent/file"}, "MESHGATE_MONGODB_URI_FILE"),
+        ({"MESHGATE_TASK_WORKERS": "2.5"}, "MESHGATE_TASK_WORKERS must be a whole number"),
+        ({"MESHGATE_TASK_WORKERS": "-1"}, "MESHGATE_TASK_WORKERS must be between 0 and 64"),
+        ({"MESHGATE_TASK_LEASE_S": "0.1"}, "MESHGATE_TASK_LEASE_S"),
+        ({"MESHGATE_TASK_LEASE_S": "nan"}, "MESHGATE_TASK_LEASE_S"),
+        ({"MESHGATE_TASK_MAX_ATTEMPTS": "0"}, "MESHGATE_TASK_MAX_ATTEMPTS"),
+        ({"MESHGATE_WORK_POLL_S": "0"}, "MESHGATE_WORK_POLL_S"),
+        ({"MESHGATE_WEBHOOK_WORKERS": "many"}, "MESHGATE_WEBHOOK_WORKERS"),
+        (
+            {"MESHGATE_WEBHOOK_RETRY_SCHEDULE": "5s,10"},
+            "MESHGATE_WEBHOOK_RETRY_SCHEDULE: '10' needs",
+        ),
+        ({"MESHGATE_WEBHOOK_RETRY_SCHEDULE": "5s,-1m"}, "must be positive"),
+        ({"MESHGATE_WEBHOOK_RETRY_SCHEDULE": ",".join(["1s"] * 21)}, "at most 20 steps"),
+        ({"MESHGATE_WEBHOOK_JITTER": "1.5"}, "MESHGATE_WEBHOOK_JITTER"),
+        ({"MESHGATE_WEBHOOK_TIMEOUT_S": "0"}, "MESHGATE_WEBHOOK_TIMEOUT_S"),
+        (
+            {"MESHGATE_WEBHOOK_ALLOWED_HOSTS": "ok.example,bad host"},
+            "MESHGATE_WEBHOOK_ALLOWED_HOSTS",
+        ),
+        (
+            {"MESHGATE_WEBHOOK_SECRET_KEY": "c2hvcnQ="},
+            "MESHGATE_WEBHOOK_SECRET_KEY must be 32 bytes",
+        ),
+        ({"MESHGATE_WEBHOOK_CA_FILE": "/nonexistent/ca.pem"}, "MESHGATE_WEBHOOK_CA_FILE"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_task_and_webhook_settings(tmp_path: Path) -> None:
+    defaults = Settings.from_env({})
+    assert defaults.task_workers == 2 and defaults.webhook_workers == 4
+    assert sum(defaults.webhook_retry_schedule) > 24 * 3600  # retries span more than a day
+    assert defaults.webhook_allowed_hosts == frozenset() and defaults.webhook_secret_key is None
+    key_file = tmp_path / "key"
+    key_file.write_text("a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U=\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    settings = Settings.from_env(
+        {
+            "MESHGATE_TASK_WORKERS": "0",
+            "MESHGATE_WEBHOOK_RETRY_SCHEDULE": "250ms, 2s,1m,1h,1d",
+            "MESHGATE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1, Hooks.Internal,10.0.0.0/8",
+            "MESHGATE_WEBHOOK_SECRET_KEY_FILE": str(key_file),
+            "MESHGATE_WEBHOOK_CA_FILE": str(ca),
+        }
+    )
+    assert settings.task_workers == 0
+    assert settings.webhook_retry_schedule == (0.25, 2.0, 60.0, 3600.0, 86400.0)
+    assert settings.webhook_allowed_hosts == {"127.0.0.1", "hooks.internal", "10.0.0.0/8"}
+    assert settings.webhook_sealing_key() == b"keykeykeykeykeykeykeykeykeykeyke"
+    assert "a2V5" not in repr(settings)
 
 
 def test_command_refuses_bad_settings_at_start() -> None:

@@ -171,3 +171,29 @@ async def test_escaping_pipelines_are_refused(
 
 def test_scope_violation_is_invalid_argument() -> None:
     assert issubclass(ScopeViolationError, InvalidArgumentError)
+
+
+async def test_find_one_and_update_and_projections_stay_in_the_scope(
+    pair: tuple[ScopedCollection, ScopedCollection],
+) -> None:
+    a, b = pair
+    await a.insert_one({"_id": "fau", "v": 1, "big": "x" * 100})
+    assert await b.find_one_and_update({"_id": "fau"}, {"$set": {"v": 2}}) is None
+    after = await a.find_one_and_update({"_id": "fau"}, {"$inc": {"v": 1}}, projection={"big": 0})
+    assert after == {"_id": "fau", "v": 2, "namespace_id": a.scope.namespace_id}
+    assert await a.find_one({"_id": "fau"}, projection={"v": 1}) == {"_id": "fau", "v": 2}
+    assert [d["v"] for d in await a.find({}, projection={"v": 1})] == [2]
+    for projection in (
+        {"internal_id": 1},
+        {"namespace_id": 0},
+        {"$where": 1},
+        {"v": {"$slice": 1}},
+        {"v": "$internal_id"},
+        {},
+    ):
+        with pytest.raises(ScopeViolationError):
+            await a.find_one({"_id": "fau"}, projection=projection)
+    with pytest.raises(ScopeViolationError):
+        await a.find_one_and_update({"_id": "fau"}, {"$set": {"internal_id": "x"}})
+    with pytest.raises(ScopeViolationError):
+        await a.find_one_and_update({"namespace_id": "ns_other"}, {"$set": {"v": 3}})

@@ -1,0 +1,175 @@
+"""A real webhook receiver for tests: an HTTP server on 127.0.0.1 in its own thread.
+
+It verifies every request with its own implementation of the Standard
+Webhooks check, written from the specification (it does not import the
+server's signer): the signed content is `webhook-id.webhook-timestamp.body`,
+HMAC-SHA256 keyed with the base64-decoded part of the `whsec_` secret, and
+`webhook-signature` holds space-separated `v1,<base64>` entries, any of which
+may match. Timestamps more than five minutes away are refused.
+
+Endpoints are paths; each has the secrets to verify with, scripted responses
+(status and headers) for its first requests, then 200, and an optional delay.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOLERANCE_S = 300
+
+
+def verify_standard_webhook(secrets: list[str], headers: dict[str, str], body: bytes) -> bool:
+    """The receiver-side check of the Standard Webhooks specification."""
+    msg_id = headers.get("webhook-id", "")
+    timestamp = headers.get("webhook-timestamp", "")
+    signatures = headers.get("webhook-signature", "")
+    if not msg_id or not timestamp.isdigit() or not signatures:
+        return False
+    if abs(time.time() - int(timestamp)) > TOLERANCE_S:
+        return False
+    content = msg_id.encode() + b"." + timestamp.encode() + b"." + body
+    for secret in secrets:
+        key = base64.b64decode(secret[len("whsec_") :])
+        expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest())
+        for entry in signatures.split(" "):
+            version, _, signature = entry.partition(",")
+            if version == "v1" and hmac.compare_digest(signature.encode(), expected):
+                return True
+    return False
+
+
+@dataclass
+class Received:
+    path: str
+    webhook_id: str
+    timestamp: int
+    signatures: list[str]
+    payload: dict[str, Any]
+    valid: bool
+    status: int
+    arrived: float  # time.monotonic()
+    headers: dict[str, str]
+
+
+@dataclass
+class Endpoint:
+    secrets: list[str] = field(default_factory=list)
+    script: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
+    delay_s: float = 0.0
+
+
+class Receiver:
+    def __init__(self, port: int = 0) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        self.received: list[Received] = []
+        self.in_flight = 0  # requests read but not answered yet
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver._lock:
+                    receiver.in_flight += 1
+                try:
+                    status, extra = receiver._answer(self.path, headers, body)
+                finally:
+                    with receiver._lock:
+                        receiver.in_flight -= 1
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return  # a sender that went away (killed mid-request) is part of the tests
+
+        self._server = Server(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def endpoint(self, path: str, *secrets: str) -> Endpoint:
+        with self._lock:
+            endpoint = self.endpoints.setdefault(path, Endpoint())
+            endpoint.secrets.extend(secrets)
+            return endpoint
+
+    def script(self, path: str, *responses: int | tuple[int, dict[str, str]]) -> None:
+        endpoint = self.endpoint(path)
+        with self._lock:
+            for response in responses:
+                endpoint.script.append(response if isinstance(response, tuple) else (response, {}))
+
+    def _answer(
+        self, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            endpoint = self.endpoints.setdefault(path, Endpoint())
+            status, extra = endpoint.script.popleft() if endpoint.script else (200, {})
+            secrets = list(endpoint.secrets)
+            delay = endpoint.delay_s
+        valid = verify_standard_webhook(secrets, headers, body)
+        if not valid:
+            status, extra = 400, {}
+        if delay:
+            time.sleep(delay)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = {}
+        signatures = headers.get("webhook-signature", "").split(" ")
+        with self._lock:
+            self.received.append(
+                Received(
+                    path=path,
+                    webhook_id=headers.get("webhook-id", ""),
+                    timestamp=int(headers.get("webhook-timestamp", "0") or 0),
+                    signatures=signatures,
+                    payload=payload,
+                    valid=valid,
+                    status=status,
+                    arrived=time.monotonic(),
+                    headers=headers,
+                )
+            )
+        return status, extra
+
+    def requests(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def delivered(self, path: str) -> dict[str, Received]:
+        """Accepted (2xx) requests by webhook-id: duplicates of one event collapse."""
+        out: dict[str, Received] = {}
+        for request in self.requests(path):
+            if request.valid and 200 <= request.status < 300:
+                out.setdefault(request.webhook_id, request)
+        return out
