@@ -45,22 +45,9 @@ async def grpcurl(
 
 
 async def test_list_services_via_reflection(server: RunningServer, pki: Pki) -> None:
-    process = await asyncio.create_subprocess_exec(
-        grpcurl_binary(),
-        "-cacert",
-        str(pki.path("ca.pem")),
-        "-cert",
-        str(pki.path("client.pem")),
-        "-key",
-        str(pki.path("client-key.pem")),
-        f"localhost:{server.port}",
-        "list",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err
-    services = set(out.decode().split())
+    code, out, err = await grpcurl(server, pki, "list")
+    assert code == 0, err
+    services = set(out.split())
     assert {
         "meshgate.v1.KeyService",
         "meshgate.v1.NamespaceService",
