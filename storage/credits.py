@@ -151,7 +151,17 @@ class CreditAccounts:
     _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
 
+    def _period(self) -> str:
+        """The current period, recomputed only when the clock passes the cached period's end."""
+        now = self.now()
+        if now > self._period_end:
+            self._current = period_of(now)
+            self._period_end = period_end(self._current)
+        return self._current
+
     def __post_init__(self) -> None:
+        self._current = ""
+        self._period_end = datetime.min.replace(tzinfo=UTC)
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._grant = self.redis.register_script(_GRANT)
@@ -166,7 +176,7 @@ class CreditAccounts:
 
         `allowance` is the plan's monthly credits, used when the period starts.
         """
-        period = period_of(self.now())
+        period = self._period()
         slot = (organization_id, period)
         reservation = self._reservations.get(slot)
         if reservation is None:
