@@ -150,6 +150,8 @@ class CreditAccounts:
     on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
     _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
+    _current: str = ""
+    _period_end: datetime = datetime.min.replace(tzinfo=UTC)
 
     def _period(self) -> str:
         """The current period, recomputed only when the clock passes the cached period's end."""
@@ -160,8 +162,6 @@ class CreditAccounts:
         return self._current
 
     def __post_init__(self) -> None:
-        self._current = ""
-        self._period_end = datetime.min.replace(tzinfo=UTC)
         self._reserve = self.redis.register_script(_RESERVE)
         self._settle = self.redis.register_script(_SETTLE)
         self._grant = self.redis.register_script(_GRANT)
