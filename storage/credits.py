@@ -43,6 +43,7 @@ __all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "period_of"]
 
 _LOG = logging.getLogger("meshgate.credits")
 THRESHOLDS = (80, 95, 100)
+_BEFORE_ANY_PERIOD = datetime.min.replace(tzinfo=UTC)
 _PERIOD_TTL_MS = 70 * 24 * 3600 * 1000
 
 _INIT = """
@@ -151,7 +152,7 @@ class CreditAccounts:
     _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
     _current: str = ""
-    _period_end: datetime = datetime.min.replace(tzinfo=UTC)
+    _period_end: datetime = _BEFORE_ANY_PERIOD
 
     def _period(self) -> str:
         """The current period, recomputed only when the clock passes the cached period's end."""
