@@ -15,7 +15,7 @@ from meshgate.v1 import organization_service_pb2, organization_service_pb2_grpc
 from server.app import create_server
 from server.backends import open_backends
 from server.settings import Settings
-from tests.conftest import Pki, auth, client_credentials
+from tests.conftest import NEVER_LOGGED, Pki, auth, client_credentials
 from tests.replica import ROOT, replica_env
 
 
@@ -24,53 +24,32 @@ async def test_bootstrap_command_creates_a_working_admin_key(
 ) -> None:
     own = replace(settings, mongodb_database=settings.mongodb_database + "_boot")
     env = replica_env(own, 0)
-    command = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "bootstrap",
-        "--name",
-        "acme",
-        "--environment",
-        "production",
-    ]
-    first = await asyncio.to_thread(
-        subprocess.run,
-        command,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = [sys.executable, "-m", "server.cli", "bootstrap", "--name", "acme"]
+    command += ["--environment", "production"]
+
+    async def bootstrap_cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [*command, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    first = await bootstrap_cli()
     assert first.returncode == 0, first.stderr
     org_id = re.search(r"organization_id: (org_\w+)", first.stdout)
     secret = re.search(r"secret:\s+(mg_prod_\w+)", first.stdout)
     assert org_id and secret
+    NEVER_LOGGED.add(secret.group(1))
     # a second bootstrap on a used store is refused unless asked for
-    again = await asyncio.to_thread(
-        subprocess.run,
-        command,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = await bootstrap_cli()
     assert again.returncode == 2 and "--another" in again.stderr
     key_file = tmp_path / "admin.key"
-    another = await asyncio.to_thread(
-        subprocess.run,
-        [*command, "--another", "--key-file", str(key_file)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    another = await bootstrap_cli("--another", "--key-file", str(key_file))
     assert another.returncode == 0 and "mg_" not in another.stdout
     assert key_file.stat().st_mode & 0o777 == 0o600
     backends = await open_backends(own)
