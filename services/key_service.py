@@ -22,7 +22,7 @@ from services.convert import (
     timestamp,
     validate_name,
 )
-from storage.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from storage.errors import InvalidArgumentError, PermissionDeniedError
 from storage.invalidation import InvalidationBus
 from storage.keys import KeyRecord, KeyStore
 from storage.namespaces import NamespaceStore
@@ -69,14 +69,14 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         self._namespaces = namespaces
         self._invalidation = invalidation
 
-    async def _own_key(self, key_id: str) -> KeyRecord:
+    @staticmethod
+    def _owner() -> dict[str, str]:
+        """Keys are managed within the caller's organization and environment."""
         principal = current_call.get().require_principal()
-        record = await self._keys.get(
-            organization_id=principal.organization.organization_id, key_id=key_id
-        )
-        if record.environment != principal.key.environment:
-            raise NotFoundError("key not found")
-        return record
+        return {
+            "organization_id": principal.organization.organization_id,
+            "environment": principal.key.environment,
+        }
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Any) -> pb.CreateKeyResponse:
         principal = current_call.get().require_principal()
@@ -124,7 +124,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
 
     async def GetKey(self, request: pb.GetKeyRequest, context: Any) -> pb.GetKeyResponse:
-        record = await self._own_key(request.key_id)
+        record = await self._keys.get(**self._owner(), key_id=request.key_id)
         return pb.GetKeyResponse(key=key_to_proto(record, datetime.now(UTC)))
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Any) -> pb.ListKeysResponse:
@@ -141,15 +141,11 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
 
     async def RotateKey(self, request: pb.RotateKeyRequest, context: Any) -> pb.RotateKeyResponse:
-        await self._own_key(request.key_id)
         grace = timedelta(
             seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
         )
-        principal = current_call.get().require_principal()
         record, secret, cutoff = await self._keys.rotate(
-            organization_id=principal.organization.organization_id,
-            key_id=request.key_id,
-            grace=grace,
+            **self._owner(), key_id=request.key_id, grace=grace
         )
         await self._invalidation.key_changed(record.key_id)
         return pb.RotateKeyResponse(
@@ -159,10 +155,6 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
 
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Any) -> pb.RevokeKeyResponse:
-        await self._own_key(request.key_id)
-        principal = current_call.get().require_principal()
-        record = await self._keys.revoke(
-            organization_id=principal.organization.organization_id, key_id=request.key_id
-        )
+        record = await self._keys.revoke(**self._owner(), key_id=request.key_id)
         await self._invalidation.key_changed(record.key_id)
         return pb.RevokeKeyResponse(key=key_to_proto(record, datetime.now(UTC)))

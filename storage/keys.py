@@ -14,7 +14,7 @@ from storage.clock import utc_now
 from storage.errors import InvalidArgumentError, NotFoundError
 from storage.ids import KEY_ID_RE, new_key_id
 from storage.mongo import MongoStore
-from storage.pages import decode_page_token, encode_page_token
+from storage.pages import decode_page_token, page_of
 from storage.plans import Limit
 
 __all__ = ["PERMISSIONS", "KeyRecord", "KeySecret", "KeyStore"]
@@ -150,10 +150,15 @@ class KeyStore:
         doc = await self._collection.find_one({"secrets.digest": digest})
         return None if doc is None else _from_doc(doc)
 
-    async def get(self, *, organization_id: str, key_id: str) -> KeyRecord:
+    @staticmethod
+    def _owned(organization_id: str, environment: str, key_id: str) -> dict[str, Any]:
+        """A key is visible only to its own organization and environment."""
         if not KEY_ID_RE.match(key_id):
             raise InvalidArgumentError("key_id is malformed (expected key_...)")
-        doc = await self._collection.find_one({"_id": key_id, "organization_id": organization_id})
+        return {"_id": key_id, "organization_id": organization_id, "environment": environment}
+
+    async def get(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
+        doc = await self._collection.find_one(self._owned(organization_id, environment, key_id))
         if doc is None:
             raise NotFoundError("key not found")
         return _from_doc(doc)
@@ -167,19 +172,17 @@ class KeyStore:
             query["_id"] = {"$gt": after}
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
-        items = [_from_doc(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="key", after=items[-1].key_id) if len(docs) > page_size else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="key", key="_id", build=_from_doc)
 
     async def rotate(
-        self, *, organization_id: str, key_id: str, grace: timedelta
+        self, *, organization_id: str, environment: str, key_id: str, grace: timedelta
     ) -> tuple[KeyRecord, str, datetime]:
         """A new secret; the previous ones stop working after `grace` (0 = now)."""
         if grace < timedelta(0) or grace > MAX_GRACE:
             raise InvalidArgumentError("grace_period must be between 0 and 30 days")
-        current = await self.get(organization_id=organization_id, key_id=key_id)
+        current = await self.get(
+            organization_id=organization_id, environment=environment, key_id=key_id
+        )
         now = self._now()
         if current.state(now) != "active":
             raise (
@@ -200,7 +203,7 @@ class KeyStore:
         ]
         minted = mint_secret(current.environment)
         doc = await self._collection.find_one_and_update(
-            {"_id": key_id, "organization_id": organization_id, "revoked_at": None},
+            {**self._owned(organization_id, environment, key_id), "revoked_at": None},
             {"$set": {"secrets": [*kept, _secret_doc(minted, now)], "rotated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
@@ -208,14 +211,19 @@ class KeyStore:
             raise NotFoundError("key not found")
         return _from_doc(doc), minted.secret, cutoff
 
-    async def revoke(self, *, organization_id: str, key_id: str) -> KeyRecord:
+    async def revoke(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
         """Idempotent: revoking a revoked key returns it unchanged."""
-        await self.get(organization_id=organization_id, key_id=key_id)
-        await self._collection.update_one(
-            {"_id": key_id, "organization_id": organization_id, "revoked_at": None},
+        owned = self._owned(organization_id, environment, key_id)
+        doc = await self._collection.find_one_and_update(
+            {**owned, "revoked_at": None},
             {"$set": {"revoked_at": self._now()}},
+            return_document=ReturnDocument.AFTER,
         )
-        return await self.get(organization_id=organization_id, key_id=key_id)
+        if doc is None:  # revoked already, or not this caller's
+            return await self.get(
+                organization_id=organization_id, environment=environment, key_id=key_id
+            )
+        return _from_doc(doc)
 
     async def touch(self, used: dict[str, datetime]) -> None:
         """Record last-used times (batched by the verifier; never on the hot path)."""
