@@ -8,6 +8,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from meshgate.v1 import options_pb2
 
 from interceptors.policy import Access, Policy
+from services.convert import PERMISSION_NAMES
 
 __all__ = ["PUBLIC_METHODS", "build_policy_table", "undeclared_methods"]
 
@@ -15,12 +16,6 @@ _ACCESS = {
     options_pb2.ACCESS_API_KEY: Access.API_KEY,
     options_pb2.ACCESS_INTERNAL_PEER: Access.INTERNAL_PEER,
     options_pb2.ACCESS_PUBLIC: Access.PUBLIC,
-}
-_PERMISSION = {
-    options_pb2.PERMISSION_READ: "read",
-    options_pb2.PERMISSION_WRITE: "write",
-    options_pb2.PERMISSION_DELETE: "delete",
-    options_pb2.PERMISSION_ADMIN: "admin",
 }
 _RATE_CLASS = {
     options_pb2.RATE_CLASS_METADATA: "metadata",
@@ -42,7 +37,7 @@ def _policy(options: options_pb2.MethodPolicy) -> Policy | None:
     access = _ACCESS.get(options.access)
     if access is None:
         return None
-    permission = _PERMISSION.get(options.permission)
+    permission = PERMISSION_NAMES.get(options.permission)
     if access is Access.API_KEY and permission is None:
         return None  # an API-key method must say which permission it needs
     return Policy(

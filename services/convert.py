@@ -13,6 +13,7 @@ from meshgate.v1 import common_pb2, options_pb2
 from storage.errors import InvalidArgumentError
 
 __all__ = [
+    "PERMISSION_NAMES",
     "dict_to_struct",
     "environment_from_proto",
     "environment_to_proto",
@@ -29,13 +30,13 @@ _ENVIRONMENTS = {
     common_pb2.ENVIRONMENT_PRODUCTION: "production",
 }
 _ENVIRONMENTS_BACK = {v: k for k, v in _ENVIRONMENTS.items()}
-_PERMISSIONS = {
+PERMISSION_NAMES = {
     options_pb2.PERMISSION_READ: "read",
     options_pb2.PERMISSION_WRITE: "write",
     options_pb2.PERMISSION_DELETE: "delete",
     options_pb2.PERMISSION_ADMIN: "admin",
 }
-_PERMISSIONS_BACK = {v: k for k, v in _PERMISSIONS.items()}
+_PERMISSION_VALUES = {v: k for k, v in PERMISSION_NAMES.items()}
 MAX_NAME = 64
 
 
@@ -58,7 +59,7 @@ def permissions_from_proto(values: list[int]) -> frozenset[str]:
         raise InvalidArgumentError("permissions must name at least one permission")
     out = set()
     for value in values:
-        name = _PERMISSIONS.get(value)  # type: ignore[call-overload]
+        name = PERMISSION_NAMES.get(value)  # type: ignore[call-overload]
         if name is None:
             raise InvalidArgumentError(
                 "permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE"
@@ -69,7 +70,7 @@ def permissions_from_proto(values: list[int]) -> frozenset[str]:
 
 
 def permission_to_proto(value: str) -> options_pb2.Permission.ValueType:
-    return _PERMISSIONS_BACK[value]
+    return _PERMISSION_VALUES[value]
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

@@ -25,7 +25,7 @@ from storage.errors import (
 from storage.filters import FIELD_RE, RESERVED_FIELDS, Group, to_mongo
 from storage.ids import random_base62
 from storage.mongo import MongoStore
-from storage.pages import decode_page_token, encode_page_token
+from storage.pages import decode_page_token, page_of
 from storage.scoped import Scope, ScopedCollection
 
 __all__ = [
@@ -250,13 +250,7 @@ class DocumentStore:
         docs = await self._collection(scope).find(
             query, sort=[("document_id", 1)], limit=page_size + 1
         )
-        items = [_record(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="doc", after=items[-1].document_id)
-            if len(docs) > page_size
-            else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="doc", key="document_id", build=_record)
 
     async def update(
         self,

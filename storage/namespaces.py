@@ -13,7 +13,7 @@ from storage.clock import utc_now
 from storage.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from storage.ids import NAMESPACE_ID_RE, new_namespace_id
 from storage.mongo import MongoStore
-from storage.pages import decode_page_token, encode_page_token
+from storage.pages import decode_page_token, page_of
 from storage.scoped import Scope
 from storage.ttl_cache import TTLCache
 
@@ -150,13 +150,7 @@ class NamespaceStore:
             query["_id"] = id_filter
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
-        items = [_from_doc(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="ns", after=items[-1].namespace_id)
-            if len(docs) > page_size
-            else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="ns", key="_id", build=_from_doc)
 
     async def mark_deleting(self, *, internal_id: str, namespace_id: str) -> bool:
         """From here on the namespace resolves nowhere; the data cascade may follow."""

@@ -6,6 +6,8 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from storage.errors import InvalidArgumentError
 
@@ -55,3 +57,13 @@ def decode_page_token(token: str, *, kind: str, id_pattern: re.Pattern[str]) -> 
             "page_token is invalid; pass the next_page_token of a previous response"
         ) from None
     return after
+
+
+def page_of[D: Mapping[str, Any], T](
+    docs: list[D], *, page_size: int, kind: str, key: str, build: Callable[[D], T]
+) -> tuple[list[T], str]:
+    """A page read with `limit(page_size + 1)`: its items, and the token of the next page
+    (the `key` field of its last document), empty when there is none."""
+    items = [build(d) for d in docs[:page_size]]
+    more = len(docs) > page_size
+    return items, encode_page_token(kind=kind, after=str(docs[page_size - 1][key])) if more else ""

@@ -40,7 +40,7 @@ from storage.errors import FailedPreconditionError, InvalidArgumentError, NotFou
 from storage.ids import TIME_ORDERED_BODY, time_ordered_id
 from storage.mongo import MongoStore
 from storage.outbox import Event, new_event
-from storage.pages import decode_page_token, encode_page_token
+from storage.pages import decode_page_token, page_of
 from storage.scoped import Scope, ScopedCollection
 from storage.work_queue import WorkQueue
 
@@ -265,11 +265,7 @@ class TaskStore:
         docs = await self._collection(scope).find(
             query, sort=[("task_id", -1)], limit=page_size + 1, projection=_ITEMS
         )
-        items = [_record(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="task", after=items[-1].task_id) if len(docs) > page_size else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="task", key="task_id", build=_record)
 
     async def cancel(self, scope: Scope, task_id: str) -> TaskRecord:
         """PENDING: canceled now. IN_PROGRESS: flagged, the worker stops after its chunk."""

@@ -27,7 +27,7 @@ from storage.clock import utc_now
 from storage.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from storage.ids import TIME_ORDERED_BODY, base62_fixed, time_ordered_id
 from storage.mongo import MongoStore
-from storage.pages import decode_page_token, encode_page_token
+from storage.pages import decode_page_token, page_of
 from storage.scoped import Scope, ScopedCollection
 from storage.sealing import SecretBox
 
@@ -205,13 +205,7 @@ class WebhookStore:
         docs = await self._collection(scope).find(
             query, sort=[("webhook_id", 1)], limit=page_size + 1, projection=_NO_SECRETS
         )
-        items = [_webhook(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="wh", after=items[-1].webhook_id)
-            if len(docs) > page_size
-            else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="wh", key="webhook_id", build=_webhook)
 
     async def subscribers(self, scope: Scope, event_type: str) -> list[WebhookRecord]:
         """Enabled webhooks of the namespace that asked for `event_type`."""
@@ -427,13 +421,7 @@ class DeliveryStore:
         docs = await self._collection(scope).find(
             query, sort=[("delivery_id", -1)], limit=page_size + 1
         )
-        items = [_delivery(d) for d in docs[:page_size]]
-        token = (
-            encode_page_token(kind="dlv", after=items[-1].delivery_id)
-            if len(docs) > page_size
-            else ""
-        )
-        return items, token
+        return page_of(docs, page_size=page_size, kind="dlv", key="delivery_id", build=_delivery)
 
     async def record_attempt(
         self,
