@@ -25,7 +25,7 @@ from opentelemetry import trace
 
 from interceptors.context import CallState, current_call
 from interceptors.errors import ErrorMapper
-from interceptors.policy import Policy
+from interceptors.policy import Access, Policy
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
 from storage.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
 
@@ -114,7 +114,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             failure = exc
         call = CallState(
             method=method,
-            policy=policy or Policy(access=None),  # type: ignore[arg-type]
+            policy=policy or _UNDECLARED,
             request_id=Telemetry.request_id(metadata),
             metadata=metadata,
             peer_address=context.peer(),
@@ -260,6 +260,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             response_serializer=handler.response_serializer,
         )
 
+
+# stands in for a missing policy while the call is refused (it never reaches a step)
+_UNDECLARED = Policy(access=Access.API_KEY)
 
 # SERVER spans are errors only for these codes (OpenTelemetry rpc semantic conventions)
 _SERVER_ERRORS = frozenset(

@@ -507,7 +507,9 @@ def _export_component_metrics(c: Components) -> None:
     )
 
 
-def _export_work_metrics(m: Metrics, work: WorkMetrics) -> None:
+def _export_work_metrics(
+    m: Metrics, work: WorkMetrics, depth: dict[tuple[str, ...], float]
+) -> None:
     m.counter_from(
         "meshgate_task_failures_total", "ingestion tasks that failed", lambda: work.tasks_failed
     )
@@ -524,23 +526,26 @@ def _export_work_metrics(m: Metrics, work: WorkMetrics) -> None:
     m.gauge_from(
         "meshgate_work_queue_depth",
         "rows in the shared work queue, by kind and state (all replicas)",
-        lambda: dict(_QUEUE_DEPTH),
+        lambda: dict(depth),
         ("kind", "state"),
     )
 
 
-_QUEUE_DEPTH: dict[tuple[str, ...], float] = {}
-
-
-async def _refresh_queue_depth(work: WorkMetrics, every_s: float) -> None:
+async def _refresh_queue_depth(
+    work: WorkMetrics, depth: dict[tuple[str, ...], float], every_s: float
+) -> None:
     """The queue depth needs MongoDB: read here, in the loop, not in the scrape thread."""
     while True:
         try:
-            depth = await work.queue_depth()
-            _QUEUE_DEPTH.clear()
-            for kind, states in depth.items():
-                for state, n in states.items():
-                    _QUEUE_DEPTH[(kind, state)] = float(n)
+            rows = await work.queue_depth()
+            depth.clear()
+            depth.update(
+                {
+                    (kind, state): float(n)
+                    for kind, states in rows.items()
+                    for state, n in states.items()
+                }
+            )
         except Exception as exc:
             _LOG.debug("queue depth unavailable: %s", type(exc).__name__)
         await asyncio.sleep(every_s)
@@ -649,7 +654,8 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     monitor = dependency_monitor(settings, backends, c, health_servicer)
     background = _background(settings, backends, documents=c.documents, vectors=c.vectors)
-    _export_work_metrics(c.metrics, background.metrics)
+    queue_depth: dict[tuple[str, ...], float] = {}  # refreshed in the loop, read by scrapes
+    _export_work_metrics(c.metrics, background.metrics, queue_depth)
     add_servicers(server, c, monitor, background)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     await monitor.check_once()
@@ -683,7 +689,9 @@ async def create_server(
         asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"),
         asyncio.create_task(c.audit.run(), name="audit-writer"),
         asyncio.create_task(monitor.run(), name="dependency-monitor"),
-        asyncio.create_task(_refresh_queue_depth(background.metrics, 5.0), name="queue-depth"),
+        asyncio.create_task(
+            _refresh_queue_depth(background.metrics, queue_depth, 5.0), name="queue-depth"
+        ),
         *(
             asyncio.create_task(runner.run(), name=f"{kind}-runner")
             for kind, runner in background.runners.items()

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.app import create_server
-from server.backends import open_backends
+from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap, write_secret_file
 from server.logs import configure_logging
 from server.observability import configure_tracing
@@ -47,11 +47,8 @@ def _grpcurl_hint(settings: Settings, port: int, key_file: Path) -> str:
     )
 
 
-async def _dev_key(settings: Settings, backends: object) -> Path:
+async def _dev_key(settings: Settings, backends: Backends) -> Path:
     """First run on a fresh data dir: an organization and an ADMIN key in var/dev-admin-key."""
-    from server.backends import Backends
-
-    assert isinstance(backends, Backends)
     key_file = settings.data_dir / "dev-admin-key"
     if await OrganizationStore(mongo=backends.mongo).count() == 0:
         result = await bootstrap(backends, name="dev", plan="pro", environment="development")

@@ -227,14 +227,23 @@ class CreditAccounts:
 
     def complete(self, organization_id: str, cost: int, *, refund: bool) -> None:
         """The call holding `cost` finished: spent (record its usage event first) or refunded."""
-        for (org, _), reservation in self._reservations.items():
-            if org == organization_id and reservation.held >= cost:
-                reservation.held -= cost
-                if refund:
-                    reservation.available += cost
-                else:
-                    reservation.spent += cost
+        reservation = self._reservations.get((organization_id, self._period()))
+        if reservation is None or reservation.held < cost:  # debited before a month boundary
+            reservation = next(
+                (
+                    r
+                    for (org, _), r in self._reservations.items()
+                    if org == organization_id and r.held >= cost
+                ),
+                None,
+            )
+            if reservation is None:
                 return
+        reservation.held -= cost
+        if refund:
+            reservation.available += cost
+        else:
+            reservation.spent += cost
 
     def spent_snapshot(self) -> dict[tuple[str, str], int]:
         """What is spent now; take it before flushing the ledger, then `settle(spent=...)`."""

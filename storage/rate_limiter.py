@@ -194,16 +194,16 @@ class RateLimiter:
             lease.expires = now + self.lease_ttl_s
             lease.empty_until = now + float(wait)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._degrade(bucket, exc)
+            self._degrade(exc)
         finally:
             lease.refill = None
 
-    def _degrade(self, bucket: str, exc: BaseException | None = None) -> None:
+    def _degrade(self, exc: BaseException) -> None:
         now = self.clock()
         if now >= self._degraded_until:
             _LOG.warning(
                 "rate limiter cannot reach Redis (%s); %s for %.1fs",
-                type(exc).__name__ if exc else "error",
+                type(exc).__name__,
                 f"fallback {self.failure_mode.value}",
                 self.retry_after_s,
             )

@@ -30,10 +30,9 @@ from storage.clock import utc_now
 from storage.credits import period_of
 from storage.mongo import MongoStore
 
-__all__ = ["GROUPS", "UsageRecorder", "UsageRow"]
+__all__ = ["UsageRecorder", "UsageRow"]
 
 _LOG = logging.getLogger("meshgate.usage")
-GROUPS = ("namespace", "method", "day", "hour")
 
 
 @dataclass(frozen=True, slots=True)
