@@ -33,9 +33,7 @@ class AuditTrail:
     def __init__(self, *, log: AuditLog) -> None:
         self._log = log
 
-    async def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
         if audited(call):
             self._log.check_room()
 

@@ -6,6 +6,8 @@ wrong-environment keys all get the same UNAUTHENTICATED message: no oracle.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 
 from interceptors.context import CallState
@@ -22,15 +24,20 @@ class Authentication:
     def __init__(self, *, verifier: KeyVerifier) -> None:
         self._verifier = verifier
 
-    async def check(
+    def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    ) -> Awaitable[None] | None:
         if call.policy.access is not Access.API_KEY:
-            return
+            return None
         header = call.metadata.get("authorization")
         if header is None or len(header) > _MAX_HEADER:
             raise UnauthenticatedError()
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret:
             raise UnauthenticatedError()
-        call.key = await self._verifier.verify(secret.strip())
+        secret = secret.strip()
+        call.key = self._verifier.cached(secret)
+        return None if call.key is not None else self._verify(call, secret)
+
+    async def _verify(self, call: CallState, secret: str) -> None:
+        call.key = await self._verifier.verify(secret)

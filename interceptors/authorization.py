@@ -19,20 +19,18 @@ class Authorization:
     def __init__(self, *, internal_peers: frozenset[str]) -> None:
         self._internal_peers = internal_peers
 
-    async def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
         policy = call.policy
         if policy.access is Access.INTERNAL_PEER:
             if call.peer_identity is None or call.peer_identity not in self._internal_peers:
                 raise PermissionDeniedError("this method is only available to internal services")
-            return
+            return None
         if policy.access is not Access.API_KEY:
-            return
+            return None
         principal = call.require_principal()
         held = principal.key.permissions
         if "admin" in held or policy.permission in held:
-            return
+            return None
         raise PermissionDeniedError(
             f"this method needs the {str(policy.permission).upper()} permission"
         )

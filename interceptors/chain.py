@@ -1,8 +1,12 @@
 """The request path as one grpc.aio interceptor.
 
-Each step (peer, authentication, identity, authorization, namespace, and
-later rate limit, credits, audit) is a small object with
-`async check(call, context)` that raises a typed error to refuse the call.
+Each step (peer, authentication, identity, authorization, namespace, rate
+limit, credits, audit) is a small object whose `check(call, context)` raises
+a typed error to refuse the call. A step decides from what this process
+already knows (cached keys, organizations, namespaces, leased tokens,
+reserved credits) synchronously and returns None; only when it needs I/O
+does it return an awaitable, which the chain awaits. So a warm call runs the
+whole chain without a single suspension.
 The chain wraps each method handler once, runs telemetry around everything,
 the steps in order, then the servicer, and turns every refusal or error into
 `context.abort(...)` through the errors step. Which steps apply to a method is
@@ -15,7 +19,8 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import grpc
@@ -36,9 +41,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Step(Protocol):
-    """Admits or refuses a call before the servicer runs (raise a typed error to refuse)."""
+    """Admits or refuses a call before the servicer runs (raise a typed error to refuse).
 
-    async def check(self, call: CallState, context: Context) -> None: ...
+    Returns None when decided, or an awaitable that finishes the check (I/O needed).
+    """
+
+    def check(self, call: CallState, context: Context) -> Awaitable[None] | None: ...
 
 
 class Observer(Protocol):
@@ -47,11 +55,21 @@ class Observer(Protocol):
     def finish(self, call: CallState, duration_s: float) -> None: ...
 
 
+# the call's request metadata as grpc handed it to `intercept_service` (same task as
+# the handler), so the handler need not convert it from the C core a second time
+_invocation_metadata: ContextVar[Sequence[tuple[str, str | bytes]] | None] = ContextVar(
+    "meshgate_invocation_metadata", default=None
+)
+
+
 def _metadata(context: Context) -> dict[str, str]:
     """First value of each header; refuses oversized metadata before anything reads it."""
+    raw: Iterable[tuple[str, Any]] = (
+        _invocation_metadata.get() or context.invocation_metadata() or ()
+    )
     out: dict[str, str] = {}
     size = 0
-    for key, value in context.invocation_metadata() or ():
+    for key, value in raw:
         size += len(key) + len(value)
         if key not in out and isinstance(value, str):
             out[key] = value
@@ -88,6 +106,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
+        _invocation_metadata.set(handler_call_details.invocation_metadata)
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
@@ -102,10 +121,11 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     # -- one call -----------------------------------------------------------------
 
-    async def _admit(
+    def _begin(
         self, method: str, policy: Policy | None, context: Context, request: Any = None
-    ) -> CallState:
-        """Build the call state and run every step; raises to refuse."""
+    ) -> tuple[CallState, MeshgateError | None]:
+        """The call's state (request id first, so every refusal carries it), and the reason
+        to refuse it before any step runs, if there is one."""
         metadata: dict[str, str] = {}
         failure: MeshgateError | None = None
         try:
@@ -124,15 +144,22 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if self._tracer is not None:
             self._start_span(call)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        if failure is None and policy is None:
+            failure = _NoPolicyError("this method declares no access policy and is refused")
+        return call, failure
+
+    async def _admit(
+        self, call: CallState, failure: MeshgateError | None, context: Context
+    ) -> None:
+        """Every step in order (awaiting only those that need I/O), then the headers."""
         if failure is not None:
             raise failure
-        if policy is None:
-            raise _NoPolicyError("this method declares no access policy and is refused")
         for step in self._steps:
-            await step.check(call, context)
+            pending = step.check(call, context)
+            if pending is not None:
+                await pending
         call.admitted = True
         await self._send_headers(call, context)
-        return call
 
     @staticmethod
     async def _send_headers(call: CallState, context: Context) -> None:
@@ -209,15 +236,17 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary_response(request: Any, context: Context) -> Any:
                 started = time.perf_counter()
+                call: CallState | None = None
                 try:
-                    await chain._admit(method, policy, context, request)
+                    call, failure = chain._begin(method, policy, context, request)
+                    await chain._admit(call, failure, context)
                     return await inner(request, context)
                 except AbortError:
                     raise
                 except Exception as exc:
-                    await chain._refuse(current_call.get(None), exc, context)
+                    await chain._refuse(call, exc, context)
                 finally:
-                    chain._finish(current_call.get(None), started, context)
+                    chain._finish(call, started, context)
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -234,8 +263,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            call: CallState | None = None
             try:
-                await chain._admit(method, policy, context)
+                call, failure = chain._begin(method, policy, context)
+                await chain._admit(call, failure, context)
                 result = inner_stream(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -245,9 +276,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except AbortError:
                 raise
             except Exception as exc:
-                await chain._refuse(current_call.get(None), exc, context)
+                await chain._refuse(call, exc, context)
             finally:
-                chain._finish(current_call.get(None), started, context)
+                chain._finish(call, started, context)
 
         factory_s = (
             grpc.unary_stream_rpc_method_handler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,9 @@ class CallState:
     request_id: str
     metadata: dict[str, str]
     peer_address: str
-    peer_identity: str | None = None
+    # who is on the other end (see interceptors/peer.py); read it as `peer_identity`
+    _peer_identity: str | None = None
+    _resolve_peer: Callable[[], str | None] | None = None
     key: VerifiedKey | None = None
     principal: Principal | None = None
     namespace: Namespace | None = None
@@ -52,6 +55,20 @@ class CallState:
     # tracing (only when a tracer is configured)
     span: Any = None
     span_token: Any = None
+
+    @property
+    def peer_identity(self) -> str | None:
+        """Resolved on first use: most calls never need the TLS peer's certificate."""
+        if self._resolve_peer is not None:
+            resolve, self._resolve_peer = self._resolve_peer, None
+            self._peer_identity = resolve()
+        return self._peer_identity
+
+    def set_peer_identity(
+        self, identity: str | None = None, *, resolve: Callable[[], str | None] | None = None
+    ) -> None:
+        """The identity now, or a way to find it when someone asks (`resolve`)."""
+        self._peer_identity, self._resolve_peer = identity, resolve
 
     def require_principal(self) -> Principal:
         if self.principal is None:  # the chain guarantees it for ACCESS_API_KEY methods

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
 from storage.credits import CreditAccounts
+from storage.organizations import Organization
 from storage.plans import Plan
 
 __all__ = ["Credits"]
@@ -25,16 +27,30 @@ class Credits:
         self._accounts = accounts
         self._plan_of = plan_of
         self._metrics = metrics
+        self._counters: dict[str, Any] = {}  # plan -> its labelled counter
 
-    async def check(
+    def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    ) -> Awaitable[None] | None:
         cost = call.policy.cost
         if cost <= 0 or call.principal is None:
-            return
+            return None
         organization = call.principal.organization
+        if not self._accounts.try_debit(organization.organization_id, cost):
+            return self._debit(call, organization, cost)
+        self._debited(call, organization, cost)
+        return None
+
+    async def _debit(self, call: CallState, organization: Organization, cost: int) -> None:
         allowance = self._plan_of(organization.plan).monthly_credits
         await self._accounts.debit(organization.organization_id, cost, allowance=allowance)
+        self._debited(call, organization, cost)
+
+    def _debited(self, call: CallState, organization: Organization, cost: int) -> None:
         call.credits = cost
         if self._metrics is not None:
-            self._metrics.credits_debited.labels(organization.plan).inc(cost)
+            plan = organization.plan
+            counter = self._counters.get(plan)
+            if counter is None:
+                counter = self._counters[plan] = self._metrics.credits_debited.labels(plan)
+            counter.inc(cost)

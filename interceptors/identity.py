@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 
 from interceptors.context import CallState, Principal
 from storage.errors import NotFoundError, UnauthenticatedError
+from storage.key_verifier import VerifiedKey
 from storage.organizations import OrganizationStore
 
 __all__ = ["OrganizationIdentity"]
@@ -15,13 +18,21 @@ class OrganizationIdentity:
     def __init__(self, *, organizations: OrganizationStore) -> None:
         self._organizations = organizations
 
-    async def check(
+    def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
-        if call.key is None:
-            return
+    ) -> Awaitable[None] | None:
+        key = call.key
+        if key is None:
+            return None
+        organization = self._organizations.cached(key.organization_id)
+        if organization is None:
+            return self._resolve(call, key)
+        call.principal = Principal(key=key, organization=organization)
+        return None
+
+    async def _resolve(self, call: CallState, key: VerifiedKey) -> None:
         try:
-            organization = await self._organizations.get(call.key.organization_id)
+            organization = await self._organizations.get(key.organization_id)
         except NotFoundError:  # a key whose organization is gone is no key at all
             raise UnauthenticatedError() from None
-        call.principal = Principal(key=call.key, organization=organization)
+        call.principal = Principal(key=key, organization=organization)

@@ -8,11 +8,13 @@ PERMISSION_DENIED.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 
-from interceptors.context import CallState
+from interceptors.context import CallState, Principal
 from storage.errors import InvalidArgumentError, PermissionDeniedError
-from storage.namespaces import NamespaceStore
+from storage.namespaces import Namespace, NamespaceStore
 
 __all__ = ["NAMESPACE_HEADER", "NamespaceScope"]
 
@@ -23,22 +25,37 @@ class NamespaceScope:
     def __init__(self, *, namespaces: NamespaceStore) -> None:
         self._namespaces = namespaces
 
-    async def check(
+    def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    ) -> Awaitable[None] | None:
         if not call.policy.namespaced:
-            return
+            return None
         principal = call.require_principal()
         reference = call.metadata.get(NAMESPACE_HEADER, "").strip()
         if not reference:
             raise InvalidArgumentError(
                 f"this method acts in a namespace: send the {NAMESPACE_HEADER} header (id or name)"
             )
+        namespace = self._namespaces.cached(
+            internal_id=principal.organization.internal_id,
+            environment=principal.key.environment,
+            reference=reference,
+        )
+        if namespace is None:
+            return self._resolve(call, principal, reference)
+        self._admit(call, principal, namespace)
+        return None
+
+    async def _resolve(self, call: CallState, principal: Principal, reference: str) -> None:
         namespace = await self._namespaces.resolve(
             internal_id=principal.organization.internal_id,
             environment=principal.key.environment,
             reference=reference,
         )
+        self._admit(call, principal, namespace)
+
+    @staticmethod
+    def _admit(call: CallState, principal: Principal, namespace: Namespace) -> None:
         allowed = principal.key.namespace_ids
         if allowed and namespace.namespace_id not in allowed:
             raise PermissionDeniedError("this key may not act in that namespace")

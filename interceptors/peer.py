@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 import grpc
 
 from interceptors.context import CallState
+from interceptors.policy import Access
 from storage.errors import PermissionDeniedError
 
 __all__ = ["PeerIdentity", "parse_xfcc"]
@@ -77,26 +78,32 @@ def tls_identity(auth: AuthContext) -> str | None:
 
 
 class PeerIdentity:
-    """Sets `call.peer_identity`; refuses forwarded identities from untrusted peers."""
+    """The call's peer identity; refuses forwarded identities from untrusted peers.
+
+    Reading the TLS peer's certificate (`auth_context()`) costs more than the
+    rest of a cached call's checks, so unless a decision needs it now (forwarded
+    headers, internal-peer methods) the identity is resolved on first use.
+    """
 
     def __init__(self, *, trusted_proxies: frozenset[str]) -> None:
         self._trusted = trusted_proxies
 
-    async def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
-        auth = context.auth_context() or {}
-        identity = tls_identity(auth)
+    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
         forwarded_xfcc = call.metadata.get(XFCC)
         forwarded_l5d = call.metadata.get(L5D)
         if forwarded_xfcc is None and forwarded_l5d is None:
-            call.peer_identity = identity
-            return
+            if call.policy.access is Access.INTERNAL_PEER:
+                call.set_peer_identity(tls_identity(context.auth_context() or {}))
+            else:
+                call.set_peer_identity(resolve=lambda: tls_identity(context.auth_context() or {}))
+            return None
+        identity = tls_identity(context.auth_context() or {})
         if identity is None or identity not in self._trusted:
             raise PermissionDeniedError(
                 "forwarded client identity headers are only accepted from a trusted proxy"
             )
         if forwarded_xfcc is not None:
-            call.peer_identity = parse_xfcc(forwarded_xfcc)
+            call.set_peer_identity(parse_xfcc(forwarded_xfcc))
         else:
-            call.peer_identity = forwarded_l5d or None
+            call.set_peer_identity(forwarded_l5d or None)
+        return None

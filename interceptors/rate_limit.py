@@ -10,7 +10,7 @@ RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import grpc
 
@@ -18,8 +18,8 @@ from interceptors.context import CallState
 from interceptors.metrics import Metrics
 from interceptors.policy import Access
 from storage.errors import ResourceExhaustedError
-from storage.plans import Plan
-from storage.rate_limiter import RateLimiter
+from storage.plans import Limit, Plan
+from storage.rate_limiter import Decision, RateLimiter
 from storage.redis_keys import organization_key
 
 __all__ = ["RateLimit"]
@@ -49,11 +49,11 @@ class RateLimit:
             return self._default
         return plan
 
-    async def check(
+    def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> None:
+    ) -> Awaitable[None] | None:
         if call.policy.access is not Access.API_KEY or call.principal is None:
-            return
+            return None
         principal = call.principal
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
@@ -66,12 +66,23 @@ class RateLimit:
                 organization_id, *parts
             )
         limit = override or self.plan_of(principal.organization.plan).limits[rate_class]
-        decision = await self._limiter.acquire(name, limit)
+        decision = self._limiter.try_acquire(name, limit)
+        if decision is None:
+            return self._wait(call, name, limit)
+        self._apply(call, decision)
+        return None
+
+    async def _wait(self, call: CallState, bucket: str, limit: Limit) -> None:
+        self._apply(call, await self._limiter.acquire(bucket, limit))
+
+    def _apply(self, call: CallState, decision: Decision) -> None:
         call.response_metadata.extend(decision.headers())
         if not decision.allowed:
+            assert call.principal is not None
+            plan, rate_class = call.principal.organization.plan, call.policy.rate_class
             call.rate_limited = True
             if self._metrics is not None:
-                self._metrics.rate_limited.labels(principal.organization.plan, rate_class).inc()
+                self._metrics.rate_limited.labels(plan, rate_class).inc()
             raise ResourceExhaustedError(
                 f"rate limit exceeded for {rate_class} calls;"
                 f" retry in {decision.retry_after_s:.2f}s",

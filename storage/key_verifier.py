@@ -10,11 +10,12 @@ outlive its revocation.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from storage.api_keys import parse_secret
+from storage.api_keys import MAX_SECRET_LENGTH, digest_secret, parse_secret
 from storage.clock import utc_now
 from storage.errors import UnauthenticatedError
 from storage.keys import KeyRecord, KeyStore
@@ -48,7 +49,7 @@ class KeyVerifier:
         self._accepted = accepted_environments
         self._now = now
         self._cache: TTLCache[str, VerifiedKey] = TTLCache(ttl_s=ttl_s, max_entries=100_000)
-        self._used: dict[str, datetime] = {}
+        self._used: dict[str, float] = {}  # key_id -> epoch seconds of its last use
         self.cache_enabled = False
 
     @property
@@ -60,6 +61,22 @@ class KeyVerifier:
 
     def forget_all(self) -> None:
         self._cache.clear()
+
+    def cached(self, secret: str) -> VerifiedKey | None:
+        """The key a recently verified secret belongs to, without I/O; None: call `verify`.
+
+        A hit needs no parsing: the cache is keyed by the SHA-256 of secrets that
+        already passed every check, and its entries never outlive the key.
+        """
+        if not self.cache_enabled or len(secret) > MAX_SECRET_LENGTH:
+            return None
+        verified = self._cache.get(digest_secret(secret))
+        if verified is None:
+            return None
+        if verified.valid_until is not None and verified.valid_until <= self._now():
+            return None  # `verify` refuses it and drops the entry
+        self._used[verified.key_id] = time.time()
+        return verified
 
     async def verify(self, secret: str) -> VerifiedKey:
         """The key a secret belongs to, or UnauthenticatedError (one message for every cause)."""
@@ -83,7 +100,7 @@ class KeyVerifier:
         elif verified.valid_until is not None and verified.valid_until <= now:
             self._cache.pop(parsed.digest)
             raise UnauthenticatedError()
-        self._used[verified.key_id] = now
+        self._used[verified.key_id] = time.time()
         return verified
 
     def _admit(self, record: KeyRecord, digest: str, now: datetime) -> VerifiedKey:
@@ -111,4 +128,9 @@ class KeyVerifier:
     async def flush_last_used(self) -> None:
         used, self._used = self._used, {}
         if used:
-            await self._keys.touch(used)
+            await self._keys.touch(
+                {
+                    key_id: datetime.fromtimestamp(int(at * 1000) / 1000, UTC)
+                    for key_id, at in used.items()
+                }
+            )

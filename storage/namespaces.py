@@ -87,6 +87,13 @@ class NamespaceStore:
             raise AlreadyExistsError(f"a namespace named {name!r} already exists") from None
         return _from_doc(doc)
 
+    def cached(self, *, internal_id: str, environment: str, reference: str) -> Namespace | None:
+        """`resolve` when this process has the answer cached (no I/O); else None."""
+        cached = self._cache.get((internal_id, reference))
+        if cached is not None and cached.environment != environment:
+            raise NotFoundError("namespace not found")
+        return cached
+
     async def resolve(self, *, internal_id: str, environment: str, reference: str) -> Namespace:
         """A namespace by id or name, inside one organization and environment.
 

@@ -72,6 +72,10 @@ class OrganizationStore:
             raise AlreadyExistsError("organization id collision; retry") from None
         return _from_doc(doc)
 
+    def cached(self, organization_id: str) -> Organization | None:
+        """The organization if this process has it cached (no I/O); else None: call `get`."""
+        return self._cache.get(organization_id)
+
     async def get(self, organization_id: str) -> Organization:
         """The organization, or NotFoundError; cached (the id mapping never changes)."""
         cached = self._cache.get(organization_id)

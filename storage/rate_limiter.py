@@ -147,33 +147,41 @@ class RateLimiter:
     def __post_init__(self) -> None:
         self._script = self.redis.register_script(_LEASE_SCRIPT)
 
-    async def acquire(self, bucket: str, limit: Limit) -> Decision:
-        """One token from `bucket`, or a refusal saying when to retry."""
+    def try_acquire(self, bucket: str, limit: Limit) -> Decision | None:
+        """`acquire` without waiting: None when the lease is empty and a refill is on its way."""
         now = self.clock()
         if now < self._degraded_until:
             return self._fallback(bucket, limit, now)
         lease = self._leases.get(bucket)
         if lease is None:
             lease = self._leases[bucket] = _Lease()
-        for _ in range(3):
-            if lease.tokens > 0 and now < lease.expires:
-                lease.tokens -= 1
-                if (
-                    lease.tokens <= lease_size(limit) // 4
-                    and lease.refill is None
-                    and now >= lease.empty_until
-                ):
-                    lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
-                return self._decision(True, lease, limit)
-            if now < lease.empty_until:
-                return self._decision(False, lease, limit, retry_after_s=lease.empty_until - now)
-            if lease.refill is None:
+        if lease.tokens > 0 and now < lease.expires:
+            lease.tokens -= 1
+            if (
+                lease.tokens <= lease_size(limit) // 4
+                and lease.refill is None
+                and now >= lease.empty_until
+            ):
                 lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
-            await asyncio.shield(lease.refill)
-            now = self.clock()
-            if now < self._degraded_until:
-                return self._fallback(bucket, limit, now)
-        return self._decision(False, lease, limit, retry_after_s=1 / limit.per_second)
+            return self._decision(True, lease, limit)
+        if now < lease.empty_until:
+            return self._decision(False, lease, limit, retry_after_s=lease.empty_until - now)
+        if lease.refill is None:
+            lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+        return None
+
+    async def acquire(self, bucket: str, limit: Limit) -> Decision:
+        """One token from `bucket`, or a refusal saying when to retry."""
+        for _ in range(3):
+            decision = self.try_acquire(bucket, limit)
+            if decision is not None:
+                return decision
+            refill = self._leases[bucket].refill
+            if refill is not None:
+                await asyncio.shield(refill)
+        return self._decision(
+            False, self._leases.get(bucket) or _Lease(), limit, retry_after_s=1 / limit.per_second
+        )
 
     async def _refill(self, bucket: str, limit: Limit, lease: _Lease) -> None:
         """Never raises: a failure degrades the limiter (the callers then use the fallback)."""
