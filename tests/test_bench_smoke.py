@@ -25,7 +25,14 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     data = json.loads(out.read_text())
-    assert set(data["loaded"]["median"]) == {"bare", "meshgate", "ratio"}
+    assert set(data["loaded"]["median"]) == {
+        "bare",
+        "bare_headers",
+        "meshgate",
+        "ratio",
+        "ratio_headers",
+    }
+    assert data["loaded"]["median"]["bare_headers"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["cpu_us_per_request"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0

@@ -3,14 +3,17 @@
 Everything runs in one go on this machine, so the figures that matter are
 ratios measured in the same run (the machine is noisy):
 
-1. A/B rounds, alternating: a bare grpc.aio echo server (same grpcio, same
-   mTLS settings) and `meshgate serve`, each pinned to core 0 when `taskset`
-   exists, driven by a load generator in its own process on core 1. The
+1. Rounds, alternating: a bare grpc.aio echo server (same grpcio, same mTLS
+   settings), the same echo sending a request id in initial metadata first
+   (the wire contract meshgate keeps: a batch of its own in grpc.aio), and
+   `meshgate serve`, each pinned to core 0 when `taskset` exists, driven by a
+   load generator in its own process on core 1. The
    meshgate call is `NamespaceService/GetNamespace`: namespaced, READ, cost 1,
    so it passes every step (mTLS, authentication, identity, permission,
    namespace, rate limit, credits, usage) and does no storage I/O of its own.
    Reported: requests/s, p50/p99 latency, server CPU time per request, and
-   meshgate/bare ratios; then the same with one call in flight (p50 overhead).
+   meshgate/bare ratios (also against the echo with initial metadata); then
+   the same with one call in flight (p50 overhead).
 2. Cold paths: the first call with a key no replica has cached; revocation
    propagation between two replicas sharing Redis (p50/p99).
 3. `meshgate serve --workers N` for N = 1, 2: throughput and CPU per request.
@@ -161,9 +164,11 @@ def start_meshgate(env: Env, *, core: int | None, workers: int = 1) -> Proc:
     return proc
 
 
-def start_echo(env: Env, *, core: int | None) -> Proc:
+def start_echo(env: Env, *, core: int | None, initial_metadata: bool = False) -> Proc:
     port = free_port()
     command = [*env.pin(core), sys.executable, "-m", "tests.bench.echo_server", "--port", str(port)]
+    if initial_metadata:
+        command.append("--initial-metadata")
     process = subprocess.Popen(
         [*command, "--certs", str(env.certs)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
@@ -368,10 +373,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "smoke": smoke,
             }
             bare = start_echo(env, core=0)
+            bare_headers = start_echo(env, core=0, initial_metadata=True)
             mesh = start_meshgate(env, core=0)
-            loaded: dict[str, list[dict[str, Any]]] = {"bare": [], "meshgate": []}
-            for _ in range(rounds):  # A/B/A/B
-                for name, proc in (("bare", bare), ("meshgate", mesh)):
+            arms = (("bare", bare), ("bare_headers", bare_headers), ("meshgate", mesh))
+            loaded: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
+            for _ in range(rounds):  # A/B/C/A/B/C
+                for name, proc in arms:
                     loaded[name].append(
                         load(
                             env,
@@ -395,10 +402,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     duration=duration,
                     core=1,
                 )
-                for name, proc in (("bare", bare), ("meshgate", mesh))
+                for name, proc in arms
             }
-            for name in ("bare", "meshgate"):
-                errors = [r["errors"] for r in loaded[name] if r["errors"]]
+            for name, runs in loaded.items():
+                errors = [r["errors"] for r in runs if r["errors"]]
                 if errors:
                     raise RuntimeError(f"{name} answered with errors under load: {errors}")
             summary = {
@@ -408,9 +415,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 for name in loaded
             }
-            summary["ratio"] = {
-                key: summary["meshgate"][key] / summary["bare"][key] for key in summary["bare"]
-            }
+            for baseline, ratio in (("bare", "ratio"), ("bare_headers", "ratio_headers")):
+                summary[ratio] = {
+                    key: summary["meshgate"][key] / summary[baseline][key]
+                    for key in summary[baseline]
+                }
             results["loaded"] = {
                 "inflight": args.inflight,
                 "channels": args.channels,
@@ -419,10 +428,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             }
             results["unloaded"] = {
                 "bare_p50_us": unloaded["bare"]["p50_us"],
+                "bare_headers_p50_us": unloaded["bare_headers"]["p50_us"],
                 "meshgate_p50_us": unloaded["meshgate"]["p50_us"],
                 "overhead_p50_us": unloaded["meshgate"]["p50_us"] - unloaded["bare"]["p50_us"],
             }
             bare.stop()
+            bare_headers.stop()
             second = start_meshgate(env, core=None)
             results["cold"] = cold_and_revocation(
                 env, mesh, second, 3 if smoke else args.revocations
@@ -466,8 +477,8 @@ def table(results: dict[str, Any]) -> str:
         f" pinned={results['pinned']}{smoke}",
         "",
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
-        f" median of {len(m['rounds']['bare'])} A/B rounds",
-        f"{'':24}{'bare mTLS':>12}{'meshgate':>12}{'ratio':>9}",
+        f" median of {len(m['rounds']['bare'])} rounds",
+        f"{'':22}{'bare mTLS':>11}{'+init md':>10}{'meshgate':>10}{'ratio':>8}{'vs +md':>8}",
     ]
     for key, label in (
         ("rps", "requests/s"),
@@ -475,11 +486,15 @@ def table(results: dict[str, Any]) -> str:
         ("p99_us", "p99 latency us"),
         ("cpu_us_per_request", "server CPU us/req"),
     ):
-        bare, mesh, ratio = med["bare"][key], med["meshgate"][key], med["ratio"][key]
-        lines.append(f"{label:24}{bare:>12.0f}{mesh:>12.0f}{ratio:>9.2f}")
+        bare, headers, mesh = med["bare"][key], med["bare_headers"][key], med["meshgate"][key]
+        ratio, ratio_headers = med["ratio"][key], med["ratio_headers"][key]
+        lines.append(
+            f"{label:22}{bare:>11.0f}{headers:>10.0f}{mesh:>10.0f}{ratio:>8.2f}{ratio_headers:>8.2f}"
+        )
     lines += [
         "",
         f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} us,"
+        f" +init md {u['bare_headers_p50_us']:.0f} us,"
         f" meshgate {u['meshgate_p50_us']:.0f} us, overhead {u['overhead_p50_us']:.0f} us",
         f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
         f" (warm {c['warm_call_p50_us']:.0f} us)",

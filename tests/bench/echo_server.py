@@ -1,10 +1,17 @@
 """The baseline: a bare grpc.aio server with the same grpcio, TLS and client-certificate
-settings as meshgate, answering one unary method with its request bytes."""
+settings as meshgate, answering one unary method with its request bytes.
+
+With `--initial-metadata` it also sends a request id in initial metadata before
+answering, as meshgate's contract requires (DESIGN: `x-request-id` is always
+sent back in initial metadata). grpc.aio cannot attach initial metadata to a
+unary response's final batch, so this costs a batch of its own on any server.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import signal
 from pathlib import Path
 
@@ -17,12 +24,18 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # 
     return request
 
 
-async def serve(port: int, certs: Path) -> None:
+async def _echo_with_headers(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
+    await context.send_initial_metadata((("x-request-id", f"{random.getrandbits(96):024x}"),))
+    return request
+
+
+async def serve(port: int, certs: Path, *, initial_metadata: bool) -> None:
     server = grpc.aio.server()
+    handler = _echo_with_headers if initial_metadata else _echo
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+                "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handler)}
             ),
         )
     )
@@ -44,8 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--certs", type=Path, required=True)
+    parser.add_argument("--initial-metadata", action="store_true")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.certs))
+    asyncio.run(serve(args.port, args.certs, initial_metadata=args.initial_metadata))
 
 
 if __name__ == "__main__":
