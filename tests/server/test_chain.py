@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 import pytest
-from meshgate.v1 import options_pb2, organization_service_pb2, organization_service_pb2_grpc
+from meshgate.v1 import (
+    namespace_service_pb2,
+    options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
+)
 
 from interceptors.chain import SecurityChain
 from interceptors.errors import ErrorMapper
@@ -97,6 +103,38 @@ async def test_request_id_is_echoed_or_generated(tenant: Tenant) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await call
     assert dict(await call.initial_metadata()).get("x-request-id")
+
+
+async def test_generated_request_ids_do_not_repeat(tenant: Tenant) -> None:
+    stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+    ids = set()
+    for _ in range(200):
+        call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin))
+        await call
+        ids.add(dict(await call.initial_metadata())["x-request-id"])
+    assert len(ids) == 200
+
+
+async def test_concurrent_calls_never_see_each_others_metadata(make_tenant) -> None:  # type: ignore[no-untyped-def]
+    """The chain reads each call's headers once, in the call's own task: 3 organizations'
+    keys and namespaces interleaved on one channel must each get their own answer."""
+    tenants = [await make_tenant() for _ in range(3)]
+    spaces = [await t.namespace() for t in tenants]
+
+    async def one(i: int) -> tuple[int, str, str]:
+        t, ns = tenants[i % 3], spaces[i % 3]
+        org = await organization_service_pb2_grpc.OrganizationServiceStub(
+            t.channel
+        ).GetOrganization(GET_ORG, metadata=auth(t.admin))
+        got = await t.namespaces.GetNamespace(
+            namespace_service_pb2.GetNamespaceRequest(),
+            metadata=auth(t.admin, **{"x-namespace": ns.namespace_id}),
+        )
+        return i, org.organization.organization_id, got.namespace.namespace_id
+
+    for i, organization_id, namespace_id in await asyncio.gather(*(one(i) for i in range(300))):
+        assert organization_id == tenants[i % 3].organization_id
+        assert namespace_id == spaces[i % 3].namespace_id
 
 
 async def test_oversized_metadata_is_invalid_argument(tenant: Tenant) -> None:

@@ -110,3 +110,67 @@ async def test_monthly_refill_is_lazy(redis_server: RedisServer) -> None:
     assert (november.period, november.used, november.remaining) == ("2026-11", 5, 0)
     assert (december.period, december.used, december.remaining) == ("2026-12", 1, 4)
     await redis.aclose()
+
+
+async def _script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+async def _spend(accounts: CreditAccounts, organization: str, calls: int, allowance: int) -> None:
+    """What the credits step does per call: the reservation, else wait for Redis."""
+    for _ in range(calls):
+        if not accounts.try_debit(organization, 1):
+            await accounts.debit(organization, 1, allowance=allowance)
+        accounts.complete(organization, 1, refund=False)
+
+
+async def test_busy_organizations_reserve_in_growing_batches(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    accounts = CreditAccounts(redis=redis, replica="busy")
+    organization, allowance = org(), 1_000_000
+    before = await _script_calls(redis)
+    await _spend(accounts, organization, 5_000, allowance)
+    scripts = await _script_calls(redis) - before
+    print(f"\n5000 debits of 1 credit: {scripts} reservation scripts (fixed batches of 20: 250)")
+    assert scripts <= 20
+    await accounts.settle(everything=True)
+    balance = await accounts.balance(organization, allowance=allowance)
+    assert (balance.used, balance.reserved, balance.remaining) == (5_000, 0, allowance - 5_000)
+    await redis.aclose()
+
+
+async def test_reservations_stay_small_against_a_small_allowance(
+    redis_server: RedisServer,
+) -> None:
+    """1 % of a 2,000-credit month: one replica never sits on more than ~25 unspent credits."""
+    redis = Redis.from_url(redis_server.url)
+    accounts = CreditAccounts(redis=redis, replica="small")
+    organization, allowance = org(), 2_000
+    await _spend(accounts, organization, 1_000, allowance)
+    balance = await accounts.balance(organization, allowance=allowance)
+    spent = sum(accounts.spent_snapshot().values())
+    assert 0 <= balance.reserved - spent <= 25, (balance.reserved, spent)
+    await accounts.settle(everything=True)
+    await redis.aclose()
+
+
+async def test_a_failed_prefetch_does_not_fail_a_later_debit(redis_server: RedisServer) -> None:
+    """The prefetch times out while Redis is paused; once Redis answers, debits go on."""
+    redis, admin = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
+    accounts = CreditAccounts(redis=redis, replica="pause", batch=8, timeout_s=0.1)
+    organization, allowance = org(), 100
+    await accounts.debit(organization, 1, allowance=allowance)  # reserves 8
+    await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    for _ in range(6):  # the last of these leaves 1 < 8 // 4 and starts a prefetch
+        assert accounts.try_debit(organization, 1)
+    await asyncio.sleep(0.4)  # the prefetch timed out; the pause is over
+    for _ in range(10):
+        await accounts.debit(organization, 1, allowance=allowance)
+    for _ in range(17):
+        accounts.complete(organization, 1, refund=False)
+    await accounts.settle(everything=True)
+    balance = await accounts.balance(organization, allowance=allowance)
+    assert (balance.used, balance.reserved, balance.remaining) == (17, 0, allowance - 17)
+    await redis.aclose()
+    await admin.aclose()
