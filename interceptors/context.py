@@ -75,6 +75,11 @@ class CallState:
             raise FailedPreconditionError("this method needs an authenticated caller")
         return self.principal
 
+    def require_namespace(self) -> Namespace:
+        if self.namespace is None:  # the chain guarantees it for namespaced methods
+            raise FailedPreconditionError("this method needs a namespace")
+        return self.namespace
+
     def require_scope(self) -> Scope:
         principal = self.require_principal()
         if self.namespace is None:  # the chain guarantees it for namespaced methods

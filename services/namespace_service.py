@@ -59,10 +59,8 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
     async def GetNamespace(
         self, request: pb.GetNamespaceRequest, context: Any
     ) -> pb.GetNamespaceResponse:
-        call = current_call.get()
-        call.require_scope()
-        assert call.namespace is not None
-        return pb.GetNamespaceResponse(namespace=namespace_to_proto(call.namespace))
+        namespace = current_call.get().require_namespace()
+        return pb.GetNamespaceResponse(namespace=namespace_to_proto(namespace))
 
     async def ListNamespaces(
         self, request: pb.ListNamespacesRequest, context: Any

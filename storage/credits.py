@@ -32,12 +32,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from storage.clock import utc_now
 from storage.errors import ResourceExhaustedError, UnavailableError
 from storage.redis_keys import organization_key
 from storage.tracing import client_span
@@ -46,7 +45,6 @@ __all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "period_of"]
 
 _LOG = logging.getLogger("meshgate.credits")
 THRESHOLDS = (80, 95, 100)
-_BEFORE_ANY_PERIOD = datetime.min.replace(tzinfo=UTC)
 _PERIOD_TTL_MS = 70 * 24 * 3600 * 1000
 
 _INIT = """
@@ -153,20 +151,27 @@ class CreditAccounts:
     max_batch: int = 1000
     growth_window_s: float = 1.0
     idle_release_s: float = 2.0
-    now: Callable[[], datetime] = utc_now
+    clock: Callable[[], float] = time.time  # wall clock, epoch seconds
     monotonic: Callable[[], float] = time.monotonic
     on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
     _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
     _current: str = ""
-    _period_end: datetime = _BEFORE_ANY_PERIOD
+    _current_from: float = float("inf")
+    _current_until: float = float("-inf")
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def _period(self) -> str:
-        """The current period, recomputed only when the clock passes the cached period's end."""
-        now = self.now()
-        if now > self._period_end:
-            self._current = period_of(now)
-            self._period_end = period_end(self._current)
+        """The current period, recomputed only when the clock leaves the cached one."""
+        now = self.clock()
+        if not self._current_from <= now < self._current_until:
+            moment = datetime.fromtimestamp(now, UTC)
+            self._current = period_of(moment)
+            start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            self._current_from = start.timestamp()
+            self._current_until = (period_end(self._current) + timedelta(seconds=1)).timestamp()
         return self._current
 
     def __post_init__(self) -> None:

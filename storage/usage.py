@@ -17,16 +17,16 @@ namespace deletion on purpose (billing history).
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError
 
-from storage.clock import utc_now
 from storage.credits import period_of
 from storage.mongo import MongoStore
 
@@ -58,8 +58,9 @@ class _Counter:
 class UsageRecorder:
     mongo: MongoStore
     replica: str
-    now: Callable[[], datetime] = utc_now
-    _counters: dict[tuple[str, str, str, datetime], _Counter] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # wall clock, epoch seconds
+    # (organization_id, namespace_id, method, hours since the epoch) -> counts
+    _counters: dict[tuple[str, str, str, int], _Counter] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _sequence: int = 0
 
@@ -83,8 +84,7 @@ class UsageRecorder:
         credits: int,
         rate_limited: bool,
     ) -> None:
-        hour = self.now().replace(minute=0, second=0, microsecond=0)
-        slot = (organization_id, namespace_id, method, hour)
+        slot = (organization_id, namespace_id, method, int(self.clock() // 3600))
         counter = self._counters.get(slot)
         if counter is None:
             counter = self._counters[slot] = _Counter()
@@ -98,14 +98,15 @@ class UsageRecorder:
         if not counters:
             return []
         self._sequence += 1
+        hours = {slot[3]: datetime.fromtimestamp(slot[3] * 3600, UTC) for slot in counters}
         return [
             {
                 "_id": f"{self.replica}:{self._sequence}:{index}",
                 "organization_id": organization_id,
                 "namespace_id": namespace_id,
                 "method": method,
-                "hour": hour,
-                "period": period_of(hour),
+                "hour": hours[hour],
+                "period": period_of(hours[hour]),
                 "calls": c.calls,
                 "credits": c.credits,
                 "rate_limited": c.rate_limited,

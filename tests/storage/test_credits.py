@@ -90,7 +90,11 @@ async def test_monthly_refill_is_lazy(redis_server: RedisServer) -> None:
     """The clock crosses a month boundary: the new period starts with the plan's allowance."""
     redis = Redis.from_url(redis_server.url)
     clock = [datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)]
-    accounts = CreditAccounts(redis=redis, replica="c", batch=5, now=lambda: clock[0])
+
+    def wall_clock() -> float:
+        return clock[0].timestamp()
+
+    accounts = CreditAccounts(redis=redis, replica="c", batch=5, clock=wall_clock)
     organization = org()
     for _ in range(5):
         await accounts.debit(organization, 1, allowance=5)
