@@ -71,6 +71,7 @@ def make_ca(
             ),
             critical=True,
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)), key, cert
@@ -105,6 +106,12 @@ def issue(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
+            critical=False,
+        )
+        # key identifiers: strict X.509 verifiers (Python 3.13's default) require them
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
     )

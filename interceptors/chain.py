@@ -225,6 +225,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._logger.exception("observer %s failed", type(observer).__name__)
         if call.span is not None:
             self._end_span(call)
+        call.close()
 
     def _wrap(
         self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]

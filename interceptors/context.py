@@ -75,6 +75,10 @@ class CallState:
             raise FailedPreconditionError("this method needs an authenticated caller")
         return self.principal
 
+    def close(self) -> None:
+        """The call is over and its grpc context may be gone: nothing resolves from it now."""
+        self._resolve_peer = None
+
     def require_namespace(self) -> Namespace:
         if self.namespace is None:  # the chain guarantees it for namespaced methods
             raise FailedPreconditionError("this method needs a namespace")

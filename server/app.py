@@ -186,6 +186,7 @@ class RunningServer:
         with contextlib.suppress(Exception):
             await self.verifier.flush_last_used()
         try:
+            await self.accounts.drain()
             await self.flush_usage(everything=True)
         except Exception as exc:
             _LOG.error("could not settle usage and credits at shutdown: %s", type(exc).__name__)

@@ -137,8 +137,8 @@ class _Reservation:
     last_used: float = 0.0
     size: int = 0  # the last batch asked for
     topped_up_at: float = float("-inf")
-    pending: asyncio.Task[None] | None = None
-    error: BaseException | None = None
+    # the top-up in flight; its result is its failure (None: it reached Redis)
+    pending: asyncio.Task[BaseException | None] | None = None
 
 
 @dataclass
@@ -216,9 +216,9 @@ class CreditAccounts:
             if reservation.pending is None:
                 self._start_top_up(organization_id, period, reservation, cost)
             assert reservation.pending is not None
-            await asyncio.shield(reservation.pending)
-            if reservation.error is not None:
-                error, reservation.error = reservation.error, None
+            # every waiter judges by the top-up it waited for, not by shared state
+            error = await asyncio.shield(reservation.pending)
+            if error is not None:
                 if self.fail_open:
                     _LOG.warning("credits unavailable (%s): failing open", type(error).__name__)
                     return
@@ -245,10 +245,15 @@ class CreditAccounts:
             self._top_up(organization_id, period, reservation, want)
         )
 
+    async def drain(self) -> None:
+        """Wait for the top-ups in flight (before the final settle at shutdown, so that
+        none lands afterwards and leaves credits reserved for a replica that is gone)."""
+        pending = [r.pending for r in self._reservations.values() if r.pending is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _top_up(
         self, organization_id: str, period: str, reservation: _Reservation, want: int
-    ) -> None:
-        reservation.error = None  # a failed prefetch nobody waited for is not this one's
+    ) -> BaseException | None:
         try:
             with client_span("redis", "EVALSHA", **{"meshgate.script": "credits_reserve"}):
                 raw = await asyncio.wait_for(
@@ -259,11 +264,15 @@ class CreditAccounts:
                     self.timeout_s,
                 )
             reservation.available += int(raw[0])
-            await self._thresholds(organization_id, period, _balance(period, raw[1:]))
         except (RedisError, OSError, TimeoutError) as exc:
-            reservation.error = exc
+            return exc
         finally:
             reservation.pending = None
+        try:
+            await self._thresholds(organization_id, period, _balance(period, raw[1:]))
+        except Exception as exc:  # recorded by the next top-up instead; the debit stands
+            _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
+        return None
 
     def complete(self, organization_id: str, cost: int, *, refund: bool) -> None:
         """The call holding `cost` finished: spent (record its usage event first) or refunded."""
@@ -341,5 +350,5 @@ class CreditAccounts:
         for threshold in THRESHOLDS:
             marker = (organization_id, period, threshold)
             if consumed >= threshold and marker not in self._notified:
-                self._notified.add(marker)
                 await self.on_threshold(organization_id, period, threshold, balance)
+                self._notified.add(marker)  # once it is recorded (recording is idempotent)

@@ -68,8 +68,8 @@ class KeyVerifier:
         A hit needs no parsing: the cache is keyed by the SHA-256 of secrets that
         already passed every check, and its entries never outlive the key.
         """
-        if not self.cache_enabled or len(secret) > MAX_SECRET_LENGTH:
-            return None
+        if not self.cache_enabled or len(secret) > MAX_SECRET_LENGTH or not secret.isascii():
+            return None  # `verify` refuses malformed secrets
         verified = self._cache.get(digest_secret(secret))
         if verified is None:
             return None

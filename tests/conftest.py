@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import redis
 from meshgate.v1 import (
@@ -378,3 +382,44 @@ __all__ = [
     "free_port",
     "replace",
 ]
+
+
+async def raw_http2_call(
+    server: RunningServer, pki: Pki, path: str, headers: list[tuple[bytes, bytes]]
+) -> dict[bytes, bytes]:
+    """One unary call written by hand over HTTP/2 + mTLS, for headers a gRPC client refuses
+    to send; returns the response's headers and trailers."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", server.port, ssl=context, server_hostname="localhost"
+    )
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    )
+    conn.initiate_connection()
+    request = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+    conn.send_headers(1, request + headers)
+    conn.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty message
+    writer.write(conn.data_to_send())
+    seen: dict[bytes, bytes] = {}
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "the server closed the connection without answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    seen.update(dict(event.headers))
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return seen
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote
 
 import grpc
 import pytest
@@ -16,8 +17,9 @@ from meshgate.v1 import (
     organization_service_pb2_grpc,
 )
 
+from server.app import RunningServer
 from storage.api_keys import mint_secret
-from tests.conftest import Tenant, auth
+from tests.conftest import Pki, Tenant, auth, raw_http2_call
 
 MESSAGE = "missing or invalid API key"
 
@@ -172,3 +174,18 @@ async def test_secret_with_a_forged_environment_prefix_is_refused(tenant: Tenant
     forged = f"{body}_{_checksum(body)}"
     error = await refused(tenant, auth(forged))
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
+
+
+async def test_non_ascii_bearer_token_is_unauthenticated(
+    tenant: Tenant, server: RunningServer, pki: Pki
+) -> None:
+    """grpc clients refuse to send it, but HTTP/2 carries it: still UNAUTHENTICATED."""
+    secret = "mg_prod_" + "é" * 40 + "_AAAAAA"
+    answer = await raw_http2_call(
+        server,
+        pki,
+        "/meshgate.v1.OrganizationService/GetOrganization",
+        [(b"authorization", f"Bearer {secret}".encode())],
+    )
+    assert answer.get(b"grpc-status") == str(grpc.StatusCode.UNAUTHENTICATED.value[0]).encode()
+    assert unquote(answer.get(b"grpc-message", b"").decode()) == MESSAGE

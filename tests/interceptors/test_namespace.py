@@ -6,7 +6,8 @@ import grpc
 import pytest
 from meshgate.v1 import namespace_service_pb2, options_pb2
 
-from tests.conftest import Tenant, auth
+from server.app import RunningServer
+from tests.conftest import Pki, Tenant, auth, raw_http2_call
 
 GET = namespace_service_pb2.GetNamespaceRequest()
 
@@ -137,3 +138,18 @@ async def test_deleted_namespace_is_gone_at_once(tenant: Tenant) -> None:
     # the name is free again
     again = await tenant.namespace(ns.name)
     assert again.namespace_id != ns.namespace_id
+
+
+async def test_non_ascii_namespace_header_is_not_found(
+    tenant: Tenant, server: RunningServer, pki: Pki
+) -> None:
+    answer = await raw_http2_call(
+        server,
+        pki,
+        "/meshgate.v1.NamespaceService/GetNamespace",
+        [
+            (b"authorization", f"Bearer {tenant.admin}".encode()),
+            (b"x-namespace", "ns-é".encode()),
+        ],
+    )
+    assert answer.get(b"grpc-status") == str(grpc.StatusCode.NOT_FOUND.value[0]).encode()

@@ -13,7 +13,7 @@ from storage.credit_events import CreditEvents
 from storage.credits import CreditAccounts
 from storage.errors import ResourceExhaustedError
 from storage.usage import UsageRecorder
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 
 
 def org() -> str:
@@ -178,3 +178,38 @@ async def test_a_failed_prefetch_does_not_fail_a_later_debit(redis_server: Redis
     assert (balance.used, balance.reserved, balance.remaining) == (17, 0, allowance - 17)
     await redis.aclose()
     await admin.aclose()
+
+
+async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(redis_server: RedisServer) -> None:
+    """Shutdown waits for top-ups in flight before the final settle, so no credits stay
+    reserved for a replica that no longer exists."""
+    redis = Redis.from_url(redis_server.url)
+    accounts = CreditAccounts(redis=redis, replica="leaving")
+    organization, allowance = org(), 10_000
+    await accounts.debit(organization, 1, allowance=allowance)
+    accounts.complete(organization, 1, refund=False)
+    spent = 1
+    while not any(r.pending for r in accounts._reservations.values()):
+        assert accounts.try_debit(organization, 1)
+        accounts.complete(organization, 1, refund=False)
+        spent += 1
+    await accounts.drain()  # what RunningServer.stop does before the final settle
+    await accounts.settle(everything=True)
+    balance = await accounts.balance(organization, allowance=allowance)
+    held = await redis.hget(CreditAccounts.key(organization, balance.period), "res:leaving")
+    assert (balance.reserved, int(held or 0)) == (0, 0)
+    assert (balance.used, balance.remaining) == (spent, allowance - spent)
+    await redis.aclose()
+
+
+async def test_every_caller_waiting_on_an_unreachable_redis_is_unavailable() -> None:
+    """Not RESOURCE_EXHAUSTED ("used up for the month") for the callers that woke up second."""
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    accounts = CreditAccounts(redis=redis, replica="cut-off", timeout_s=0.5)
+    organization = org()
+    outcomes = await asyncio.gather(
+        *(accounts.debit(organization, 1, allowance=100) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes] == ["UnavailableError"] * 5
+    await redis.aclose()
