@@ -91,6 +91,7 @@ from storage.invalidation import InvalidationBus
 from storage.key_verifier import KeyVerifier
 from storage.keys import KeyStore
 from storage.namespaces import NamespaceStore
+from storage.organization_events import OrganizationEvents
 from storage.organizations import OrganizationStore
 from storage.outbox import EventOutbox
 from storage.rate_limiter import RateLimiter
@@ -231,11 +232,10 @@ class _Background:
     sender: WebhookSender
     metrics: WorkMetrics
     runners: dict[str, QueueRunner]
+    events: OrganizationEvents
 
 
-def _background(
-    settings: Settings, backends: Backends, *, documents: DocumentStore, vectors: VectorStore
-) -> _Background:
+def _background(settings: Settings, backends: Backends, c: Components) -> _Background:
     queue = WorkQueue(mongo=backends.mongo)
     box = SecretBox(settings.webhook_sealing_key())
     if not box.encrypts:
@@ -264,8 +264,8 @@ def _background(
     task_worker = TaskWorker(
         tasks=tasks,
         queue=queue,
-        documents=documents,
-        vectors=vectors,
+        documents=c.documents,
+        vectors=c.vectors,
         outbox=outbox,
         metrics=metrics,
         lease=task_lease,
@@ -313,6 +313,10 @@ def _background(
         ),
     }
     outbox.on_delivery = runners["delivery"].wake
+    events = OrganizationEvents(
+        outbox=outbox, organizations=c.organizations, namespaces=c.namespaces
+    )
+    c.credit_events.publisher = events
     return _Background(
         tasks=tasks,
         webhooks=webhooks,
@@ -321,6 +325,7 @@ def _background(
         sender=sender,
         metrics=metrics,
         runners=runners,
+        events=events,
     )
 
 
@@ -569,7 +574,13 @@ def add_servicers(
         OrganizationServicer(), server
     )
     key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(keys=c.keys, namespaces=c.namespaces, invalidation=c.invalidation), server
+        KeyServicer(
+            keys=c.keys,
+            namespaces=c.namespaces,
+            invalidation=c.invalidation,
+            events=background.events,
+        ),
+        server,
     )
     namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
         NamespaceServicer(namespaces=c.namespaces, invalidation=c.invalidation, purger=c.purger),
@@ -654,7 +665,7 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     monitor = dependency_monitor(settings, backends, c, health_servicer)
-    background = _background(settings, backends, documents=c.documents, vectors=c.vectors)
+    background = _background(settings, backends, c)
     queue_depth: dict[tuple[str, ...], float] = {}  # refreshed in the loop, read by scrapes
     _export_work_metrics(c.metrics, background.metrics, queue_depth)
     add_servicers(server, c, monitor, background)

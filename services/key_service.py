@@ -22,10 +22,12 @@ from services.convert import (
     timestamp,
     validate_name,
 )
+from storage.clock import rfc3339
 from storage.errors import InvalidArgumentError, PermissionDeniedError
 from storage.invalidation import InvalidationBus
 from storage.keys import KeyRecord, KeyStore
 from storage.namespaces import NamespaceStore
+from storage.organization_events import OrganizationEvents
 from storage.pages import page_size
 from storage.plans import Limit, PlanError
 
@@ -63,11 +65,17 @@ def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
 
 class KeyServicer(pb_grpc.KeyServiceServicer):
     def __init__(
-        self, *, keys: KeyStore, namespaces: NamespaceStore, invalidation: InvalidationBus
+        self,
+        *,
+        keys: KeyStore,
+        namespaces: NamespaceStore,
+        invalidation: InvalidationBus,
+        events: OrganizationEvents,
     ) -> None:
         self._keys = keys
         self._namespaces = namespaces
         self._invalidation = invalidation
+        self._events = events
 
     @staticmethod
     def _owner() -> dict[str, str]:
@@ -157,4 +165,22 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Any) -> pb.RevokeKeyResponse:
         record = await self._keys.revoke(**self._owner(), key_id=request.key_id)
         await self._invalidation.key_changed(record.key_id)
+        assert record.revoked_at is not None
+        # every RevokeKey of the key publishes the same event: a retry completes a fan-out
+        # that a failure interrupted, and duplicates nothing
+        await self._events.publish(
+            organization_id=record.organization_id,
+            event_type="key.revoked",
+            data={
+                "organization_id": record.organization_id,
+                "key_id": record.key_id,
+                "name": record.name,
+                "environment": record.environment,
+                "revoked_at": rfc3339(record.revoked_at),
+            },
+            happening=f"key.revoked:{record.key_id}",
+            at=record.revoked_at,
+            environment=record.environment,
+            only_namespaces=record.namespace_ids,
+        )
         return pb.RevokeKeyResponse(key=key_to_proto(record, datetime.now(UTC)))

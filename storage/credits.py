@@ -155,6 +155,8 @@ class CreditAccounts:
     monotonic: Callable[[], float] = time.monotonic
     on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
     _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
+    # threshold recordings started by top-ups (they never hold up a debit)
+    _recording: set[asyncio.Task[None]] = field(default_factory=set)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
     _current: str = ""
     _current_from: float = float("inf")
@@ -247,9 +249,10 @@ class CreditAccounts:
 
     async def drain(self) -> None:
         """Wait for the top-ups in flight (before the final settle at shutdown, so that
-        none lands afterwards and leaves credits reserved for a replica that is gone)."""
+        none lands afterwards and leaves credits reserved for a replica that is gone),
+        and for the threshold recordings they started."""
         pending = [r.pending for r in self._reservations.values() if r.pending is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, *self._recording, return_exceptions=True)
 
     async def _top_up(
         self, organization_id: str, period: str, reservation: _Reservation, want: int
@@ -268,11 +271,16 @@ class CreditAccounts:
             return exc
         finally:
             reservation.pending = None
-        try:
-            await self._thresholds(organization_id, period, _balance(period, raw[1:]))
-        except Exception as exc:  # recorded by the next top-up instead; the debit stands
-            _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
+        task = asyncio.create_task(self._record(organization_id, period, raw[1:]))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
         return None
+
+    async def _record(self, organization_id: str, period: str, raw: list[object]) -> None:
+        try:
+            await self._thresholds(organization_id, period, _balance(period, raw))
+        except Exception as exc:  # the next top-up or settle records it instead
+            _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
 
     def complete(self, organization_id: str, cost: int, *, refund: bool) -> None:
         """The call holding `cost` finished: spent (record its usage event first) or refunded."""

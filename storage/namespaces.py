@@ -133,6 +133,14 @@ class NamespaceStore:
             out.append(namespace.namespace_id)
         return out
 
+    async def active_ids(self, *, internal_id: str, environment: str | None = None) -> list[str]:
+        """Every active namespace of an organization (of one environment, if given)."""
+        query: dict[str, object] = {"internal_id": internal_id, "state": "active"}
+        if environment is not None:
+            query["environment"] = environment
+        cursor = self._collection.find(query, {"_id": 1}).sort("_id", 1)
+        return [str(doc["_id"]) async for doc in cursor]
+
     async def list_page(
         self,
         *,

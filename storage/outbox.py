@@ -1,7 +1,8 @@
 """The event outbox: events of a namespace and their deliveries, written crash-safely.
 
 `EventOutbox.publish(scope, event_type, data)` is the whole API for features
-that emit events (task completion today; credits.threshold later). It is
+that emit events (task completion; organization events through
+`storage/organization_events.py`). It is
 idempotent by event id and crash-safe without transactions:
 
 1. a work-queue row for the event is *reserved* (due only after a grace period);
@@ -30,7 +31,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from storage.clock import utc_now
+from storage.clock import rfc3339, utc_now
 from storage.ids import time_ordered_id
 from storage.mongo import MongoStore
 from storage.scoped import Scope, ScopedCollection
@@ -66,21 +67,29 @@ class Event:
         )
 
 
-def new_event(event_type: str, data: Mapping[str, Any], *, now: datetime) -> Event:
-    """A Standard Webhooks payload: `{"type", "timestamp", "data"}`, serialized once."""
+def new_event(
+    event_type: str, data: Mapping[str, Any], *, now: datetime, event_id: str | None = None
+) -> Event:
+    """A Standard Webhooks payload: `{"type", "timestamp", "data"}`, serialized once.
+
+    `event_id` (deterministic) makes publishing the same happening twice idempotent.
+    """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     body = json.dumps(
         {
             "type": event_type,
-            "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": rfc3339(now),
             "data": dict(data),
         },
         separators=(",", ":"),
         sort_keys=True,
     )
     return Event(
-        event_id=time_ordered_id("evt", now), event_type=event_type, body=body, created_at=now
+        event_id=event_id or time_ordered_id("evt", now),
+        event_type=event_type,
+        body=body,
+        created_at=now,
     )
 
 
