@@ -2,8 +2,8 @@
 
 `EventOutbox.publish(scope, event_type, data)` is the whole API for features
 that emit events (task completion; organization events through
-`storage/organization_events.py`). It is
-idempotent by event id and crash-safe without transactions:
+`storage/organization_events.py`). It is idempotent by event id and
+crash-safe without transactions:
 
 1. a work-queue row for the event is *reserved* (due only after a grace period);
 2. the event is stored (serialized once: every retry sends the same bytes);

@@ -73,8 +73,14 @@ _UPDATE_OPERATORS = frozenset(
 _ALLOWED_STAGES = frozenset(
     {"$match", "$project", "$sort", "$limit", "$skip", "$group", "$count", "$unwind", "$addFields"}
 )
+# Filters and pipelines are small: anything deeper or larger is an attack or a bug.
 MAX_DEPTH = 12
 MAX_NODES = 2_000
+# Documents and updates carry what the stores admitted (a document body may nest 32
+# levels and fill 256 KiB): these bounds sit above that, with room for the stored
+# document around the body, and only stop what could never have been admitted.
+MAX_DOCUMENT_DEPTH = 40
+MAX_DOCUMENT_NODES = 300_000
 
 
 class ScopeViolationError(InvalidArgumentError):
@@ -106,16 +112,22 @@ def _is_scope_path(key: str) -> bool:
 class _Walker:
     """Counts nodes and depth while checking one filter, document or pipeline."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(
+        self, what: str, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES
+    ) -> None:
         self.what = what
         self.nodes = 0
+        self.max_depth = max_depth
+        self.max_nodes = max_nodes
 
     def visit(self, value: Any, depth: int, *, in_filter: bool) -> None:
         self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise ScopeViolationError(f"{self.what} is too large (more than {MAX_NODES} nodes)")
-        if depth > MAX_DEPTH:
-            raise ScopeViolationError(f"{self.what} is nested too deeply (limit {MAX_DEPTH})")
+        if self.nodes > self.max_nodes:
+            raise ScopeViolationError(
+                f"{self.what} is too large (more than {self.max_nodes} nodes)"
+            )
+        if depth > self.max_depth:
+            raise ScopeViolationError(f"{self.what} is nested too deeply (limit {self.max_depth})")
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if not isinstance(key, str):
@@ -151,14 +163,15 @@ def check_filter(query: Mapping[str, Any] | None, *, what: str = "filter") -> No
 def check_document(document: Mapping[str, Any]) -> None:
     if not isinstance(document, Mapping):
         raise ScopeViolationError("document must be a mapping")
-    _Walker("document").visit(document, 0, in_filter=False)
+    walker = _Walker("document", max_depth=MAX_DOCUMENT_DEPTH, max_nodes=MAX_DOCUMENT_NODES)
+    walker.visit(document, 0, in_filter=False)
 
 
 def check_update(update: Mapping[str, Any]) -> None:
     """Only field-update operators, never touching the scope fields."""
     if not isinstance(update, Mapping) or not update:
         raise ScopeViolationError("update must be a non-empty document of update operators")
-    walker = _Walker("update")
+    walker = _Walker("update", max_depth=MAX_DOCUMENT_DEPTH, max_nodes=MAX_DOCUMENT_NODES)
     for operator, fields in update.items():
         if operator not in _UPDATE_OPERATORS:
             raise ScopeViolationError(f"update operator {operator!r} is not allowed")

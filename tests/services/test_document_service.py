@@ -12,6 +12,7 @@ from meshgate.v1 import document_service_pb2 as pb
 from meshgate.v1 import document_service_pb2_grpc as pb_grpc
 from meshgate.v1 import options_pb2
 
+from services.convert import struct_to_dict
 from tests.conftest import Tenant, auth
 
 
@@ -205,6 +206,25 @@ async def test_bad_documents_are_refused(docs: Docs, document: pb.Document, mess
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (error.details() or "")
     assert await docs.list_ids() == []
+
+
+def nested(levels: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels - 1):
+        body = {"n": body}
+    return body
+
+
+async def test_documented_limits_hold_end_to_end(docs: Docs) -> None:
+    """32 levels of nesting and bodies of thousands of values are stored as documented."""
+    deep = await docs.create(doc("deep", body=nested(32)))
+    wide = await docs.create(doc("wide", body={"xs": list(range(5_000))}))
+    got = await docs.stub.GetDocument(pb.GetDocumentRequest(document_id="deep"), metadata=docs.md)
+    assert struct_to_dict(got.document.body) == struct_to_dict(deep.body) == nested(32)
+    assert len(struct_to_dict(wide.body)["xs"]) == 5_000
+    error = await docs.error(docs.create(doc("deeper", body=nested(33))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "32 levels" in (error.details() or "")
 
 
 async def test_update_mask_is_validated(docs: Docs) -> None:
