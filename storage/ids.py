@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import uuid
@@ -13,6 +14,7 @@ __all__ = [
     "NAMESPACE_ID_RE",
     "ORGANIZATION_ID_RE",
     "TIME_ORDERED_BODY",
+    "derived_time_ordered_id",
     "new_internal_id",
     "new_key_id",
     "new_namespace_id",
@@ -74,3 +76,10 @@ def time_ordered_id(prefix: str, at: datetime, *, suffix: str | None = None) -> 
     if len(tail) != 12:
         raise ValueError("suffix must be 12 characters")
     return f"{prefix}_{base62_fixed(int(at.timestamp() * 1000), 8)}{tail}"
+
+
+def derived_time_ordered_id(prefix: str, at: datetime, key: str) -> str:
+    """`time_ordered_id` whose 12 characters come from `key`: the same key and time always
+    give the same id (for writes that must be idempotent across retries and replicas)."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:12])
+    return time_ordered_id(prefix, at, suffix=base62_fixed(digest % 62**12, 12))

@@ -14,12 +14,11 @@ Payloads carry public ids only, never internal_id.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from storage.ids import base62_fixed, time_ordered_id
+from storage.ids import derived_time_ordered_id
 from storage.namespaces import NamespaceStore
 from storage.organizations import OrganizationStore
 from storage.outbox import EventOutbox, new_event
@@ -30,8 +29,7 @@ __all__ = ["OrganizationEvents", "organization_event_id"]
 
 def organization_event_id(happening: str, at: datetime) -> str:
     """The same happening (e.g. `key.revoked:<key_id>`) always has the same event id."""
-    digest = int.from_bytes(hashlib.sha256(happening.encode()).digest()[:12])
-    return time_ordered_id("evt", at, suffix=base62_fixed(digest % 62**12, 12))
+    return derived_time_ordered_id("evt", at, happening)
 
 
 class OrganizationEvents:

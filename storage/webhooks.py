@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from pymongo.errors import DuplicateKeyError
 
 from storage.clock import utc_now
 from storage.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from storage.ids import TIME_ORDERED_BODY, base62_fixed, time_ordered_id
+from storage.ids import TIME_ORDERED_BODY, derived_time_ordered_id, time_ordered_id
 from storage.mongo import MongoStore
 from storage.pages import decode_page_token, page_of
 from storage.scoped import Scope, ScopedCollection
@@ -99,8 +98,7 @@ def new_secret() -> str:
 
 def delivery_id_for(*, event_id: str, webhook_id: str, event_time: datetime) -> str:
     """Deterministic: the same event and webhook always give the same delivery."""
-    digest = int.from_bytes(hashlib.sha256(f"{event_id}/{webhook_id}".encode()).digest()[:12])
-    return time_ordered_id("dlv", event_time, suffix=base62_fixed(digest % 62**12, 12))
+    return derived_time_ordered_id("dlv", event_time, f"{event_id}/{webhook_id}")
 
 
 @dataclass(frozen=True, slots=True)
