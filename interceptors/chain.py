@@ -138,6 +138,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request_id=Telemetry.request_id(metadata),
             metadata=metadata,
             peer_address=context.peer(),
+            started_at=time.time(),
             request=request,
         )
         current_call.set(call)

@@ -34,6 +34,8 @@ class CallState:
     request_id: str
     metadata: dict[str, str]
     peer_address: str
+    # wall clock (epoch seconds) when the call started: its credits and usage belong there
+    started_at: float = 0.0
     # who is on the other end (see interceptors/peer.py); read it as `peer_identity`
     _peer_identity: str | None = None
     _resolve_peer: Callable[[], str | None] | None = None

@@ -36,14 +36,16 @@ class Credits:
         if cost <= 0 or call.principal is None:
             return None
         organization = call.principal.organization
-        if not self._accounts.try_debit(organization.organization_id, cost):
+        if not self._accounts.try_debit(organization.organization_id, cost, at=call.started_at):
             return self._debit(call, organization, cost)
         self._debited(call, organization, cost)
         return None
 
     async def _debit(self, call: CallState, organization: Organization, cost: int) -> None:
         allowance = self._plan_of(organization.plan).monthly_credits
-        await self._accounts.debit(organization.organization_id, cost, allowance=allowance)
+        await self._accounts.debit(
+            organization.organization_id, cost, allowance=allowance, at=call.started_at
+        )
         self._debited(call, organization, cost)
 
     def _debited(self, call: CallState, organization: Organization, cost: int) -> None:

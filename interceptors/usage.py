@@ -30,7 +30,7 @@ class UsageObserver:
         credits = call.credits
         if credits:
             refund = call.code in _SERVER_FAULTS
-            self._accounts.complete(organization_id, credits, refund=refund)
+            self._accounts.complete(organization_id, credits, refund=refund, at=call.started_at)
             credits = 0 if refund else credits
         self._usage.record(
             organization_id=organization_id,
@@ -39,4 +39,5 @@ class UsageObserver:
             status=call.code.name,
             credits=credits,
             rate_limited=call.rate_limited,
+            at=call.started_at,
         )

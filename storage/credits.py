@@ -165,9 +165,9 @@ class CreditAccounts:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def _period(self) -> str:
-        """The current period, recomputed only when the clock leaves the cached one."""
-        now = self.clock()
+    def _period(self, at: float | None = None) -> str:
+        """The period of `at` (default: now), recomputed only when it leaves the cached one."""
+        now = self.clock() if at is None else at
         if not self._current_from <= now < self._current_until:
             moment = datetime.fromtimestamp(now, UTC)
             self._current = period_of(moment)
@@ -186,9 +186,13 @@ class CreditAccounts:
     def key(organization_id: str, period: str) -> str:
         return organization_key(organization_id, "credits", period)
 
-    def try_debit(self, organization_id: str, cost: int) -> bool:
-        """Debit from this replica's reservation without waiting; False: call `debit`."""
-        period = self._period()
+    def try_debit(self, organization_id: str, cost: int, *, at: float | None = None) -> bool:
+        """Debit from this replica's reservation without waiting; False: call `debit`.
+
+        `at` (epoch seconds, default now) is when the call started: its credits belong
+        to that moment's period, however long it runs (give `complete` the same).
+        """
+        period = self._period(at)
         reservation = self._reservations.get((organization_id, period))
         if reservation is None or reservation.available < cost:
             return False
@@ -199,12 +203,15 @@ class CreditAccounts:
             self._start_top_up(organization_id, period, reservation, cost)  # before it runs dry
         return True
 
-    async def debit(self, organization_id: str, cost: int, *, allowance: int) -> None:
+    async def debit(
+        self, organization_id: str, cost: int, *, allowance: int, at: float | None = None
+    ) -> None:
         """Spend `cost` credits now, or raise before any work is done.
 
-        `allowance` is the plan's monthly credits, used when the period starts.
+        `allowance` is the plan's monthly credits, used when the period starts; `at` as
+        for `try_debit`.
         """
-        period = self._period()
+        period = self._period(at)
         slot = (organization_id, period)
         reservation = self._reservations.get(slot)
         if reservation is None:
@@ -282,20 +289,18 @@ class CreditAccounts:
         except Exception as exc:  # the next top-up or settle records it instead
             _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
 
-    def complete(self, organization_id: str, cost: int, *, refund: bool) -> None:
-        """The call holding `cost` finished: spent (record its usage event first) or refunded."""
-        reservation = self._reservations.get((organization_id, self._period()))
-        if reservation is None or reservation.held < cost:  # debited before a month boundary
-            reservation = next(
-                (
-                    r
-                    for (org, _), r in self._reservations.items()
-                    if org == organization_id and r.held >= cost
-                ),
-                None,
-            )
-            if reservation is None:
-                return
+    def complete(
+        self, organization_id: str, cost: int, *, refund: bool, at: float | None = None
+    ) -> None:
+        """The call holding `cost` finished: spent (record its usage event first) or refunded.
+
+        `at` is the `at` of its debit, so a call that ran across a month boundary is
+        settled in the month it was debited in (and its usage event recorded there).
+        """
+        reservation = self._reservations.get((organization_id, self._period(at)))
+        if reservation is None or reservation.held < cost:
+            _LOG.error("credits completed that were never debited (%s)", organization_id)
+            return
         reservation.held -= cost
         if refund:
             reservation.available += cost

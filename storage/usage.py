@@ -83,8 +83,11 @@ class UsageRecorder:
         status: str,
         credits: int,
         rate_limited: bool,
+        at: float | None = None,
     ) -> None:
-        slot = (organization_id, namespace_id, method, int(self.clock() // 3600))
+        """One finished call, counted in the hour of `at` (when it started; default now)."""
+        hour = int((self.clock() if at is None else at) // 3600)
+        slot = (organization_id, namespace_id, method, hour)
         counter = self._counters.get(slot)
         if counter is None:
             counter = self._counters[slot] = _Counter()

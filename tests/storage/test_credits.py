@@ -213,3 +213,38 @@ async def test_every_caller_waiting_on_an_unreachable_redis_is_unavailable() -> 
     )
     assert [type(o).__name__ for o in outcomes] == ["UnavailableError"] * 5
     await redis.aclose()
+
+
+async def test_a_call_across_a_month_boundary_belongs_to_the_month_it_started_in(
+    redis_server: RedisServer, backends: Backends
+) -> None:
+    """Debited at 23:59:59.9 on 30 November, finished in December: November's balance
+    settles it and November's ledger has it, so ledger == used holds for both months."""
+    redis = Redis.from_url(redis_server.url)
+    clock = [datetime(2026, 11, 30, 23, 59, 59, 900_000, tzinfo=UTC).timestamp()]
+    organization = org()
+    accounts = CreditAccounts(redis=redis, replica="midnight", clock=lambda: clock[0])
+    usage = UsageRecorder(
+        mongo=backends.mongo, replica=f"midnight-{organization}", clock=lambda: clock[0]
+    )
+    started = clock[0]
+    await accounts.debit(organization, 3, allowance=100, at=started)
+    clock[0] = datetime(2026, 12, 1, 0, 0, 0, 200_000, tzinfo=UTC).timestamp()
+    accounts.complete(organization, 3, refund=False, at=started)
+    usage.record(
+        organization_id=organization,
+        namespace_id="",
+        method="/m",
+        status="OK",
+        credits=3,
+        rate_limited=False,
+        at=started,
+    )
+    spent = accounts.spent_snapshot()
+    await usage.flush()
+    await accounts.settle(spent=spent, everything=True)
+    november = await redis.hgetall(CreditAccounts.key(organization, "2026-11"))
+    assert (int(november[b"used"]), int(november[b"reserved"])) == (3, 0)
+    assert await usage.ledger_total(organization, "2026-11") == 3
+    assert await usage.ledger_total(organization, "2026-12") == 0
+    await redis.aclose()
