@@ -194,13 +194,20 @@ class CreditAccounts:
         """
         period = self._period(at)
         reservation = self._reservations.get((organization_id, period))
-        if reservation is None or reservation.available < cost:
+        return reservation is not None and self._take(organization_id, period, reservation, cost)
+
+    def _take(
+        self, organization_id: str, period: str, reservation: _Reservation, cost: int
+    ) -> bool:
+        """`cost` from the reservation if it holds that much; the next batch is fetched
+        before it runs dry."""
+        if reservation.available < cost:
             return False
         reservation.available -= cost
         reservation.held += cost
         reservation.last_used = self.monotonic()
         if reservation.available < reservation.size // 4 and reservation.pending is None:
-            self._start_top_up(organization_id, period, reservation, cost)  # before it runs dry
+            self._start_top_up(organization_id, period, reservation, cost)
         return True
 
     async def debit(
@@ -217,10 +224,7 @@ class CreditAccounts:
         if reservation is None:
             reservation = self._reservations[slot] = _Reservation(allowance=allowance)
         for _ in range(2):
-            if reservation.available >= cost:
-                reservation.available -= cost
-                reservation.held += cost
-                reservation.last_used = self.monotonic()
+            if self._take(organization_id, period, reservation, cost):
                 return
             if reservation.pending is None:
                 self._start_top_up(organization_id, period, reservation, cost)
@@ -320,7 +324,7 @@ class CreditAccounts:
         snapshot = self.spent_snapshot() if spent is None else spent
         for slot, reservation in list(self._reservations.items()):
             organization_id, period = slot
-            stale = period != period_of(self.now())
+            stale = period != self._period()
             release = (
                 reservation.available
                 if everything or stale or now - reservation.last_used > self.idle_release_s
@@ -343,14 +347,14 @@ class CreditAccounts:
             await self._thresholds(organization_id, period, _balance(period, raw))
 
     async def grant(self, organization_id: str, amount: int, *, allowance: int) -> Balance:
-        period = period_of(self.now())
+        period = self._period()
         raw = await self._grant(
             keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS, amount]
         )
         return _balance(period, raw)
 
     async def balance(self, organization_id: str, *, allowance: int) -> Balance:
-        period = period_of(self.now())
+        period = self._period()
         raw = await self._state(
             keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS]
         )

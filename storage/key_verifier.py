@@ -70,36 +70,34 @@ class KeyVerifier:
         """
         if not self.cache_enabled or len(secret) > MAX_SECRET_LENGTH or not secret.isascii():
             return None  # `verify` refuses malformed secrets
-        verified = self._cache.get(digest_secret(secret))
+        digest = digest_secret(secret)
+        verified = self._cache.get(digest)
         if verified is None:
             return None
         if verified.valid_until is not None and verified.valid_until <= self._now():
-            return None  # `verify` refuses it and drops the entry
+            self._cache.pop(digest)  # `verify` finds it expired in the store and refuses it
+            return None
         self._used[verified.key_id] = time.time()
         return verified
 
     async def verify(self, secret: str) -> VerifiedKey:
-        """The key a secret belongs to, or UnauthenticatedError (one message for every cause)."""
+        """The key a secret belongs to, from the store (`cached` answers from the cache),
+        or UnauthenticatedError (one message for every cause)."""
         parsed = parse_secret(secret)
         if parsed is None or parsed.environment not in self._accepted:
             raise UnauthenticatedError()
         now = self._now()
-        verified = self._cache.get(parsed.digest) if self.cache_enabled else None
-        if verified is None:
-            record = await self._keys.find_by_digest(parsed.digest)
-            if record is None:
-                raise UnauthenticatedError()
-            verified = self._admit(record, parsed.digest, now)
-            if self.cache_enabled:
-                ttl = (
-                    None
-                    if verified.valid_until is None
-                    else (verified.valid_until - now).total_seconds()
-                )
-                self._cache.put(parsed.digest, verified, ttl_s=ttl)
-        elif verified.valid_until is not None and verified.valid_until <= now:
-            self._cache.pop(parsed.digest)
+        record = await self._keys.find_by_digest(parsed.digest)
+        if record is None:
             raise UnauthenticatedError()
+        verified = self._admit(record, parsed.digest, now)
+        if self.cache_enabled:
+            ttl = (
+                None
+                if verified.valid_until is None
+                else (verified.valid_until - now).total_seconds()
+            )
+            self._cache.put(parsed.digest, verified, ttl_s=ttl)
         self._used[verified.key_id] = time.time()
         return verified
 
