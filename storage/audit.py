@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
 import logging
 import re
@@ -159,19 +158,27 @@ class AuditLog:
                 await asyncio.sleep(self._retry_s)
 
     async def flush(self) -> None:
-        """Write queued events in order, one writer at a time (the loop, or a reader)."""
+        """Write queued events in order, one writer at a time (the loop, or a reader).
+
+        Each organization's queued events go in order, in blocks of up to `_BLOCK`;
+        what was written leaves the queue once per round, what was queued meanwhile
+        waits for the next round.
+        """
         async with self._lock:
             while self._queue:
-                organization_id = self._queue[0]["organization_id"]
-                batch = [
-                    e
-                    for e in itertools.islice(self._queue, _BLOCK)
-                    if e["organization_id"] == organization_id
-                ]
-                await self._append(organization_id, batch)
-                ids = {id(e) for e in batch}
-                self._queue = deque(e for e in self._queue if id(e) not in ids)
-                self.written += len(batch)
+                by_organization: dict[str, list[dict[str, Any]]] = {}
+                for event in self._queue:
+                    by_organization.setdefault(event["organization_id"], []).append(event)
+                done: set[int] = set()
+                try:
+                    for organization_id, events in by_organization.items():
+                        for start in range(0, len(events), _BLOCK):
+                            block = events[start : start + _BLOCK]
+                            await self._append(organization_id, block)
+                            done.update(map(id, block))
+                            self.written += len(block)
+                finally:
+                    self._queue = deque(e for e in self._queue if id(e) not in done)
 
     async def _head(self, organization_id: str) -> _Head:
         last = await self._collection.find_one(
@@ -183,18 +190,23 @@ class AuditLog:
             return _Head("", 0, GENESIS, 0)
         return _Head(last["_id"], int(last["last_sequence"]), last["last_hash"], int(last["count"]))
 
-    async def _already_written(self, event_id: str) -> bool:
-        """After a lost answer: did our write land anyway?"""
-        return (
-            await self._collection.find_one({"events.event_id": event_id}, {"_id": 1}) is not None
+    async def _already_written(self, organization_id: str, batch: list[dict[str, Any]]) -> set[str]:
+        """After a lost answer (or a restart): which of these events landed anyway?"""
+        ids = [e["event_id"] for e in batch]
+        cursor = self._collection.find(
+            {"organization_id": organization_id, "events.event_id": {"$in": ids}},
+            {"events.event_id": 1},
         )
+        landed = {e["event_id"] async for doc in cursor for e in doc["events"]}
+        return landed.intersection(ids)
 
     async def _append(self, organization_id: str, batch: list[dict[str, Any]]) -> None:
         for _ in range(50):
             head = self._heads.get(organization_id)
             if head is None:
-                if await self._already_written(batch[0]["event_id"]):
-                    batch = [e for e in batch if not await self._already_written(e["event_id"])]
+                landed = await self._already_written(organization_id, batch)
+                if landed:
+                    batch = [e for e in batch if e["event_id"] not in landed]
                     if not batch:
                         self._heads.pop(organization_id, None)
                         return

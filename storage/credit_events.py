@@ -91,12 +91,6 @@ class CreditEvents:
             }
         )
 
-    async def granted(self, organization_id: str, period: str) -> int:
-        cursor = self._collection.find(
-            {"organization_id": organization_id, "period": period, "type": "credits.granted"}
-        )
-        return sum([int(doc["credits"]) async for doc in cursor])
-
     async def thresholds(self, organization_id: str, period: str) -> list[int]:
         cursor = self._collection.find(
             {"organization_id": organization_id, "period": period, "type": "credits.threshold"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -276,8 +276,12 @@ class DocumentStore:
                 },
             )
             if matched:
-                return DocumentRecord(
-                    document_id, body, metadata, current.created_at, now, current.revision + 1
+                return replace(
+                    current,
+                    body=body,
+                    metadata=metadata,
+                    updated_at=now,
+                    revision=current.revision + 1,
                 )
         raise FailedPreconditionError("the document is being changed concurrently; retry")
 

@@ -150,8 +150,8 @@ def parse_filter(value: Mapping[str, Any] | None) -> Group | None:
 # -- MongoDB ---------------------------------------------------------------------
 
 
-def _mongo_condition(c: Condition, prefix: str) -> dict[str, Any]:
-    path = prefix + c.field
+def _mongo_condition(c: Condition) -> dict[str, Any]:
+    path = "metadata." + c.field  # filters name metadata fields
     if c.op == "$eq":
         return {path: c.value}
     if c.op in ("$in", "$nin"):
@@ -159,13 +159,13 @@ def _mongo_condition(c: Condition, prefix: str) -> dict[str, Any]:
     return {path: {c.op: c.value}}
 
 
-def to_mongo(tree: Group | None, *, prefix: str = "metadata.") -> dict[str, Any]:
+def to_mongo(tree: Group | None) -> dict[str, Any]:
     if tree is None:
         return {}
 
     def walk(node: Condition | Group) -> dict[str, Any]:
         if isinstance(node, Condition):
-            return _mongo_condition(node, prefix)
+            return _mongo_condition(node)
         return {node.op: [walk(child) for child in node.children]}
 
     return walk(tree)

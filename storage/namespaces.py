@@ -100,7 +100,7 @@ class NamespaceStore:
         Unknown, deleting, other-environment and other-organization namespaces are
         all the same NotFoundError: nothing tells them apart.
         """
-        cached = self._cache.get((internal_id, reference))
+        cached = self.cached(internal_id=internal_id, environment=environment, reference=reference)
         if cached is None:
             if len(reference) > _MAX_REF:
                 raise InvalidArgumentError(f"x-namespace must be at most {_MAX_REF} characters")
@@ -114,8 +114,8 @@ class NamespaceStore:
                 raise NotFoundError("namespace not found")
             cached = _from_doc(doc)
             self._cache.put((internal_id, reference), cached)
-        if cached.environment != environment:
-            raise NotFoundError("namespace not found")
+            if cached.environment != environment:
+                raise NotFoundError("namespace not found")
         return cached
 
     async def ids_exist(

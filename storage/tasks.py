@@ -29,7 +29,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -371,17 +371,12 @@ class TaskStore:
         error: TaskError | None,
     ) -> tuple[dict[str, Any], Event]:
         now = self._now()
-        final = TaskRecord(
-            task_id=record.task_id,
+        final = replace(
+            record,
             state=state,
-            items_total=record.items_total,
             items_done=items_done,
             error=error,
-            cancel_requested=record.cancel_requested,
-            attempts=record.attempts,
-            created_at=record.created_at,
             updated_at=now,
-            started_at=record.started_at,
             finished_at=now,
         )
         event = new_event(_EVENT_TYPES[state], task_event_data(scope.namespace_id, final), now=now)
@@ -397,9 +392,3 @@ class TaskStore:
             "$unset": {"items": ""},
         }
         return update, event
-
-    async def count_by_state(self, scope: Scope) -> dict[str, int]:
-        rows = await self._collection(scope).aggregate(
-            [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
-        )
-        return {str(r["_id"]): int(r["n"]) for r in rows}

@@ -113,9 +113,6 @@ class WebhookRecord:
     updated_at: datetime
     secret_rotated_at: datetime | None
 
-    def wants(self, event_type: str) -> bool:
-        return self.enabled and (WILDCARD in self.event_types or event_type in self.event_types)
-
 
 def _webhook(doc: Mapping[str, Any]) -> WebhookRecord:
     return WebhookRecord(
@@ -189,12 +186,6 @@ class WebhookStore:
             raise NotFoundError("webhook not found")
         return _webhook(doc)
 
-    async def find(self, scope: Scope, webhook_id: str) -> WebhookRecord | None:
-        try:
-            return await self.get(scope, webhook_id)
-        except NotFoundError:
-            return None
-
     async def list_page(
         self, scope: Scope, *, page_size: int, page_token: str
     ) -> tuple[list[WebhookRecord], str]:
@@ -208,9 +199,11 @@ class WebhookStore:
     async def subscribers(self, scope: Scope, event_type: str) -> list[WebhookRecord]:
         """Enabled webhooks of the namespace that asked for `event_type`."""
         docs = await self._collection(scope).find(
-            {"enabled": True}, sort=[("webhook_id", 1)], projection=_NO_SECRETS
+            {"enabled": True, "event_types": {"$in": [event_type, WILDCARD]}},
+            sort=[("webhook_id", 1)],
+            projection=_NO_SECRETS,
         )
-        return [w for w in map(_webhook, docs) if w.wants(event_type)]
+        return [_webhook(doc) for doc in docs]
 
     async def update(
         self, scope: Scope, webhook_id: str, changes: Mapping[str, Any]
