@@ -111,6 +111,8 @@ class _Lease:
     stock: float = 0.0  # tokens left in Redis at the last grant (for the headers)
     # Redis had less than a full lease: don't ask again before a full lease has accrued
     empty_until: float = 0.0
+    # refill when this few tokens are left (a quarter of a lease)
+    low_water: int = 0
     refill: asyncio.Task[None] | None = None
 
 
@@ -158,7 +160,7 @@ class RateLimiter:
         if lease.tokens > 0 and now < lease.expires:
             lease.tokens -= 1
             if (
-                lease.tokens <= lease_size(limit) // 4
+                lease.tokens <= lease.low_water
                 and lease.refill is None
                 and now >= lease.empty_until
             ):
@@ -187,6 +189,7 @@ class RateLimiter:
         """Never raises: a failure degrades the limiter (the callers then use the fallback)."""
         try:
             want = lease_size(limit)
+            lease.low_water = want // 4
             self.redis_calls += 1
             with client_span("redis", "EVALSHA", **{"meshgate.script": "rate_lease"}):
                 grant, stock, wait = await asyncio.wait_for(
