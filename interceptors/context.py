@@ -88,11 +88,9 @@ class CallState:
 
     def require_scope(self) -> Scope:
         principal = self.require_principal()
-        if self.namespace is None:  # the chain guarantees it for namespaced methods
-            raise FailedPreconditionError("this method needs a namespace")
         return Scope(
             internal_id=principal.organization.internal_id,
-            namespace_id=self.namespace.namespace_id,
+            namespace_id=self.require_namespace().namespace_id,
         )
 
 

@@ -9,8 +9,7 @@ RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -24,30 +23,19 @@ from storage.redis_keys import organization_key
 
 __all__ = ["RateLimit"]
 
-_LOG = logging.getLogger("meshgate.ratelimit")
-
 
 class RateLimit:
     def __init__(
         self,
         *,
         limiter: RateLimiter,
-        plans: Mapping[str, Plan],
-        default_plan: str,
+        plan_of: Callable[[str], Plan],
         metrics: Metrics | None = None,
     ) -> None:
         self._limiter = limiter
         self._metrics = metrics
-        self._plans = plans
-        self._default = plans[default_plan]
+        self._plan_of = plan_of
         self._buckets: dict[tuple[str, str, str], str] = {}
-
-    def plan_of(self, name: str) -> Plan:
-        plan = self._plans.get(name)
-        if plan is None:
-            _LOG.warning("organization on unknown plan %r: using %r", name, self._default.name)
-            return self._default
-        return plan
 
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
@@ -65,7 +53,7 @@ class RateLimit:
             name = self._buckets[(organization_id, owner, rate_class)] = organization_key(
                 organization_id, *parts
             )
-        limit = override or self.plan_of(principal.organization.plan).limits[rate_class]
+        limit = override or self._plan_of(principal.organization.plan).limits[rate_class]
         decision = self._limiter.try_acquire(name, limit)
         if decision is None:
             return self._wait(call, name, limit)

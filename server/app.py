@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -94,6 +94,7 @@ from storage.namespaces import NamespaceStore
 from storage.organization_events import OrganizationEvents
 from storage.organizations import OrganizationStore
 from storage.outbox import EventOutbox
+from storage.plans import PlanLookup
 from storage.rate_limiter import RateLimiter
 from storage.sealing import SecretBox
 from storage.tasks import TaskStore
@@ -153,17 +154,13 @@ class RunningServer:
     health: HealthServicer
     invalidation: InvalidationBus
     verifier: KeyVerifier
-    namespaces: NamespaceStore
     tls: ReloadingServerCredentials | None
-    limiter: RateLimiter
     accounts: CreditAccounts
     usage: UsageRecorder
-    metrics: Metrics
     metrics_port: int = 0
     metrics_server: Any = None
     # counters of the background work (tasks, deliveries)
     work_metrics: WorkMetrics = field(default_factory=WorkMetrics)
-    runners: dict[str, QueueRunner] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def flush_usage(self, *, everything: bool = False) -> None:
@@ -193,31 +190,23 @@ class RunningServer:
             _LOG.error("could not settle usage and credits at shutdown: %s", type(exc).__name__)
 
 
-async def _flush_last_used(verifier: KeyVerifier, every_s: float) -> None:
-    while True:
+async def _every(
+    every_s: float,
+    action: Callable[[], Awaitable[object]],
+    *,
+    failing: str,
+    first: bool = False,
+    level: int = logging.WARNING,
+) -> None:
+    """`action` forever, `every_s` apart (the first time at once with `first`); a failure
+    is logged and the next round tries again: a store hiccup never ends the loop."""
+    if not first:
         await asyncio.sleep(every_s)
-        try:
-            await verifier.flush_last_used()
-        except Exception as exc:  # a store hiccup must not kill the loop
-            _LOG.warning("could not record key last-used times: %s", type(exc).__name__)
-
-
-async def _flush_usage(running: RunningServer, every_s: float) -> None:
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            await running.flush_usage()
-        except Exception as exc:  # kept buffered; retried next time
-            _LOG.warning("could not flush usage / settle credits: %s", type(exc).__name__)
-
-
-async def _finish_deletions(purger: NamespacePurger, every_s: float) -> None:
-    """Deletions a crash interrupted are completed at start-up and then periodically."""
     while True:
         try:
-            await purger.finish_pending()
+            await action()
         except Exception as exc:
-            _LOG.warning("could not finish pending namespace deletions: %s", type(exc).__name__)
+            _LOG.log(level, "could not %s: %s", failing, type(exc).__name__)
         await asyncio.sleep(every_s)
 
 
@@ -345,6 +334,7 @@ class Components:
     accounts: CreditAccounts
     credit_events: CreditEvents
     usage: UsageRecorder
+    plan_of: PlanLookup
     rate_limit: RateLimit
     metrics: Metrics
     audit: AuditLog
@@ -372,6 +362,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         vectors.forget(namespace_id)
 
     metrics = Metrics()
+    plan_of = PlanLookup(settings.plans, settings.default_plan)
     limiter = RateLimiter(
         redis=backends.redis,
         failure_mode=settings.rate_limit_on_redis_failure,
@@ -410,12 +401,8 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         ),
         credit_events=credit_events,
         usage=usage,
-        rate_limit=RateLimit(
-            limiter=limiter,
-            plans=settings.plans,
-            default_plan=settings.default_plan,
-            metrics=metrics,
-        ),
+        plan_of=plan_of,
+        rate_limit=RateLimit(limiter=limiter, plan_of=plan_of, metrics=metrics),
         metrics=metrics,
         audit=audit,
     )
@@ -471,7 +458,7 @@ def build_chain(
             Authorization(internal_peers=settings.internal_peers),
             NamespaceScope(namespaces=c.namespaces),
             c.rate_limit,
-            Credits(accounts=c.accounts, plan_of=c.rate_limit.plan_of, metrics=c.metrics),
+            Credits(accounts=c.accounts, plan_of=c.plan_of, metrics=c.metrics),
             audit,
         ),
         observers=(
@@ -537,24 +524,13 @@ def _export_work_metrics(
     )
 
 
-async def _refresh_queue_depth(
-    work: WorkMetrics, depth: dict[tuple[str, ...], float], every_s: float
-) -> None:
+async def _refresh_queue_depth(work: WorkMetrics, depth: dict[tuple[str, ...], float]) -> None:
     """The queue depth needs MongoDB: read here, in the loop, not in the scrape thread."""
-    while True:
-        try:
-            rows = await work.queue_depth()
-            depth.clear()
-            depth.update(
-                {
-                    (kind, state): float(n)
-                    for kind, states in rows.items()
-                    for state, n in states.items()
-                }
-            )
-        except Exception as exc:
-            _LOG.debug("queue depth unavailable: %s", type(exc).__name__)
-        await asyncio.sleep(every_s)
+    rows = await work.queue_depth()
+    depth.clear()
+    depth.update(
+        {(kind, state): float(n) for kind, states in rows.items() for state, n in states.items()}
+    )
 
 
 def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
@@ -598,7 +574,7 @@ def add_servicers(
             accounts=c.accounts,
             organizations=c.organizations,
             grants=c.credit_events,
-            plan_of=c.rate_limit.plan_of,
+            plan_of=c.plan_of,
         ),
         server,
     )
@@ -683,26 +659,38 @@ async def create_server(
         health=health_servicer,
         invalidation=c.invalidation,
         verifier=c.verifier,
-        namespaces=c.namespaces,
         tls=tls,
-        limiter=c.limiter,
         accounts=c.accounts,
         usage=c.usage,
-        metrics=c.metrics,
         metrics_port=metrics_port,
         metrics_server=metrics_server,
         work_metrics=background.metrics,
-        runners=background.runners,
     )
     running.tasks += [
         asyncio.create_task(c.invalidation.run(), name="invalidation-bus"),
-        asyncio.create_task(_flush_last_used(c.verifier, 30.0), name="last-used"),
-        asyncio.create_task(_finish_deletions(c.purger, 60.0), name="namespace-deletions"),
-        asyncio.create_task(_flush_usage(running, 1.0), name="usage-flush"),
+        asyncio.create_task(
+            _every(30.0, c.verifier.flush_last_used, failing="record key last-used times"),
+            name="last-used",
+        ),
+        asyncio.create_task(  # deletions a crash interrupted: at start-up, then every minute
+            _every(60.0, c.purger.finish_pending, failing="finish namespace deletions", first=True),
+            name="namespace-deletions",
+        ),
+        asyncio.create_task(  # kept buffered when it fails; retried next time
+            _every(1.0, running.flush_usage, failing="flush usage / settle credits"),
+            name="usage-flush",
+        ),
         asyncio.create_task(c.audit.run(), name="audit-writer"),
         asyncio.create_task(monitor.run(), name="dependency-monitor"),
         asyncio.create_task(
-            _refresh_queue_depth(background.metrics, queue_depth, 5.0), name="queue-depth"
+            _every(
+                5.0,
+                lambda: _refresh_queue_depth(background.metrics, queue_depth),
+                failing="read the work queue depth",
+                first=True,
+                level=logging.DEBUG,
+            ),
+            name="queue-depth",
         ),
         *(
             asyncio.create_task(runner.run(), name=f"{kind}-runner")

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.v1 import common_pb2, options_pb2
 
 from storage.errors import InvalidArgumentError
+from storage.ids import ORGANIZATION_ID_RE
 
 __all__ = [
     "PERMISSION_NAMES",
+    "checked_organization_id",
     "dict_to_struct",
+    "duration",
     "environment_from_proto",
     "environment_to_proto",
+    "names_from_proto",
     "permission_to_proto",
     "permissions_from_proto",
     "struct_to_dict",
@@ -54,19 +60,38 @@ def environment_to_proto(value: str) -> common_pb2.Environment.ValueType:
     return _ENVIRONMENTS_BACK[value]
 
 
+def names_from_proto(
+    values: Iterable[int], names: Mapping[Any, str], *, refusal: str
+) -> frozenset[str]:
+    """Enum values to their names; INVALID_ARGUMENT (`refusal`) for any other value."""
+    out = set()
+    for value in values:
+        name = names.get(value)
+        if name is None:
+            raise InvalidArgumentError(refusal)
+        out.add(name)
+    return frozenset(out)
+
+
 def permissions_from_proto(values: list[int]) -> frozenset[str]:
     if not values:
         raise InvalidArgumentError("permissions must name at least one permission")
-    out = set()
-    for value in values:
-        name = PERMISSION_NAMES.get(value)  # type: ignore[call-overload]
-        if name is None:
-            raise InvalidArgumentError(
-                "permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE"
-                " or PERMISSION_ADMIN"
-            )
-        out.add(name)
-    return frozenset(out)
+    return names_from_proto(
+        values,
+        PERMISSION_NAMES,
+        refusal="permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE"
+        " or PERMISSION_ADMIN",
+    )
+
+
+def checked_organization_id(value: str) -> str:
+    if not ORGANIZATION_ID_RE.match(value):
+        raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+    return value
+
+
+def duration(value: Duration) -> timedelta:
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
 
 
 def permission_to_proto(value: str) -> options_pb2.Permission.ValueType:

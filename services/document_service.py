@@ -47,7 +47,11 @@ def checked_document(
     check_body(body, what=f"{what}.body")
     check_metadata(metadata, what=f"{what}.metadata")
     return (
-        (check_document_id(document.document_id) if document.document_id else None),
+        (
+            check_document_id(document.document_id, what=f"{what}.document_id")
+            if document.document_id
+            else None
+        ),
         body,
         metadata,
     )

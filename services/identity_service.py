@@ -7,8 +7,7 @@ from typing import Any
 from meshgate.v1 import identity_service_pb2 as pb
 from meshgate.v1 import identity_service_pb2_grpc as pb_grpc
 
-from storage.errors import InvalidArgumentError
-from storage.ids import ORGANIZATION_ID_RE
+from services.convert import checked_organization_id
 from storage.organizations import OrganizationStore
 
 __all__ = ["IdentityServicer"]
@@ -21,8 +20,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     async def ResolveOrganization(
         self, request: pb.ResolveOrganizationRequest, context: Any
     ) -> pb.ResolveOrganizationResponse:
-        if not ORGANIZATION_ID_RE.match(request.organization_id):
-            raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+        checked_organization_id(request.organization_id)
         organization = await self._organizations.get(request.organization_id)
         return pb.ResolveOrganizationResponse(
             organization_id=organization.organization_id, internal_id=organization.internal_id

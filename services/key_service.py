@@ -6,7 +6,7 @@ environments are invisible (NOT_FOUND) and cannot be created from it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from meshgate.v1 import key_service_pb2 as pb
@@ -14,6 +14,7 @@ from meshgate.v1 import key_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import (
+    duration,
     environment_from_proto,
     environment_to_proto,
     from_timestamp,
@@ -136,10 +137,8 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         return pb.GetKeyResponse(key=key_to_proto(record, datetime.now(UTC)))
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Any) -> pb.ListKeysResponse:
-        principal = current_call.get().require_principal()
         records, token = await self._keys.list_page(
-            organization_id=principal.organization.organization_id,
-            environment=principal.key.environment,
+            **self._owner(),
             page_size=page_size(request.page_size),
             page_token=request.page_token,
         )
@@ -149,9 +148,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         )
 
     async def RotateKey(self, request: pb.RotateKeyRequest, context: Any) -> pb.RotateKeyResponse:
-        grace = timedelta(
-            seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
-        )
+        grace = duration(request.grace_period)
         record, secret, cutoff = await self._keys.rotate(
             **self._owner(), key_id=request.key_id, grace=grace
         )

@@ -15,7 +15,7 @@ from meshgate.v1 import task_service_pb2 as pb
 from meshgate.v1 import task_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
-from services.convert import struct_to_dict, timestamp
+from services.convert import names_from_proto, struct_to_dict, timestamp
 from services.document_service import checked_document
 from storage.documents import check_metadata, new_document_id
 from storage.errors import InvalidArgumentError
@@ -58,29 +58,19 @@ def task_to_proto(record: TaskRecord) -> pb.Task:
 
 
 def _states(values: list[int]) -> frozenset[str]:
-    out = set()
-    for value in values:
-        state = _STATES_BACK.get(value)  # type: ignore[call-overload]
-        if state is None:
-            raise InvalidArgumentError(
-                "states may only hold TASK_STATE_PENDING, TASK_STATE_IN_PROGRESS,"
-                " TASK_STATE_COMPLETED, TASK_STATE_FAILED or TASK_STATE_CANCELED"
-            )
-        out.add(state)
-    return frozenset(out)
+    return names_from_proto(
+        values,
+        _STATES_BACK,
+        refusal="states may only hold TASK_STATE_PENDING, TASK_STATE_IN_PROGRESS,"
+        " TASK_STATE_COMPLETED, TASK_STATE_FAILED or TASK_STATE_CANCELED",
+    )
 
 
 def _documents(request: pb.SubmitIngestionRequest) -> list[DocumentItem]:
     items: list[DocumentItem] = []
     seen: set[str] = set()
     for i, document in enumerate(request.documents):
-        what = f"documents[{i}]"
-        try:
-            document_id, body, metadata = checked_document(document, what=what)
-        except InvalidArgumentError as exc:
-            if exc.message.startswith(what):
-                raise
-            raise InvalidArgumentError(f"{what}: {exc.message}") from None
+        document_id, body, metadata = checked_document(document, what=f"documents[{i}]")
         document_id = document_id or new_document_id()
         if document_id in seen:
             raise InvalidArgumentError(f"documents[{i}] repeats document_id {document_id!r}")

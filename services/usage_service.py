@@ -10,12 +10,11 @@ from meshgate.v1 import usage_service_pb2 as pb
 from meshgate.v1 import usage_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
-from services.convert import from_timestamp, timestamp
+from services.convert import checked_organization_id, from_timestamp, timestamp
 from storage.clock import utc_now
 from storage.credit_events import CreditEvents
 from storage.credits import Balance, CreditAccounts
 from storage.errors import InvalidArgumentError
-from storage.ids import ORGANIZATION_ID_RE
 from storage.organizations import OrganizationStore
 from storage.plans import Plan
 from storage.usage import UsageRecorder
@@ -116,8 +115,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
     async def GrantCredits(
         self, request: pb.GrantCreditsRequest, context: Any
     ) -> pb.GrantCreditsResponse:
-        if not ORGANIZATION_ID_RE.match(request.organization_id):
-            raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+        checked_organization_id(request.organization_id)
         if not 1 <= request.credits <= MAX_GRANT:
             raise InvalidArgumentError(f"credits must be between 1 and {MAX_GRANT}")
         organization = await self._organizations.get(request.organization_id)

@@ -7,14 +7,13 @@ Secrets appear in exactly two responses (CreateWebhook, RotateWebhookSecret);
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from meshgate.v1 import webhook_service_pb2 as pb
 from meshgate.v1 import webhook_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
-from services.convert import timestamp
+from services.convert import duration, names_from_proto, timestamp
 from storage.errors import FailedPreconditionError, InvalidArgumentError
 from storage.pages import page_size
 from storage.webhook_http import WebhookSender
@@ -81,16 +80,12 @@ def delivery_to_proto(record: DeliveryRecord) -> pb.Delivery:
 
 
 def _statuses(values: list[int]) -> frozenset[str]:
-    out = set()
-    for value in values:
-        status = _STATUSES_BACK.get(value)  # type: ignore[call-overload]
-        if status is None:
-            raise InvalidArgumentError(
-                "statuses may only hold DELIVERY_STATUS_PENDING, DELIVERY_STATUS_SUCCEEDED,"
-                " DELIVERY_STATUS_FAILED or DELIVERY_STATUS_EXHAUSTED"
-            )
-        out.add(status)
-    return frozenset(out)
+    return names_from_proto(
+        values,
+        _STATUSES_BACK,
+        refusal="statuses may only hold DELIVERY_STATUS_PENDING, DELIVERY_STATUS_SUCCEEDED,"
+        " DELIVERY_STATUS_FAILED or DELIVERY_STATUS_EXHAUSTED",
+    )
 
 
 def _noop() -> None:
@@ -174,9 +169,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         self, request: pb.RotateWebhookSecretRequest, context: Any
     ) -> pb.RotateWebhookSecretResponse:
         scope = current_call.get().require_scope()
-        grace = timedelta(
-            seconds=request.grace_period.seconds, microseconds=request.grace_period.nanos // 1000
-        )
+        grace = duration(request.grace_period)
         record, secret, cutoff = await self._webhooks.rotate(scope, request.webhook_id, grace=grace)
         return pb.RotateWebhookSecretResponse(
             webhook=webhook_to_proto(record),

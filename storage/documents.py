@@ -71,9 +71,9 @@ def new_document_id() -> str:
     return "doc_" + random_base62(20)
 
 
-def check_document_id(document_id: str) -> str:
+def check_document_id(document_id: str, *, what: str = "document_id") -> str:
     if not DOCUMENT_ID_RE.match(document_id):
-        raise InvalidArgumentError("document_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        raise InvalidArgumentError(f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     return document_id
 
 

@@ -7,12 +7,13 @@ negative limit, or an unknown field stops the server with a message naming it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RATE_CLASSES", "Limit", "Plan", "PlanError", "parse_plans"]
+__all__ = ["RATE_CLASSES", "Limit", "Plan", "PlanError", "PlanLookup", "parse_plans"]
 
 RATE_CLASSES = ("metadata", "data", "search", "admin")
 
@@ -40,6 +41,25 @@ class Plan:
     name: str
     monthly_credits: int
     limits: Mapping[str, Limit]
+
+
+_LOG = logging.getLogger("meshgate.plans")
+
+
+class PlanLookup:
+    """An organization's plan by name; one on a plan this server does not know gets the
+    default (with a warning), so a stale plan name never refuses calls."""
+
+    def __init__(self, plans: Mapping[str, Plan], default: str) -> None:
+        self._plans = plans
+        self._default = plans[default]
+
+    def __call__(self, name: str) -> Plan:
+        plan = self._plans.get(name)
+        if plan is None:
+            _LOG.warning("organization on unknown plan %r: using %r", name, self._default.name)
+            return self._default
+        return plan
 
 
 def _limit(where: str, raw: Any) -> Limit:

@@ -27,21 +27,17 @@ from storage.webhook_http import SendResult, WebhookSender
 from storage.webhooks import AttemptRecord, DeliveryStore, WebhookStore
 from storage.work_queue import Claim, WorkQueue
 
-__all__ = ["DEFAULT_SCHEDULE", "DeliveryWorker", "RetrySchedule"]
+__all__ = ["DeliveryWorker", "RetrySchedule"]
 
-# Delays after each failed attempt: 8 attempts over about 27.6 hours.
-DEFAULT_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 _RNG = random.SystemRandom()
 
 
 @dataclass(frozen=True, slots=True)
 class RetrySchedule:
-    delays_s: tuple[float, ...] = DEFAULT_SCHEDULE
-    jitter: float = 0.2
+    """Delays after each failed attempt (settings: MESHGATE_WEBHOOK_RETRY_SCHEDULE)."""
 
-    @property
-    def attempts(self) -> int:
-        return len(self.delays_s) + 1
+    delays_s: tuple[float, ...]
+    jitter: float
 
     def delay_after(self, failed_attempts: int) -> float | None:
         """Seconds before the next attempt after `failed_attempts` failures; None: exhausted."""
