@@ -183,12 +183,14 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
         await docs.GetDocument(
             document_service_pb2.GetDocumentRequest(document_id="missing"), metadata=md
         )
-    burster = await tenant.keys.CreateKey(  # its own bucket: the admin key stays usable
+    # its own bucket (the admin key stays usable), refilling slowly: 45 calls one after
+    # another exceed a burst of 40 however slow the machine is
+    burster = await tenant.keys.CreateKey(
         key_service_pb2.CreateKeyRequest(
             name="burst",
             environment=1,
             permissions=[options_pb2.PERMISSION_READ],
-            rate_limit=key_service_pb2.RateLimit(per_second=20, burst=40),
+            rate_limit=key_service_pb2.RateLimit(per_second=1, burst=40),
         ),
         metadata=auth(tenant.admin),
     )
