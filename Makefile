@@ -60,7 +60,8 @@ command -v $(1) >/dev/null || { \
   else echo "error: $(1) is needed by the tests; install Debian's $(2) package (e.g. 'sudo apt-get install $(2)')"; exit 1; fi; }
 endef
 
-test: setup test-deps ## run the whole test suite (starts its own redis-server, embedded MongoDB engine)
+test: setup test-deps ## import contracts, then the whole suite (starts its own redis-server, embedded MongoDB engine)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server (a few minutes)
@@ -69,7 +70,8 @@ bench: setup test-deps ## benchmark the security chain against a bare grpc.aio s
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
 	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
 
-lint: setup ## ruff and mypy --strict on the source tree
+lint: setup ## ruff, mypy --strict and the import contracts (pyproject.toml)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests
 	$(VENV)/bin/mypy

@@ -4,7 +4,7 @@ As a step it refuses an audited call up front (UNAVAILABLE) when the audit
 queue is full; as an observer it queues one event per audited call with who
 (key, peer), what (method, resource), where (organization, namespace), the
 outcome and the request id. Events go to a per-organization hash chain
-(storage/audit.py); the call never waits for that write.
+(storage/audit/log.py); the call never waits for that write.
 
 Calls whose organization is unknown (no valid key) cannot join an
 organization's chain: they are counted in the metrics and access log instead.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import grpc
 
 from interceptors.context import CallState
-from storage.audit import AuditLog
+from storage.audit.log import AuditLog
 
 __all__ = ["AuditTrail", "audited"]
 

@@ -12,8 +12,8 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.policy import Access
-from storage.errors import UnauthenticatedError
-from storage.key_verifier import KeyVerifier
+from storage.core.errors import UnauthenticatedError
+from storage.tenancy.key_verifier import KeyVerifier
 
 __all__ = ["Authentication"]
 

@@ -10,7 +10,7 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.policy import Access
-from storage.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError
 
 __all__ = ["Authorization"]
 

@@ -32,7 +32,7 @@ from interceptors.context import CallState, current_call
 from interceptors.errors import ErrorMapper
 from interceptors.policy import Access, Policy
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
-from storage.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
+from storage.core.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
 
 __all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
 

@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 
 from interceptors.policy import Policy
-from storage.errors import FailedPreconditionError
-from storage.key_verifier import VerifiedKey
-from storage.namespaces import Namespace
-from storage.organizations import Organization
-from storage.scoped import Scope
+from storage.backends.scoped import Scope
+from storage.core.errors import FailedPreconditionError
+from storage.tenancy.key_verifier import VerifiedKey
+from storage.tenancy.namespaces import Namespace
+from storage.tenancy.organizations import Organization
 
 __all__ = ["CallState", "Principal", "current_call"]
 

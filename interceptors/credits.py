@@ -9,9 +9,9 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
-from storage.credits import CreditAccounts
-from storage.organizations import Organization
-from storage.plans import Plan
+from storage.core.plans import Plan
+from storage.metering.credits import CreditAccounts
+from storage.tenancy.organizations import Organization
 
 __all__ = ["Credits"]
 

@@ -16,7 +16,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from storage.errors import (
+from storage.backends.failures import backend_unavailable
+from storage.core.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -26,7 +27,6 @@ from storage.errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
-    backend_unavailable,
 )
 
 __all__ = ["ErrorMapper", "Refusal"]

@@ -7,9 +7,9 @@ from collections.abc import Awaitable
 import grpc
 
 from interceptors.context import CallState, Principal
-from storage.errors import NotFoundError, UnauthenticatedError
-from storage.key_verifier import VerifiedKey
-from storage.organizations import OrganizationStore
+from storage.core.errors import NotFoundError, UnauthenticatedError
+from storage.tenancy.key_verifier import VerifiedKey
+from storage.tenancy.organizations import OrganizationStore
 
 __all__ = ["OrganizationIdentity"]
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable
 import grpc
 
 from interceptors.context import CallState, Principal
-from storage.errors import InvalidArgumentError, PermissionDeniedError
-from storage.namespaces import Namespace, NamespaceStore
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+from storage.tenancy.namespaces import Namespace, NamespaceStore
 
 __all__ = ["NAMESPACE_HEADER", "NamespaceScope"]
 

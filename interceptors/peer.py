@@ -16,7 +16,7 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.policy import Access
-from storage.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError
 
 __all__ = ["PeerIdentity", "parse_xfcc"]
 

@@ -16,10 +16,10 @@ import grpc
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
 from interceptors.policy import Access
-from storage.errors import ResourceExhaustedError
-from storage.plans import Limit, Plan
-from storage.rate_limiter import Decision, RateLimiter
-from storage.redis_keys import organization_key
+from storage.backends.redis_keys import organization_key
+from storage.core.errors import ResourceExhaustedError
+from storage.core.plans import Limit, Plan
+from storage.metering.rate_limiter import Decision, RateLimiter
 
 __all__ = ["RateLimit"]
 

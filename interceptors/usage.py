@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 
 from interceptors.context import CallState
-from storage.credits import CreditAccounts
-from storage.usage import UsageRecorder
+from storage.metering.credits import CreditAccounts
+from storage.metering.usage import UsageRecorder
 
 __all__ = ["UsageObserver"]
 

@@ -81,29 +81,29 @@ from services.task_service import TaskServicer
 from services.usage_service import UsageServicer
 from services.vector_service import VectorServicer
 from services.webhook_service import WebhookServicer
-from storage.audit import AuditLog
-from storage.cascade import NamespacePurger
-from storage.credit_events import CreditEvents
-from storage.credits import CreditAccounts
-from storage.documents import DocumentStore
-from storage.health import DependencyMonitor, DependencyState
-from storage.invalidation import InvalidationBus
-from storage.key_verifier import KeyVerifier
-from storage.keys import KeyStore
-from storage.namespaces import NamespaceStore
-from storage.organization_events import OrganizationEvents
-from storage.organizations import OrganizationStore
-from storage.outbox import EventOutbox
-from storage.plans import PlanLookup
-from storage.rate_limiter import RateLimiter
-from storage.sealing import SecretBox
-from storage.tasks import TaskStore
-from storage.usage import UsageRecorder
-from storage.vectors import VectorStore
-from storage.webhook_http import WebhookSender
-from storage.webhook_targets import TargetPolicy
-from storage.webhooks import DeliveryStore, WebhookStore
-from storage.work_queue import WorkQueue
+from storage.audit.log import AuditLog
+from storage.backends.health import DependencyMonitor, DependencyState
+from storage.backends.work_queue import WorkQueue
+from storage.core.plans import PlanLookup
+from storage.data.cascade import NamespacePurger
+from storage.data.documents import DocumentStore
+from storage.data.tasks import TaskStore
+from storage.data.vectors import VectorStore
+from storage.metering.credit_events import CreditEvents
+from storage.metering.credits import CreditAccounts
+from storage.metering.rate_limiter import RateLimiter
+from storage.metering.usage import UsageRecorder
+from storage.tenancy.invalidation import InvalidationBus
+from storage.tenancy.key_verifier import KeyVerifier
+from storage.tenancy.keys import KeyStore
+from storage.tenancy.namespaces import NamespaceStore
+from storage.tenancy.organizations import OrganizationStore
+from storage.webhooks.organization_events import OrganizationEvents
+from storage.webhooks.outbox import EventOutbox
+from storage.webhooks.sealing import SecretBox
+from storage.webhooks.sender import WebhookSender
+from storage.webhooks.store import DeliveryStore, WebhookStore
+from storage.webhooks.targets import TargetPolicy
 
 __all__ = [
     "SERVICE_DESCRIPTORS",

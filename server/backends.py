@@ -8,9 +8,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from server.embedded import EmbeddedMongo, embedded_redis
 from server.settings import Settings
-from storage.embedded import EmbeddedMongo, embedded_redis
-from storage.mongo import MongoStore
+from storage.backends.mongo import MongoStore
 
 __all__ = ["Backends", "open_backends"]
 

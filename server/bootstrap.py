@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.backends import Backends
-from storage.keys import KeyStore
-from storage.organizations import OrganizationStore
+from storage.tenancy.keys import KeyStore
+from storage.tenancy.organizations import OrganizationStore
 
 __all__ = ["BootstrapResult", "bootstrap", "write_secret_file"]
 

@@ -20,7 +20,7 @@ from server.bootstrap import bootstrap, write_secret_file
 from server.logs import configure_logging
 from server.observability import configure_tracing
 from server.settings import ENVIRONMENTS, Settings, SettingsError
-from storage.organizations import OrganizationStore
+from storage.tenancy.organizations import OrganizationStore
 
 __all__ = ["main"]
 

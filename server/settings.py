@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.plans import Plan, PlanError, parse_plans
-from storage.rate_limiter import FailureMode
-from storage.webhook_targets import TargetPolicy
+from storage.core.plans import Plan, PlanError, parse_plans
+from storage.metering.rate_limiter import FailureMode
+from storage.webhooks.targets import TargetPolicy
 
 __all__ = [
     "DEFAULT_PLANS_FILE",

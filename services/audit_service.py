@@ -9,8 +9,8 @@ from meshgate.v1 import audit_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import from_timestamp, timestamp
-from storage.audit import AuditLog
-from storage.pages import page_size
+from storage.audit.log import AuditLog
+from storage.core.pages import page_size
 
 __all__ = ["AuditServicer"]
 

@@ -12,8 +12,8 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.v1 import common_pb2, options_pb2
 
-from storage.errors import InvalidArgumentError
-from storage.ids import ORGANIZATION_ID_RE
+from storage.core.errors import InvalidArgumentError
+from storage.core.ids import ORGANIZATION_ID_RE
 
 __all__ = [
     "PERMISSION_NAMES",

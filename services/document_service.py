@@ -9,16 +9,16 @@ from meshgate.v1 import document_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import dict_to_struct, struct_to_dict, timestamp
-from storage.documents import (
+from storage.core.errors import InvalidArgumentError
+from storage.core.filters import check_field, parse_filter
+from storage.core.pages import page_size
+from storage.data.documents import (
     DocumentRecord,
     DocumentStore,
     check_body,
     check_document_id,
     check_metadata,
 )
-from storage.errors import InvalidArgumentError
-from storage.filters import check_field, parse_filter
-from storage.pages import page_size
 
 __all__ = ["MAX_BATCH", "MAX_DOCUMENT_BYTES", "DocumentServicer", "checked_document"]
 

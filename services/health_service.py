@@ -9,7 +9,7 @@ from meshgate.v1 import health_service_pb2 as pb
 from meshgate.v1 import health_service_pb2_grpc as pb_grpc
 
 from services.convert import timestamp
-from storage.health import DependencyMonitor
+from storage.backends.health import DependencyMonitor
 
 __all__ = ["HealthServicer"]
 

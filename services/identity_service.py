@@ -8,7 +8,7 @@ from meshgate.v1 import identity_service_pb2 as pb
 from meshgate.v1 import identity_service_pb2_grpc as pb_grpc
 
 from services.convert import checked_organization_id
-from storage.organizations import OrganizationStore
+from storage.tenancy.organizations import OrganizationStore
 
 __all__ = ["IdentityServicer"]
 

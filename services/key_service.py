@@ -23,14 +23,14 @@ from services.convert import (
     timestamp,
     validate_name,
 )
-from storage.clock import rfc3339
-from storage.errors import InvalidArgumentError, PermissionDeniedError
-from storage.invalidation import InvalidationBus
-from storage.keys import KeyRecord, KeyStore
-from storage.namespaces import NamespaceStore
-from storage.organization_events import OrganizationEvents
-from storage.pages import page_size
-from storage.plans import Limit, PlanError
+from storage.core.clock import rfc3339
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+from storage.core.pages import page_size
+from storage.core.plans import Limit, PlanError
+from storage.tenancy.invalidation import InvalidationBus
+from storage.tenancy.keys import KeyRecord, KeyStore
+from storage.tenancy.namespaces import NamespaceStore
+from storage.webhooks.organization_events import OrganizationEvents
 
 __all__ = ["KeyServicer", "key_to_proto"]
 

@@ -9,11 +9,11 @@ from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
-from storage.cascade import NamespacePurger
-from storage.errors import PermissionDeniedError
-from storage.invalidation import InvalidationBus
-from storage.namespaces import Namespace, NamespaceStore
-from storage.pages import page_size
+from storage.core.errors import PermissionDeniedError
+from storage.core.pages import page_size
+from storage.data.cascade import NamespacePurger
+from storage.tenancy.invalidation import InvalidationBus
+from storage.tenancy.namespaces import Namespace, NamespaceStore
 
 __all__ = ["NamespaceServicer", "namespace_to_proto"]
 
@@ -84,7 +84,7 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         await self._namespaces.mark_deleting(
             internal_id=scope.internal_id, namespace_id=scope.namespace_id
         )
-        # unusable everywhere from here on; then the data goes (see storage/cascade.py)
+        # unusable everywhere from here on; then the data goes (see storage/data/cascade.py)
         await self._invalidation.namespace_deleted(scope.namespace_id)
         await self._purger.finish(scope)
         return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)

@@ -9,7 +9,7 @@ from meshgate.v1 import organization_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import timestamp
-from storage.organizations import Organization
+from storage.tenancy.organizations import Organization
 
 __all__ = ["OrganizationServicer", "organization_to_proto"]
 

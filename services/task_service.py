@@ -17,11 +17,11 @@ from meshgate.v1 import task_service_pb2_grpc as pb_grpc
 from interceptors.context import current_call
 from services.convert import names_from_proto, struct_to_dict, timestamp
 from services.document_service import checked_document
-from storage.documents import check_metadata, new_document_id
-from storage.errors import InvalidArgumentError
-from storage.pages import page_size
-from storage.tasks import DocumentItem, PointItem, TaskRecord, TaskStore
-from storage.vectors import MAX_DIMENSION, check_point_id
+from storage.core.errors import InvalidArgumentError
+from storage.core.pages import page_size
+from storage.data.documents import check_metadata, new_document_id
+from storage.data.tasks import DocumentItem, PointItem, TaskRecord, TaskStore
+from storage.data.vectors import MAX_DIMENSION, check_point_id
 
 __all__ = ["MAX_INGESTION_BYTES", "MAX_INGESTION_ITEMS", "TaskServicer", "task_to_proto"]
 

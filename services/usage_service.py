@@ -11,13 +11,13 @@ from meshgate.v1 import usage_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import checked_organization_id, from_timestamp, timestamp
-from storage.clock import utc_now
-from storage.credit_events import CreditEvents
-from storage.credits import Balance, CreditAccounts
-from storage.errors import InvalidArgumentError
-from storage.organizations import OrganizationStore
-from storage.plans import Plan
-from storage.usage import UsageRecorder
+from storage.core.clock import utc_now
+from storage.core.errors import InvalidArgumentError
+from storage.core.plans import Plan
+from storage.metering.credit_events import CreditEvents
+from storage.metering.credits import Balance, CreditAccounts
+from storage.metering.usage import UsageRecorder
+from storage.tenancy.organizations import OrganizationStore
 
 __all__ = ["UsageServicer"]
 

@@ -9,10 +9,10 @@ from meshgate.v1 import vector_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import dict_to_struct, struct_to_dict
-from storage.documents import check_metadata
-from storage.errors import InvalidArgumentError
-from storage.filters import parse_filter
-from storage.vectors import StoredPoint, VectorConfig, VectorStore
+from storage.core.errors import InvalidArgumentError
+from storage.core.filters import parse_filter
+from storage.data.documents import check_metadata
+from storage.data.vectors import StoredPoint, VectorConfig, VectorStore
 
 __all__ = ["MAX_POINTS", "MAX_SEARCH_LIMIT", "VectorServicer"]
 

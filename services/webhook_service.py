@@ -14,10 +14,11 @@ from meshgate.v1 import webhook_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
 from services.convert import duration, names_from_proto, timestamp
-from storage.errors import FailedPreconditionError, InvalidArgumentError
-from storage.pages import page_size
-from storage.webhook_http import WebhookSender
-from storage.webhooks import (
+from storage.backends.work_queue import WorkQueue
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError
+from storage.core.pages import page_size
+from storage.webhooks.sender import WebhookSender
+from storage.webhooks.store import (
     DeliveryRecord,
     DeliveryStore,
     WebhookRecord,
@@ -25,7 +26,6 @@ from storage.webhooks import (
     check_description,
     check_event_types,
 )
-from storage.work_queue import WorkQueue
 
 __all__ = ["WebhookServicer", "delivery_to_proto", "webhook_to_proto"]
 

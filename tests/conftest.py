@@ -43,9 +43,9 @@ from certs.dev_pki import CLIENT_ID, INTERNAL_ID, issue, issue_pki, make_ca
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
+from server.embedded import EmbeddedMongo
 from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
-from storage.embedded import EmbeddedMongo
 from tests.webhook_receiver import Receiver
 
 PROXY_ID = "spiffe://meshgate.local/proxy/envoy"
@@ -341,7 +341,7 @@ def make_tenant(backends: Backends, channel: grpc.aio.Channel, server: RunningSe
             backends, name=f"org-{secrets.token_hex(3)}", plan=plan, environment=environment
         )
         NEVER_LOGGED.add(result.secret)
-        from storage.organizations import OrganizationStore
+        from storage.tenancy.organizations import OrganizationStore
 
         organization = await OrganizationStore(mongo=backends.mongo).get(result.organization_id)
         NEVER_LOGGED.add(organization.internal_id)

@@ -35,7 +35,7 @@ from meshgate.v1 import (
 )
 
 from server.app import SERVICE_DESCRIPTORS
-from storage.organizations import OrganizationStore
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth, client_credentials, eventually
 from tests.webhook_receiver import Receiver
 

@@ -37,10 +37,10 @@ from meshgate.v1 import vector_service_pb2_grpc as vgrpc
 
 from server.app import RunningServer
 from server.backends import Backends
-from storage.documents import DocumentStore
-from storage.organizations import OrganizationStore
-from storage.scoped import Scope
-from storage.vectors import VectorStore
+from storage.backends.scoped import Scope
+from storage.data.documents import DocumentStore
+from storage.data.vectors import VectorStore
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Pki, Tenant, auth, client_credentials
 
 SEED = int(os.environ.get("MESHGATE_PROPERTY_SEED", "20261129"))

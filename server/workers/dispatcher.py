@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from server.workers.metrics import WorkMetrics
-from storage.clock import utc_now
-from storage.outbox import EventOutbox
-from storage.sealing import SealedSecretError
-from storage.webhook_http import SendResult, WebhookSender
-from storage.webhooks import AttemptRecord, DeliveryStore, WebhookStore
-from storage.work_queue import Claim, WorkQueue
+from storage.backends.work_queue import Claim, WorkQueue
+from storage.core.clock import utc_now
+from storage.webhooks.outbox import EventOutbox
+from storage.webhooks.sealing import SealedSecretError
+from storage.webhooks.sender import SendResult, WebhookSender
+from storage.webhooks.store import AttemptRecord, DeliveryStore, WebhookStore
 
 __all__ = ["DeliveryWorker", "RetrySchedule"]
 

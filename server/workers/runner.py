@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from storage.clock import utc_now
-from storage.work_queue import Claim, WorkQueue
+from storage.backends.work_queue import Claim, WorkQueue
+from storage.core.clock import utc_now
 
 __all__ = ["QueueRunner"]
 

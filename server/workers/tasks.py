@@ -16,21 +16,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from server.workers.metrics import WorkMetrics
-from storage.clock import utc_now
-from storage.documents import DocumentStore
-from storage.errors import (
+from storage.backends.failures import backend_unavailable
+from storage.backends.scoped import Scope
+from storage.backends.work_queue import Claim, WorkQueue
+from storage.core.clock import utc_now
+from storage.core.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     MeshgateError,
     NotFoundError,
-    backend_unavailable,
 )
-from storage.outbox import EventOutbox
-from storage.scoped import Scope
-from storage.tasks import RunState, TaskError, TaskStore
-from storage.vectors import VectorStore, check_vector
-from storage.work_queue import Claim, WorkQueue
+from storage.data.documents import DocumentStore
+from storage.data.tasks import RunState, TaskError, TaskStore
+from storage.data.vectors import VectorStore, check_vector
+from storage.webhooks.outbox import EventOutbox
 
 __all__ = ["TaskWorker"]
 

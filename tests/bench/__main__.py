@@ -48,10 +48,10 @@ from meshgate.v1 import key_service_pb2, key_service_pb2_grpc, namespace_service
 from certs.dev_pki import issue_pki
 from server.backends import open_backends
 from server.bootstrap import bootstrap
+from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
-from storage.embedded import EmbeddedMongo
-from storage.keys import KeyStore
-from storage.namespaces import NamespaceStore
+from storage.tenancy.keys import KeyStore
+from storage.tenancy.namespaces import NamespaceStore
 from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,7 +262,7 @@ async def prepare(workdir: Path, redis: RedisServer, mongo_uri: str) -> Env:
         admin = await bootstrap(
             backends, name="bench", plan="enterprise", environment="development"
         )
-        from storage.organizations import OrganizationStore
+        from storage.tenancy.organizations import OrganizationStore
 
         org = await OrganizationStore(mongo=backends.mongo).get(admin.organization_id)
         namespace = await NamespaceStore(mongo=backends.mongo).create(

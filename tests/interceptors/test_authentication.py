@@ -18,7 +18,7 @@ from meshgate.v1 import (
 )
 
 from server.app import RunningServer
-from storage.api_keys import mint_secret
+from storage.core.key_secrets import mint_secret
 from tests.conftest import Pki, Tenant, auth, raw_http2_call
 
 MESSAGE = "missing or invalid API key"
@@ -168,7 +168,7 @@ async def test_key_of_an_environment_this_server_refuses(server, settings, backe
 
 async def test_secret_with_a_forged_environment_prefix_is_refused(tenant: Tenant) -> None:
     """Re-labelling a dev key as prod (checksum recomputed) does not match any stored key."""
-    from storage.api_keys import _checksum  # the attacker knows the public checksum scheme
+    from storage.core.key_secrets import _checksum  # the attacker knows the public checksum scheme
 
     body = tenant.admin.rsplit("_", 1)[0].replace("mg_dev_", "mg_prod_", 1)
     forged = f"{body}_{_checksum(body)}"

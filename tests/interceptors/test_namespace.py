@@ -66,8 +66,8 @@ async def test_another_organizations_namespace_is_not_found(make_tenant) -> None
 
 async def test_namespace_of_another_environment_is_not_found(make_tenant, backends) -> None:  # type: ignore[no-untyped-def]
     """Same organization, production namespace, development key."""
-    from storage.namespaces import NamespaceStore
-    from storage.organizations import OrganizationStore
+    from storage.tenancy.namespaces import NamespaceStore
+    from storage.tenancy.organizations import OrganizationStore
 
     dev: Tenant = await make_tenant("development")
     org = await OrganizationStore(mongo=backends.mongo).get(dev.organization_id)

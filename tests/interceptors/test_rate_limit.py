@@ -20,10 +20,10 @@ from meshgate.v1 import (
 
 from server.app import RunningServer
 from server.backends import Backends
-from storage.clock import utc_now
-from storage.credits import CreditAccounts, period_of
-from storage.organizations import OrganizationStore
-from storage.scoped import Scope
+from storage.backends.scoped import Scope
+from storage.core.clock import utc_now
+from storage.metering.credits import CreditAccounts, period_of
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()

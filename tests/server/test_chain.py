@@ -151,7 +151,7 @@ async def test_store_failure_is_internal_without_leaking(
     tenant: Tenant, backends, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """Unexpected exception in storage: INTERNAL, generic text + request id, no exception text."""
-    from storage.organizations import OrganizationStore
+    from storage.tenancy.organizations import OrganizationStore
 
     async def boom(self, organization_id):  # type: ignore[no-untyped-def]
         raise RuntimeError("secret-ish internals: mongodb://admin:hunter2@db")

@@ -30,13 +30,13 @@ from meshgate.v1 import (
 from server.backends import Backends
 from server.bootstrap import bootstrap
 from server.settings import Secret, Settings
-from storage.namespaces import NamespaceStore
-from storage.organizations import OrganizationStore
+from storage.tenancy.namespaces import NamespaceStore
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Pki, RedisServer, auth, client_credentials, free_port
 from tests.replica import Replica, start_replica
 
 RATE, BURST = 20, 20
-LEASE = 1  # storage.rate_limiter.lease_size for this limit
+LEASE = 1  # storage.metering.rate_limiter.lease_size for this limit
 PLANS = {
     "test": {
         "monthly_credits": 1_000_000,

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-import storage.tracing
+import storage.backends.tracing
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.logs import GuardedJsonFormatter
@@ -73,7 +73,9 @@ async def test_spans_follow_rpc_conventions_with_store_children(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(storage.tracing, "_TRACER", provider.get_tracer("meshgate.storage"))
+    monkeypatch.setattr(
+        storage.backends.tracing, "_TRACER", provider.get_tracer("meshgate.storage")
+    )
     traced = await create_server(settings, backends, tracer=provider.get_tracer("meshgate"))
     try:
         tenant: Tenant = await make_tenant()
@@ -248,10 +250,10 @@ async def test_audit_chain_detects_a_deleted_event(tenant: Tenant, backends: Bac
 
 
 async def test_audit_survives_a_store_outage_and_refuses_when_full() -> None:
-    from storage.audit import AuditLog
-    from storage.embedded import EmbeddedMongo
-    from storage.errors import UnavailableError
-    from storage.mongo import MongoStore
+    from server.embedded import EmbeddedMongo
+    from storage.audit.log import AuditLog
+    from storage.backends.mongo import MongoStore
+    from storage.core.errors import UnavailableError
 
     port = free_port()
     store = MongoStore(

@@ -8,7 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import options_pb2
 
-from storage.api_keys import parse_secret
+from storage.core.key_secrets import parse_secret
 from tests.conftest import Tenant, auth
 
 

@@ -8,13 +8,13 @@ from meshgate.v1 import document_service_pb2, namespace_service_pb2
 
 from server.app import RunningServer
 from server.backends import Backends
-from storage.cascade import NamespacePurger
-from storage.documents import DocumentStore
-from storage.namespaces import NamespaceStore
-from storage.organizations import OrganizationStore
-from storage.redis_keys import namespace_key
-from storage.scoped import Scope
-from storage.vectors import VectorStore, collection_name
+from storage.backends.redis_keys import namespace_key
+from storage.backends.scoped import Scope
+from storage.data.cascade import NamespacePurger
+from storage.data.documents import DocumentStore
+from storage.data.vectors import VectorStore, collection_name
+from storage.tenancy.namespaces import NamespaceStore
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth
 from tests.services.test_document_service import Docs, doc
 from tests.services.test_vector_service import Vectors, point

@@ -14,9 +14,9 @@ from meshgate.v1 import usage_service_pb2_grpc as usage_grpc
 from meshgate.v1 import webhook_service_pb2 as pb
 
 from server.backends import Backends
-from storage.clock import utc_now
-from storage.credits import CreditAccounts, period_of
-from storage.organizations import OrganizationStore
+from storage.core.clock import utc_now
+from storage.metering.credits import CreditAccounts, period_of
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth, eventually
 from tests.services.test_document_service import Docs, doc
 from tests.services.test_webhook_service import Hooks, path

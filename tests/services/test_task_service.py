@@ -18,9 +18,9 @@ from meshgate.v1 import webhook_service_pb2 as wh_pb
 from meshgate.v1 import webhook_service_pb2_grpc as wh_grpc
 
 from server.backends import Backends
-from storage.organizations import OrganizationStore
-from storage.scoped import Scope
-from storage.work_queue import WorkQueue
+from storage.backends.scoped import Scope
+from storage.backends.work_queue import WorkQueue
+from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth, eventually
 from tests.services.test_document_service import doc
 from tests.services.test_vector_service import Vectors

@@ -30,7 +30,7 @@ from meshgate.v1 import webhook_service_pb2_grpc as pb_grpc
 from server.app import RunningServer
 from server.backends import Backends
 from server.logs import GuardedJsonFormatter
-from storage.work_queue import WorkQueue
+from storage.backends.work_queue import WorkQueue
 from tests.conftest import WEBHOOK_TEST_SCHEDULE, Tenant, auth, eventually, free_port
 from tests.services.test_document_service import doc
 from tests.services.test_task_service import Tasks

@@ -1,0 +1,81 @@
+"""Deep health: each backing store is probed periodically, with a timeout.
+
+The monitor keeps the last state of each dependency (up, latency, error type)
+and calls `on_change` whenever one flips, so the server can turn the
+grpc.health.v1 status of the services that need it NOT_SERVING (load
+balancers then route around this instance) and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from storage.core.clock import utc_now
+
+__all__ = ["DependencyMonitor", "DependencyState"]
+
+_LOG = logging.getLogger("meshgate.health")
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyState:
+    name: str
+    up: bool
+    latency_s: float
+    checked_at: datetime
+    error: str = ""
+
+
+class DependencyMonitor:
+    def __init__(
+        self,
+        *,
+        probes: Mapping[str, Callable[[], Awaitable[object]]],
+        interval_s: float,
+        timeout_s: float,
+        on_change: Callable[[Mapping[str, DependencyState]], Awaitable[None]],
+    ) -> None:
+        self._probes = dict(probes)
+        self._interval = interval_s
+        self._timeout = timeout_s
+        self._on_change = on_change
+        self.states: dict[str, DependencyState] = {}
+
+    async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> DependencyState:
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(probe(), self._timeout)
+            return DependencyState(name, True, time.perf_counter() - started, utc_now())
+        except Exception as exc:  # any failure means down; only its type is kept (no secrets)
+            return DependencyState(
+                name, False, time.perf_counter() - started, utc_now(), type(exc).__name__
+            )
+
+    async def check_once(self) -> Mapping[str, DependencyState]:
+        results = await asyncio.gather(*(self._probe(n, p) for n, p in self._probes.items()))
+        changed = any(
+            self.states.get(s.name, s).up != s.up or s.name not in self.states for s in results
+        )
+        for state in results:
+            before = self.states.get(state.name)
+            if before is not None and before.up != state.up:
+                log = _LOG.info if state.up else _LOG.error
+                log(
+                    "dependency %s is %s",
+                    state.name,
+                    "up again" if state.up else f"down ({state.error})",
+                )
+            self.states[state.name] = state
+        if changed:
+            await self._on_change(self.states)
+        return self.states
+
+    async def run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self._interval)

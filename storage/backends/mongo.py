@@ -1,0 +1,98 @@
+"""MongoDB connection and the collections of the secure core, with their indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from storage.backends.scoped import Scope, ScopedCollection
+from storage.backends.tracing import MongoCommandSpans
+
+__all__ = ["NAMESPACED_COLLECTIONS", "MongoStore"]
+
+# Every collection holding namespaced data; a namespace deletion empties each of them.
+NAMESPACED_COLLECTIONS = (
+    "documents",
+    "vector_stores",
+    "tasks",
+    "webhooks",
+    "events",
+    "deliveries",
+)
+
+Document = dict[str, Any]
+
+
+class MongoStore:
+    """One client, one database; owns index creation and scoped collection hand-out."""
+
+    def __init__(self, *, uri: str, database: str, timeout_ms: int = 5_000) -> None:
+        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=timeout_ms * 2,
+            appname="meshgate",
+            event_listeners=[MongoCommandSpans()],
+        )
+        self._db: AsyncDatabase[Document] = self._client[database]
+        self.organizations: AsyncCollection[Document] = self._db["organizations"]
+        self.keys: AsyncCollection[Document] = self._db["keys"]
+        self.namespaces: AsyncCollection[Document] = self._db["namespaces"]
+        # pointers to due work across namespaces (storage/backends/work_queue.py); never tenant data
+        self.work_queue: AsyncCollection[Document] = self._db["work_queue"]
+
+    async def ensure_indexes(self) -> None:
+        await self.organizations.create_index([("organization_id", ASCENDING)], unique=True)
+        await self.keys.create_index([("secrets.digest", ASCENDING)], unique=True, sparse=True)
+        await self.keys.create_index([("organization_id", ASCENDING), ("_id", ASCENDING)])
+        await self.namespaces.create_index(
+            [("internal_id", ASCENDING), ("name", ASCENDING)], unique=True
+        )
+        await self.namespaces.create_index(
+            [("internal_id", ASCENDING), ("environment", ASCENDING), ("_id", ASCENDING)]
+        )
+        await self.namespaces.create_index([("state", ASCENDING)])
+        # namespaced data: every compound index starts with namespace_id
+        documents = self._db["documents"]
+        await documents.create_index(
+            [("namespace_id", ASCENDING), ("document_id", ASCENDING)], unique=True
+        )
+        await documents.create_index([("namespace_id", ASCENDING), ("created_at", ASCENDING)])
+        await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
+        for name, field in (
+            ("tasks", "task_id"),
+            ("webhooks", "webhook_id"),
+            ("events", "event_id"),
+            ("deliveries", "delivery_id"),
+        ):
+            await self._db[name].create_index(
+                [("namespace_id", ASCENDING), (field, ASCENDING)], unique=True
+            )
+        await self._db["tasks"].create_index(
+            [("namespace_id", ASCENDING), ("state", ASCENDING), ("task_id", ASCENDING)]
+        )
+        await self._db["deliveries"].create_index(
+            [("namespace_id", ASCENDING), ("webhook_id", ASCENDING), ("delivery_id", ASCENDING)]
+        )
+        await self.work_queue.create_index([("kind", ASCENDING), ("due_at", ASCENDING)])
+        await self.work_queue.create_index([("namespace_id", ASCENDING)])
+
+    @property
+    def database(self) -> AsyncDatabase[Document]:
+        """For organization-level collections owned by one storage module (usage, credits)."""
+        return self._db
+
+    def scoped(self, name: str, scope: Scope) -> ScopedCollection:
+        """A namespaced data collection; there is no unscoped variant."""
+        return ScopedCollection(self._db[name], scope)
+
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()

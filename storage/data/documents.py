@@ -1,0 +1,295 @@
+"""Documents of one namespace, in MongoDB, only through a ScopedCollection.
+
+Documents are addressed by `document_id`, unique per namespace (a compound
+unique index on namespace_id + document_id): the same id in two namespaces is
+two documents, and creating one never reveals that the other exists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from storage.backends.mongo import MongoStore
+from storage.backends.scoped import Scope, ScopedCollection
+from storage.core.clock import utc_now
+from storage.core.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from storage.core.filters import FIELD_RE, RESERVED_FIELDS, Group, to_mongo
+from storage.core.ids import random_base62
+from storage.core.pages import decode_page_token, page_of
+
+__all__ = [
+    "DOCUMENT_ID_RE",
+    "MAX_METADATA_KEYS",
+    "DocumentRecord",
+    "DocumentStore",
+    "check_body",
+    "check_document_id",
+    "check_metadata",
+    "new_document_id",
+]
+
+DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_METADATA_KEYS = 64
+MAX_LIST_VALUES = 100
+MAX_BODY_DEPTH = 32
+_UPDATE_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRecord:
+    document_id: str
+    body: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    revision: int
+
+
+def _record(doc: Mapping[str, Any]) -> DocumentRecord:
+    return DocumentRecord(
+        document_id=doc["document_id"],
+        body=doc.get("body") or {},
+        metadata=doc.get("metadata") or {},
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        revision=int(doc["revision"]),
+    )
+
+
+def new_document_id() -> str:
+    return "doc_" + random_base62(20)
+
+
+def check_document_id(document_id: str, *, what: str = "document_id") -> str:
+    if not DOCUMENT_ID_RE.match(document_id):
+        raise InvalidArgumentError(f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return document_id
+
+
+def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
+    """Field names MongoDB would misread (`$…`, dotted) or that are reserved are refused."""
+
+    def walk(value: Any, depth: int) -> None:
+        if depth > MAX_BODY_DEPTH:
+            raise InvalidArgumentError(f"{what} is nested deeper than {MAX_BODY_DEPTH} levels")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if key.startswith("$") or "." in key or not key:
+                    raise InvalidArgumentError(
+                        f"{what} field names must be non-empty and may not start with '$'"
+                        " or contain '.'"
+                    )
+                if key in RESERVED_FIELDS:
+                    raise InvalidArgumentError(
+                        f"{what} may not use the reserved field name {key!r}"
+                    )
+                walk(item, depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, depth + 1)
+
+    walk(body, 0)
+
+
+def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> None:
+    """Flat: scalar values or short lists of scalars, filterable by the filter language."""
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidArgumentError(f"{what} may have at most {MAX_METADATA_KEYS} keys")
+    for key, value in metadata.items():
+        if key in RESERVED_FIELDS:
+            raise InvalidArgumentError(f"{what} may not use the reserved key {key!r}")
+        if not FIELD_RE.match(key):
+            raise InvalidArgumentError(f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -")
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_LIST_VALUES:
+            raise InvalidArgumentError(f"{what} lists may hold at most {MAX_LIST_VALUES} values")
+        for item in values:
+            if not (item is None or isinstance(item, str | bool | int | float)):
+                raise InvalidArgumentError(
+                    f"{what} values must be strings, numbers, booleans, null or lists of those"
+                )
+
+
+class DocumentStore:
+    """Hands out the documents of one scope; every call goes through ScopedCollection."""
+
+    COLLECTION = "documents"
+
+    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
+        self._mongo = mongo
+        self._now = now
+
+    def _collection(self, scope: Scope) -> ScopedCollection:
+        return self._mongo.scoped(self.COLLECTION, scope)
+
+    def _new(
+        self, document_id: str | None, body: dict[str, Any], metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        now = self._now()
+        return {
+            "document_id": check_document_id(document_id) if document_id else new_document_id(),
+            "body": body,
+            "metadata": metadata,
+            "created_at": now,
+            "updated_at": now,
+            "revision": 1,
+        }
+
+    async def create(
+        self,
+        scope: Scope,
+        *,
+        document_id: str | None,
+        body: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> DocumentRecord:
+        doc = self._new(document_id, body, metadata)
+        try:
+            await self._collection(scope).insert_one(doc)
+        except DuplicateKeyError:
+            raise AlreadyExistsError(f"document {doc['document_id']!r} already exists") from None
+        return _record(doc)
+
+    async def create_many(
+        self, scope: Scope, items: list[tuple[str | None, dict[str, Any], dict[str, Any]]]
+    ) -> list[DocumentRecord]:
+        """All or nothing for duplicates: ids are checked before anything is written."""
+        batch = random_base62(16)
+        docs = [{**self._new(i, b, m), "batch": batch} for i, b, m in items]
+        ids = [d["document_id"] for d in docs]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgumentError("the batch names the same document_id twice")
+        collection = self._collection(scope)
+        taken = await collection.find({"document_id": {"$in": ids}})
+        if taken:
+            raise AlreadyExistsError(f"document {taken[0]['document_id']!r} already exists")
+        try:
+            await collection.insert_many(docs)
+        except (DuplicateKeyError, BulkWriteError):  # lost a race with a concurrent writer
+            await collection.delete_many({"batch": batch})  # ours only, never the other writer's
+            raise AlreadyExistsError(
+                "a document of the batch was created concurrently; retry"
+            ) from None
+        return [_record(d) for d in docs]
+
+    async def ingest(
+        self,
+        scope: Scope,
+        *,
+        writer: str,
+        document_id: str,
+        body: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Create or replace one document, at most once per `writer` (an ingestion task).
+
+        The document is stamped with `writer`; replaying the same write (a task
+        re-claimed after its worker died) matches nothing and changes nothing, so
+        the write happens once in effect and `revision` counts real writes.
+        """
+        collection = self._collection(scope)
+        check_document_id(document_id)
+        for _ in range(_UPDATE_RETRIES):
+            now = self._now()
+            try:
+                await collection.update_one(
+                    {"document_id": document_id, "ingested_by": {"$ne": writer}},
+                    {
+                        "$set": {
+                            "body": body,
+                            "metadata": metadata,
+                            "updated_at": now,
+                            "ingested_by": writer,
+                        },
+                        "$inc": {"revision": 1},
+                        "$setOnInsert": {"created_at": now},
+                    },
+                    upsert=True,
+                )
+                return
+            except DuplicateKeyError:
+                # the document exists and the filter did not match it: either this writer
+                # wrote it already (done), or another writer created it concurrently (retry)
+                current = await collection.find_one(
+                    {"document_id": document_id}, projection={"ingested_by": 1}
+                )
+                if current is not None and current.get("ingested_by") == writer:
+                    return
+        raise FailedPreconditionError(f"document {document_id!r} is being written concurrently")
+
+    async def get(self, scope: Scope, document_id: str) -> DocumentRecord:
+        doc = await self._collection(scope).find_one(
+            {"document_id": check_document_id(document_id)}
+        )
+        if doc is None:
+            raise NotFoundError("document not found")
+        return _record(doc)
+
+    async def list_page(
+        self, scope: Scope, *, tree: Group | None, page_size: int, page_token: str
+    ) -> tuple[list[DocumentRecord], str]:
+        after = decode_page_token(page_token, kind="doc", id_pattern=DOCUMENT_ID_RE)
+        query = to_mongo(tree)
+        if after is not None:
+            query = (
+                {"$and": [query, {"document_id": {"$gt": after}}]}
+                if query
+                else {"document_id": {"$gt": after}}
+            )
+        docs = await self._collection(scope).find(
+            query, sort=[("document_id", 1)], limit=page_size + 1
+        )
+        return page_of(docs, page_size=page_size, kind="doc", key="document_id", build=_record)
+
+    async def update(
+        self,
+        scope: Scope,
+        document_id: str,
+        change: Callable[[DocumentRecord], tuple[dict[str, Any], dict[str, Any]]],
+    ) -> DocumentRecord:
+        """Read, change, write if nobody wrote in between (optimistic, by revision)."""
+        collection = self._collection(scope)
+        for _ in range(_UPDATE_RETRIES):
+            current = await self.get(scope, document_id)
+            body, metadata = change(current)
+            now = self._now()
+            matched = await collection.update_one(
+                {"document_id": document_id, "revision": current.revision},
+                {
+                    "$set": {
+                        "body": body,
+                        "metadata": metadata,
+                        "updated_at": now,
+                        "revision": current.revision + 1,
+                    }
+                },
+            )
+            if matched:
+                return replace(
+                    current,
+                    body=body,
+                    metadata=metadata,
+                    updated_at=now,
+                    revision=current.revision + 1,
+                )
+        raise FailedPreconditionError("the document is being changed concurrently; retry")
+
+    async def delete(self, scope: Scope, document_id: str) -> None:
+        if not await self._collection(scope).delete_one(
+            {"document_id": check_document_id(document_id)}
+        ):
+            raise NotFoundError("document not found")
+
+    async def count(self, scope: Scope) -> int:
+        return await self._collection(scope).count_documents({})

@@ -1,0 +1,256 @@
+"""Vectors of one namespace in Qdrant: one collection per namespace, filtered anyway.
+
+The collection is `ns_<namespace_id>`. Every point's payload carries
+namespace_id, and every search, scroll, count and delete adds a `must`
+condition on it, so even a mix-up of collection names could not cross a
+namespace. Point ids are the caller's strings, mapped to UUIDv5 per namespace
+(Qdrant wants UUIDs or integers); the original id travels in `point_id`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+from qdrant_client import AsyncQdrantClient, models
+
+from storage.backends.mongo import MongoStore
+from storage.backends.scoped import Scope
+from storage.backends.tracing import client_span
+from storage.core.cache import TTLCache
+from storage.core.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from storage.core.filters import Group
+from storage.data.qdrant_filters import to_qdrant
+
+__all__ = [
+    "DISTANCES",
+    "MAX_DIMENSION",
+    "POINT_ID_RE",
+    "Hit",
+    "StoredPoint",
+    "VectorConfig",
+    "VectorStore",
+    "check_point_id",
+    "check_vector",
+    "collection_name",
+]
+
+POINT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_DIMENSION = 4096
+DISTANCES = {
+    "cosine": models.Distance.COSINE,
+    "dot": models.Distance.DOT,
+    "euclid": models.Distance.EUCLID,
+}
+_POINT_NAMESPACE = uuid.UUID("6b1f4f0e-8d0c-4d7e-9a4b-3c6f0e2a9d51")
+
+
+def collection_name(namespace_id: str) -> str:
+    return f"ns_{namespace_id}"
+
+
+def qdrant_id(namespace_id: str, point_id: str) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{namespace_id}/{point_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class VectorConfig:
+    dimension: int
+    distance: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    point_id: str
+    vector: list[float] | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    point: StoredPoint
+    score: float
+
+
+def check_vector(vector: Sequence[float], dimension: int, *, what: str = "vector") -> list[float]:
+    if len(vector) != dimension:
+        raise InvalidArgumentError(
+            f"{what} has {len(vector)} dimensions; this namespace's vector store has {dimension}"
+        )
+    values = [float(v) for v in vector]
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgumentError(f"{what} contains NaN or infinity")
+    return values
+
+
+def check_point_id(point_id: str) -> str:
+    if not POINT_ID_RE.match(point_id):
+        raise InvalidArgumentError("point ids must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return point_id
+
+
+def _point(record: Any) -> StoredPoint:
+    payload = dict(record.payload or {})
+    payload.pop("namespace_id", None)
+    point_id = str(payload.pop("point_id", ""))
+    vector = record.vector if isinstance(record.vector, list) else None
+    return StoredPoint(point_id=point_id, vector=vector, payload=payload)
+
+
+class VectorStore:
+    """Vector-store configs in MongoDB (scoped), points in Qdrant (per-namespace collections)."""
+
+    CONFIGS = "vector_stores"
+
+    def __init__(
+        self, *, mongo: MongoStore, qdrant: AsyncQdrantClient, payload_index: bool
+    ) -> None:
+        self._mongo = mongo
+        self._qdrant = qdrant
+        self._payload_index = payload_index
+        self._configs: TTLCache[str, VectorConfig] = TTLCache(ttl_s=60.0, max_entries=10_000)
+
+    def forget(self, namespace_id: str) -> None:
+        self._configs.pop(namespace_id)
+
+    @staticmethod
+    def _namespace_filter(scope: Scope, *extra: models.Condition) -> models.Filter:
+        own = models.FieldCondition(
+            key="namespace_id", match=models.MatchValue(value=scope.namespace_id)
+        )
+        return models.Filter(must=[own, *extra])
+
+    async def create(self, scope: Scope, *, dimension: int, distance: str) -> VectorConfig:
+        if not 1 <= dimension <= MAX_DIMENSION:
+            raise InvalidArgumentError(f"dimension must be between 1 and {MAX_DIMENSION}")
+        configs = self._mongo.scoped(self.CONFIGS, scope)
+        existing = await configs.find_one({})
+        if existing is not None:
+            raise AlreadyExistsError("this namespace already has a vector store")
+        name = collection_name(scope.namespace_id)
+        if await self._qdrant.collection_exists(name):
+            # left by a create that crashed before writing its config: it holds no points
+            await self._qdrant.delete_collection(name)
+        await self._qdrant.create_collection(
+            name, vectors_config=models.VectorParams(size=dimension, distance=DISTANCES[distance])
+        )
+        if self._payload_index:
+            await self._qdrant.create_payload_index(
+                name, "namespace_id", models.PayloadSchemaType.KEYWORD
+            )
+        # the config is written last: a crash before it leaves a retryable empty collection
+        try:
+            await configs.insert_one({"dimension": dimension, "distance": distance})
+        except DuplicateKeyError:
+            raise AlreadyExistsError("this namespace already has a vector store") from None
+        config = VectorConfig(dimension, distance)
+        self._configs.put(scope.namespace_id, config)
+        return config
+
+    async def config(self, scope: Scope) -> VectorConfig:
+        cached = self._configs.get(scope.namespace_id)
+        if cached is not None:
+            return cached
+        doc = await self._mongo.scoped(self.CONFIGS, scope).find_one({})
+        if doc is None:
+            raise FailedPreconditionError(
+                "this namespace has no vector store yet; call VectorService/CreateVectorStore"
+            )
+        config = VectorConfig(int(doc["dimension"]), str(doc["distance"]))
+        self._configs.put(scope.namespace_id, config)
+        return config
+
+    async def upsert(
+        self, scope: Scope, points: Sequence[tuple[str, Sequence[float], Mapping[str, Any]]]
+    ) -> int:
+        config = await self.config(scope)
+        structs = []
+        for point_id, vector, payload in points:
+            structs.append(
+                models.PointStruct(
+                    id=qdrant_id(scope.namespace_id, check_point_id(point_id)),
+                    vector=check_vector(vector, config.dimension, what=f"point {point_id!r}"),
+                    payload={**payload, "namespace_id": scope.namespace_id, "point_id": point_id},
+                )
+            )
+        with client_span(
+            "qdrant", "upsert", **{"db.collection.name": collection_name(scope.namespace_id)}
+        ):
+            await self._qdrant.upsert(
+                collection_name(scope.namespace_id), points=structs, wait=True
+            )
+        return len(structs)
+
+    async def search(
+        self,
+        scope: Scope,
+        *,
+        vector: Sequence[float],
+        tree: Group | None,
+        limit: int,
+        score_threshold: float | None,
+        with_vectors: bool,
+    ) -> list[Hit]:
+        config = await self.config(scope)
+        with client_span("qdrant", "query_points"):
+            response = await self._qdrant.query_points(
+                collection_name(scope.namespace_id),
+                query=check_vector(vector, config.dimension),
+                query_filter=self._namespace_filter(scope, *to_qdrant(tree)),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [Hit(point=_point(p), score=float(p.score)) for p in response.points]
+
+    async def get(
+        self, scope: Scope, ids: Sequence[str], *, with_vectors: bool
+    ) -> list[StoredPoint]:
+        await self.config(scope)
+        wanted: list[int | str | uuid.UUID] = [
+            qdrant_id(scope.namespace_id, check_point_id(i)) for i in ids
+        ]
+        with client_span("qdrant", "scroll"):
+            records, _ = await self._qdrant.scroll(
+                collection_name(scope.namespace_id),
+                scroll_filter=self._namespace_filter(scope, models.HasIdCondition(has_id=wanted)),
+                limit=len(wanted),
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+        return [_point(r) for r in records]
+
+    async def count(self, scope: Scope) -> int:
+        await self.config(scope)
+        result = await self._qdrant.count(
+            collection_name(scope.namespace_id),
+            count_filter=self._namespace_filter(scope),
+            exact=True,
+        )
+        return int(result.count)
+
+    async def delete(self, scope: Scope, ids: Sequence[str]) -> int:
+        await self.config(scope)
+        wanted: list[int | str | uuid.UUID] = [
+            qdrant_id(scope.namespace_id, check_point_id(i)) for i in ids
+        ]
+        selector = self._namespace_filter(scope, models.HasIdCondition(has_id=wanted))
+        name = collection_name(scope.namespace_id)
+        present = await self._qdrant.count(name, count_filter=selector, exact=True)
+        await self._qdrant.delete(
+            name, points_selector=models.FilterSelector(filter=selector), wait=True
+        )
+        return int(present.count)
+
+    async def drop(self, namespace_id: str) -> None:
+        """Idempotent: removing a missing collection is fine."""
+        self.forget(namespace_id)
+        name = collection_name(namespace_id)
+        if await self._qdrant.collection_exists(name):
+            await self._qdrant.delete_collection(name)

@@ -1,0 +1,98 @@
+"""Credit threshold events (80 %, 95 %, 100 % of a period's credits), recorded once per period.
+
+The document id is organization + period + threshold, so replicas crossing a
+threshold at the same time record it once. Each is then published to the
+organization's `credits.threshold` webhooks (storage/webhooks/organization_events.py)
+and marked published; a replica that finds it recorded but not yet published
+(the first one failed or died in between) publishes it again, idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from storage.backends.mongo import MongoStore
+from storage.core.clock import utc_now
+from storage.metering.credits import Balance
+from storage.webhooks.organization_events import OrganizationEvents
+
+__all__ = ["CreditEvents"]
+
+_LOG = logging.getLogger("meshgate.credits")
+
+
+class CreditEvents:
+    def __init__(self, *, mongo: MongoStore) -> None:
+        self._collection = mongo.database["credit_events"]
+        # set once webhooks are wired (server/app.py); without it events are only recorded
+        self.publisher: OrganizationEvents | None = None
+
+    async def record(
+        self, organization_id: str, period: str, threshold: int, balance: Balance
+    ) -> None:
+        fresh: dict[str, Any] = {
+            "_id": f"{organization_id}:{period}:{threshold}",
+            "organization_id": organization_id,
+            "type": "credits.threshold",
+            "period": period,
+            "threshold": threshold,
+            "total": balance.total,
+            "consumed": balance.used + balance.reserved,
+            "time": utc_now(),
+            "published": False,
+        }
+        doc: dict[str, Any] | None = fresh
+        try:
+            await self._collection.insert_one(fresh)
+            _LOG.info(
+                "organization %s crossed %d%% of its credits for %s",
+                organization_id,
+                threshold,
+                period,
+            )
+        except DuplicateKeyError:  # recorded already, here or by another replica
+            doc = await self._collection.find_one({"_id": fresh["_id"]})
+        if doc is not None and doc.get("published") is False:
+            await self._publish(doc)
+
+    async def _publish(self, doc: dict[str, Any]) -> None:
+        if self.publisher is None:
+            return
+        await self.publisher.publish(
+            organization_id=doc["organization_id"],
+            event_type="credits.threshold",
+            data={
+                "organization_id": doc["organization_id"],
+                "period": doc["period"],
+                "threshold": doc["threshold"],
+                "total": doc["total"],
+                "consumed": doc["consumed"],
+            },
+            happening=f"credits.threshold:{doc['_id']}",
+            at=doc["time"],
+        )
+        await self._collection.update_one({"_id": doc["_id"]}, {"$set": {"published": True}})
+
+    async def record_grant(
+        self, organization_id: str, period: str, credits: int, *, by: str
+    ) -> None:
+        """Grants are ledger entries too: the period's total is allowance + the sum of grants."""
+        await self._collection.insert_one(
+            {
+                "organization_id": organization_id,
+                "type": "credits.granted",
+                "period": period,
+                "credits": credits,
+                "by": by,
+                "time": utc_now(),
+            }
+        )
+
+    async def thresholds(self, organization_id: str, period: str) -> list[int]:
+        cursor = self._collection.find(
+            {"organization_id": organization_id, "period": period, "type": "credits.threshold"}
+        )
+        return sorted([int(doc["threshold"]) async for doc in cursor])

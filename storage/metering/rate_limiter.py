@@ -1,0 +1,245 @@
+"""Rate limits: token buckets in Redis, leased to each replica in small batches.
+
+The bucket lives in Redis (one hash per organization or key and route class,
+`mg:{org_…}:rl:<class>`), refilled by one Lua script that grants up to `want`
+tokens atomically. A replica takes a lease of tokens and spends them locally,
+so the common call pays no Redis round trip; when a lease runs low it is
+refilled in the background, once per bucket however many calls are waiting
+(single flight).
+
+Accuracy: every admitted call spends a token that Redis granted exactly once,
+so N replicas together never admit more than one bucket would — over any
+window of T seconds at most `burst + per_second * T`: the overshoot is zero.
+The price is on the other side: tokens leased but not yet spent are invisible
+to the other replicas (leases expire after `lease_ttl_s`; unspent tokens are
+dropped, never returned), and a replica that found less than a lease in Redis
+waits until a full lease has accrued before asking again. Admissions can
+therefore fall short of the limit by at most `2 * replicas * lease` tokens.
+The lease is ~50 ms of the bucket's rate, at most burst/8: a single token for
+small limits (where a round trip per call costs little) and hundreds for high
+ones, so at saturation Redis sees about one script call per lease, not per
+call.
+
+When Redis fails (error or timeout), the limiter switches for `retry_after_s`
+to the configured fallback: a local per-replica bucket with the same limit
+(default: N replicas may then admit up to N times the limit), fail open or
+fail closed; it counts every fallback decision for alerting and tries Redis
+again afterwards, so recovery needs no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from storage.backends.tracing import client_span
+from storage.core.errors import UnavailableError
+from storage.core.plans import Limit
+
+__all__ = ["Decision", "FailureMode", "RateLimiter", "lease_size"]
+
+_LOG = logging.getLogger("meshgate.ratelimit")
+
+_LEASE_SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local grant = math.max(0, math.min(want, math.floor(tokens)))
+tokens = tokens - grant
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+-- when short of a full lease: how long until `want` tokens (capped at burst) have accrued
+local wait = 0
+if grant < want then
+  wait = (math.min(want, burst) - tokens) / rate
+end
+return {grant, tostring(tokens), tostring(wait)}
+"""
+
+
+class FailureMode(StrEnum):
+    LOCAL = "local"  # fall back to a per-replica bucket (fail open, bounded)
+    OPEN = "open"  # admit everything
+    CLOSED = "closed"  # refuse with UNAVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float = 0.0
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("ratelimit-limit", str(self.limit)),
+            ("ratelimit-remaining", str(self.remaining)),
+            ("ratelimit-reset", str(math.ceil(self.reset_s))),
+        ]
+
+
+def lease_size(limit: Limit, window_s: float = 0.05) -> int:
+    return max(1, min(math.ceil(limit.per_second * window_s), limit.burst // 8))
+
+
+@dataclass
+class _Lease:
+    tokens: int = 0
+    expires: float = 0.0
+    stock: float = 0.0  # tokens left in Redis at the last grant (for the headers)
+    # Redis had less than a full lease: don't ask again before a full lease has accrued
+    empty_until: float = 0.0
+    # refill when this few tokens are left (a quarter of a lease)
+    low_water: int = 0
+    refill: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _LocalBucket:
+    limit: Limit
+    tokens: float
+    ts: float
+
+    def take(self, now: float) -> tuple[bool, float]:
+        self.tokens = min(self.limit.burst, self.tokens + (now - self.ts) * self.limit.per_second)
+        self.ts = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True, self.tokens
+        return False, self.tokens
+
+
+@dataclass
+class RateLimiter:
+    redis: Redis
+    failure_mode: FailureMode = FailureMode.LOCAL
+    timeout_s: float = 0.2
+    retry_after_s: float = 1.0
+    lease_ttl_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    on_fallback: Callable[[str], None] = lambda bucket: None
+    _leases: dict[str, _Lease] = field(default_factory=dict)
+    _local: dict[str, _LocalBucket] = field(default_factory=dict)
+    _degraded_until: float = 0.0
+    fallbacks: int = 0
+    redis_calls: int = 0
+
+    def __post_init__(self) -> None:
+        self._script = self.redis.register_script(_LEASE_SCRIPT)
+
+    def try_acquire(self, bucket: str, limit: Limit) -> Decision | None:
+        """`acquire` without waiting: None when the lease is empty and a refill is on its way."""
+        now = self.clock()
+        if now < self._degraded_until:
+            return self._fallback(bucket, limit, now)
+        lease = self._leases.get(bucket)
+        if lease is None:
+            lease = self._leases[bucket] = _Lease()
+        if lease.tokens > 0 and now < lease.expires:
+            lease.tokens -= 1
+            if (
+                lease.tokens <= lease.low_water
+                and lease.refill is None
+                and now >= lease.empty_until
+            ):
+                lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+            return self._decision(True, lease, limit)
+        if now < lease.empty_until:
+            return self._decision(False, lease, limit, retry_after_s=lease.empty_until - now)
+        if lease.refill is None:
+            lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+        return None
+
+    async def acquire(self, bucket: str, limit: Limit) -> Decision:
+        """One token from `bucket`, or a refusal saying when to retry."""
+        for _ in range(3):
+            decision = self.try_acquire(bucket, limit)
+            if decision is not None:
+                return decision
+            refill = self._leases[bucket].refill
+            if refill is not None:
+                await asyncio.shield(refill)
+        return self._decision(
+            False, self._leases.get(bucket) or _Lease(), limit, retry_after_s=1 / limit.per_second
+        )
+
+    async def _refill(self, bucket: str, limit: Limit, lease: _Lease) -> None:
+        """Never raises: a failure degrades the limiter (the callers then use the fallback)."""
+        try:
+            want = lease_size(limit)
+            lease.low_water = want // 4
+            self.redis_calls += 1
+            with client_span("redis", "EVALSHA", **{"meshgate.script": "rate_lease"}):
+                grant, stock, wait = await asyncio.wait_for(
+                    self._script(keys=[bucket], args=[limit.per_second, limit.burst, want]),
+                    self.timeout_s,
+                )
+            now = self.clock()
+            grant = int(grant)
+            if now >= lease.expires:
+                lease.tokens = 0
+            lease.tokens += grant
+            lease.stock = float(stock)
+            lease.expires = now + self.lease_ttl_s
+            lease.empty_until = now + float(wait)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._degrade(exc)
+        finally:
+            lease.refill = None
+
+    def _degrade(self, exc: BaseException) -> None:
+        now = self.clock()
+        if now >= self._degraded_until:
+            _LOG.warning(
+                "rate limiter cannot reach Redis (%s); %s for %.1fs",
+                type(exc).__name__,
+                f"fallback {self.failure_mode.value}",
+                self.retry_after_s,
+            )
+        self._degraded_until = now + self.retry_after_s
+        self._leases.clear()
+
+    def _fallback(self, bucket: str, limit: Limit, now: float) -> Decision:
+        self.fallbacks += 1
+        self.on_fallback(bucket)
+        if self.failure_mode is FailureMode.CLOSED:
+            raise UnavailableError("rate limiting is unavailable; retry later")
+        if self.failure_mode is FailureMode.OPEN:
+            return Decision(True, limit.burst, limit.burst, 0.0)
+        local = self._local.get(bucket)
+        if local is None or local.limit != limit:
+            local = self._local[bucket] = _LocalBucket(limit, float(limit.burst), now)
+        allowed, tokens = local.take(now)
+        reset = (limit.burst - tokens) / limit.per_second
+        retry = 0.0 if allowed else (1 - tokens) / limit.per_second
+        return Decision(allowed, limit.burst, int(tokens), reset, retry)
+
+    @staticmethod
+    def _decision(
+        allowed: bool, lease: _Lease, limit: Limit, *, retry_after_s: float = 0.0
+    ) -> Decision:
+        remaining = max(0, min(limit.burst, lease.tokens + math.floor(lease.stock)))
+        reset = (limit.burst - remaining) / limit.per_second
+        return Decision(allowed, limit.burst, remaining, reset, retry_after_s)

@@ -1,0 +1,180 @@
+"""Usage analytics and the credit ledger: counted in memory, stored once per second, exactly once.
+
+Recording a call is a dictionary update (no I/O on the call path). Every
+second `flush` turns the counters into one `usage` document per organization,
+namespace, method and hour that saw calls (calls, credits, calls by status
+code, rate-limit refusals), with an id made of the replica, a flush sequence
+number and an index. A flush that fails is retried with the same documents
+and ids, so nothing is counted twice or lost; counters recorded meanwhile go
+into the next batch. These documents are the ledger: the credits of a period
+summed over them equal the credits settled in Redis (see storage/metering/credits.py).
+
+Usage is organization-level data: every query filters on organization_id;
+namespace_id is a dimension ("" for calls outside any namespace). It outlives
+namespace deletion on purpose (billing history).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.errors import BulkWriteError
+
+from storage.backends.mongo import MongoStore
+from storage.metering.credits import period_of
+
+__all__ = ["UsageRecorder", "UsageRow"]
+
+_LOG = logging.getLogger("meshgate.usage")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    namespace_id: str | None
+    method: str | None
+    start: datetime | None
+    calls: int
+    credits: int
+    rate_limited: int
+    by_status: dict[str, int]
+
+
+@dataclass
+class _Counter:
+    calls: int = 0
+    credits: int = 0
+    rate_limited: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class UsageRecorder:
+    mongo: MongoStore
+    replica: str
+    clock: Callable[[], float] = time.time  # wall clock, epoch seconds
+    # (organization_id, namespace_id, method, hours since the epoch) -> counts
+    _counters: dict[tuple[str, str, str, int], _Counter] = field(default_factory=dict)
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _sequence: int = 0
+
+    @property
+    def collection(self) -> Any:
+        return self.mongo.database["usage"]
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index(
+            [("organization_id", ASCENDING), ("hour", ASCENDING), ("namespace_id", ASCENDING)]
+        )
+        await self.collection.create_index([("organization_id", ASCENDING), ("period", ASCENDING)])
+
+    def record(
+        self,
+        *,
+        organization_id: str,
+        namespace_id: str,
+        method: str,
+        status: str,
+        credits: int,
+        rate_limited: bool,
+        at: float | None = None,
+    ) -> None:
+        """One finished call, counted in the hour of `at` (when it started; default now)."""
+        hour = int((self.clock() if at is None else at) // 3600)
+        slot = (organization_id, namespace_id, method, hour)
+        counter = self._counters.get(slot)
+        if counter is None:
+            counter = self._counters[slot] = _Counter()
+        counter.calls += 1
+        counter.credits += credits
+        counter.rate_limited += int(rate_limited)
+        counter.by_status[status] += 1
+
+    def _batch(self) -> list[dict[str, Any]]:
+        counters, self._counters = self._counters, {}
+        if not counters:
+            return []
+        self._sequence += 1
+        hours = {slot[3]: datetime.fromtimestamp(slot[3] * 3600, UTC) for slot in counters}
+        return [
+            {
+                "_id": f"{self.replica}:{self._sequence}:{index}",
+                "organization_id": organization_id,
+                "namespace_id": namespace_id,
+                "method": method,
+                "hour": hours[hour],
+                "period": period_of(hours[hour]),
+                "calls": c.calls,
+                "credits": c.credits,
+                "rate_limited": c.rate_limited,
+                "by_status": dict(c.by_status),
+            }
+            for index, ((organization_id, namespace_id, method, hour), c) in enumerate(
+                counters.items()
+            )
+        ]
+
+    async def flush(self) -> None:
+        """Store what was recorded; a failed batch is retried as is (same ids) next time."""
+        if not self._pending:
+            self._pending = self._batch()
+        if not self._pending:
+            return
+        try:
+            await self.collection.insert_many(self._pending, ordered=False)
+        except BulkWriteError as exc:  # duplicates: an earlier try got through
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+        self._pending = []
+
+    async def query(
+        self,
+        *,
+        organization_id: str,
+        start: datetime,
+        end: datetime,
+        group_by: tuple[str, ...],
+    ) -> list[UsageRow]:
+        """Totals between start (inclusive) and end (exclusive), grouped by the given dimensions."""
+        rows: dict[tuple[Any, ...], _Counter] = {}
+        cursor = self.collection.find(
+            {"organization_id": organization_id, "hour": {"$gte": start, "$lt": end}}
+        )
+        async for doc in cursor:
+            hour: datetime = doc["hour"]
+            bucket = (
+                hour if "hour" in group_by else hour.replace(hour=0) if "day" in group_by else None
+            )
+            slot = (
+                doc["namespace_id"] if "namespace" in group_by else None,
+                doc["method"] if "method" in group_by else None,
+                bucket,
+            )
+            counter = rows.setdefault(slot, _Counter())
+            counter.calls += int(doc["calls"])
+            counter.credits += int(doc["credits"])
+            counter.rate_limited += int(doc["rate_limited"])
+            for code, n in doc["by_status"].items():
+                counter.by_status[code] += int(n)
+        return [
+            UsageRow(
+                namespace_id=slot[0],
+                method=slot[1],
+                start=slot[2],
+                calls=c.calls,
+                credits=c.credits,
+                rate_limited=c.rate_limited,
+                by_status=dict(c.by_status),
+            )
+            for slot, c in sorted(rows.items(), key=lambda item: tuple(str(v) for v in item[0]))
+        ]
+
+    async def ledger_total(self, organization_id: str, period: str) -> int:
+        cursor = self.collection.find({"organization_id": organization_id, "period": period})
+        return sum([int(doc["credits"]) async for doc in cursor])

@@ -1,0 +1,134 @@
+"""Verifying presented API keys, with a brief per-process cache of positive results.
+
+A cache entry lives at most `ttl_s`, never past the key's expiry or the
+secret's rotation deadline, and is dropped the moment a revocation or
+rotation for its key arrives on the invalidation bus. While the bus is not
+connected the cache is bypassed: without invalidations a cached key could
+outlive its revocation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from storage.core.cache import TTLCache
+from storage.core.clock import utc_now
+from storage.core.errors import UnauthenticatedError
+from storage.core.key_secrets import MAX_SECRET_LENGTH, digest_secret, parse_secret
+from storage.core.plans import Limit
+from storage.tenancy.keys import KeyRecord, KeyStore
+
+__all__ = ["KeyVerifier", "VerifiedKey"]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedKey:
+    key_id: str
+    organization_id: str
+    environment: str
+    permissions: frozenset[str]
+    namespace_ids: frozenset[str]
+    valid_until: datetime | None
+    rate_limit: Limit | None = None
+
+
+class KeyVerifier:
+    def __init__(
+        self,
+        *,
+        keys: KeyStore,
+        accepted_environments: frozenset[str],
+        ttl_s: float = 10.0,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._keys = keys
+        self._accepted = accepted_environments
+        self._now = now
+        self._cache: TTLCache[str, VerifiedKey] = TTLCache(ttl_s=ttl_s, max_entries=100_000)
+        self._used: dict[str, float] = {}  # key_id -> epoch seconds of its last use
+        self.cache_enabled = False
+
+    @property
+    def cache(self) -> TTLCache[str, VerifiedKey]:
+        return self._cache
+
+    def forget_key(self, key_id: str) -> None:
+        self._cache.pop_where(lambda v: v.key_id == key_id)
+
+    def forget_all(self) -> None:
+        self._cache.clear()
+
+    def cached(self, secret: str) -> VerifiedKey | None:
+        """The key a recently verified secret belongs to, without I/O; None: call `verify`.
+
+        A hit needs no parsing: the cache is keyed by the SHA-256 of secrets that
+        already passed every check, and its entries never outlive the key.
+        """
+        if not self.cache_enabled or len(secret) > MAX_SECRET_LENGTH or not secret.isascii():
+            return None  # `verify` refuses malformed secrets
+        digest = digest_secret(secret)
+        verified = self._cache.get(digest)
+        if verified is None:
+            return None
+        if verified.valid_until is not None and verified.valid_until <= self._now():
+            self._cache.pop(digest)  # `verify` finds it expired in the store and refuses it
+            return None
+        self._used[verified.key_id] = time.time()
+        return verified
+
+    async def verify(self, secret: str) -> VerifiedKey:
+        """The key a secret belongs to, from the store (`cached` answers from the cache),
+        or UnauthenticatedError (one message for every cause)."""
+        parsed = parse_secret(secret)
+        if parsed is None or parsed.environment not in self._accepted:
+            raise UnauthenticatedError()
+        now = self._now()
+        record = await self._keys.find_by_digest(parsed.digest)
+        if record is None:
+            raise UnauthenticatedError()
+        verified = self._admit(record, parsed.digest, now)
+        if self.cache_enabled:
+            ttl = (
+                None
+                if verified.valid_until is None
+                else (verified.valid_until - now).total_seconds()
+            )
+            self._cache.put(parsed.digest, verified, ttl_s=ttl)
+        self._used[verified.key_id] = time.time()
+        return verified
+
+    def _admit(self, record: KeyRecord, digest: str, now: datetime) -> VerifiedKey:
+        if record.revoked_at is not None:
+            raise UnauthenticatedError()
+        secret = next((s for s in record.secrets if hmac.compare_digest(s.digest, digest)), None)
+        if secret is None:
+            raise UnauthenticatedError()
+        deadlines = [d for d in (record.expires_at, secret.not_after) if d is not None]
+        valid_until = min(deadlines) if deadlines else None
+        if valid_until is not None and valid_until <= now:
+            raise UnauthenticatedError()
+        if record.environment not in self._accepted:
+            raise UnauthenticatedError()
+        return VerifiedKey(
+            key_id=record.key_id,
+            organization_id=record.organization_id,
+            environment=record.environment,
+            permissions=record.permissions,
+            namespace_ids=record.namespace_ids,
+            valid_until=valid_until,
+            rate_limit=record.rate_limit,
+        )
+
+    async def flush_last_used(self) -> None:
+        used, self._used = self._used, {}
+        if used:
+            await self._keys.touch(
+                {
+                    key_id: datetime.fromtimestamp(int(at * 1000) / 1000, UTC)
+                    for key_id, at in used.items()
+                }
+            )

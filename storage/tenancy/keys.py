@@ -1,0 +1,234 @@
+"""API keys in MongoDB: stored as SHA-256 digests of their secrets, never the secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+
+from storage.backends.mongo import MongoStore
+from storage.core.clock import utc_now
+from storage.core.errors import InvalidArgumentError, NotFoundError
+from storage.core.ids import KEY_ID_RE, new_key_id
+from storage.core.key_secrets import MintedSecret, mint_secret
+from storage.core.pages import decode_page_token, page_of
+from storage.core.plans import Limit
+
+__all__ = ["PERMISSIONS", "KeyRecord", "KeySecret", "KeyStore"]
+
+PERMISSIONS = ("read", "write", "delete", "admin")
+MAX_GRACE = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySecret:
+    digest: str
+    display_prefix: str
+    created_at: datetime
+    not_after: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    organization_id: str
+    name: str
+    environment: str
+    permissions: frozenset[str]
+    namespace_ids: frozenset[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    rotated_at: datetime | None
+    last_used_at: datetime | None
+    secrets: tuple[KeySecret, ...] = field(repr=False)
+    rate_limit: Limit | None = None
+
+    @property
+    def display_prefix(self) -> str:
+        return self.secrets[-1].display_prefix if self.secrets else ""
+
+    def state(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+def _from_doc(doc: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        key_id=doc["_id"],
+        organization_id=doc["organization_id"],
+        name=doc["name"],
+        environment=doc["environment"],
+        permissions=frozenset(doc["permissions"]),
+        namespace_ids=frozenset(doc.get("namespace_ids") or ()),
+        created_at=doc["created_at"],
+        expires_at=doc.get("expires_at"),
+        revoked_at=doc.get("revoked_at"),
+        rotated_at=doc.get("rotated_at"),
+        last_used_at=doc.get("last_used_at"),
+        secrets=tuple(
+            KeySecret(
+                digest=s["digest"],
+                display_prefix=s["display_prefix"],
+                created_at=s["created_at"],
+                not_after=s.get("not_after"),
+            )
+            for s in doc.get("secrets", ())
+        ),
+        rate_limit=(
+            Limit(
+                per_second=float(doc["rate_limit"]["per_second"]),
+                burst=int(doc["rate_limit"]["burst"]),
+            )
+            if doc.get("rate_limit")
+            else None
+        ),
+    )
+
+
+def _secret_doc(minted: MintedSecret, now: datetime) -> dict[str, Any]:
+    return {
+        "digest": minted.digest,
+        "display_prefix": minted.display_prefix,
+        "created_at": now,
+        "not_after": None,
+    }
+
+
+class KeyStore:
+    """Key documents, looked up by secret digest (unique index on `secrets.digest`)."""
+
+    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
+        self._collection = mongo.keys
+        self._now = now
+
+    async def create(
+        self,
+        *,
+        organization_id: str,
+        name: str,
+        environment: str,
+        permissions: frozenset[str],
+        namespace_ids: list[str],
+        expires_at: datetime | None,
+        rate_limit: Limit | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """The new key and its secret (returned once, never stored)."""
+        now = self._now()
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgumentError("expire_time must lie in the future")
+        minted = mint_secret(environment)
+        doc = {
+            "_id": new_key_id(),
+            "organization_id": organization_id,
+            "name": name,
+            "environment": environment,
+            "permissions": sorted(permissions),
+            "namespace_ids": sorted(set(namespace_ids)),
+            "created_at": now,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "rotated_at": None,
+            "last_used_at": None,
+            "secrets": [_secret_doc(minted, now)],
+            "rate_limit": (
+                {"per_second": rate_limit.per_second, "burst": rate_limit.burst}
+                if rate_limit
+                else None
+            ),
+        }
+        await self._collection.insert_one(doc)
+        return _from_doc(doc), minted.secret
+
+    async def find_by_digest(self, digest: str) -> KeyRecord | None:
+        doc = await self._collection.find_one({"secrets.digest": digest})
+        return None if doc is None else _from_doc(doc)
+
+    @staticmethod
+    def _owned(organization_id: str, environment: str, key_id: str) -> dict[str, Any]:
+        """A key is visible only to its own organization and environment."""
+        if not KEY_ID_RE.match(key_id):
+            raise InvalidArgumentError("key_id is malformed (expected key_...)")
+        return {"_id": key_id, "organization_id": organization_id, "environment": environment}
+
+    async def get(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
+        doc = await self._collection.find_one(self._owned(organization_id, environment, key_id))
+        if doc is None:
+            raise NotFoundError("key not found")
+        return _from_doc(doc)
+
+    async def list_page(
+        self, *, organization_id: str, environment: str, page_size: int, page_token: str
+    ) -> tuple[list[KeyRecord], str]:
+        after = decode_page_token(page_token, kind="key", id_pattern=KEY_ID_RE)
+        query: dict[str, Any] = {"organization_id": organization_id, "environment": environment}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
+        docs = [doc async for doc in cursor]
+        return page_of(docs, page_size=page_size, kind="key", key="_id", build=_from_doc)
+
+    async def rotate(
+        self, *, organization_id: str, environment: str, key_id: str, grace: timedelta
+    ) -> tuple[KeyRecord, str, datetime]:
+        """A new secret; the previous ones stop working after `grace` (0 = now)."""
+        if grace < timedelta(0) or grace > MAX_GRACE:
+            raise InvalidArgumentError("grace_period must be between 0 and 30 days")
+        current = await self.get(
+            organization_id=organization_id, environment=environment, key_id=key_id
+        )
+        now = self._now()
+        if current.state(now) != "active":
+            raise (
+                NotFoundError("key not found")
+                if current.revoked_at
+                else InvalidArgumentError("an expired key cannot be rotated")
+            )
+        cutoff = now + grace
+        kept = [
+            {
+                "digest": s.digest,
+                "display_prefix": s.display_prefix,
+                "created_at": s.created_at,
+                "not_after": min(s.not_after, cutoff) if s.not_after else cutoff,
+            }
+            for s in current.secrets
+            if grace > timedelta(0) and (s.not_after is None or s.not_after > now)
+        ]
+        minted = mint_secret(current.environment)
+        doc = await self._collection.find_one_and_update(
+            {**self._owned(organization_id, environment, key_id), "revoked_at": None},
+            {"$set": {"secrets": [*kept, _secret_doc(minted, now)], "rotated_at": now}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise NotFoundError("key not found")
+        return _from_doc(doc), minted.secret, cutoff
+
+    async def revoke(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
+        """Idempotent: revoking a revoked key returns it unchanged."""
+        owned = self._owned(organization_id, environment, key_id)
+        doc = await self._collection.find_one_and_update(
+            {**owned, "revoked_at": None},
+            {"$set": {"revoked_at": self._now()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:  # revoked already, or not this caller's
+            return await self.get(
+                organization_id=organization_id, environment=environment, key_id=key_id
+            )
+        return _from_doc(doc)
+
+    async def touch(self, used: dict[str, datetime]) -> None:
+        """Record last-used times (batched by the verifier; never on the hot path)."""
+        for key_id, when in used.items():
+            await self._collection.update_one(
+                {"_id": key_id, "$or": [{"last_used_at": None}, {"last_used_at": {"$lt": when}}]},
+                {"$set": {"last_used_at": when}},
+            )

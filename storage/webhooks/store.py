@@ -1,0 +1,482 @@
+"""Webhooks and their deliveries, in MongoDB, only through ScopedCollection.
+
+A webhook belongs to one namespace. Its signing secrets (`whsec_` + base64 of
+32 random bytes) are sealed at rest (storage/webhooks/sealing.py) and leave this
+module only towards the dispatcher, never in a record: `WebhookRecord` has no
+secret field, so no response can carry one by mistake.
+
+A delivery is one event for one webhook. Its id is derived from the event and
+the webhook (`dlv_` + event time + a digest), so writing it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from storage.backends.mongo import MongoStore
+from storage.backends.scoped import Scope, ScopedCollection
+from storage.core.clock import utc_now
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from storage.core.ids import TIME_ORDERED_BODY, derived_time_ordered_id, time_ordered_id
+from storage.core.pages import decode_page_token, page_of
+from storage.webhooks.sealing import SecretBox
+
+__all__ = [
+    "DELIVERY_ID_RE",
+    "DELIVERY_STATUSES",
+    "EVENT_TYPES",
+    "MAX_ATTEMPTS_KEPT",
+    "MAX_WEBHOOKS_PER_NAMESPACE",
+    "WEBHOOK_ID_RE",
+    "WILDCARD",
+    "AttemptRecord",
+    "DeliveryRecord",
+    "DeliveryStore",
+    "WebhookRecord",
+    "WebhookStore",
+    "check_event_types",
+    "delivery_id_for",
+]
+
+EVENT_TYPES = ("task.completed", "task.failed", "task.canceled", "credits.threshold", "key.revoked")
+WILDCARD = "*"
+MAX_EVENT_TYPES = 10
+MAX_WEBHOOKS_PER_NAMESPACE = 25
+MAX_DESCRIPTION = 256
+MAX_GRACE = timedelta(days=7)
+MAX_SECRETS = 5
+MAX_ATTEMPTS_KEPT = 10
+WEBHOOK_ID_RE = re.compile(rf"^wh_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
+DELIVERY_ID_RE = re.compile(rf"^dlv_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
+DELIVERY_STATUSES = ("pending", "succeeded", "failed", "exhausted")
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+
+
+def check_event_types(values: Sequence[str]) -> tuple[str, ...]:
+    """1-10 known event types, or the wildcard alone; duplicates are dropped."""
+    if not values:
+        raise InvalidArgumentError("event_types must name at least one event type, or '*'")
+    if len(values) > MAX_EVENT_TYPES:
+        raise InvalidArgumentError(f"event_types may list at most {MAX_EVENT_TYPES} entries")
+    unknown = [v for v in values if v not in EVENT_TYPES and v != WILDCARD]
+    if unknown:
+        raise InvalidArgumentError(
+            f"event_types: unknown event type {unknown[0][:64]!r}; known: "
+            f"{', '.join(EVENT_TYPES)} or '*'"
+        )
+    if WILDCARD in values:
+        return (WILDCARD,)
+    return tuple(sorted(set(values)))
+
+
+def check_description(value: str) -> str:
+    if len(value) > MAX_DESCRIPTION or not value.isprintable():
+        raise InvalidArgumentError(
+            f"description must be at most {MAX_DESCRIPTION} printable characters"
+        )
+    return value
+
+
+def _webhook_id(webhook_id: str) -> str:
+    if not WEBHOOK_ID_RE.match(webhook_id):
+        raise InvalidArgumentError("webhook_id is malformed (expected wh_...)")
+    return webhook_id
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def delivery_id_for(*, event_id: str, webhook_id: str, event_time: datetime) -> str:
+    """Deterministic: the same event and webhook always give the same delivery."""
+    return derived_time_ordered_id("dlv", event_time, f"{event_id}/{webhook_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    webhook_id: str
+    url: str
+    event_types: tuple[str, ...]
+    enabled: bool
+    description: str
+    disabled_reason: str
+    created_at: datetime
+    updated_at: datetime
+    secret_rotated_at: datetime | None
+
+
+def _webhook(doc: Mapping[str, Any]) -> WebhookRecord:
+    return WebhookRecord(
+        webhook_id=doc["webhook_id"],
+        url=doc["url"],
+        event_types=tuple(doc["event_types"]),
+        enabled=bool(doc["enabled"]),
+        description=doc.get("description") or "",
+        disabled_reason=doc.get("disabled_reason") or "",
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        secret_rotated_at=doc.get("secret_rotated_at"),
+    )
+
+
+_NO_SECRETS = {"secrets": 0}
+
+
+class WebhookStore:
+    COLLECTION = "webhooks"
+
+    def __init__(
+        self, *, mongo: MongoStore, box: SecretBox, now: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._mongo = mongo
+        self._box = box
+        self._now = now
+
+    def _collection(self, scope: Scope) -> ScopedCollection:
+        return self._mongo.scoped(self.COLLECTION, scope)
+
+    def _sealed(self, scope: Scope, webhook_id: str, secret: str, now: datetime) -> dict[str, Any]:
+        return {
+            "sealed": self._box.seal(secret, context=f"{scope.namespace_id}/{webhook_id}"),
+            "created_at": now,
+            "not_after": None,
+        }
+
+    async def create(
+        self, scope: Scope, *, url: str, event_types: tuple[str, ...], description: str
+    ) -> tuple[WebhookRecord, str]:
+        """The webhook and its first secret (returned once)."""
+        collection = self._collection(scope)
+        if await collection.count_documents({}) >= MAX_WEBHOOKS_PER_NAMESPACE:
+            raise FailedPreconditionError(
+                f"a namespace may have at most {MAX_WEBHOOKS_PER_NAMESPACE} webhooks"
+            )
+        now = self._now()
+        webhook_id = time_ordered_id("wh", now)
+        secret = new_secret()
+        doc = {
+            "webhook_id": webhook_id,
+            "url": url,
+            "event_types": list(event_types),
+            "enabled": True,
+            "description": description,
+            "disabled_reason": "",
+            "created_at": now,
+            "updated_at": now,
+            "secret_rotated_at": None,
+            "secrets": [self._sealed(scope, webhook_id, secret, now)],
+        }
+        await collection.insert_one(doc)
+        return _webhook(doc), secret
+
+    async def get(self, scope: Scope, webhook_id: str) -> WebhookRecord:
+        doc = await self._collection(scope).find_one(
+            {"webhook_id": _webhook_id(webhook_id)}, projection=_NO_SECRETS
+        )
+        if doc is None:
+            raise NotFoundError("webhook not found")
+        return _webhook(doc)
+
+    async def list_page(
+        self, scope: Scope, *, page_size: int, page_token: str
+    ) -> tuple[list[WebhookRecord], str]:
+        after = decode_page_token(page_token, kind="wh", id_pattern=WEBHOOK_ID_RE)
+        query = {"webhook_id": {"$gt": after}} if after else {}
+        docs = await self._collection(scope).find(
+            query, sort=[("webhook_id", 1)], limit=page_size + 1, projection=_NO_SECRETS
+        )
+        return page_of(docs, page_size=page_size, kind="wh", key="webhook_id", build=_webhook)
+
+    async def subscribers(self, scope: Scope, event_type: str) -> list[WebhookRecord]:
+        """Enabled webhooks of the namespace that asked for `event_type`."""
+        docs = await self._collection(scope).find(
+            {"enabled": True, "event_types": {"$in": [event_type, WILDCARD]}},
+            sort=[("webhook_id", 1)],
+            projection=_NO_SECRETS,
+        )
+        return [_webhook(doc) for doc in docs]
+
+    async def update(
+        self, scope: Scope, webhook_id: str, changes: Mapping[str, Any]
+    ) -> WebhookRecord:
+        """`changes` holds any of url, event_types, enabled, description (already checked)."""
+        fields: dict[str, Any] = {"updated_at": self._now()}
+        for name in ("url", "description", "enabled"):
+            if name in changes:
+                fields[name] = changes[name]
+        if "event_types" in changes:
+            fields["event_types"] = list(changes["event_types"])
+        if changes.get("enabled") is True:
+            fields["disabled_reason"] = ""
+        doc = await self._collection(scope).find_one_and_update(
+            {"webhook_id": _webhook_id(webhook_id)}, {"$set": fields}, projection=_NO_SECRETS
+        )
+        if doc is None:
+            raise NotFoundError("webhook not found")
+        return _webhook(doc)
+
+    async def disable(self, scope: Scope, webhook_id: str, *, reason: str) -> None:
+        await self._collection(scope).update_one(
+            {"webhook_id": webhook_id},
+            {"$set": {"enabled": False, "disabled_reason": reason, "updated_at": self._now()}},
+        )
+
+    async def rotate(
+        self, scope: Scope, webhook_id: str, *, grace: timedelta
+    ) -> tuple[WebhookRecord, str, datetime]:
+        """A new secret; the previous ones keep signing until now + grace."""
+        if grace < timedelta(0) or grace > MAX_GRACE:
+            raise InvalidArgumentError("grace_period must be between 0 and 7 days")
+        collection = self._collection(scope)
+        current = await collection.find_one({"webhook_id": _webhook_id(webhook_id)})
+        if current is None:
+            raise NotFoundError("webhook not found")
+        now = self._now()
+        cutoff = now + grace
+        kept = [
+            {**s, "not_after": min(s["not_after"], cutoff) if s.get("not_after") else cutoff}
+            for s in current.get("secrets", ())
+            if grace > timedelta(0) and (s.get("not_after") is None or s["not_after"] > now)
+        ][-(MAX_SECRETS - 1) :]
+        secret = new_secret()
+        doc = await collection.find_one_and_update(
+            # only if nobody rotated in between: a concurrent rotation's secret must not vanish
+            {"webhook_id": webhook_id, "secret_rotated_at": current.get("secret_rotated_at")},
+            {
+                "$set": {
+                    "secrets": [*kept, self._sealed(scope, webhook_id, secret, now)],
+                    "secret_rotated_at": now,
+                    "updated_at": now,
+                }
+            },
+            projection=_NO_SECRETS,
+        )
+        if doc is None:
+            raise FailedPreconditionError("the webhook's secret was rotated concurrently; retry")
+        return _webhook(doc), secret, cutoff
+
+    async def for_delivery(
+        self, scope: Scope, webhook_id: str
+    ) -> tuple[WebhookRecord, list[str]] | None:
+        """The webhook and the secrets that sign now (the newest, and older ones still in a
+        rotation grace period); for the dispatcher only."""
+        doc = await self._collection(scope).find_one({"webhook_id": webhook_id})
+        if doc is None:
+            return None
+        now = self._now()
+        secrets_now = [
+            self._box.open(s["sealed"], context=f"{scope.namespace_id}/{webhook_id}")
+            for s in doc.get("secrets", ())
+            if s.get("not_after") is None or s["not_after"] > now
+        ]
+        return _webhook(doc), secrets_now
+
+    async def delete(self, scope: Scope, webhook_id: str) -> None:
+        if not await self._collection(scope).delete_one({"webhook_id": _webhook_id(webhook_id)}):
+            raise NotFoundError("webhook not found")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    at: datetime
+    response_code: int
+    error: str
+    duration_ms: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "response_code": self.response_code,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    delivery_id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempt_count: int
+    # attempts since the delivery was (re)started: the position in the retry schedule
+    round_attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_response_code: int
+    last_error: str
+    created_at: datetime
+    updated_at: datetime
+    attempts: tuple[AttemptRecord, ...] = field(default=())
+
+
+def _delivery(doc: Mapping[str, Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        delivery_id=doc["delivery_id"],
+        webhook_id=doc["webhook_id"],
+        event_id=doc["event_id"],
+        event_type=doc["event_type"],
+        status=doc["status"],
+        attempt_count=int(doc.get("attempt_count", 0)),
+        round_attempts=int(doc.get("round_attempts", 0)),
+        next_attempt_at=doc.get("next_attempt_at"),
+        last_attempt_at=doc.get("last_attempt_at"),
+        last_response_code=int(doc.get("last_response_code", 0)),
+        last_error=doc.get("last_error") or "",
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        attempts=tuple(
+            AttemptRecord(
+                at=a["at"],
+                response_code=int(a["response_code"]),
+                error=a["error"],
+                duration_ms=int(a["duration_ms"]),
+            )
+            for a in doc.get("attempts", ())
+        ),
+    )
+
+
+class DeliveryStore:
+    COLLECTION = "deliveries"
+
+    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
+        self._mongo = mongo
+        self._now = now
+
+    def _collection(self, scope: Scope) -> ScopedCollection:
+        return self._mongo.scoped(self.COLLECTION, scope)
+
+    async def create(
+        self, scope: Scope, *, delivery_id: str, webhook_id: str, event_id: str, event_type: str
+    ) -> None:
+        """Idempotent: a delivery that exists already is left as it is."""
+        now = self._now()
+        with contextlib.suppress(DuplicateKeyError):
+            await self._collection(scope).insert_one(
+                {
+                    "delivery_id": delivery_id,
+                    "webhook_id": webhook_id,
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "status": "pending",
+                    "attempt_count": 0,
+                    "round_attempts": 0,
+                    "next_attempt_at": now,
+                    "last_attempt_at": None,
+                    "last_response_code": 0,
+                    "last_error": "",
+                    "attempts": [],
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+
+    async def find(self, scope: Scope, delivery_id: str) -> DeliveryRecord | None:
+        doc = await self._collection(scope).find_one({"delivery_id": delivery_id})
+        return None if doc is None else _delivery(doc)
+
+    async def get(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
+        if not DELIVERY_ID_RE.match(delivery_id):
+            raise InvalidArgumentError("delivery_id is malformed (expected dlv_...)")
+        record = await self.find(scope, delivery_id)
+        if record is None:
+            raise NotFoundError("delivery not found")
+        return record
+
+    async def list_page(
+        self,
+        scope: Scope,
+        *,
+        webhook_id: str,
+        statuses: frozenset[str],
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[DeliveryRecord], str]:
+        after = decode_page_token(page_token, kind="dlv", id_pattern=DELIVERY_ID_RE)
+        query: dict[str, Any] = {"webhook_id": webhook_id}
+        if statuses:
+            query["status"] = {"$in": sorted(statuses)}
+        if after is not None:
+            query["delivery_id"] = {"$lt": after}
+        docs = await self._collection(scope).find(
+            query, sort=[("delivery_id", -1)], limit=page_size + 1
+        )
+        return page_of(docs, page_size=page_size, kind="dlv", key="delivery_id", build=_delivery)
+
+    async def record_attempt(
+        self,
+        scope: Scope,
+        current: DeliveryRecord,
+        *,
+        attempt: AttemptRecord,
+        status: str,
+        next_attempt_at: datetime | None,
+    ) -> None:
+        """Only the holder of the delivery's work-queue lease calls this, so no one races it."""
+        kept = [a.to_doc() for a in current.attempts][-(MAX_ATTEMPTS_KEPT - 1) :]
+        await self._collection(scope).update_one(
+            {"delivery_id": current.delivery_id, "status": "pending"},
+            {
+                "$set": {
+                    "status": status,
+                    "next_attempt_at": next_attempt_at,
+                    "last_attempt_at": attempt.at,
+                    "last_response_code": attempt.response_code,
+                    "last_error": attempt.error,
+                    "attempts": [*kept, attempt.to_doc()],
+                    "updated_at": self._now(),
+                },
+                "$inc": {"attempt_count": 1, "round_attempts": 1},
+            },
+        )
+
+    async def stop(self, scope: Scope, delivery_id: str, *, status: str, error: str) -> None:
+        """End a pending delivery without an attempt (its webhook was disabled or removed)."""
+        await self._collection(scope).update_one(
+            {"delivery_id": delivery_id, "status": "pending"},
+            {
+                "$set": {
+                    "status": status,
+                    "next_attempt_at": None,
+                    "last_error": error,
+                    "updated_at": self._now(),
+                }
+            },
+        )
+
+    async def restart(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
+        """FAILED or EXHAUSTED -> PENDING with a fresh retry schedule."""
+        current = await self.get(scope, delivery_id)
+        if current.status not in ("failed", "exhausted"):
+            raise FailedPreconditionError(
+                f"only failed or exhausted deliveries can be retried; this one is {current.status}"
+            )
+        now = self._now()
+        doc = await self._collection(scope).find_one_and_update(
+            {"delivery_id": delivery_id, "status": current.status},
+            {
+                "$set": {
+                    "status": "pending",
+                    "round_attempts": 0,
+                    "next_attempt_at": now,
+                    "updated_at": now,
+                }
+            },
+        )
+        if doc is None:
+            raise FailedPreconditionError("the delivery changed concurrently; retry")
+        return _delivery(doc)
+
+    async def delete_for_webhook(self, scope: Scope, webhook_id: str) -> int:
+        return await self._collection(scope).delete_many({"webhook_id": webhook_id})

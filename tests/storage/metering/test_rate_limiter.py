@@ -1,0 +1,134 @@
+"""The leased token bucket against a real redis-server: exact upper bound, fallback, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from storage.core.errors import UnavailableError
+from storage.core.plans import Limit
+from storage.metering.rate_limiter import FailureMode, RateLimiter, lease_size
+from tests.conftest import RedisServer, free_port
+
+
+def bucket() -> str:
+    return f"mg:{{org_test{time.monotonic_ns()}}}:rl:data"
+
+
+async def hammer(
+    limiters: list[RateLimiter], name: str, limit: Limit, seconds: float, workers: int = 20
+) -> tuple[int, int, float]:
+    """(admitted, refused, elapsed) for concurrent callers spread over the limiters (replicas)."""
+    admitted = refused = 0
+    started = time.monotonic()
+
+    async def worker(limiter: RateLimiter) -> None:
+        nonlocal admitted, refused
+        while time.monotonic() - started < seconds:
+            decision = await limiter.acquire(name, limit)
+            if decision.allowed:
+                admitted += 1
+            else:
+                refused += 1
+                await asyncio.sleep(min(decision.retry_after_s, 0.01))
+
+    await asyncio.gather(*(worker(limiters[i % len(limiters)]) for i in range(workers)))
+    return admitted, refused, time.monotonic() - started
+
+
+async def test_three_replicas_never_admit_more_than_one_bucket(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    replicas = [RateLimiter(redis=redis) for _ in range(3)]
+    limit = Limit(per_second=200, burst=50)
+    admitted, refused, elapsed = await hammer(replicas, bucket(), limit, 1.5)
+    capacity = limit.burst + limit.per_second * elapsed
+    stranded = 2 * len(replicas) * lease_size(limit)
+    print(f"\nleased limiter: admitted {admitted} of capacity {capacity:.0f} (refused {refused})")
+    assert admitted <= capacity
+    assert admitted >= capacity - stranded - limit.per_second * 0.1  # 0.1 s of scheduling slack
+    assert refused > 0
+    calls = sum(r.redis_calls for r in replicas)
+    assert calls < admitted  # leases: fewer Redis round trips than calls
+    await redis.aclose()
+
+
+async def test_high_limits_cost_few_round_trips(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    limiter = RateLimiter(redis=redis)
+    limit = Limit(per_second=20_000, burst=40_000)
+    name = bucket()
+    for _ in range(5_000):
+        assert (await limiter.acquire(name, limit)).allowed
+    print(f"\n5000 calls, {limiter.redis_calls} Redis round trips (lease {lease_size(limit)})")
+    assert limiter.redis_calls <= 5_000 // lease_size(limit) + 2
+    await redis.aclose()
+
+
+async def test_headers_and_retry_after(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    limiter = RateLimiter(redis=redis)
+    limit = Limit(per_second=2, burst=3)
+    name = bucket()
+    decisions = [await limiter.acquire(name, limit) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert decisions[0].headers()[0] == ("ratelimit-limit", "3")
+    assert 0 < decisions[3].retry_after_s <= 0.5 + 1e-6
+    await asyncio.sleep(decisions[3].retry_after_s + 0.05)
+    assert (await limiter.acquire(name, limit)).allowed
+    await redis.aclose()
+
+
+@pytest.mark.parametrize("mode", [FailureMode.LOCAL, FailureMode.OPEN, FailureMode.CLOSED])
+async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: FailureMode) -> None:
+    dead = Redis(port=free_port(), socket_connect_timeout=0.2)
+    fallbacks: list[str] = []
+    limiter = RateLimiter(redis=dead, failure_mode=mode, on_fallback=fallbacks.append)
+    limit = Limit(per_second=1, burst=2)
+    started = time.monotonic()
+    results = []
+    for _ in range(4):
+        try:
+            results.append((await limiter.acquire("mg:{org_x}:rl:data", limit)).allowed)
+        except UnavailableError:
+            results.append(None)
+    assert time.monotonic() - started < 1.0  # one timeout at most, then the circuit is open
+    assert len(fallbacks) == 4
+    expected = {
+        FailureMode.LOCAL: [True, True, False, False],
+        FailureMode.OPEN: [True, True, True, True],
+        FailureMode.CLOSED: [None, None, None, None],
+    }
+    assert results == expected[mode]
+    await dead.aclose()
+
+
+async def test_recovers_when_redis_comes_back(tmp_path_factory: pytest.TempPathFactory) -> None:
+    server = RedisServer(
+        binary=_redis_binary(), port=free_port(), workdir=tmp_path_factory.mktemp("r")
+    )
+    redis = Redis.from_url(server.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    limiter = RateLimiter(redis=redis, retry_after_s=0.2)
+    limit = Limit(per_second=1, burst=1)
+    await limiter.acquire("mg:{org_r}:rl:data", limit)  # Redis not started: fallback
+    assert limiter.fallbacks == 1
+    server.start()
+    try:
+        await asyncio.sleep(0.25)
+        assert (await limiter.acquire("mg:{org_r}:rl:data", limit)).allowed
+        assert limiter.redis_calls >= 1 and limiter.fallbacks == 1
+        assert not (await limiter.acquire("mg:{org_r}:rl:data", limit)).allowed
+    finally:
+        server.stop()
+        await redis.aclose()
+
+
+def _redis_binary() -> str:
+    import os
+    import shutil
+
+    found = os.environ.get("MESHGATE_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    assert found
+    return found

@@ -1,0 +1,332 @@
+"""Webhook targets and the signed sender: URL rules, SSRF vetting, pinning, transport limits."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from storage.webhooks.sender import WebhookSender, retry_after_seconds, sign
+from storage.webhooks.targets import (
+    TargetPolicy,
+    TargetRefusedError,
+    is_public,
+    parse_webhook_url,
+    vet_target,
+)
+from tests.conftest import Pki
+from tests.webhook_receiver import Receiver, verify_standard_webhook
+
+
+def fake_dns(table: dict[str, list[str]]) -> Callable[[str, int], Awaitable[list[str]]]:
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError("no such host")
+        return table[host]
+
+    return resolve
+
+
+def test_signature_matches_the_standard_webhooks_test_vector() -> None:
+    """The example of the Standard Webhooks specification and its reference libraries."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    signature = sign(secret, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=body)
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a00:1",
+        "2002:a00:1::",
+    ],
+)
+def test_non_public_addresses(address: str) -> None:
+    import ipaddress
+
+    assert not is_public(ipaddress.ip_address(address))
+
+
+def test_public_addresses() -> None:
+    import ipaddress
+
+    for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"):
+        assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "required"),
+        ("ftp://hooks.example/x", "https://"),
+        ("hooks.example/x", "https://"),
+        ("https://user:pw@hooks.example/", "user info"),
+        ("https://hooks.example/#top", "fragment"),
+        ("https://hooks.example:0/", "port"),
+        ("https://hooks.example:70000/", "malformed"),
+        ("https:///path", "host"),
+        ("https://hooks example/", "spaces"),
+        ("https://hooks.exämple/", "ASCII"),
+        ("https://-bad-.example/", "host name"),
+        ("https://hooks.example/" + "a" * 2100, "2048"),
+    ],
+)
+def test_malformed_urls(url: str, message: str) -> None:
+    with pytest.raises(TargetRefusedError, match=message):
+        parse_webhook_url(url)
+
+
+async def test_vetting_resolves_and_checks_every_address() -> None:
+    dns = fake_dns(
+        {
+            "public.example": ["93.184.216.34"],
+            "mixed.example": ["93.184.216.34", "10.0.0.7"],
+            "internal.example": ["10.0.0.7"],
+            "hooks.internal": ["10.0.0.8"],
+        }
+    )
+    policy = TargetPolicy.from_entries(["hooks.internal", "192.168.7.0/24"])
+
+    async def vet(url: str) -> list[str]:
+        return [
+            str(a) for a in await vet_target(parse_webhook_url(url), policy=policy, resolver=dns)
+        ]
+
+    assert await vet("https://public.example/x") == ["93.184.216.34"]
+    assert await vet("https://hooks.internal/x") == ["10.0.0.8"]  # allow-listed by name
+    assert await vet("http://hooks.internal/x") == ["10.0.0.8"]  # plain http too
+    assert await vet("http://192.168.7.9:8080/") == ["192.168.7.9"]  # by network
+    for url, message in (
+        ("https://mixed.example/", "non-public"),  # one private address is enough
+        ("https://internal.example/", "non-public"),
+        ("https://nowhere.example/", "does not resolve"),
+        ("http://public.example/", "plain http"),
+        ("https://192.168.8.1/", "non-public"),
+    ):
+        with pytest.raises(TargetRefusedError, match=message):
+            await vet(url)
+
+
+def test_allow_list_entries_are_validated() -> None:
+    with pytest.raises(ValueError, match="neither"):
+        TargetPolicy.from_entries(["not a host!"])
+    policy = TargetPolicy.from_entries([" Hooks.Example. ", "10.0.0.0/8", "::1"])
+    assert policy.host_listed("hooks.example")
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("999999") == 24 * 3600.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.fixture
+def receiver_for_sender() -> Receiver:
+    started = Receiver().start()
+    yield started  # type: ignore[misc]
+    started.stop()
+
+
+async def test_sender_pins_the_vetted_address_and_keeps_the_host_name(
+    receiver_for_sender: Receiver,
+) -> None:
+    secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+    receiver_for_sender.endpoint("/pinned", secret)
+    sender = WebhookSender(
+        policy=TargetPolicy.from_entries(["hooks.test"]),
+        timeout_s=2,
+        max_response_bytes=1024,
+        resolver=fake_dns({"hooks.test": ["127.0.0.1"]}),
+    )
+    url = f"http://hooks.test:{receiver_for_sender.port}/pinned"
+    result = await sender.send(url=url, msg_id="evt_1", body=b'{"a":1}', secrets=[secret])
+    assert result.ok and result.error == ""
+    (request,) = receiver_for_sender.requests("/pinned")
+    assert request.valid
+    assert request.headers["host"] == f"hooks.test:{receiver_for_sender.port}"
+    assert request.headers["content-type"] == "application/json"
+
+
+async def test_sender_refuses_a_rebound_name_without_connecting(
+    receiver_for_sender: Receiver,
+) -> None:
+    """The name was public when the webhook was created; now it points at loopback."""
+    sender = WebhookSender(
+        policy=TargetPolicy(),
+        timeout_s=2,
+        max_response_bytes=1024,
+        resolver=fake_dns({"rebind.example": ["127.0.0.1"]}),
+    )
+    result = await sender.send(
+        url=f"https://rebind.example:{receiver_for_sender.port}/x",
+        msg_id="evt_1",
+        body=b"{}",
+        secrets=["whsec_QUJD"],
+    )
+    assert result.refused and result.status_code == 0 and "non-public" in result.error
+    assert receiver_for_sender.requests("/x") == []
+
+
+async def raw_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def loopback_sender() -> AsyncIterator[WebhookSender]:
+    yield WebhookSender(
+        policy=TargetPolicy.from_entries(["127.0.0.1"]), timeout_s=1.0, max_response_bytes=4096
+    )
+
+
+async def test_redirects_are_not_followed_and_bodies_are_capped(
+    loopback_sender: WebhookSender,
+) -> None:
+    hits: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n")
+        try:
+            for _ in range(1600):  # 100 MiB if anyone read it all
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+
+    server, port = await raw_server(redirect)
+    async with server:
+        result = await loopback_sender.send(
+            url=f"http://127.0.0.1:{port}/r", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+        )
+    assert result.status_code == 302 and "redirects are not followed" in result.error
+    assert len(hits) == 1
+    server, port = await raw_server(flood)
+    async with server:
+        result = await loopback_sender.send(
+            url=f"http://127.0.0.1:{port}/f", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+        )
+    assert result.ok and result.duration_ms < 1000
+
+
+async def test_timeouts_and_refused_connections(loopback_sender: WebhookSender) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the client gives up
+        writer.close()
+
+    server, port = await raw_server(silent)
+    async with server:
+        result = await loopback_sender.send(
+            url=f"http://127.0.0.1:{port}/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+        )
+        assert result.status_code == 0 and result.error == "timed out after 1s"
+        assert 900 <= result.duration_ms < 2000
+    server.close()
+    result = await loopback_sender.send(
+        url=f"http://127.0.0.1:{port}/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+    )
+    assert result.status_code == 0 and result.error == "connection refused"
+
+
+async def test_tls_uses_the_host_name_for_sni_and_verification(pki: Pki) -> None:
+    """Connected to the pinned 127.0.0.1, the certificate is still checked against `localhost`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.path("server.pem"), pki.path("server-key.pem"))
+
+    async def tls_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    names: list[str] = []
+
+    def on_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        names.append(name or "")
+
+    context.sni_callback = on_sni  # type: ignore[assignment]
+    server = await asyncio.start_server(tls_ok, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    trusted.verify_flags &= ~ssl.VERIFY_X509_STRICT  # the dev PKI has no key identifiers
+    dns = fake_dns({"localhost": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    sender = WebhookSender(
+        policy=TargetPolicy.from_entries(["localhost", "other.test"]),
+        timeout_s=2,
+        max_response_bytes=1024,
+        ssl_context=trusted,
+        resolver=dns,
+    )
+    async with server:
+        ok = await sender.send(
+            url=f"https://localhost:{port}/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+        )
+        wrong_name = await sender.send(
+            url=f"https://other.test:{port}/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+        )
+    assert ok.status_code == 204, ok
+    assert names[0] == "localhost"
+    assert wrong_name.status_code == 0 and wrong_name.error == "TLS handshake failed"
+
+
+def test_receiver_check_is_strict() -> None:
+    secret = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+    import time
+
+    now = int(time.time())
+    good = sign(secret, msg_id="m", timestamp=now, body=b"{}")
+    headers = {"webhook-id": "m", "webhook-timestamp": str(now), "webhook-signature": good}
+    assert verify_standard_webhook([secret], headers, b"{}")
+    assert not verify_standard_webhook([secret], headers, b"{ }")
+    assert not verify_standard_webhook([secret], {**headers, "webhook-id": "n"}, b"{}")
+    stale = sign(secret, msg_id="m", timestamp=now - 600, body=b"{}")
+    assert not verify_standard_webhook(
+        [secret],
+        {**headers, "webhook-timestamp": str(now - 600), "webhook-signature": stale},
+        b"{}",
+    )
+
+
+async def test_a_hanging_resolver_counts_against_the_deadline() -> None:
+    async def slow_dns(host: str, port: int) -> list[str]:
+        await asyncio.sleep(5)
+        return ["93.184.216.34"]
+
+    sender = WebhookSender(
+        policy=TargetPolicy(), timeout_s=0.3, max_response_bytes=1024, resolver=slow_dns
+    )
+    result = await sender.send(
+        url="https://slow.example/", msg_id="evt_1", body=b"{}", secrets=["whsec_QUJD"]
+    )
+    assert result.error == "timed out after 0.3s" and result.duration_ms < 1000
