@@ -68,7 +68,7 @@ from server.settings import Settings
 from server.tls import ReloadingServerCredentials
 from server.workers.dispatcher import DeliveryWorker, RetrySchedule
 from server.workers.metrics import WorkMetrics
-from server.workers.runner import QueueRunner
+from server.workers.runner import QueueRunner, Wakeup
 from server.workers.tasks import TaskWorker
 from services.audit_service import AuditServicer
 from services.document_service import DocumentServicer
@@ -212,46 +212,20 @@ async def _every(
 
 @dataclass
 class _Background:
-    """The stores and runners of ingestion tasks and webhook delivery."""
+    """The runners of ingestion tasks, webhook deliveries and interrupted event fan-outs."""
 
-    tasks: TaskStore
-    webhooks: WebhookStore
-    deliveries: DeliveryStore
-    queue: WorkQueue
-    sender: WebhookSender
     metrics: WorkMetrics
     runners: dict[str, QueueRunner]
-    events: OrganizationEvents
 
 
-def _background(settings: Settings, backends: Backends, c: Components) -> _Background:
-    queue = WorkQueue(mongo=backends.mongo)
-    box = SecretBox(settings.webhook_sealing_key())
-    if not box.encrypts:
-        _LOG.warning(
-            "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
-        )
+def _background(settings: Settings, c: Components) -> _Background:
     if sum(settings.webhook_retry_schedule) < 24 * 3600:
         _LOG.warning("the webhook retry schedule spans less than a day")
-    webhooks = WebhookStore(mongo=backends.mongo, box=box)
-    deliveries = DeliveryStore(mongo=backends.mongo)
-    outbox = EventOutbox(
-        mongo=backends.mongo, queue=queue, webhooks=webhooks, deliveries=deliveries
-    )
-    tasks = TaskStore(mongo=backends.mongo, queue=queue)
-    ssl_context = ssl.create_default_context(
-        cafile=str(settings.webhook_ca_file) if settings.webhook_ca_file else None
-    )
-    sender = WebhookSender(
-        policy=TargetPolicy.from_entries(settings.webhook_allowed_hosts),
-        timeout_s=settings.webhook_timeout_s,
-        max_response_bytes=settings.webhook_max_response_bytes,
-        ssl_context=ssl_context,
-    )
+    queue, outbox = c.queue, c.outbox
     metrics = WorkMetrics(queue_depth=queue.depth)
     task_lease = timedelta(seconds=settings.task_lease_s)
     task_worker = TaskWorker(
-        tasks=tasks,
+        tasks=c.tasks,
         queue=queue,
         documents=c.documents,
         vectors=c.vectors,
@@ -263,10 +237,10 @@ def _background(settings: Settings, backends: Backends, c: Components) -> _Backg
     )
     delivery_worker = DeliveryWorker(
         queue=queue,
-        deliveries=deliveries,
-        webhooks=webhooks,
+        deliveries=c.deliveries,
+        webhooks=c.webhooks,
         outbox=outbox,
-        sender=sender,
+        sender=c.sender,
         schedule=RetrySchedule(settings.webhook_retry_schedule, settings.webhook_jitter),
         metrics=metrics,
         logger=logging.getLogger("meshgate.webhooks"),
@@ -280,6 +254,7 @@ def _background(settings: Settings, backends: Backends, c: Components) -> _Backg
             lease=task_lease,
             poll_s=settings.work_poll_s,
             logger=logging.getLogger("meshgate.tasks"),
+            wakeup=c.task_due,
         ),
         "delivery": QueueRunner(
             kind="delivery",
@@ -290,6 +265,7 @@ def _background(settings: Settings, backends: Backends, c: Components) -> _Backg
             lease=timedelta(seconds=2 * settings.webhook_timeout_s + 1),
             poll_s=settings.work_poll_s,
             logger=logging.getLogger("meshgate.webhooks"),
+            wakeup=c.delivery_due,
         ),
         "event": QueueRunner(
             kind="event",
@@ -301,21 +277,7 @@ def _background(settings: Settings, backends: Backends, c: Components) -> _Backg
             logger=logging.getLogger("meshgate.webhooks"),
         ),
     }
-    outbox.on_delivery = runners["delivery"].wake
-    events = OrganizationEvents(
-        outbox=outbox, organizations=c.organizations, namespaces=c.namespaces
-    )
-    c.credit_events.publisher = events
-    return _Background(
-        tasks=tasks,
-        webhooks=webhooks,
-        deliveries=deliveries,
-        queue=queue,
-        sender=sender,
-        metrics=metrics,
-        runners=runners,
-        events=events,
-    )
+    return _Background(metrics=metrics, runners=runners)
 
 
 @dataclass
@@ -338,10 +300,35 @@ class Components:
     rate_limit: RateLimit
     metrics: Metrics
     audit: AuditLog
+    # background work: the shared queue, what feeds it, and the wake-ups of this process's runners
+    queue: WorkQueue
+    tasks: TaskStore
+    webhooks: WebhookStore
+    deliveries: DeliveryStore
+    outbox: EventOutbox
+    events: OrganizationEvents
+    sender: WebhookSender
+    task_due: Wakeup
+    delivery_due: Wakeup
     serving: dict[str, bool] = field(default_factory=dict)
 
 
+def _sender(settings: Settings) -> WebhookSender:
+    ssl_context = ssl.create_default_context(
+        cafile=str(settings.webhook_ca_file) if settings.webhook_ca_file else None
+    )
+    return WebhookSender(
+        policy=TargetPolicy.from_entries(settings.webhook_allowed_hosts),
+        timeout_s=settings.webhook_timeout_s,
+        max_response_bytes=settings.webhook_max_response_bytes,
+        ssl_context=ssl_context,
+    )
+
+
 async def build_components(settings: Settings, backends: Backends) -> Components:
+    """In dependency order, so every collaborator is a constructor argument: the runners'
+    wake-ups before the outbox and the servicers that add work, the organization events
+    before the credit events that publish through them."""
     organizations = OrganizationStore(mongo=backends.mongo)
     namespaces = NamespaceStore(mongo=backends.mongo)
     keys = KeyStore(mongo=backends.mongo)
@@ -369,7 +356,24 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         timeout_s=settings.limiter_timeout_s,
         on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
     )
-    credit_events = CreditEvents(mongo=backends.mongo)
+    box = SecretBox(settings.webhook_sealing_key())
+    if not box.encrypts:
+        _LOG.warning(
+            "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+        )
+    queue = WorkQueue(mongo=backends.mongo)
+    webhooks = WebhookStore(mongo=backends.mongo, box=box)
+    deliveries = DeliveryStore(mongo=backends.mongo)
+    task_due, delivery_due = Wakeup(), Wakeup()
+    outbox = EventOutbox(
+        mongo=backends.mongo,
+        queue=queue,
+        webhooks=webhooks,
+        deliveries=deliveries,
+        on_delivery=delivery_due.wake,
+    )
+    events = OrganizationEvents(outbox=outbox, organizations=organizations, namespaces=namespaces)
+    credit_events = CreditEvents(mongo=backends.mongo, publisher=events)
     audit = AuditLog(mongo=backends.mongo)
     await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -405,6 +409,15 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         rate_limit=RateLimit(limiter=limiter, plan_of=plan_of, metrics=metrics),
         metrics=metrics,
         audit=audit,
+        queue=queue,
+        tasks=TaskStore(mongo=backends.mongo, queue=queue),
+        webhooks=webhooks,
+        deliveries=deliveries,
+        outbox=outbox,
+        events=events,
+        sender=_sender(settings),
+        task_due=task_due,
+        delivery_due=delivery_due,
     )
 
 
@@ -543,9 +556,7 @@ def _tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
     return provider.get_tracer("meshgate") if isinstance(provider, TracerProvider) else None
 
 
-def add_servicers(
-    server: grpc.aio.Server, c: Components, monitor: DependencyMonitor, background: _Background
-) -> None:
+def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
     organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
         OrganizationServicer(), server
     )
@@ -554,7 +565,7 @@ def add_servicers(
             keys=c.keys,
             namespaces=c.namespaces,
             invalidation=c.invalidation,
-            events=background.events,
+            events=c.events,
         ),
         server,
     )
@@ -583,15 +594,15 @@ def add_servicers(
     )
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log=c.audit), server)
     task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        TaskServicer(tasks=background.tasks, on_change=background.runners["task"].wake), server
+        TaskServicer(tasks=c.tasks, on_change=c.task_due.wake), server
     )
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
         WebhookServicer(
-            webhooks=background.webhooks,
-            deliveries=background.deliveries,
-            queue=background.queue,
-            sender=background.sender,
-            on_retry=background.runners["delivery"].wake,
+            webhooks=c.webhooks,
+            deliveries=c.deliveries,
+            queue=c.queue,
+            sender=c.sender,
+            on_retry=c.delivery_due.wake,
         ),
         server,
     )
@@ -641,10 +652,10 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     monitor = dependency_monitor(settings, backends, c, health_servicer)
-    background = _background(settings, backends, c)
+    background = _background(settings, c)
     queue_depth: dict[tuple[str, ...], float] = {}  # refreshed in the loop, read by scrapes
     _export_work_metrics(c.metrics, background.metrics, queue_depth)
-    add_servicers(server, c, monitor, background)
+    add_servicers(server, c, monitor)
     names = [d.full_name for d in SERVICE_DESCRIPTORS]
     await monitor.check_once()
     enable_reflection((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
