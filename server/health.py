@@ -1,0 +1,94 @@
+"""grpc.health.v1 for this server: each service's status follows the stores it needs.
+
+The dependency monitor (storage/backends/health.py) probes MongoDB, Redis and
+Qdrant; when one flips, every service that needs it turns
+NOT_SERVING (load balancers then route around this instance) or back, and
+the serving and dependency gauges follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+
+from server.backends import Backends
+from server.components import Components
+from server.settings import Settings
+from storage.backends.health import DependencyMonitor, DependencyState
+
+__all__ = [
+    "HEALTH_SERVICE",
+    "SERVICE_DEPENDENCIES",
+    "GrpcHealth",
+    "add_health",
+    "dependency_monitor",
+]
+
+# The stores each service cannot work without; a service is NOT_SERVING while one is down.
+# Redis: revocations propagate through it, and costed calls need it for credits.
+SERVICE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "": ("mongodb",),
+    "meshgate.v1.OrganizationService": ("mongodb",),
+    "meshgate.v1.KeyService": ("mongodb", "redis"),
+    "meshgate.v1.NamespaceService": ("mongodb", "redis", "qdrant"),
+    "meshgate.v1.IdentityService": ("mongodb",),
+    "meshgate.v1.DocumentService": ("mongodb", "redis"),
+    "meshgate.v1.VectorService": ("mongodb", "redis", "qdrant"),
+    "meshgate.v1.UsageService": ("mongodb", "redis"),
+    "meshgate.v1.AuditService": ("mongodb",),
+    "meshgate.v1.HealthService": (),
+    "meshgate.v1.TaskService": ("mongodb", "redis"),
+    "meshgate.v1.WebhookService": ("mongodb",),
+}
+
+
+class GrpcHealth(Protocol):
+    """What the server uses of the stock grpc.health.v1 servicer."""
+
+    async def set(self, service: str, status: int) -> None: ...
+
+    async def enter_graceful_shutdown(self) -> None: ...
+
+
+def add_health(server: grpc.aio.Server) -> GrpcHealth:
+    """The stock asyncio health servicer; every service is SERVING until a probe says otherwise."""
+    servicer: GrpcHealth = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+def dependency_monitor(
+    settings: Settings, backends: Backends, c: Components, health: GrpcHealth
+) -> DependencyMonitor:
+    """Probes every store; a flip updates the grpc.health.v1 status of the services needing it."""
+
+    async def on_change(states: Mapping[str, DependencyState]) -> None:
+        for service, stores in SERVICE_DEPENDENCIES.items():
+            serving = all(states[n].up for n in stores if n in states)
+            c.serving[service or "(server)"] = serving
+            c.metrics.serving.labels(service or "(server)").set(float(serving))
+            await health.set(
+                service,
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+        for name, state in states.items():
+            c.metrics.dependency_up.labels(name).set(float(state.up))
+            c.metrics.dependency_latency.labels(name).set(state.latency_s)
+
+    return DependencyMonitor(
+        probes={
+            "mongodb": backends.mongo.ping,
+            "redis": backends.redis.ping,
+            "qdrant": backends.qdrant.get_collections,
+        },
+        interval_s=settings.health_interval_s,
+        timeout_s=min(settings.backend_timeout_s, 2.0),
+        on_change=on_change,
+    )
