@@ -1,10 +1,11 @@
 """Building and running the server: components, the interceptor chain, the registered
-servicers, health, reflection, the background jobs.
+services, health, reflection, the background jobs.
 
 `create_server` is kept apart from the command line (`server/cli.py`) so
 tests start real servers on `localhost:0` with the same wiring. What the
-server shares is the components (`server/components.py`); what runs beside
-the calls is `server/background.py`.
+server offers is the registry (`server/registry.py`); what it shares is the
+components (`server/components.py`); what runs beside the calls is
+`server/background.py`.
 """
 
 from __future__ import annotations
@@ -17,30 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from meshgate.v1 import (
-    audit_service_pb2,
-    audit_service_pb2_grpc,
-    document_service_pb2,
-    document_service_pb2_grpc,
-    health_service_pb2,
-    health_service_pb2_grpc,
-    identity_service_pb2,
-    identity_service_pb2_grpc,
-    key_service_pb2,
-    key_service_pb2_grpc,
-    namespace_service_pb2,
-    namespace_service_pb2_grpc,
-    organization_service_pb2,
-    organization_service_pb2_grpc,
-    task_service_pb2,
-    task_service_pb2_grpc,
-    usage_service_pb2,
-    usage_service_pb2_grpc,
-    vector_service_pb2,
-    vector_service_pb2_grpc,
-    webhook_service_pb2,
-    webhook_service_pb2_grpc,
-)
 from opentelemetry import trace
 
 from interceptors.audit import AuditTrail
@@ -61,41 +38,16 @@ from server.health import HEALTH_SERVICE, GrpcHealth, add_health, dependency_mon
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
+from server.registry import SERVICES, add_servicers, descriptors
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials, bind
 from server.workers.metrics import WorkMetrics
-from services.audit_service import AuditServicer
-from services.document_service import DocumentServicer
-from services.health_service import HealthServicer as DeepHealthServicer
-from services.identity_service import IdentityServicer
-from services.key_service import KeyServicer
-from services.namespace_service import NamespaceServicer
-from services.organization_service import OrganizationServicer
-from services.task_service import TaskServicer
-from services.usage_service import UsageServicer
-from services.vector_service import VectorServicer
-from services.webhook_service import WebhookServicer
-from storage.backends.health import DependencyMonitor
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["SERVICE_DESCRIPTORS", "RunningServer", "add_servicers", "build_chain", "create_server"]
+__all__ = ["RunningServer", "build_chain", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
-
-SERVICE_DESCRIPTORS = (
-    organization_service_pb2.DESCRIPTOR.services_by_name["OrganizationService"],
-    key_service_pb2.DESCRIPTOR.services_by_name["KeyService"],
-    namespace_service_pb2.DESCRIPTOR.services_by_name["NamespaceService"],
-    identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-    document_service_pb2.DESCRIPTOR.services_by_name["DocumentService"],
-    vector_service_pb2.DESCRIPTOR.services_by_name["VectorService"],
-    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
-    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
-    health_service_pb2.DESCRIPTOR.services_by_name["HealthService"],
-    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"],
-    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
-)
 
 
 @dataclass
@@ -147,9 +99,9 @@ def build_chain(
     settings: Settings, c: Components, tracer: trace.Tracer | None = None
 ) -> SecurityChain:
     """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
-    policies = build_policy_table(SERVICE_DESCRIPTORS)
+    policies = build_policy_table(descriptors())
     audit = AuditTrail(log=c.audit)
-    for method in undeclared_methods(SERVICE_DESCRIPTORS, policies):
+    for method in undeclared_methods(descriptors(), policies):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
     return SecurityChain(
         policies=policies,
@@ -171,61 +123,6 @@ def build_chain(
         ),
         logger=_LOG,
         tracer=tracer,
-    )
-
-
-def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
-    organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
-        OrganizationServicer(), server
-    )
-    key_service_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(
-            keys=c.keys,
-            namespaces=c.namespaces,
-            invalidation=c.invalidation,
-            events=c.events,
-        ),
-        server,
-    )
-    namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server(
-        NamespaceServicer(namespaces=c.namespaces, invalidation=c.invalidation, purger=c.purger),
-        server,
-    )
-    document_service_pb2_grpc.add_DocumentServiceServicer_to_server(
-        DocumentServicer(documents=c.documents), server
-    )
-    vector_service_pb2_grpc.add_VectorServiceServicer_to_server(
-        VectorServicer(vectors=c.vectors), server
-    )
-    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
-        UsageServicer(
-            usage=c.usage,
-            accounts=c.accounts,
-            organizations=c.organizations,
-            grants=c.credit_events,
-            plan_of=c.plan_of,
-        ),
-        server,
-    )
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(organizations=c.organizations), server
-    )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(log=c.audit), server)
-    task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-        TaskServicer(tasks=c.tasks, on_change=c.task_due.wake), server
-    )
-    webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
-        WebhookServicer(
-            webhooks=c.webhooks,
-            deliveries=c.deliveries,
-            queue=c.queue,
-            sender=c.sender,
-            on_retry=c.delivery_due.wake,
-        ),
-        server,
-    )
-    health_service_pb2_grpc.add_HealthServiceServicer_to_server(
-        DeepHealthServicer(monitor=monitor, services=lambda: dict(c.serving)), server
     )
 
 
@@ -256,7 +153,7 @@ async def create_server(
     export_work_metrics(c.metrics, background)
     add_servicers(server, c, monitor)
     await monitor.check_once()
-    enable_reflection((*(d.full_name for d in SERVICE_DESCRIPTORS), HEALTH_SERVICE), server)
+    enable_reflection((*(s.name for s in SERVICES), HEALTH_SERVICE), server)
     port, tls = bind(server, settings, address)
     metrics_server, metrics_port = (
         serve_metrics(c.metrics, settings.metrics_listen) if settings.metrics_listen else (None, 0)

@@ -1,7 +1,7 @@
 """grpc.health.v1 for this server: each service's status follows the stores it needs.
 
 The dependency monitor (storage/backends/health.py) probes MongoDB, Redis and
-Qdrant; when one flips, every service that needs it turns
+Qdrant; when one flips, every service whose registry row needs it turns
 NOT_SERVING (load balancers then route around this instance) or back, and
 the serving and dependency gauges follow.
 """
@@ -18,33 +18,11 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 
 from server.backends import Backends
 from server.components import Components
+from server.registry import SERVER_NEEDS, SERVICES
 from server.settings import Settings
 from storage.backends.health import DependencyMonitor, DependencyState
 
-__all__ = [
-    "HEALTH_SERVICE",
-    "SERVICE_DEPENDENCIES",
-    "GrpcHealth",
-    "add_health",
-    "dependency_monitor",
-]
-
-# The stores each service cannot work without; a service is NOT_SERVING while one is down.
-# Redis: revocations propagate through it, and costed calls need it for credits.
-SERVICE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
-    "": ("mongodb",),
-    "meshgate.v1.OrganizationService": ("mongodb",),
-    "meshgate.v1.KeyService": ("mongodb", "redis"),
-    "meshgate.v1.NamespaceService": ("mongodb", "redis", "qdrant"),
-    "meshgate.v1.IdentityService": ("mongodb",),
-    "meshgate.v1.DocumentService": ("mongodb", "redis"),
-    "meshgate.v1.VectorService": ("mongodb", "redis", "qdrant"),
-    "meshgate.v1.UsageService": ("mongodb", "redis"),
-    "meshgate.v1.AuditService": ("mongodb",),
-    "meshgate.v1.HealthService": (),
-    "meshgate.v1.TaskService": ("mongodb", "redis"),
-    "meshgate.v1.WebhookService": ("mongodb",),
-}
+__all__ = ["HEALTH_SERVICE", "GrpcHealth", "add_health", "dependency_monitor"]
 
 
 class GrpcHealth(Protocol):
@@ -66,9 +44,10 @@ def dependency_monitor(
     settings: Settings, backends: Backends, c: Components, health: GrpcHealth
 ) -> DependencyMonitor:
     """Probes every store; a flip updates the grpc.health.v1 status of the services needing it."""
+    needs = {"": SERVER_NEEDS, **{s.name: s.needs for s in SERVICES}}
 
     async def on_change(states: Mapping[str, DependencyState]) -> None:
-        for service, stores in SERVICE_DEPENDENCIES.items():
+        for service, stores in needs.items():
             serving = all(states[n].up for n in stores if n in states)
             c.serving[service or "(server)"] = serving
             c.metrics.serving.labels(service or "(server)").set(float(serving))
