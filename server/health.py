@@ -13,8 +13,10 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
+from grpc_health.v1.health import (  # type: ignore[attr-defined, unused-ignore]
+    aio as health_aio,  # public (grpc_health.v1.health.aio), but the type stubs omit it
+)
 
 from server.backends import Backends
 from server.components import Components
@@ -35,7 +37,7 @@ class GrpcHealth(Protocol):
 
 def add_health(server: grpc.aio.Server) -> GrpcHealth:
     """The stock asyncio health servicer; every service is SERVING until a probe says otherwise."""
-    servicer: GrpcHealth = HealthServicer()
+    servicer: GrpcHealth = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
 
