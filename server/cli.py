@@ -70,21 +70,23 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
     try:
         key_file = await _dev_key(settings, backends) if dev else None
         running = await create_server(settings, backends)
-        _LOG.info(
-            "serving on %s (%s) in %.2fs",
-            settings.listen,
-            "PLAINTEXT" if settings.insecure else "mTLS, client certificates required",
-            time.perf_counter() - started,
-        )
-        if key_file is not None:
-            print(_grpcurl_hint(settings, running.port, key_file), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        _LOG.info("draining: up to %.1fs for in-flight calls", settings.shutdown_grace_s)
-        await running.stop(settings.shutdown_grace_s)
+        try:
+            _LOG.info(
+                "serving on %s (%s) in %.2fs",
+                settings.listen,
+                "PLAINTEXT" if settings.insecure else "mTLS, client certificates required",
+                time.perf_counter() - started,
+            )
+            if key_file is not None:
+                print(_grpcurl_hint(settings, running.port, key_file), flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        finally:  # a signal, a crash or a cancellation: drain before the stores close
+            _LOG.info("draining: up to %.1fs for in-flight calls", settings.shutdown_grace_s)
+            await running.stop(settings.shutdown_grace_s)
     finally:
         await backends.close()
     _LOG.info("stopped")

@@ -16,11 +16,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import start_http_server
 
 from interceptors.metrics import Metrics
 
-__all__ = ["configure_tracing", "serve_metrics"]
+__all__ = ["configure_tracing", "serve_metrics", "server_tracer"]
 
 _LOG = logging.getLogger("meshgate.observability")
 
@@ -40,7 +41,6 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
     exporter_name = env.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
     if exporter_name in ("", "none") or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -66,3 +66,13 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
     trace.set_tracer_provider(provider)
     _LOG.info("tracing on: %s exporter", exporter_name)
     return True
+
+
+def server_tracer(explicit: trace.Tracer | None) -> trace.Tracer | None:
+    """The given tracer, or the global one when an SDK provider is installed (OTEL_*)."""
+    if explicit is not None:
+        return explicit
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = trace.get_tracer_provider()
+    return provider.get_tracer("meshgate") if isinstance(provider, TracerProvider) else None

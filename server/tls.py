@@ -3,7 +3,8 @@
 Uses grpc's dynamic server credentials: before each new handshake grpc asks
 for a fresh configuration; we stat the files at most once a second and hand
 over a new configuration only when one of them changed (and loads cleanly),
-so certificate rotation needs no restart.
+so certificate rotation needs no restart. `bind` opens the server's port with
+them (or without TLS, for local debugging only).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["ReloadingServerCredentials"]
+from server.settings import Settings
+
+__all__ = ["ReloadingServerCredentials", "bind"]
 
 _LOG = logging.getLogger("meshgate.tls")
 
@@ -62,3 +65,22 @@ class ReloadingServerCredentials:
             self._fetch,  # type: ignore[arg-type]
             require_client_authentication=True,
         )
+
+
+def bind(
+    server: grpc.aio.Server, settings: Settings, address: str | None
+) -> tuple[int, ReloadingServerCredentials | None]:
+    """Listen on `address` (else the settings'); returns the port and the credentials."""
+    where = address or settings.listen
+    tls: ReloadingServerCredentials | None = None
+    if settings.insecure:
+        _LOG.warning("serving WITHOUT TLS (--insecure): for local debugging only")
+        port = server.add_insecure_port(where)
+    else:
+        tls = ReloadingServerCredentials(
+            cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca
+        )
+        port = server.add_secure_port(where, tls.credentials())
+    if port == 0:
+        raise OSError(f"could not bind {where}")
+    return port, tls

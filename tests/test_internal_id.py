@@ -34,7 +34,7 @@ from meshgate.v1 import (
     webhook_service_pb2_grpc,
 )
 
-from server.app import SERVICE_DESCRIPTORS
+from server.registry import descriptors
 from storage.tenancy.organizations import OrganizationStore
 from tests.conftest import Tenant, auth, client_credentials, eventually
 from tests.webhook_receiver import Receiver
@@ -58,7 +58,7 @@ def field_names(message: Descriptor, seen: set[str] | None = None) -> set[str]:
 
 def test_no_public_response_can_carry_internal_id() -> None:
     walked = 0
-    for service in SERVICE_DESCRIPTORS:
+    for service in descriptors():
         for method in service.methods:
             if method.full_name == RESOLVER:
                 continue
@@ -258,7 +258,7 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
     responses["DeepCheck"] = await health_service_pb2_grpc.HealthServiceStub(
         tenant.channel
     ).DeepCheck(health_service_pb2.DeepCheckRequest(), metadata=md)
-    every = {m.full_name for s in SERVICE_DESCRIPTORS for m in s.methods} - {RESOLVER}
+    every = {m.full_name for s in descriptors() for m in s.methods} - {RESOLVER}
     assert {p.rsplit(".", 1)[1] for p in every} == set(responses)
     for name, response in responses.items():
         assert needle not in response.SerializeToString(), name

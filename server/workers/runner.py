@@ -1,8 +1,8 @@
 """One loop per kind of work: claim due rows while a worker slot is free, run them.
 
 Idle loops sleep until the next row is due, at most `poll_s` (other replicas
-add work too), and wake at once when this process adds work (`wake`) or one
-of its handlers finishes (it may have rescheduled its row).
+add work too), and wake at once when this process adds work (its `Wakeup`) or
+one of its handlers finishes (it may have rescheduled its row).
 """
 
 from __future__ import annotations
@@ -16,7 +16,27 @@ from datetime import timedelta
 from storage.backends.work_queue import Claim, WorkQueue
 from storage.core.clock import utc_now
 
-__all__ = ["QueueRunner"]
+__all__ = ["QueueRunner", "Wakeup"]
+
+
+class Wakeup:
+    """Cuts one runner's idle sleep short. Made before the runner and before the code that
+    adds its work (the outbox, servicers), which get `wake`: neither needs the other."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Up to `seconds`, less when woken; a wake-up that came meanwhile is used up."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+        self._event.clear()
 
 
 class QueueRunner:
@@ -30,6 +50,7 @@ class QueueRunner:
         lease: timedelta,
         poll_s: float,
         logger: logging.Logger,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.kind = kind
         self._queue = queue
@@ -38,11 +59,8 @@ class QueueRunner:
         self._lease = lease
         self._poll_s = poll_s
         self._log = logger
-        self._wake = asyncio.Event()
+        self._wakeup = wakeup or Wakeup()
         self._running: set[asyncio.Task[None]] = set()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         if self._concurrency <= 0:
@@ -56,11 +74,11 @@ class QueueRunner:
                 except Exception as exc:  # a store hiccup must not kill the loop
                     slots.release()
                     self._log.warning("could not claim %s work: %s", self.kind, type(exc).__name__)
-                    await self._idle(self._poll_s)
+                    await self._wakeup.sleep(self._poll_s)
                     continue
                 if claim is None:
                     slots.release()
-                    await self._idle(await self._until_next_due())
+                    await self._wakeup.sleep(await self._until_next_due())
                     continue
                 task = asyncio.create_task(self._run_one(claim, slots), name=f"{self.kind}-work")
                 self._running.add(task)
@@ -85,7 +103,7 @@ class QueueRunner:
             self._log.exception("%s work %s failed", self.kind, claim.ref)
         finally:
             slots.release()
-            self._wake.set()  # it may have rescheduled its row sooner than the loop sleeps
+            self._wakeup.wake()  # it may have rescheduled its row sooner than the loop sleeps
 
     async def _until_next_due(self) -> float:
         try:
@@ -95,11 +113,3 @@ class QueueRunner:
         if due is None:
             return self._poll_s
         return min(self._poll_s, max(0.01, (due - utc_now()).total_seconds()))
-
-    async def _idle(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        self._wake.clear()

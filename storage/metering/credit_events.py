@@ -10,25 +10,44 @@ and marked published; a replica that finds it recorded but not yet published
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
 
 from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
 from storage.metering.credits import Balance
-from storage.webhooks.organization_events import OrganizationEvents
 
-__all__ = ["CreditEvents"]
+__all__ = ["CreditEvents", "ThresholdPublisher"]
 
 _LOG = logging.getLogger("meshgate.credits")
 
 
+class ThresholdPublisher(Protocol):
+    """Sends an organization event to its webhooks (storage/webhooks/organization_events.py).
+
+    Idempotent by `happening`: a second publish of the same threshold completes an
+    interrupted fan-out and duplicates nothing.
+    """
+
+    async def publish(
+        self,
+        *,
+        organization_id: str,
+        event_type: str,
+        data: Mapping[str, Any],
+        happening: str,
+        at: datetime,
+    ) -> object: ...
+
+
 class CreditEvents:
-    def __init__(self, *, mongo: MongoStore) -> None:
+    def __init__(self, *, mongo: MongoStore, publisher: ThresholdPublisher | None = None) -> None:
         self._collection = mongo.database["credit_events"]
-        # set once webhooks are wired (server/app.py); without it events are only recorded
-        self.publisher: OrganizationEvents | None = None
+        # without a publisher (no webhooks wired) threshold events are only recorded
+        self._publisher = publisher
 
     async def record(
         self, organization_id: str, period: str, threshold: int, balance: Balance
@@ -59,9 +78,9 @@ class CreditEvents:
             await self._publish(doc)
 
     async def _publish(self, doc: dict[str, Any]) -> None:
-        if self.publisher is None:
+        if self._publisher is None:
             return
-        await self.publisher.publish(
+        await self._publisher.publish(
             organization_id=doc["organization_id"],
             event_type="credits.threshold",
             data={

@@ -115,7 +115,8 @@ class EventOutbox:
         self._webhooks = webhooks
         self._deliveries = deliveries
         self._now = now
-        self.on_delivery = on_delivery  # wakes the local dispatcher
+        # told when deliveries were scheduled, so the local dispatcher need not wait for its poll
+        self._on_delivery = on_delivery
 
     def _collection(self, scope: Scope) -> ScopedCollection:
         return self._mongo.scoped(self.COLLECTION, scope)
@@ -181,4 +182,4 @@ class EventOutbox:
             await self._queue.schedule("delivery", scope, delivery_id, due=self._now())
             scheduled = True
         if scheduled:
-            self.on_delivery()
+            self._on_delivery()

@@ -17,17 +17,17 @@ from meshgate.v1 import (
 from interceptors.chain import SecurityChain
 from interceptors.errors import ErrorMapper
 from interceptors.telemetry import Telemetry
-from server.app import SERVICE_DESCRIPTORS
 from server.policies import build_policy_table, undeclared_methods
+from server.registry import descriptors
 from tests.conftest import Pki, Tenant, auth, client_credentials
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
 
 
 def test_every_rpc_declares_a_policy() -> None:
-    table = build_policy_table(SERVICE_DESCRIPTORS)
-    assert undeclared_methods(SERVICE_DESCRIPTORS, table) == []
-    for service in SERVICE_DESCRIPTORS:
+    table = build_policy_table(descriptors())
+    assert undeclared_methods(descriptors(), table) == []
+    for service in descriptors():
         for method in service.methods:
             options = method.GetOptions()
             assert options.HasExtension(options_pb2.policy), method.full_name
@@ -39,7 +39,7 @@ def test_every_rpc_declares_a_policy() -> None:
 
 
 def test_key_and_namespace_management_need_admin() -> None:
-    table = build_policy_table(SERVICE_DESCRIPTORS)
+    table = build_policy_table(descriptors())
     for method in ("CreateKey", "RotateKey", "RevokeKey"):
         assert table[f"/meshgate.v1.KeyService/{method}"].permission == "admin"
     assert table["/meshgate.v1.NamespaceService/CreateNamespace"].permission == "admin"

@@ -1,0 +1,223 @@
+"""The stores and helpers every servicer, chain step and background job shares.
+
+Built once per server, in dependency order, so every collaborator is a
+constructor argument: the wake-ups of the work runners exist before the outbox
+and the servicers that add work, and the organization events before the
+credit events that publish through them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+from interceptors.metrics import Metrics
+from interceptors.rate_limit import RateLimit
+from server.backends import Backends
+from server.settings import Settings
+from server.workers.runner import Wakeup
+from storage.audit.log import AuditLog
+from storage.backends.work_queue import WorkQueue
+from storage.core.plans import PlanLookup
+from storage.data.cascade import NamespacePurger
+from storage.data.documents import DocumentStore
+from storage.data.tasks import TaskStore
+from storage.data.vectors import VectorStore
+from storage.metering.credit_events import CreditEvents
+from storage.metering.credits import CreditAccounts
+from storage.metering.rate_limiter import RateLimiter
+from storage.metering.usage import UsageRecorder
+from storage.tenancy.invalidation import InvalidationBus
+from storage.tenancy.key_verifier import KeyVerifier
+from storage.tenancy.keys import KeyStore
+from storage.tenancy.namespaces import NamespaceStore
+from storage.tenancy.organizations import OrganizationStore
+from storage.webhooks.organization_events import OrganizationEvents
+from storage.webhooks.outbox import EventOutbox
+from storage.webhooks.sealing import SecretBox
+from storage.webhooks.sender import WebhookSender
+from storage.webhooks.store import DeliveryStore, WebhookStore
+from storage.webhooks.targets import TargetPolicy
+
+__all__ = ["Components", "build_components", "export_component_metrics"]
+
+_LOG = logging.getLogger("meshgate.server")
+
+
+@dataclass
+class Components:
+    """Everything the servicers, the chain and the background jobs share."""
+
+    organizations: OrganizationStore
+    keys: KeyStore
+    namespaces: NamespaceStore
+    verifier: KeyVerifier
+    documents: DocumentStore
+    vectors: VectorStore
+    purger: NamespacePurger
+    invalidation: InvalidationBus
+    limiter: RateLimiter
+    accounts: CreditAccounts
+    credit_events: CreditEvents
+    usage: UsageRecorder
+    plan_of: PlanLookup
+    rate_limit: RateLimit
+    metrics: Metrics
+    audit: AuditLog
+    # background work: the shared queue, what feeds it, and the wake-ups of this process's runners
+    queue: WorkQueue
+    tasks: TaskStore
+    webhooks: WebhookStore
+    deliveries: DeliveryStore
+    outbox: EventOutbox
+    events: OrganizationEvents
+    sender: WebhookSender
+    task_due: Wakeup
+    delivery_due: Wakeup
+    # service name ("(server)" for the whole) -> serving, kept by server/health.py
+    serving: dict[str, bool] = field(default_factory=dict)
+
+    async def flush_usage(self, *, everything: bool = False) -> None:
+        """Ledger first, then the credit settlement it accounts for."""
+        spent = self.accounts.spent_snapshot()
+        await self.usage.flush()
+        await self.accounts.settle(spent=spent, everything=everything)
+
+
+def _sender(settings: Settings) -> WebhookSender:
+    ssl_context = ssl.create_default_context(
+        cafile=str(settings.webhook_ca_file) if settings.webhook_ca_file else None
+    )
+    return WebhookSender(
+        policy=TargetPolicy.from_entries(settings.webhook_allowed_hosts),
+        timeout_s=settings.webhook_timeout_s,
+        max_response_bytes=settings.webhook_max_response_bytes,
+        ssl_context=ssl_context,
+    )
+
+
+async def build_components(settings: Settings, backends: Backends) -> Components:
+    """The components, and the indexes of the audit log and the usage ledger."""
+    mongo = backends.mongo
+    organizations = OrganizationStore(mongo=mongo)
+    namespaces = NamespaceStore(mongo=mongo)
+    keys = KeyStore(mongo=mongo)
+    verifier = KeyVerifier(
+        keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
+    )
+    vectors = VectorStore(mongo=mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote)
+
+    def on_live(live: bool) -> None:
+        verifier.forget_all()
+        namespaces.forget_all()
+        verifier.cache_enabled = live
+
+    def on_namespace(namespace_id: str) -> None:
+        namespaces.forget(namespace_id)
+        vectors.forget(namespace_id)
+
+    metrics = Metrics()
+    plan_of = PlanLookup(settings.plans, settings.default_plan)
+    limiter = RateLimiter(
+        redis=backends.redis,
+        failure_mode=settings.rate_limit_on_redis_failure,
+        timeout_s=settings.limiter_timeout_s,
+        on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
+    )
+    box = SecretBox(settings.webhook_sealing_key())
+    if not box.encrypts:
+        _LOG.warning(
+            "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+        )
+    queue = WorkQueue(mongo=mongo)
+    webhooks = WebhookStore(mongo=mongo, box=box)
+    deliveries = DeliveryStore(mongo=mongo)
+    task_due, delivery_due = Wakeup(), Wakeup()
+    outbox = EventOutbox(
+        mongo=mongo,
+        queue=queue,
+        webhooks=webhooks,
+        deliveries=deliveries,
+        on_delivery=delivery_due.wake,
+    )
+    events = OrganizationEvents(outbox=outbox, organizations=organizations, namespaces=namespaces)
+    credit_events = CreditEvents(mongo=mongo, publisher=events)
+    audit = AuditLog(mongo=mongo)
+    await audit.ensure_indexes()
+    replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    usage = UsageRecorder(mongo=mongo, replica=replica)
+    await usage.ensure_indexes()
+    return Components(
+        organizations=organizations,
+        keys=keys,
+        namespaces=namespaces,
+        verifier=verifier,
+        documents=DocumentStore(mongo=mongo),
+        vectors=vectors,
+        purger=NamespacePurger(
+            mongo=mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
+        ),
+        invalidation=InvalidationBus(
+            redis=backends.redis,
+            on_key=verifier.forget_key,
+            on_namespace=on_namespace,
+            on_live=on_live,
+        ),
+        limiter=limiter,
+        accounts=CreditAccounts(
+            redis=backends.redis,
+            replica=replica,
+            fail_open=settings.credits_fail_open,
+            timeout_s=max(settings.limiter_timeout_s, 0.5),
+            on_threshold=credit_events.record,
+        ),
+        credit_events=credit_events,
+        usage=usage,
+        plan_of=plan_of,
+        rate_limit=RateLimit(limiter=limiter, plan_of=plan_of, metrics=metrics),
+        metrics=metrics,
+        audit=audit,
+        queue=queue,
+        tasks=TaskStore(mongo=mongo, queue=queue),
+        webhooks=webhooks,
+        deliveries=deliveries,
+        outbox=outbox,
+        events=events,
+        sender=_sender(settings),
+        task_due=task_due,
+        delivery_due=delivery_due,
+    )
+
+
+def export_component_metrics(c: Components) -> None:
+    """Counters and gauges the components keep themselves, read at scrape time."""
+    m = c.metrics
+    cache = c.verifier.cache
+    m.counter_from("meshgate_key_cache_hits_total", "verified-key cache hits", lambda: cache.hits)
+    m.counter_from(
+        "meshgate_key_cache_misses_total", "verified-key cache misses", lambda: cache.misses
+    )
+    m.counter_from(
+        "meshgate_invalidations_received_total",
+        "revocations, rotations and namespace deletions heard from other replicas",
+        lambda: c.invalidation.received,
+    )
+    m.gauge_from(
+        "meshgate_audit_queue_depth",
+        "audit events waiting to be written (grows while MongoDB is down)",
+        lambda: {(): float(c.audit.depth)},
+    )
+    m.counter_from(
+        "meshgate_audit_write_failures_total",
+        "failed audit writes (retried)",
+        lambda: c.audit.failures,
+    )
+    m.gauge_from(
+        "meshgate_invalidation_channel_up",
+        "1 while subscribed to the invalidation channel (key cache on)",
+        lambda: {(): float(c.invalidation.live)},
+    )
