@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT
 
 
 def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:

@@ -36,8 +36,10 @@ from meshgate.v1 import (
 
 from server.app import SERVICE_DESCRIPTORS
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth, client_credentials, eventually
-from tests.webhook_receiver import Receiver
+from tests.support.clients import auth, client_credentials
+from tests.support.tenants import Tenant
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver
 
 # the one method whose job is to return it, to allow-listed internal peers only
 RESOLVER = "meshgate.v1.IdentityService.ResolveOrganization"

@@ -41,7 +41,9 @@ from storage.backends.scoped import Scope
 from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorStore
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
 
 SEED = int(os.environ.get("MESHGATE_PROPERTY_SEED", "20261129"))
 TARGET_OPS = int(os.environ.get("MESHGATE_PROPERTY_OPS", "10000"))

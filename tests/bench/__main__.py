@@ -52,9 +52,8 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
-from tests.conftest import RedisServer, free_port
+from tests.support.processes import ROOT, RedisServer, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 GET_NAMESPACE = "/meshgate.v1.NamespaceService/GetNamespace"
 ECHO = "/bench.Echo/Echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -356,9 +355,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     rounds = 1 if smoke else args.rounds
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
         workdir = Path(tmp)
-        redis = RedisServer(
-            binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
-        )
+        redis = RedisServer.on_free_port(workdir)
         redis.start()
         mongo = EmbeddedMongo(sqlite_path=None)
         env: Env | None = None

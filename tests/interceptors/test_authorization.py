@@ -14,7 +14,9 @@ from meshgate.v1 import (
 
 from certs.dev_pki import CLIENT_ID
 from server.app import RunningServer
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
 
 
 async def test_read_key_cannot_call_admin_methods(tenant: Tenant) -> None:

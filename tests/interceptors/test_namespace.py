@@ -7,7 +7,10 @@ import pytest
 from meshgate.v1 import namespace_service_pb2, options_pb2
 
 from server.app import RunningServer
-from tests.conftest import Pki, Tenant, auth, raw_http2_call
+from tests.support.clients import auth
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
+from tests.support.wire import raw_http2_call
 
 GET = namespace_service_pb2.GetNamespaceRequest()
 
@@ -144,7 +147,7 @@ async def test_non_ascii_namespace_header_is_not_found(
     tenant: Tenant, server: RunningServer, pki: Pki
 ) -> None:
     answer = await raw_http2_call(
-        server,
+        server.port,
         pki,
         "/meshgate.v1.NamespaceService/GetNamespace",
         [

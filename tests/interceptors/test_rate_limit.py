@@ -24,7 +24,8 @@ from storage.backends.scoped import Scope
 from storage.core.clock import utc_now
 from storage.metering.credits import CreditAccounts, period_of
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth
+from tests.support.tenants import Tenant
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
 
@@ -238,7 +239,7 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
 
 
 async def test_grant_credits_is_internal_only(tenant: Tenant, server: RunningServer, pki) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import client_credentials
+    from tests.support.clients import client_credentials
 
     request = usage_service_pb2.GrantCreditsRequest(
         organization_id=tenant.organization_id, credits=100

@@ -19,7 +19,9 @@ from interceptors.errors import ErrorMapper
 from interceptors.telemetry import Telemetry
 from server.app import SERVICE_DESCRIPTORS
 from server.policies import build_policy_table, undeclared_methods
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,8 +31,9 @@ from server.bootstrap import bootstrap
 from server.settings import Secret, Settings
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Pki, RedisServer, auth, client_credentials, free_port
-from tests.replica import Replica, start_replica
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.processes import RedisServer, Replica, free_port, start_replica
 
 RATE, BURST = 20, 20
 LEASE = 1  # storage.metering.rate_limiter.lease_size for this limit
@@ -56,9 +56,7 @@ def cluster(
     settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RedisServer, list[Replica]]]:
     workdir = tmp_path_factory.mktemp("cluster")
-    redis = RedisServer(
-        binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
-    )
+    redis = RedisServer.on_free_port(workdir)
     redis.start()
     plans = workdir / "plans.json"
     plans.write_text(json.dumps(PLANS))
@@ -180,7 +178,7 @@ def test_bad_plans_are_refused_at_start(settings: Settings, tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from tests.replica import ROOT, replica_env
+    from tests.support.processes import ROOT, replica_env
 
     cases = {
         "zero rate": {"per_second": 0, "burst": 5},

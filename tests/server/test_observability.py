@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import urllib.request
 from dataclasses import replace
 
@@ -32,7 +31,10 @@ from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
-from tests.conftest import Pki, RedisServer, Tenant, auth, client_credentials, free_port
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.processes import RedisServer, free_port
+from tests.support.tenants import Tenant
 
 GET_NS = namespace_service_pb2.GetNamespaceRequest()
 
@@ -291,11 +293,7 @@ async def test_redis_down_turns_dependent_services_not_serving(
     tmp_path_factory: pytest.TempPathFactory,
     make_tenant,  # type: ignore[no-untyped-def]
 ) -> None:
-    redis = RedisServer(
-        binary=shutil.which("redis-server") or "",
-        port=free_port(),
-        workdir=tmp_path_factory.mktemp("hr"),
-    )
+    redis = RedisServer.on_free_port(tmp_path_factory.mktemp("hr"))
     redis.start()
     own = replace(settings, redis_url=Secret(redis.url), health_interval_s=0.2)
     backends = await open_backends(own)

@@ -34,10 +34,13 @@ from server.app import create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
 from server.settings import Settings
-from tests.conftest import ENV_PROTO, Pki, auth, client_credentials, eventually
-from tests.replica import Replica, start_replica
-from tests.services.test_document_service import doc
-from tests.webhook_receiver import Receiver
+from tests.support.clients import auth, client_credentials
+from tests.support.namespace_clients import doc
+from tests.support.pki import Pki
+from tests.support.processes import Replica, start_replica
+from tests.support.tenants import ENV_PROTO
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver
 
 # small: every write of the embedded test engine scans its collection
 TASKS = 10

@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs.dev_pki import issue_pki
 from server.app import RunningServer, create_server
-from tests.conftest import Pki, client_credentials
+from tests.support.clients import client_credentials
+from tests.support.pki import Pki
 
 CHECK = health_pb2.HealthCheckRequest()
 

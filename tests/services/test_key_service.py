@@ -9,7 +9,8 @@ from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import options_pb2
 
 from storage.core.key_secrets import parse_secret
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth
+from tests.support.tenants import Tenant
 
 
 async def invalid(call) -> str:  # type: ignore[no-untyped-def]

@@ -6,7 +6,8 @@ import grpc
 import pytest
 from meshgate.v1 import namespace_service_pb2 as pb
 
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth
+from tests.support.tenants import Tenant
 
 
 async def test_names_are_unique_per_organization(make_tenant) -> None:  # type: ignore[no-untyped-def]

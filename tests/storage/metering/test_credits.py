@@ -13,7 +13,7 @@ from storage.core.errors import ResourceExhaustedError
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import CreditAccounts
 from storage.metering.usage import UsageRecorder
-from tests.conftest import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port
 
 
 def org() -> str:

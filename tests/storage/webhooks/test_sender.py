@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
+from standardwebhooks import Webhook
 
 from storage.webhooks.sender import WebhookSender, retry_after_seconds, sign
 from storage.webhooks.targets import (
@@ -16,8 +20,8 @@ from storage.webhooks.targets import (
     parse_webhook_url,
     vet_target,
 )
-from tests.conftest import Pki
-from tests.webhook_receiver import Receiver, verify_standard_webhook
+from tests.support.pki import Pki
+from tests.support.webhooks import Receiver, check_signature
 
 
 def fake_dns(table: dict[str, list[str]]) -> Callable[[str, int], Awaitable[list[str]]]:
@@ -35,6 +39,12 @@ def test_signature_matches_the_standard_webhooks_test_vector() -> None:
     body = b'{"test": 2432232314}'
     signature = sign(secret, msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp=1614265330, body=body)
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    reference = Webhook(secret).sign(
+        msg_id="msg_p5jXN8AQM9LWM0D4loKWxJek",
+        timestamp=datetime.fromtimestamp(1614265330, UTC),
+        data=body.decode(),
+    )
+    assert signature == reference
 
 
 @pytest.mark.parametrize(
@@ -60,14 +70,10 @@ def test_signature_matches_the_standard_webhooks_test_vector() -> None:
     ],
 )
 def test_non_public_addresses(address: str) -> None:
-    import ipaddress
-
     assert not is_public(ipaddress.ip_address(address))
 
 
 def test_public_addresses() -> None:
-    import ipaddress
-
     for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"):
         assert is_public(ipaddress.ip_address(address))
 
@@ -141,9 +147,9 @@ def test_retry_after_forms() -> None:
 
 
 @pytest.fixture
-def receiver_for_sender() -> Receiver:
+def receiver_for_sender() -> Iterator[Receiver]:
     started = Receiver().start()
-    yield started  # type: ignore[misc]
+    yield started
     started.stop()
 
 
@@ -302,20 +308,18 @@ async def test_tls_uses_the_host_name_for_sni_and_verification(pki: Pki) -> None
 
 def test_receiver_check_is_strict() -> None:
     secret = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
-    import time
-
     now = int(time.time())
     good = sign(secret, msg_id="m", timestamp=now, body=b"{}")
     headers = {"webhook-id": "m", "webhook-timestamp": str(now), "webhook-signature": good}
-    assert verify_standard_webhook([secret], headers, b"{}")
-    assert not verify_standard_webhook([secret], headers, b"{ }")
-    assert not verify_standard_webhook([secret], {**headers, "webhook-id": "n"}, b"{}")
+    assert check_signature([secret], headers, b"{}").valid
+    assert check_signature([secret], headers, b"{ }").refused
+    assert check_signature([secret], {**headers, "webhook-id": "n"}, b"{}").refused
     stale = sign(secret, msg_id="m", timestamp=now - 600, body=b"{}")
-    assert not verify_standard_webhook(
+    assert check_signature(
         [secret],
         {**headers, "webhook-timestamp": str(now - 600), "webhook-signature": stale},
         b"{}",
-    )
+    ).refused
 
 
 async def test_a_hanging_resolver_counts_against_the_deadline() -> None:
