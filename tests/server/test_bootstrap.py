@@ -73,5 +73,5 @@ async def test_bootstrap_command_creates_a_working_admin_key(
             assert other.organization.organization_id != org_id.group(1)
     finally:
         await running.stop(0)
-        await backends.mongo._client.drop_database(own.mongodb_database)
+        await backends.mongo.database.client.drop_database(own.mongodb_database)
         await backends.close()

@@ -52,7 +52,7 @@ async def crash_db(settings: Settings) -> AsyncIterator[tuple[Settings, Backends
     crash_settings = replace(settings, mongodb_database=f"{settings.mongodb_database}_crash")
     backends = await open_backends(crash_settings, with_qdrant=False)
     yield crash_settings, backends
-    await backends.mongo._client.drop_database(crash_settings.mongodb_database)
+    await backends.mongo.database.client.drop_database(crash_settings.mongodb_database)
     await backends.close()
 
 
@@ -153,7 +153,7 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         assert all(t.items_done == DOCS_PER_TASK for t in final)
         assert max(t.attempts for t in final) >= 2  # at least one task was taken over
         # every document written once in effect: one per id, none rewritten by a replay
-        documents = backends.mongo._db["documents"]
+        documents = backends.mongo.database["documents"]
         assert (
             await documents.count_documents({"namespace_id": ns.namespace_id})
             == TASKS * DOCS_PER_TASK
@@ -257,5 +257,5 @@ async def test_a_stopping_server_hands_its_running_task_back(settings: Settings,
         finally:
             await restarted.stop(0.5)
     finally:
-        await backends.mongo._client.drop_database(quiet.mongodb_database)
+        await backends.mongo.database.client.drop_database(quiet.mongodb_database)
         await backends.close()

@@ -43,7 +43,7 @@ async def test_writes_are_stamped_and_reads_are_filtered(
     await a.insert_one({"_id": "doc-a", "v": 1})
     await b.insert_one({"_id": "doc-b", "v": 1})
     await a.insert_many([{"v": 2}, {"v": 3}])
-    raw = await backends.mongo._db["scoped_test"].find_one({"_id": "doc-a"})
+    raw = await backends.mongo.database["scoped_test"].find_one({"_id": "doc-a"})
     assert raw is not None
     assert raw["namespace_id"] == a.scope.namespace_id and raw["internal_id"] == a.scope.internal_id
     assert await a.count_documents({}) == 3

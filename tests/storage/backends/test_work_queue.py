@@ -11,6 +11,7 @@ import pytest
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope
 from storage.backends.work_queue import WorkQueue
+from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError
 from storage.core.ids import new_internal_id, new_namespace_id
 from storage.data.documents import DocumentStore
@@ -28,7 +29,7 @@ async def quiet_mongo(mongo_uri: str, database_name: str) -> AsyncIterator[Mongo
     store = MongoStore(uri=mongo_uri, database=f"{database_name}_quiet")
     await store.ensure_indexes()
     yield store
-    await store._client.drop_database(f"{database_name}_quiet")
+    await store.database.client.drop_database(f"{database_name}_quiet")
     await store.close()
 
 
@@ -39,20 +40,20 @@ def scope() -> Scope:
 async def test_claims_are_exclusive_leased_and_fenced(quiet_mongo: MongoStore) -> None:
     queue = WorkQueue(mongo=quiet_mongo)
     s = scope()
-    await queue.schedule("delivery", s, "dlv-a", due=queue._now())
+    await queue.schedule("delivery", s, "dlv-a", due=utc_now())
     first = await queue.claim("delivery", lease=LEASE)
     assert first is not None and first.ref == "dlv-a" and first.scope == s
     assert await queue.claim("delivery", lease=LEASE) is None  # leased: nobody else gets it
     # the lease runs out (a dead worker): the row is claimed again, with a new token
     await quiet_mongo.work_queue.update_one(
-        {"_id": "delivery:dlv-a"}, {"$set": {"due_at": queue._now() - timedelta(seconds=1)}}
+        {"_id": "delivery:dlv-a"}, {"$set": {"due_at": utc_now() - timedelta(seconds=1)}}
     )
     second = await queue.claim("delivery", lease=LEASE)
     assert second is not None and second.token != first.token
     # the first holder is fenced out of everything
     assert not await queue.renew(first, lease=LEASE)
     await queue.done(first)
-    await queue.retry_at(first, queue._now())
+    await queue.retry_at(first, utc_now())
     assert await queue.claim("delivery", lease=LEASE) is None
     assert await queue.renew(second, lease=LEASE)
     await queue.done(second)
@@ -67,7 +68,7 @@ async def test_reserved_rows_wait_for_release(quiet_mongo: MongoStore) -> None:
     await queue.release("event", "evt-a")
     claim = await queue.claim("event", lease=LEASE)
     assert claim is not None and claim.ref == "evt-a"
-    await queue.retry_at(claim, queue._now() + timedelta(hours=1))
+    await queue.retry_at(claim, utc_now() + timedelta(hours=1))
     depth = await queue.depth()
     assert depth["event"]["total"] >= 1 and set(depth) == {"task", "delivery", "event"}
     assert await queue.purge_namespace(s.namespace_id) == 1
@@ -77,7 +78,7 @@ async def test_concurrent_claims_never_share_a_row(quiet_mongo: MongoStore) -> N
     queue = WorkQueue(mongo=quiet_mongo)
     s = scope()
     for i in range(20):
-        await queue.schedule("delivery", s, f"row-{i}", due=queue._now())
+        await queue.schedule("delivery", s, f"row-{i}", due=utc_now())
     claims = await asyncio.gather(*(queue.claim("delivery", lease=LEASE) for _ in range(30)))
     refs = [c.ref for c in claims if c is not None]
     assert sorted(refs) == sorted(f"row-{i}" for i in range(20))
@@ -178,7 +179,7 @@ async def test_publish_is_idempotent_and_recoverable(quiet_mongo: MongoStore) ->
     # a publisher that died after reserving: the recovery finds no event and drops the row
     await queue.reserve("event", s, "evt_missing")
     await quiet_mongo.work_queue.update_one(
-        {"_id": "event:evt_missing"}, {"$set": {"due_at": queue._now()}}
+        {"_id": "event:evt_missing"}, {"$set": {"due_at": utc_now()}}
     )
     claim = await queue.claim("event", lease=LEASE)
     assert claim is not None

@@ -189,7 +189,7 @@ async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(redis_server: Re
     await accounts.debit(organization, 1, allowance=allowance)
     accounts.complete(organization, 1, refund=False)
     spent = 1
-    while not any(r.pending for r in accounts._reservations.values()):
+    while not accounts.top_up_in_flight():
         assert accounts.try_debit(organization, 1)
         accounts.complete(organization, 1, refund=False)
         spent += 1
