@@ -33,7 +33,7 @@ from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
 from tests.support.clients import auth, client_credentials
 from tests.support.pki import Pki
-from tests.support.processes import RedisServer, free_port
+from tests.support.processes import RedisServer
 from tests.support.tenants import Tenant
 
 GET_NS = namespace_service_pb2.GetNamespaceRequest()
@@ -249,42 +249,6 @@ async def test_audit_chain_detects_a_deleted_event(tenant: Tenant, backends: Bac
         audit_service_pb2.VerifyAuditChainRequest(), metadata=auth(tenant.admin)
     )
     assert not verdict.intact and verdict.first_broken_sequence == middle.sequence + 1
-
-
-async def test_audit_survives_a_store_outage_and_refuses_when_full() -> None:
-    from server.embedded import EmbeddedMongo
-    from storage.audit.log import AuditLog
-    from storage.backends.mongo import MongoStore
-    from storage.core.errors import UnavailableError
-
-    port = free_port()
-    store = MongoStore(
-        uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        database="audit_outage",
-        timeout_ms=300,
-    )
-    log = AuditLog(mongo=store, max_queue=3, retry_s=0.1)
-    for i in range(3):
-        log.record(organization_id="org_outage", actor_key_id=f"key_{i}", method="/m", outcome="OK")
-    with pytest.raises(UnavailableError):
-        log.check_room()  # an audited call would be refused up front, not run unaudited
-    writer = asyncio.create_task(log.run())
-    await asyncio.sleep(1.0)
-    assert log.depth == 3 and log.failures >= 1  # kept, not dropped
-    engine = EmbeddedMongo(sqlite_path=None, port=port)
-    await asyncio.to_thread(engine.start)
-    try:
-        for _ in range(100):
-            if log.depth == 0:
-                break
-            await asyncio.sleep(0.1)
-        assert log.depth == 0 and log.written == 3
-        report = await log.verify("org_outage")
-        assert report.intact and report.checked == 3
-    finally:
-        writer.cancel()
-        await store.close()
-        await asyncio.to_thread(engine.close)
 
 
 async def test_redis_down_turns_dependent_services_not_serving(

@@ -21,11 +21,20 @@ from meshgate.v1 import (
 from server.backends import Backends
 from server.bootstrap import bootstrap
 from storage.backends.scoped import Scope
+from storage.core.ids import new_internal_id, new_namespace_id
 from storage.tenancy.organizations import OrganizationStore
 from tests.support.clients import auth
 from tests.support.log_guard import NEVER_LOGGED
 
-__all__ = ["ENV_PROTO", "MakeTenant", "Tenant", "create_tenant", "internal_id_of", "scope_of"]
+__all__ = [
+    "ENV_PROTO",
+    "MakeTenant",
+    "Tenant",
+    "create_tenant",
+    "internal_id_of",
+    "random_scope",
+    "scope_of",
+]
 
 ENV_PROTO: dict[str, common_pb2.Environment.ValueType] = {
     "development": common_pb2.ENVIRONMENT_DEVELOPMENT,
@@ -119,3 +128,8 @@ async def scope_of(tenant: Tenant, backends: Backends, namespace_id: str) -> Sco
         internal_id=await internal_id_of(tenant.organization_id, backends),
         namespace_id=namespace_id,
     )
+
+
+def random_scope() -> Scope:
+    """A scope of a made-up organization and namespace, for storage tests without a tenant."""
+    return Scope(internal_id=new_internal_id(), namespace_id=new_namespace_id())

@@ -27,7 +27,7 @@ import secrets as random_tokens
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "Receiver",
     "SignatureCheck",
     "check_signature",
+    "fake_dns",
     "new_endpoint_path",
     "verify_standard_webhook",
     "verify_with_reference",
@@ -107,6 +108,17 @@ def check_signature(secrets: Sequence[str], headers: dict[str, str], body: bytes
         specification=verify_standard_webhook(secrets, headers, body),
         reference=verify_with_reference(secrets, headers, body),
     )
+
+
+def fake_dns(table: dict[str, list[str]]) -> Callable[[str, int], Awaitable[list[str]]]:
+    """A resolver for the webhook sender answering from `table` (OSError for other names)."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError("no such host")
+        return table[host]
+
+    return resolve
 
 
 def new_endpoint_path() -> str:

@@ -8,15 +8,12 @@ from server.backends import Backends
 from storage.backends.scoped import Scope, ScopedCollection, ScopeViolationError
 from storage.core.errors import InvalidArgumentError
 from storage.core.ids import new_internal_id, new_namespace_id
-
-
-def scope() -> Scope:
-    return Scope(internal_id=new_internal_id(), namespace_id=new_namespace_id())
+from tests.support.tenants import random_scope
 
 
 @pytest.fixture
 def pair(backends: Backends) -> tuple[ScopedCollection, ScopedCollection]:
-    a, b = scope(), scope()
+    a, b = random_scope(), random_scope()
     return backends.mongo.scoped("scoped_test", a), backends.mongo.scoped("scoped_test", b)
 
 
@@ -32,7 +29,7 @@ def test_unscoped_access_is_impossible(backends: Backends) -> None:
 
 
 def test_scope_repr_hides_internal_id() -> None:
-    s = scope()
+    s = random_scope()
     assert s.internal_id not in repr(s)
 
 
