@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from meshgate.v1 import key_service_pb2, key_service_pb2_grpc, namespace_service_pb2
+from meshgate.v1 import (
+    common_pb2,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    namespace_service_pb2,
+    options_pb2,
+)
 
 from certs.dev_pki import issue_pki
 from server.backends import open_backends
@@ -136,7 +142,7 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
     )
     deadline = time.monotonic() + 60
     with grpc.secure_channel(target, credentials) as channel:
-        call = channel.unary_unary(method)
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
@@ -299,18 +305,22 @@ def client_channel(env: Env, target: str) -> grpc.Channel:
 
 def new_key(env: Env, channel: grpc.Channel) -> key_service_pb2.CreateKeyResponse:
     stub = key_service_pb2_grpc.KeyServiceStub(channel)
-    request = key_service_pb2.CreateKeyRequest(name="bench", environment=1, permissions=[1])
+    request = key_service_pb2.CreateKeyRequest(
+        name="bench",
+        environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+        permissions=[options_pb2.PERMISSION_READ],
+    )
     return stub.CreateKey(request, metadata=(("authorization", f"Bearer {env.admin}"),))
 
 
 def get_namespace(channel: grpc.Channel, env: Env, secret: str) -> grpc.StatusCode:
-    call = channel.unary_unary(GET_NAMESPACE)
+    call = channel.unary_unary(GET_NAMESPACE, request_serializer=None, response_deserializer=None)
     metadata = (("authorization", f"Bearer {secret}"), ("x-namespace", env.namespace_id))
     try:
         call(b"", metadata=metadata, timeout=5)
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
-        return error.code()  # type: ignore[no-any-return]
+        return error.code()
 
 
 def cold_and_revocation(env: Env, a: Proc, b: Proc, samples: int) -> dict[str, float]:

@@ -25,7 +25,7 @@ from server.backends import Backends
 from server.bootstrap import bootstrap
 from server.settings import Settings
 from storage.core.key_secrets import mint_secret, parse_secret
-from tests.support.clients import auth, client_credentials
+from tests.support.clients import Metadata, auth, client_credentials
 from tests.support.pki import Pki
 from tests.support.tenants import Tenant
 from tests.support.wire import raw_http2_call
@@ -33,14 +33,16 @@ from tests.support.wire import raw_http2_call
 MESSAGE = "missing or invalid API key"
 
 
-async def get_org(tenant: Tenant, metadata: tuple[tuple[str, str], ...]) -> object:
+async def get_org(
+    tenant: Tenant, metadata: Metadata
+) -> organization_service_pb2.GetOrganizationResponse:
     stub = organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
     return await stub.GetOrganization(
         organization_service_pb2.GetOrganizationRequest(), metadata=metadata
     )
 
 
-async def refused(tenant: Tenant, metadata: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
+async def refused(tenant: Tenant, metadata: Metadata) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await get_org(tenant, metadata)
     return info.value
@@ -64,7 +66,7 @@ def flip_last_char(secret: str) -> str:
 
 async def test_valid_key_is_accepted(tenant: Tenant) -> None:
     response = await get_org(tenant, auth(tenant.admin))
-    assert response.organization.organization_id == tenant.organization_id  # type: ignore[attr-defined]
+    assert response.organization.organization_id == tenant.organization_id
 
 
 @pytest.mark.parametrize(

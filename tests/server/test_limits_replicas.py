@@ -49,12 +49,14 @@ PLANS = {
     }
 }
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
+# the cluster's own redis-server and three `meshgate serve` replicas on it
+Cluster = tuple[RedisServer, list[Replica]]
 
 
 @pytest.fixture(scope="module")
 def cluster(
     settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[RedisServer, list[Replica]]]:
+) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     redis = RedisServer.on_free_port(workdir)
     redis.start()
@@ -96,7 +98,7 @@ async def hammer(
         await asyncio.gather(*(worker(ch) for ch in channels for _ in range(6)))
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
     return codes, time.monotonic() - started, slowest
 
 
@@ -124,7 +126,9 @@ async def list_documents(replica: Replica, pki: Pki, secret: str, namespace_id: 
 
 
 @pytest.mark.slow
-async def test_admitted_calls_stay_within_the_bound(cluster, backends: Backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+async def test_admitted_calls_stay_within_the_bound(
+    cluster: Cluster, backends: Backends, pki: Pki
+) -> None:
     _, replicas = cluster
     secret, _ = await tenant_on_test_plan(backends)
     codes, elapsed, _ = await hammer(replicas, pki, secret, 3.0)
@@ -139,7 +143,7 @@ async def test_admitted_calls_stay_within_the_bound(cluster, backends: Backends,
 
 
 @pytest.mark.slow
-async def test_redis_outage_and_recovery(cluster, backends: Backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+async def test_redis_outage_and_recovery(cluster: Cluster, backends: Backends, pki: Pki) -> None:
     redis, replicas = cluster
     secret, namespace_id = await tenant_on_test_plan(backends)
     assert await list_documents(replicas[0], pki, secret, namespace_id) == "OK"

@@ -34,7 +34,7 @@ from server.settings import Secret, Settings
 from tests.support.clients import auth, client_credentials
 from tests.support.pki import Pki
 from tests.support.processes import RedisServer
-from tests.support.tenants import Tenant
+from tests.support.tenants import MakeTenant, Tenant
 
 GET_NS = namespace_service_pb2.GetNamespaceRequest()
 
@@ -69,8 +69,8 @@ async def test_spans_follow_rpc_conventions_with_store_children(
     settings: Settings,
     backends: Backends,
     pki: Pki,
-    make_tenant,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    make_tenant: MakeTenant,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -89,7 +89,9 @@ async def test_spans_follow_rpc_conventions_with_store_children(
             md = auth(tenant.admin, ns.name)
             await vectors.CreateVectorStore(
                 vector_service_pb2.CreateVectorStoreRequest(
-                    vector_store=vector_service_pb2.VectorStore(dimension=2, distance=1)
+                    vector_store=vector_service_pb2.VectorStore(
+                        dimension=2, distance=vector_service_pb2.DISTANCE_COSINE
+                    )
                 ),
                 metadata=md,
             )
@@ -107,16 +109,18 @@ async def test_spans_follow_rpc_conventions_with_store_children(
         server_spans = [s for s in spans if s.kind.name == "SERVER"]
         assert [s.name for s in server_spans] == ["meshgate.v1.VectorService/Search"] * 2
         ok, refused = server_spans
-        assert ok.attributes["rpc.system"] == "grpc"
-        assert ok.attributes["rpc.service"] == "meshgate.v1.VectorService"
-        assert ok.attributes["rpc.method"] == "Search"
-        assert ok.attributes["rpc.grpc.status_code"] == 0
-        assert ok.attributes["meshgate.namespace_id"] == ns.namespace_id
-        assert (
-            refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
-        )
+        assert ok.context is not None
+        attributes = dict(ok.attributes or {})
+        assert attributes["rpc.system"] == "grpc"
+        assert attributes["rpc.service"] == "meshgate.v1.VectorService"
+        assert attributes["rpc.method"] == "Search"
+        assert attributes["rpc.grpc.status_code"] == 0
+        assert attributes["meshgate.namespace_id"] == ns.namespace_id
+        assert (refused.attributes or {})[
+            "rpc.grpc.status_code"
+        ] == grpc.StatusCode.UNAUTHENTICATED.value[0]
         children = {
-            s.attributes["db.system.name"]
+            (s.attributes or {})["db.system.name"]
             for s in spans
             if s.parent and s.parent.span_id == ok.context.span_id
         }
@@ -132,7 +136,8 @@ async def test_spans_follow_rpc_conventions_with_store_children(
 
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
+        text: str = response.read().decode()
+        return text
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -255,7 +260,7 @@ async def test_redis_down_turns_dependent_services_not_serving(
     settings: Settings,
     pki: Pki,
     tmp_path_factory: pytest.TempPathFactory,
-    make_tenant,  # type: ignore[no-untyped-def]
+    make_tenant: MakeTenant,
 ) -> None:
     redis = RedisServer.on_free_port(tmp_path_factory.mktemp("hr"))
     redis.start()
@@ -271,7 +276,8 @@ async def test_redis_down_turns_dependent_services_not_serving(
             deep = health_service_pb2_grpc.HealthServiceStub(channel)
 
             async def status(service: str) -> int:
-                return (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                return int(response.status)
 
             async def wait_for(service: str, wanted: int) -> None:
                 for _ in range(100):

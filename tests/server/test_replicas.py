@@ -36,7 +36,7 @@ def replica(
 
 
 async def accepted(
-    stub: organization_service_pb2_grpc.OrganizationServiceStub, secret: str
+    stub: organization_service_pb2_grpc.OrganizationServiceAsyncStub, secret: str
 ) -> bool:
     try:
         await stub.GetOrganization(GET_ORG, metadata=auth(secret), timeout=2)

@@ -34,7 +34,7 @@ from server.app import create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
 from server.settings import Settings
-from tests.support.clients import auth, client_credentials
+from tests.support.clients import Metadata, auth, client_credentials
 from tests.support.namespace_clients import doc
 from tests.support.pki import Pki
 from tests.support.processes import Replica, start_replica
@@ -71,7 +71,9 @@ def crash_env(settings: Settings) -> dict[str, str]:
     }
 
 
-async def states(stub: task_service_pb2_grpc.TaskServiceStub, md) -> collections.Counter[int]:  # type: ignore[no-untyped-def]
+async def states(
+    stub: task_service_pb2_grpc.TaskServiceAsyncStub, md: Metadata
+) -> collections.Counter[int]:
     page = await stub.ListTasks(task_service_pb2.ListTasksRequest(page_size=200), metadata=md)
     return collections.Counter(t.state for t in page.tasks)
 
@@ -84,8 +86,9 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
     boot = await bootstrap(backends, name="crash", plan="free", environment="development")
     env = crash_env(settings)
     receiver = Receiver().start()
-    first: Replica | None = start_replica(settings, pki, tmp_path, **env)
-    second: Replica | None = None
+    replicas: list[Replica] = []  # killed at the end if still running
+    first = start_replica(settings, pki, tmp_path, **env)
+    replicas.append(first)
     try:
         async with grpc.aio.secure_channel(first.target, client_credentials(pki)) as channel:
             ns = (
@@ -135,8 +138,8 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         first.process.kill()  # SIGKILL: no drain, no lease released
         first.process.wait(timeout=10)
         killed_at = time.monotonic()
-        first = None
         second = start_replica(settings, pki, tmp_path, **env)
+        replicas.append(second)
         async with grpc.aio.secure_channel(second.target, client_credentials(pki)) as channel:
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
 
@@ -188,8 +191,8 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         assert second.process.poll() is None
     finally:
         receiver.stop()
-        for replica in (first, second):
-            if replica is not None and replica.process.poll() is None:
+        for replica in replicas:
+            if replica.process.poll() is None:
                 replica.process.kill()
                 replica.process.wait(timeout=10)
 

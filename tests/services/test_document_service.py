@@ -153,11 +153,11 @@ async def test_batch_is_all_or_nothing(docs: Docs) -> None:
         (doc(body={"a.b": 1}), "contain '.'"),
         (doc(body={"nested": {"internal_id": "x"}}), "reserved"),
         (doc(namespace_id="ns_x"), "reserved"),
-        (doc(**{"bad key": 1}), "keys must be"),
+        (pb.Document(metadata=struct({"bad key": 1})), "keys must be"),
         (doc(nested={"a": 1}), "values must be"),
         (doc(body={"blob": "x" * (257 * 1024)}), "256 KiB"),
         (doc("bad id!"), "document_id"),
-        (doc(**{f"k{i}": i for i in range(65)}), "at most 64 keys"),
+        (pb.Document(metadata=struct({f"k{i}": i for i in range(65)})), "at most 64 keys"),
     ],
 )
 async def test_bad_documents_are_refused(docs: Docs, document: pb.Document, message: str) -> None:

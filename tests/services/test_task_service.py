@@ -164,7 +164,9 @@ async def test_bad_requests_and_permissions(tenant: Tenant, make_tenant: MakeTen
         tasks.stub.ListTasks(
             pb.ListTasksRequest(states=[pb.TASK_STATE_UNSPECIFIED]), metadata=tasks.md
         ),
-        tasks.stub.ListTasks(pb.ListTasksRequest(states=[42]), metadata=tasks.md),
+        tasks.stub.ListTasks(
+            pb.ListTasksRequest(states=[pb.TaskState.ValueType(42)]), metadata=tasks.md
+        ),
         tasks.stub.ListTasks(pb.ListTasksRequest(page_size=201), metadata=tasks.md),
         tasks.stub.ListTasks(pb.ListTasksRequest(page_token="nope"), metadata=tasks.md),
         tasks.stub.GetTask(pb.GetTaskRequest(task_id="task_bad"), metadata=tasks.md),

@@ -393,7 +393,7 @@ async def test_bad_input_is_invalid_argument(tenant: Tenant, receiver: Receiver)
     created = await hooks.create(url, ["task.completed", "task.completed"])
     assert list(created.webhook.event_types) == ["task.completed"]
     webhook_id = created.webhook.webhook_id
-    calls = [
+    calls: list[Awaitable[object]] = [
         hooks.update(pb.Webhook(webhook_id=webhook_id)),
         hooks.update(pb.Webhook(webhook_id=webhook_id, url="x"), "secret"),
         hooks.update(pb.Webhook(webhook_id=webhook_id), "event_types"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import cast
 
 import grpc
 import pytest
 
 from tests.support.pki import Pki
 
-__all__ = ["Metadata", "auth", "client_credentials", "rpc_error"]
+__all__ = ["Metadata", "auth", "client_credentials", "rpc_error", "trailers_of"]
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -38,3 +39,9 @@ async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     return info.value
+
+
+def trailers_of(error: grpc.aio.AioRpcError) -> grpc.aio.Metadata:
+    """The trailing metadata of a refused call (grpc-stubs types it as the sync API's tuple;
+    grpc.aio returns Metadata)."""
+    return cast(grpc.aio.Metadata, error.trailing_metadata())

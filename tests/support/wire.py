@@ -48,7 +48,7 @@ async def raw_http2_call(
             assert data, "the server closed the connection without answering"
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                    seen.update(dict(event.headers))  # type: ignore[arg-type]
+                    seen.update(dict(event.headers))
                 if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                     return seen
             writer.write(conn.data_to_send())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from server.backends import Backends
@@ -81,8 +83,8 @@ async def test_upsert_lands_in_the_scope(pair: tuple[ScopedCollection, ScopedCol
     ],
 )
 async def test_escaping_filters_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], query: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], query: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.find(query)
@@ -96,7 +98,7 @@ async def test_deeply_nested_and_huge_filters_are_refused(
     pair: tuple[ScopedCollection, ScopedCollection],
 ) -> None:
     a, _ = pair
-    deep: dict = {"v": 1}  # type: ignore[type-arg]
+    deep: dict[str, Any] = {"v": 1}
     for _ in range(20):
         deep = {"$and": [deep]}
     with pytest.raises(ScopeViolationError, match="nested"):
@@ -120,8 +122,8 @@ async def test_deeply_nested_and_huge_filters_are_refused(
     ],
 )
 async def test_updates_touching_the_scope_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], update: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], update: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.update_one({}, update)
@@ -137,8 +139,8 @@ async def test_updates_touching_the_scope_are_refused(
     ],
 )
 async def test_documents_naming_the_scope_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], document: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], document: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.insert_one(document)
@@ -159,8 +161,8 @@ async def test_documents_naming_the_scope_are_refused(
     ],
 )
 async def test_escaping_pipelines_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list[dict[str, Any]]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.aggregate(pipeline)

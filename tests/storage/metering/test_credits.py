@@ -165,7 +165,7 @@ async def test_a_failed_prefetch_does_not_fail_a_later_debit(redis_server: Redis
     accounts = CreditAccounts(redis=redis, replica="pause", batch=8, timeout_s=0.1)
     organization, allowance = org(), 100
     await accounts.debit(organization, 1, allowance=allowance)  # reserves 8
-    await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    await admin.client_pause(300, all=True)  # CLIENT PAUSE 300 (ALL)
     for _ in range(6):  # the last of these leaves 1 < 8 // 4 and starts a prefetch
         assert accounts.try_debit(organization, 1)
     await asyncio.sleep(0.4)  # the prefetch timed out; the pause is over

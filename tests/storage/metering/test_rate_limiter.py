@@ -88,7 +88,7 @@ async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: Fai
     limiter = RateLimiter(redis=dead, failure_mode=mode, on_fallback=fallbacks.append)
     limit = Limit(per_second=1, burst=2)
     started = time.monotonic()
-    results = []
+    results: list[bool | None] = []
     for _ in range(4):
         try:
             results.append((await limiter.acquire("mg:{org_x}:rl:data", limit)).allowed)

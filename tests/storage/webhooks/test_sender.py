@@ -176,7 +176,7 @@ async def test_tls_uses_the_host_name_for_sni_and_verification(pki: Pki) -> None
     def on_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
         names.append(name or "")
 
-    context.sni_callback = on_sni  # type: ignore[assignment]
+    context.sni_callback = on_sni
     server = await asyncio.start_server(tls_ok, "127.0.0.1", 0, ssl=context)
     port = server.sockets[0].getsockname()[1]
     trusted = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
