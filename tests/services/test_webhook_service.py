@@ -531,16 +531,6 @@ async def test_delivery_latency_submit_to_delivered(tenant: Tenant, receiver: Re
     assert len(latencies) == 50 and p95 < 2000
 
 
-async def test_metrics_hooks(server: RunningServer) -> None:
-    metrics = server.work_metrics
-    counters = metrics.counters()
-    assert {"tasks_completed", "tasks_failed", "delivery_attempt_failures"} <= set(counters)
-    assert 0.0 <= metrics.task_failure_rate() <= 1.0
-    depth = await metrics.queue_depth()
-    assert set(depth) == {"task", "delivery", "event"}
-    assert all({"due", "total"} == set(v) for v in depth.values())
-
-
 async def test_a_secret_that_does_not_open_fails_the_delivery(
     tenant: Tenant, receiver: Receiver, backends: Backends
 ) -> None:
