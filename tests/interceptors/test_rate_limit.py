@@ -56,9 +56,9 @@ async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant)
     call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(tenant.admin))
     await call
     headers = dict(await call.initial_metadata())
-    assert headers["ratelimit-limit"] == "40"  # free plan, metadata class: burst 40
-    assert 0 <= int(headers["ratelimit-remaining"]) < 40
-    assert int(headers["ratelimit-reset"]) >= 0
+    # free plan, metadata class: 20/s, burst 40; the organization's first call of that class
+    assert (headers["ratelimit-limit"], headers["ratelimit-remaining"]) == ("40", "39")
+    assert headers["ratelimit-reset"] == "1"  # one token short of full: 1/20 s, in whole seconds
     # an application error carries them too
     docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
     ns = await tenant.namespace()
@@ -70,6 +70,35 @@ async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant)
         await refused
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert "ratelimit-remaining" in dict(await refused.initial_metadata())
+
+
+async def test_remaining_falls_by_one_per_call_and_reset_is_the_time_to_refill(
+    tenant: Tenant,
+) -> None:
+    """A bucket of 10 refilling at 0.1/s (a key's own): each call spends one token, and the
+    reset is how long the bucket takes to fill up again, in whole seconds."""
+    rate, burst = 0.1, 10
+    slow = await tenant.keys.CreateKey(
+        key_service_pb2.CreateKeyRequest(
+            name="slow",
+            environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+            permissions=[options_pb2.PERMISSION_READ],
+            rate_limit=key_service_pb2.RateLimit(per_second=rate, burst=burst),
+        ),
+        metadata=auth(tenant.admin),
+    )
+    remaining: list[int] = []
+    for _ in range(5):
+        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(slow.secret))
+        await call
+        headers = dict(await call.initial_metadata())
+        assert headers["ratelimit-limit"] == str(burst)
+        left, reset = int(headers["ratelimit-remaining"]), int(headers["ratelimit-reset"])
+        refill_s = (burst - left) / rate
+        assert refill_s <= reset < refill_s + 1, (left, reset)
+        assert reset <= burst / rate  # never longer than filling an empty bucket
+        remaining.append(left)
+    assert remaining == [9, 8, 7, 6, 5]
 
 
 async def test_exhausted_limit_is_resource_exhausted_with_retry_info(
