@@ -154,21 +154,24 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         (certs / "client-key.pem").read_bytes(),
         (certs / "client.pem").read_bytes(),
     )
-    deadline = time.monotonic() + 60
     with grpc.secure_channel(target, credentials) as channel:
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-        while True:
+
+        def answering() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             try:
                 call(b"", timeout=1)
-                return
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:  # answering (even with a refusal)
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{target} never became ready") from None
-                time.sleep(0.1)
+                return error.code() != grpc.StatusCode.UNAVAILABLE  # even with a refusal
+            return True
+
+        wait_until(
+            answering,
+            timeout_s=60,
+            interval_s=0.1,
+            failure=lambda: f"{target} never became ready",
+        )
 
 
 def start_meshgate(env: Env, *, core: int | None, workers: int = 1, **extra: str) -> Proc:

@@ -35,6 +35,7 @@ from tests.support.clients import auth, client_credentials
 from tests.support.pki import Pki
 from tests.support.processes import RedisServer
 from tests.support.tenants import MakeTenant, Tenant
+from tests.support.waiting import eventually
 
 GET_NS = namespace_service_pb2.GetNamespaceRequest()
 
@@ -280,11 +281,10 @@ async def test_redis_down_turns_dependent_services_not_serving(
                 return int(response.status)
 
             async def wait_for(service: str, wanted: int) -> None:
-                for _ in range(100):
-                    if await status(service) == wanted:
-                        return
-                    await asyncio.sleep(0.05)
-                raise AssertionError(f"{service} never became {wanted}")
+                async def reached() -> bool:
+                    return await status(service) == wanted
+
+                await eventually(reached, timeout_s=5, interval_s=0.05)
 
             serving, not_serving = (
                 health_pb2.HealthCheckResponse.SERVING,
