@@ -70,7 +70,7 @@ bench: setup test-deps ## benchmark the security chain against a bare grpc.aio s
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
 	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
 
-lint: setup ## ruff, mypy --strict and the import contracts (pyproject.toml)
+lint: setup ## ruff, mypy --strict (source and tests) and the import contracts (pyproject.toml)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests

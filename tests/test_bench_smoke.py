@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT
 
 
 def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
@@ -38,4 +38,9 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["unloaded"]["meshgate_p50_us"] > 0
     assert data["cold"]["revocation_samples"] == 3
     assert data["workers"]["2"]["rps"] > 0
+    assert data["webhooks"]["deliveries"] == 3
+    assert (
+        0 < data["webhooks"]["p50_ms"] <= data["webhooks"]["p95_ms"] <= data["webhooks"]["max_ms"]
+    )
     assert "requests/s" in result.stdout and "revocation propagation" in result.stdout
+    assert "webhook delivery submit -> delivered over 3 tasks" in result.stdout

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from server.app import RunningServer
-from tests.conftest import Pki, Tenant
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
 
 
 def grpcurl_binary() -> str:

@@ -34,10 +34,15 @@ from meshgate.v1 import (
     webhook_service_pb2_grpc,
 )
 
+from server.app import RunningServer
+from server.backends import Backends
 from server.registry import descriptors
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth, client_credentials, eventually
-from tests.webhook_receiver import Receiver
+from tests.support.clients import Metadata, auth, client_credentials, trailers_of
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver
 
 # the one method whose job is to return it, to allow-listed internal peers only
 RESOLVER = "meshgate.v1.IdentityService.ResolveOrganization"
@@ -68,8 +73,8 @@ def test_no_public_response_can_carry_internal_id() -> None:
     assert walked >= 10
 
 
-async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: ignore[no-untyped-def]
-    tenant: Tenant, backends, server, pki, receiver: Receiver
+async def test_serialized_responses_of_every_rpc_omit_internal_id(
+    tenant: Tenant, backends: Backends, server: RunningServer, pki: Pki, receiver: Receiver
 ) -> None:
     org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     needle = org.internal_id.encode()
@@ -173,7 +178,7 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
             task_service_pb2.GetTaskRequest(task_id=task_id), metadata=data_md
         ),
         "ListTasks": await tasks.ListTasks(task_service_pb2.ListTasksRequest(), metadata=data_md),
-        "CancelTask": await _cancel_response(tasks, data_md, body),
+        "CancelTask": await _cancel_response(tasks, data_md),
         "CreateWebhook": created_hook,
         "GetWebhook": await hooks.GetWebhook(
             webhook_service_pb2.GetWebhookRequest(webhook_id=webhook_id), metadata=data_md
@@ -248,10 +253,9 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
             usage_service_pb2.GrantCreditsRequest(organization_id=tenant.organization_id, credits=5)
         )
     audit = audit_service_pb2_grpc.AuditServiceStub(tenant.channel)
-    responses["ListAuditEvents"] = await audit.ListAuditEvents(
-        audit_service_pb2.ListAuditEventsRequest(), metadata=md
-    )
-    assert responses["ListAuditEvents"].events  # the calls above were audited
+    listed = await audit.ListAuditEvents(audit_service_pb2.ListAuditEventsRequest(), metadata=md)
+    assert listed.events  # the calls above were audited
+    responses["ListAuditEvents"] = listed
     responses["VerifyAuditChain"] = await audit.VerifyAuditChain(
         audit_service_pb2.VerifyAuditChainRequest(), metadata=md
     )
@@ -272,10 +276,12 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(  # type: igno
         )
     except grpc.aio.AioRpcError as error:
         assert org.internal_id not in (error.details() or "")
-        assert all(org.internal_id not in str(v) for _, v in (error.trailing_metadata() or ()))
+        assert all(org.internal_id not in str(v) for _, v in trailers_of(error))
 
 
-async def _cancel_response(tasks, md, body):  # type: ignore[no-untyped-def]
+async def _cancel_response(
+    tasks: task_service_pb2_grpc.TaskServiceAsyncStub, md: Metadata
+) -> task_service_pb2.CancelTaskResponse:
     """A CancelTask response: of a task still running, or FAILED_PRECONDITION's retry."""
     big = [document_service_pb2.Document(document_id=f"c{i}") for i in range(1000)]
     task = await tasks.SubmitIngestion(

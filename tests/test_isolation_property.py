@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,7 +41,9 @@ from storage.backends.scoped import Scope
 from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorStore
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import MakeTenant, Tenant
 
 SEED = int(os.environ.get("MESHGATE_PROPERTY_SEED", "20261129"))
 TARGET_OPS = int(os.environ.get("MESHGATE_PROPERTY_OPS", "10000"))
@@ -95,8 +97,8 @@ class World:
     def allowed(self, org: int, key: str, ns: int, action: str) -> bool:
         return self.holds(key, action) and (key != "restricted" or ns == 0)
 
-    def run(self, coroutine: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)  # type: ignore[arg-type]
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
 
 
 # the world of the running test; state machines are built by hypothesis without arguments
@@ -302,7 +304,7 @@ class Isolation(RuleBasedStateMachine):
             assert self.world.run(vectors.count(space.scope)) == len(space.points), space.owner
 
 
-async def build_world(make_tenant: Any, backends: Backends, channel: grpc.Channel) -> World:
+async def build_world(make_tenant: MakeTenant, backends: Backends, channel: grpc.Channel) -> World:
     namespaces: dict[tuple[int, int], Namespace] = {}
     secrets: dict[tuple[int, str], str] = {}
     admin_perm = options_pb2.PERMISSION_ADMIN
@@ -346,8 +348,11 @@ async def build_world(make_tenant: Any, backends: Backends, channel: grpc.Channe
     "ignore:Do not use the `random` module inside strategies"
     ":hypothesis.errors.HypothesisDeprecationWarning"
 )
+# 10,000 operations take about two minutes of CPU: on two cores shared with other work that
+# is more than the suite's 180 s guard against hangs (each call has its own 30 s deadline)
+@pytest.mark.timeout(480)
 async def test_no_operation_ever_crosses_a_namespace(
-    make_tenant: Any, backends: Backends, server: RunningServer, pki: Pki
+    make_tenant: MakeTenant, backends: Backends, server: RunningServer, pki: Pki
 ) -> None:
     channel = grpc.secure_channel(f"localhost:{server.port}", client_credentials(pki))
     world = CURRENT["world"] = await build_world(make_tenant, backends, channel)

@@ -6,16 +6,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
-import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tests.conftest import NEVER_LOGGED, PROCESS_LOGS, Pki, client_credentials, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
+from tests.support.pki import Pki
+from tests.support.processes import ROOT, free_port, wait_until_healthy
 
 
 def readme_session() -> str:
@@ -44,18 +39,7 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        with grpc.secure_channel(f"localhost:{port}", client_credentials(pki)) as channel:
-            while True:
-                try:
-                    health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                    break
-                except grpc.RpcError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail((tmp_path / "serve.log").read_text())
-                    time.sleep(0.1)
+        wait_until_healthy(f"localhost:{port}", pki, server, tmp_path / "serve.log")
         hook_port = free_port()
         script = "set -euo pipefail\n" + readme_session().replace(
             "localhost:50051", f"localhost:{port}"

@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT
 
 
 def test_stubs_wheel_installs_and_imports(tmp_path: Path) -> None:

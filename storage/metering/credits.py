@@ -258,6 +258,10 @@ class CreditAccounts:
             self._top_up(organization_id, period, reservation, want)
         )
 
+    def top_up_in_flight(self) -> bool:
+        """Whether a top-up is on its way to Redis (what `drain` waits for)."""
+        return any(r.pending is not None for r in self._reservations.values())
+
     async def drain(self) -> None:
         """Wait for the top-ups in flight (before the final settle at shutdown, so that
         none lands afterwards and leaves credits reserved for a replica that is gone),

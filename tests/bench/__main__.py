@@ -17,6 +17,10 @@ ratios measured in the same run (the machine is noisy):
 2. Cold paths: the first call with a key no replica has cached; revocation
    propagation between two replicas sharing Redis (p50/p99).
 3. `meshgate serve --workers N` for N = 1, 2: throughput and CPU per request.
+4. Webhook delivery: for N tasks submitted one after another, the time from
+   `SubmitIngestion` to the signed `task.completed` event arriving at a
+   receiver on loopback (p50/p95/max); the task and webhook workers of one
+   `meshgate serve` with its default settings (poll interval included).
 
 A table goes to stdout and JSON to `--out` (default bench-results.json).
 `--smoke` runs every part for a fraction of a second (used by `make test` so
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import math
 import os
 import platform
 import shutil
@@ -43,7 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from meshgate.v1 import key_service_pb2, key_service_pb2_grpc, namespace_service_pb2
+from meshgate.v1 import (
+    common_pb2,
+    document_service_pb2,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    namespace_service_pb2,
+    options_pb2,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
+)
 
 from certs.dev_pki import issue_pki
 from server.backends import open_backends
@@ -52,9 +69,10 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
-from tests.conftest import RedisServer, free_port
+from tests.support.processes import ROOT, RedisServer, free_port
+from tests.support.waiting import wait_until
+from tests.support.webhooks import Received, Receiver
 
-ROOT = Path(__file__).resolve().parents[2]
 GET_NAMESPACE = "/meshgate.v1.NamespaceService/GetNamespace"
 ECHO = "/bench.Echo/Echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -109,7 +127,7 @@ class Env:
         return [self.taskset, "-c", str(core)] if self.taskset and core is not None else []
 
 
-def meshgate_env(settings: Settings, port: int) -> dict[str, str]:
+def meshgate_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
     assert settings.mongodb_uri and settings.redis_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
     env.update(
@@ -126,6 +144,7 @@ def meshgate_env(settings: Settings, port: int) -> dict[str, str]:
         MESHGATE_LOG_LEVEL="WARNING",  # the access log is measured in make run, not here
         MESHGATE_METRICS_LISTEN="127.0.0.1:0",
     )
+    env.update(extra)
     return env
 
 
@@ -135,29 +154,32 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         (certs / "client-key.pem").read_bytes(),
         (certs / "client.pem").read_bytes(),
     )
-    deadline = time.monotonic() + 60
     with grpc.secure_channel(target, credentials) as channel:
-        call = channel.unary_unary(method)
-        while True:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+        def answering() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             try:
                 call(b"", timeout=1)
-                return
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:  # answering (even with a refusal)
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{target} never became ready") from None
-                time.sleep(0.1)
+                return error.code() != grpc.StatusCode.UNAVAILABLE  # even with a refusal
+            return True
+
+        wait_until(
+            answering,
+            timeout_s=60,
+            interval_s=0.1,
+            failure=lambda: f"{target} never became ready",
+        )
 
 
-def start_meshgate(env: Env, *, core: int | None, workers: int = 1) -> Proc:
+def start_meshgate(env: Env, *, core: int | None, workers: int = 1, **extra: str) -> Proc:
     port = free_port()
     command = [*env.pin(core), sys.executable, "-m", "server.cli", "serve"]
     if workers != 1:
         command += ["--workers", str(workers)]
-    process = subprocess.Popen(command, cwd=ROOT, env=meshgate_env(env.settings, port))
+    process = subprocess.Popen(command, cwd=ROOT, env=meshgate_env(env.settings, port, **extra))
     proc = Proc(process, port)
     env.procs.append(proc)
     wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
@@ -300,18 +322,22 @@ def client_channel(env: Env, target: str) -> grpc.Channel:
 
 def new_key(env: Env, channel: grpc.Channel) -> key_service_pb2.CreateKeyResponse:
     stub = key_service_pb2_grpc.KeyServiceStub(channel)
-    request = key_service_pb2.CreateKeyRequest(name="bench", environment=1, permissions=[1])
+    request = key_service_pb2.CreateKeyRequest(
+        name="bench",
+        environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+        permissions=[options_pb2.PERMISSION_READ],
+    )
     return stub.CreateKey(request, metadata=(("authorization", f"Bearer {env.admin}"),))
 
 
 def get_namespace(channel: grpc.Channel, env: Env, secret: str) -> grpc.StatusCode:
-    call = channel.unary_unary(GET_NAMESPACE)
+    call = channel.unary_unary(GET_NAMESPACE, request_serializer=None, response_deserializer=None)
     metadata = (("authorization", f"Bearer {secret}"), ("x-namespace", env.namespace_id))
     try:
         call(b"", metadata=metadata, timeout=5)
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
-        return error.code()  # type: ignore[no-any-return]
+        return error.code()
 
 
 def cold_and_revocation(env: Env, a: Proc, b: Proc, samples: int) -> dict[str, float]:
@@ -350,15 +376,67 @@ def cold_and_revocation(env: Env, a: Proc, b: Proc, samples: int) -> dict[str, f
     }
 
 
+def webhook_delivery(env: Env, proc: Proc, tasks: int) -> dict[str, float]:
+    """Submit `tasks` one-document ingestion tasks one after another, each once the previous
+    one's `task.completed` event has arrived, signed, at a receiver on 127.0.0.1."""
+    receiver = Receiver().start()
+    md = (("authorization", f"Bearer {env.admin}"), ("x-namespace", env.namespace_id))
+    latencies: list[float] = []
+    try:
+        with client_channel(env, proc.target) as channel:
+            created = webhook_service_pb2_grpc.WebhookServiceStub(channel).CreateWebhook(
+                webhook_service_pb2.CreateWebhookRequest(
+                    webhook=webhook_service_pb2.Webhook(
+                        url=receiver.url("/bench"), event_types=["task.completed"]
+                    )
+                ),
+                metadata=md,
+            )
+            receiver.endpoint("/bench", created.secret)
+            submit = task_service_pb2_grpc.TaskServiceStub(channel).SubmitIngestion
+            for i in range(tasks):
+                document = document_service_pb2.Document(document_id=f"bench-{i}")
+                started = time.monotonic()
+                task_id = submit(
+                    task_service_pb2.SubmitIngestionRequest(documents=[document]), metadata=md
+                ).task.task_id
+                found: list[Received] = []
+
+                def arrived(task_id: str = task_id, found: list[Received] = found) -> bool:
+                    found[:] = [
+                        r
+                        for r in receiver.delivered("/bench").values()
+                        if r.payload["data"]["task_id"] == task_id
+                    ]
+                    return bool(found)
+
+                wait_until(
+                    arrived,
+                    timeout_s=30,
+                    interval_s=0.002,
+                    failure=lambda: "a webhook delivery did not arrive within 30 s",
+                )
+                latencies.append((found[0].arrived - started) * 1e3)
+        if any(not r.valid for r in receiver.requests("/bench")):
+            raise RuntimeError("a webhook delivery failed its signature check")
+    finally:
+        receiver.stop()
+    latencies.sort()
+    return {
+        "deliveries": float(len(latencies)),
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
+        "max_ms": latencies[-1],
+    }
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     smoke = args.smoke
     warmup, duration = (0.2, 0.3) if smoke else (args.warmup, args.duration)
     rounds = 1 if smoke else args.rounds
     with tempfile.TemporaryDirectory(prefix="meshgate-bench-") as tmp:
         workdir = Path(tmp)
-        redis = RedisServer(
-            binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
-        )
+        redis = RedisServer.on_free_port(workdir)
         redis.start()
         mongo = EmbeddedMongo(sqlite_path=None)
         env: Env | None = None
@@ -458,6 +536,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 proc.stop()
             scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
             results["workers"] = scaling
+            hooks = start_meshgate(
+                env,
+                core=None,
+                MESHGATE_WEBHOOK_ALLOWED_HOSTS="127.0.0.1",
+                MESHGATE_WEBHOOK_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
+            )
+            results["webhooks"] = webhook_delivery(env, hooks, 3 if smoke else args.deliveries)
+            hooks.stop()
             return results
         finally:
             if env is not None:
@@ -468,7 +554,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    m, u, c, w = (results[k] for k in ("loaded", "unloaded", "cold", "workers"))
+    m, u, c, w, h = (results[k] for k in ("loaded", "unloaded", "cold", "workers", "webhooks"))
     med = m["median"]
     smoke = " (SMOKE: numbers mean nothing)" if results["smoke"] else ""
     lines = [
@@ -503,6 +589,8 @@ def table(results: dict[str, Any]) -> str:
         f"workers: 1 -> {w['1']['rps']:.0f} req/s at {w['1']['cpu_us_per_request']:.0f} us CPU/req;"
         f" 2 -> {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} us CPU/req"
         f" ({w['throughput_ratio']['rps']:.2f}x)",
+        f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
+        f" p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms, max {h['max_ms']:.1f} ms",
     ]
     return "\n".join(lines)
 
@@ -518,9 +606,13 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--revocations", type=int, default=50)
+    parser.add_argument(
+        "--deliveries", type=int, default=50, help="tasks whose webhook delivery is timed"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args()
     results = run_bench(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # build/ in a fresh checkout
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"\nwrote {args.out}")

@@ -20,11 +20,13 @@ import grpc
 METHOD = "/bench.Echo/Echo"
 
 
-async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
-async def _echo_with_headers(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
+async def _echo_with_headers(
+    request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+) -> bytes:
     await context.send_initial_metadata((("x-request-id", f"{random.getrandbits(96):024x}"),))
     return request
 

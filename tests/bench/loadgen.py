@@ -31,7 +31,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         )
         for _ in range(args.channels)
     ]
-    calls = [ch.unary_unary(args.method) for ch in channels]
+    calls = [
+        ch.unary_unary(args.method, request_serializer=None, response_deserializer=None)
+        for ch in channels
+    ]
     for call in calls:  # connect (handshake) before the clock starts
         await call(request, metadata=metadata, timeout=10)
     latencies: list[float] = []
@@ -66,7 +69,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     window = await clock()
     await asyncio.gather(*tasks)
     for channel in channels:
-        await channel.close()
+        await channel.close(None)
     latencies.sort()
 
     def pct(p: float) -> float:

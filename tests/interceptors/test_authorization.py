@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 import pytest
 from meshgate.v1 import (
+    common_pb2,
     identity_service_pb2,
     identity_service_pb2_grpc,
     key_service_pb2,
@@ -14,15 +17,19 @@ from meshgate.v1 import (
 
 from certs.dev_pki import CLIENT_ID
 from server.app import RunningServer
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import Tenant
 
 
 async def test_read_key_cannot_call_admin_methods(tenant: Tenant) -> None:
     reader = await tenant.key(options_pb2.PERMISSION_READ, options_pb2.PERMISSION_WRITE)
-    calls = [
+    calls: list[Awaitable[object]] = [
         tenant.keys.CreateKey(
             key_service_pb2.CreateKeyRequest(
-                name="escalate", environment=1, permissions=[options_pb2.PERMISSION_ADMIN]
+                name="escalate",
+                environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+                permissions=[options_pb2.PERMISSION_ADMIN],
             ),
             metadata=auth(reader.secret),
         ),
@@ -32,7 +39,9 @@ async def test_read_key_cannot_call_admin_methods(tenant: Tenant) -> None:
             metadata=auth(reader.secret),
         ),
         tenant.namespaces.CreateNamespace(
-            namespace_service_pb2.CreateNamespaceRequest(name="nope", environment=1),
+            namespace_service_pb2.CreateNamespaceRequest(
+                name="nope", environment=common_pb2.ENVIRONMENT_DEVELOPMENT
+            ),
             metadata=auth(reader.secret),
         ),
     ]
@@ -63,7 +72,9 @@ async def test_write_key_without_read_cannot_read(tenant: Tenant) -> None:
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def _resolve_stub(channel: grpc.aio.Channel) -> identity_service_pb2_grpc.IdentityServiceStub:
+def _resolve_stub(
+    channel: grpc.aio.Channel,
+) -> identity_service_pb2_grpc.IdentityServiceAsyncStub:
     return identity_service_pb2_grpc.IdentityServiceStub(channel)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from meshgate.v1 import namespace_service_pb2, options_pb2
+from meshgate.v1 import common_pb2, namespace_service_pb2, options_pb2
 
 from server.app import RunningServer
-from tests.conftest import Pki, Tenant, auth, raw_http2_call
+from server.backends import Backends
+from tests.support.clients import auth
+from tests.support.pki import Pki
+from tests.support.tenants import MakeTenant, Tenant
+from tests.support.wire import raw_http2_call
 
 GET = namespace_service_pb2.GetNamespaceRequest()
 
@@ -42,7 +46,7 @@ async def test_missing_header_on_a_namespaced_method(tenant: Tenant) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_another_organizations_namespace_is_not_found(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_another_organizations_namespace_is_not_found(make_tenant: MakeTenant) -> None:
     alice: Tenant = await make_tenant()
     mallory: Tenant = await make_tenant()
     secret_ns = await alice.namespace("payroll")
@@ -64,7 +68,9 @@ async def test_another_organizations_namespace_is_not_found(make_tenant) -> None
     assert (await get_ns(alice, alice.admin, "payroll")).namespace_id == secret_ns.namespace_id
 
 
-async def test_namespace_of_another_environment_is_not_found(make_tenant, backends) -> None:  # type: ignore[no-untyped-def]
+async def test_namespace_of_another_environment_is_not_found(
+    make_tenant: MakeTenant, backends: Backends
+) -> None:
     """Same organization, production namespace, development key."""
     from storage.tenancy.namespaces import NamespaceStore
     from storage.tenancy.organizations import OrganizationStore
@@ -109,7 +115,7 @@ async def test_restricted_admin_cannot_widen_its_reach(tenant: Tenant) -> None:
             await tenant.keys.CreateKey(
                 key_service_pb2.CreateKeyRequest(
                     name="wider",
-                    environment=1,
+                    environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
                     permissions=[options_pb2.PERMISSION_READ],
                     namespaces=namespaces,
                 ),
@@ -118,7 +124,9 @@ async def test_restricted_admin_cannot_widen_its_reach(tenant: Tenant) -> None:
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tenant.namespaces.CreateNamespace(
-            namespace_service_pb2.CreateNamespaceRequest(name="sneaky", environment=1),
+            namespace_service_pb2.CreateNamespaceRequest(
+                name="sneaky", environment=common_pb2.ENVIRONMENT_DEVELOPMENT
+            ),
             metadata=auth(admin.secret),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -144,7 +152,7 @@ async def test_non_ascii_namespace_header_is_not_found(
     tenant: Tenant, server: RunningServer, pki: Pki
 ) -> None:
     answer = await raw_http2_call(
-        server,
+        server.port,
         pki,
         "/meshgate.v1.NamespaceService/GetNamespace",
         [

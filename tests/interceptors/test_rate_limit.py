@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from meshgate.v1 import (
+    common_pb2,
     document_service_pb2,
     document_service_pb2_grpc,
     key_service_pb2,
@@ -24,16 +25,23 @@ from storage.backends.scoped import Scope
 from storage.core.clock import utc_now
 from storage.metering.credits import CreditAccounts, period_of
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth, trailers_of
+from tests.support.pki import Pki
+from tests.support.tenants import MakeTenant, Tenant
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
+GetOrganizationCall = grpc.aio.UnaryUnaryCall[
+    organization_service_pb2.GetOrganizationRequest,
+    organization_service_pb2.GetOrganizationResponse,
+]
 
 
-def org_stub(tenant: Tenant) -> organization_service_pb2_grpc.OrganizationServiceStub:
+def org_stub(tenant: Tenant) -> organization_service_pb2_grpc.OrganizationServiceAsyncStub:
     return organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
 
 
-async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[grpc.aio.UnaryUnaryCall]:  # type: ignore[type-arg]
+async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[GetOrganizationCall]:
+    """`n` GetOrganization calls one after another, each finished (refused or not)."""
     calls = []
     for _ in range(n):
         call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secret))
@@ -43,28 +51,59 @@ async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[grpc.aio.Unar
     return calls
 
 
-async def test_every_response_carries_ratelimit_headers(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant) -> None:
     tenant: Tenant = await make_tenant(plan="free")
     call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(tenant.admin))
     await call
     headers = dict(await call.initial_metadata())
-    assert headers["ratelimit-limit"] == "40"  # free plan, metadata class: burst 40
-    assert 0 <= int(headers["ratelimit-remaining"]) < 40
-    assert int(headers["ratelimit-reset"]) >= 0
+    # free plan, metadata class: 20/s, burst 40; the organization's first call of that class
+    assert (headers["ratelimit-limit"], headers["ratelimit-remaining"]) == ("40", "39")
+    assert headers["ratelimit-reset"] == "1"  # one token short of full: 1/20 s, in whole seconds
     # an application error carries them too
     docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
     ns = await tenant.namespace()
-    call = docs.GetDocument(
+    refused = docs.GetDocument(
         document_service_pb2.GetDocumentRequest(document_id="nope"),
         metadata=auth(tenant.admin, ns.name),
     )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
+        await refused
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "ratelimit-remaining" in dict(await call.initial_metadata())
+    assert "ratelimit-remaining" in dict(await refused.initial_metadata())
 
 
-async def test_exhausted_limit_is_resource_exhausted_with_retry_info(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_remaining_falls_by_one_per_call_and_reset_is_the_time_to_refill(
+    tenant: Tenant,
+) -> None:
+    """A bucket of 10 refilling at 0.1/s (a key's own): each call spends one token, and the
+    reset is how long the bucket takes to fill up again, in whole seconds."""
+    rate, burst = 0.1, 10
+    slow = await tenant.keys.CreateKey(
+        key_service_pb2.CreateKeyRequest(
+            name="slow",
+            environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+            permissions=[options_pb2.PERMISSION_READ],
+            rate_limit=key_service_pb2.RateLimit(per_second=rate, burst=burst),
+        ),
+        metadata=auth(tenant.admin),
+    )
+    remaining: list[int] = []
+    for _ in range(5):
+        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(slow.secret))
+        await call
+        headers = dict(await call.initial_metadata())
+        assert headers["ratelimit-limit"] == str(burst)
+        left, reset = int(headers["ratelimit-remaining"]), int(headers["ratelimit-reset"])
+        refill_s = (burst - left) / rate
+        assert refill_s <= reset < refill_s + 1, (left, reset)
+        assert reset <= burst / rate  # never longer than filling an empty bucket
+        remaining.append(left)
+    assert remaining == [9, 8, 7, 6, 5]
+
+
+async def test_exhausted_limit_is_resource_exhausted_with_retry_info(
+    make_tenant: MakeTenant,
+) -> None:
     tenant: Tenant = await make_tenant(plan="free")
     calls = await burst_calls(tenant, tenant.admin, 50)
     codes = [await c.code() for c in calls]
@@ -87,7 +126,7 @@ async def test_exhausted_limit_is_resource_exhausted_with_retry_info(make_tenant
     await tenant.keys.ListKeys(key_service_pb2.ListKeysRequest(), metadata=auth(tenant.admin))
 
 
-async def test_plans_are_independent(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_plans_are_independent(make_tenant: MakeTenant) -> None:
     free: Tenant = await make_tenant(plan="free")
     pro: Tenant = await make_tenant(plan="pro")
     await burst_calls(free, free.admin, 45)
@@ -95,12 +134,12 @@ async def test_plans_are_independent(make_tenant) -> None:  # type: ignore[no-un
     assert [await c.code() for c in calls] == [grpc.StatusCode.OK] * 45
 
 
-async def test_per_key_override(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_per_key_override(make_tenant: MakeTenant) -> None:
     tenant: Tenant = await make_tenant(plan="pro")
     created = await tenant.keys.CreateKey(
         key_service_pb2.CreateKeyRequest(
             name="slow",
-            environment=1,
+            environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
             permissions=[options_pb2.PERMISSION_READ],
             rate_limit=key_service_pb2.RateLimit(per_second=0.5, burst=2),
         ),
@@ -121,7 +160,7 @@ async def test_per_key_override(make_tenant) -> None:  # type: ignore[no-untyped
             await tenant.keys.CreateKey(
                 key_service_pb2.CreateKeyRequest(
                     name="bad",
-                    environment=1,
+                    environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
                     permissions=[options_pb2.PERMISSION_READ],
                     rate_limit=bad,
                 ),
@@ -142,7 +181,11 @@ async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: B
     docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
     md = auth(tenant.admin, ns.name)
 
-    def create(i: int):  # type: ignore[no-untyped-def]
+    def create(
+        i: int,
+    ) -> grpc.aio.UnaryUnaryCall[
+        document_service_pb2.CreateDocumentRequest, document_service_pb2.CreateDocumentResponse
+    ]:
         return docs.CreateDocument(
             document_service_pb2.CreateDocumentRequest(
                 document=document_service_pb2.Document(document_id=f"d{i}")
@@ -156,8 +199,7 @@ async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: B
         await create(3)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "credits" in (info.value.details() or "")
-    trailers = dict(info.value.trailing_metadata() or ())
-    assert "retry-after" in trailers
+    assert "retry-after" in trailers_of(info.value)
     org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     stored = await backends.mongo.scoped(
         "documents", Scope(org.internal_id, ns.namespace_id)
@@ -166,8 +208,8 @@ async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: B
 
 
 async def test_usage_reports_calls_credits_statuses_and_rejections(
-    make_tenant, server: RunningServer
-) -> None:  # type: ignore[no-untyped-def]
+    make_tenant: MakeTenant, server: RunningServer
+) -> None:
     tenant: Tenant = await make_tenant(plan="free")
     ns = await tenant.namespace()
     docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
@@ -188,7 +230,7 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
     burster = await tenant.keys.CreateKey(
         key_service_pb2.CreateKeyRequest(
             name="burst",
-            environment=1,
+            environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
             permissions=[options_pb2.PERMISSION_READ],
             rate_limit=key_service_pb2.RateLimit(per_second=1, burst=40),
         ),
@@ -220,7 +262,7 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
     assert len(by_day.rows) == 1 and by_day.rows[0].calls >= 49
     assert by_day.rows[0].start_time.ToDatetime().hour == 0
     for bad in (
-        usage_service_pb2.GetUsageRequest(group_by=[0]),
+        usage_service_pb2.GetUsageRequest(group_by=[usage_service_pb2.USAGE_GROUP_UNSPECIFIED]),
         usage_service_pb2.GetUsageRequest(
             group_by=[usage_service_pb2.USAGE_GROUP_DAY, usage_service_pb2.USAGE_GROUP_HOUR]
         ),
@@ -237,8 +279,10 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
     assert balance.balance.remaining + balance.balance.reserved == 10_000 - 4
 
 
-async def test_grant_credits_is_internal_only(tenant: Tenant, server: RunningServer, pki) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import client_credentials
+async def test_grant_credits_is_internal_only(
+    tenant: Tenant, server: RunningServer, pki: Pki
+) -> None:
+    from tests.support.clients import client_credentials
 
     request = usage_service_pb2.GrantCreditsRequest(
         organization_id=tenant.organization_id, credits=100

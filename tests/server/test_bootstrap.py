@@ -15,8 +15,10 @@ from meshgate.v1 import organization_service_pb2, organization_service_pb2_grpc
 from server.app import create_server
 from server.backends import open_backends
 from server.settings import Settings
-from tests.conftest import NEVER_LOGGED, Pki, auth, client_credentials
-from tests.replica import ROOT, replica_env
+from tests.support.clients import auth, client_credentials
+from tests.support.log_guard import NEVER_LOGGED
+from tests.support.pki import Pki
+from tests.support.processes import ROOT, replica_env
 
 
 async def test_bootstrap_command_creates_a_working_admin_key(
@@ -71,5 +73,5 @@ async def test_bootstrap_command_creates_a_working_admin_key(
             assert other.organization.organization_id != org_id.group(1)
     finally:
         await running.stop(0)
-        await backends.mongo._client.drop_database(own.mongodb_database)
+        await backends.mongo.database.client.drop_database(own.mongodb_database)
         await backends.close()

@@ -19,7 +19,11 @@ from interceptors.errors import ErrorMapper
 from interceptors.telemetry import Telemetry
 from server.policies import build_policy_table, undeclared_methods
 from server.registry import descriptors
-from tests.conftest import Pki, Tenant, auth, client_credentials
+from server.settings import Settings
+from storage.tenancy.organizations import Organization, OrganizationStore
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.tenants import MakeTenant, Tenant
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
 
@@ -45,11 +49,11 @@ def test_key_and_namespace_management_need_admin() -> None:
     assert table["/meshgate.v1.NamespaceService/CreateNamespace"].permission == "admin"
 
 
-async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_method_without_policy_is_refused(pki: Pki, settings: Settings) -> None:
     """A handler registered without a policy never runs: the chain fails closed."""
     ran: list[bool] = []
 
-    async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[type-arg]
+    async def handler(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         ran.append(True)
         return b""
 
@@ -78,7 +82,9 @@ async def test_method_without_policy_is_refused(pki: Pki, settings) -> None:  # 
     try:
         async with grpc.aio.secure_channel(f"localhost:{port}", client_credentials(pki)) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await channel.unary_unary("/test.Undeclared/Do")(b"")
+                await channel.unary_unary(
+                    "/test.Undeclared/Do", request_serializer=None, response_deserializer=None
+                )(b"")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert ran == []
     finally:
@@ -115,7 +121,7 @@ async def test_generated_request_ids_do_not_repeat(tenant: Tenant) -> None:
     assert len(ids) == 200
 
 
-async def test_concurrent_calls_never_see_each_others_metadata(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_calls_never_see_each_others_metadata(make_tenant: MakeTenant) -> None:
     """The chain reads each call's headers once, in the call's own task: 3 organizations'
     keys and namespaces interleaved on one channel must each get their own answer."""
     tenants = [await make_tenant() for _ in range(3)]
@@ -148,12 +154,11 @@ async def test_oversized_metadata_is_invalid_argument(tenant: Tenant) -> None:
 
 
 async def test_store_failure_is_internal_without_leaking(
-    tenant: Tenant, backends, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Unexpected exception in storage: INTERNAL, generic text + request id, no exception text."""
-    from storage.tenancy.organizations import OrganizationStore
 
-    async def boom(self, organization_id):  # type: ignore[no-untyped-def]
+    async def boom(self: OrganizationStore, organization_id: str) -> Organization:
         raise RuntimeError("secret-ish internals: mongodb://admin:hunter2@db")
 
     monkeypatch.setattr(OrganizationStore, "get", boom)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,8 +31,9 @@ from server.bootstrap import bootstrap
 from server.settings import Secret, Settings
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Pki, RedisServer, auth, client_credentials, free_port
-from tests.replica import Replica, start_replica
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.processes import RedisServer, Replica, free_port, start_replica
 
 RATE, BURST = 20, 20
 LEASE = 1  # storage.metering.rate_limiter.lease_size for this limit
@@ -49,16 +49,16 @@ PLANS = {
     }
 }
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
+# the cluster's own redis-server and three `meshgate serve` replicas on it
+Cluster = tuple[RedisServer, list[Replica]]
 
 
 @pytest.fixture(scope="module")
 def cluster(
     settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[RedisServer, list[Replica]]]:
+) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
-    redis = RedisServer(
-        binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
-    )
+    redis = RedisServer.on_free_port(workdir)
     redis.start()
     plans = workdir / "plans.json"
     plans.write_text(json.dumps(PLANS))
@@ -98,7 +98,7 @@ async def hammer(
         await asyncio.gather(*(worker(ch) for ch in channels for _ in range(6)))
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
     return codes, time.monotonic() - started, slowest
 
 
@@ -126,7 +126,9 @@ async def list_documents(replica: Replica, pki: Pki, secret: str, namespace_id: 
 
 
 @pytest.mark.slow
-async def test_admitted_calls_stay_within_the_bound(cluster, backends: Backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+async def test_admitted_calls_stay_within_the_bound(
+    cluster: Cluster, backends: Backends, pki: Pki
+) -> None:
     _, replicas = cluster
     secret, _ = await tenant_on_test_plan(backends)
     codes, elapsed, _ = await hammer(replicas, pki, secret, 3.0)
@@ -141,7 +143,7 @@ async def test_admitted_calls_stay_within_the_bound(cluster, backends: Backends,
 
 
 @pytest.mark.slow
-async def test_redis_outage_and_recovery(cluster, backends: Backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+async def test_redis_outage_and_recovery(cluster: Cluster, backends: Backends, pki: Pki) -> None:
     redis, replicas = cluster
     secret, namespace_id = await tenant_on_test_plan(backends)
     assert await list_documents(replicas[0], pki, secret, namespace_id) == "OK"
@@ -180,7 +182,7 @@ def test_bad_plans_are_refused_at_start(settings: Settings, tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from tests.replica import ROOT, replica_env
+    from tests.support.processes import ROOT, replica_env
 
     cases = {
         "zero rate": {"per_second": 0, "burst": 5},

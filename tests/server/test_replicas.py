@@ -16,8 +16,11 @@ from meshgate.v1 import (
 )
 
 from server.settings import Settings
-from tests.conftest import Pki, Tenant, auth, client_credentials, eventually
-from tests.replica import Replica, start_replica
+from tests.support.clients import auth, client_credentials
+from tests.support.pki import Pki
+from tests.support.processes import Replica, start_replica
+from tests.support.tenants import Tenant
+from tests.support.waiting import eventually
 
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
 
@@ -33,7 +36,7 @@ def replica(
 
 
 async def accepted(
-    stub: organization_service_pb2_grpc.OrganizationServiceStub, secret: str
+    stub: organization_service_pb2_grpc.OrganizationServiceAsyncStub, secret: str
 ) -> bool:
     try:
         await stub.GetOrganization(GET_ORG, metadata=auth(secret), timeout=2)

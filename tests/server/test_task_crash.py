@@ -34,10 +34,13 @@ from server.app import create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap
 from server.settings import Settings
-from tests.conftest import ENV_PROTO, Pki, auth, client_credentials, eventually
-from tests.replica import Replica, start_replica
-from tests.services.test_document_service import doc
-from tests.webhook_receiver import Receiver
+from tests.support.clients import Metadata, auth, client_credentials
+from tests.support.namespace_clients import doc
+from tests.support.pki import Pki
+from tests.support.processes import Replica, start_replica
+from tests.support.tenants import ENV_PROTO
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver
 
 # small: every write of the embedded test engine scans its collection
 TASKS = 10
@@ -49,7 +52,7 @@ async def crash_db(settings: Settings) -> AsyncIterator[tuple[Settings, Backends
     crash_settings = replace(settings, mongodb_database=f"{settings.mongodb_database}_crash")
     backends = await open_backends(crash_settings, with_qdrant=False)
     yield crash_settings, backends
-    await backends.mongo._client.drop_database(crash_settings.mongodb_database)
+    await backends.mongo.database.client.drop_database(crash_settings.mongodb_database)
     await backends.close()
 
 
@@ -68,7 +71,9 @@ def crash_env(settings: Settings) -> dict[str, str]:
     }
 
 
-async def states(stub: task_service_pb2_grpc.TaskServiceStub, md) -> collections.Counter[int]:  # type: ignore[no-untyped-def]
+async def states(
+    stub: task_service_pb2_grpc.TaskServiceAsyncStub, md: Metadata
+) -> collections.Counter[int]:
     page = await stub.ListTasks(task_service_pb2.ListTasksRequest(page_size=200), metadata=md)
     return collections.Counter(t.state for t in page.tasks)
 
@@ -81,8 +86,9 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
     boot = await bootstrap(backends, name="crash", plan="free", environment="development")
     env = crash_env(settings)
     receiver = Receiver().start()
-    first: Replica | None = start_replica(settings, pki, tmp_path, **env)
-    second: Replica | None = None
+    replicas: list[Replica] = []  # killed at the end if still running
+    first = start_replica(settings, pki, tmp_path, **env)
+    replicas.append(first)
     try:
         async with grpc.aio.secure_channel(first.target, client_credentials(pki)) as channel:
             ns = (
@@ -132,8 +138,8 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         first.process.kill()  # SIGKILL: no drain, no lease released
         first.process.wait(timeout=10)
         killed_at = time.monotonic()
-        first = None
         second = start_replica(settings, pki, tmp_path, **env)
+        replicas.append(second)
         async with grpc.aio.secure_channel(second.target, client_credentials(pki)) as channel:
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
 
@@ -150,7 +156,7 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         assert all(t.items_done == DOCS_PER_TASK for t in final)
         assert max(t.attempts for t in final) >= 2  # at least one task was taken over
         # every document written once in effect: one per id, none rewritten by a replay
-        documents = backends.mongo._db["documents"]
+        documents = backends.mongo.database["documents"]
         assert (
             await documents.count_documents({"namespace_id": ns.namespace_id})
             == TASKS * DOCS_PER_TASK
@@ -185,8 +191,8 @@ async def test_sigkill_mid_flight_then_a_new_replica_finishes_exactly_once(
         assert second.process.poll() is None
     finally:
         receiver.stop()
-        for replica in (first, second):
-            if replica is not None and replica.process.poll() is None:
+        for replica in replicas:
+            if replica.process.poll() is None:
                 replica.process.kill()
                 replica.process.wait(timeout=10)
 
@@ -254,5 +260,5 @@ async def test_a_stopping_server_hands_its_running_task_back(settings: Settings,
         finally:
             await restarted.stop(0.5)
     finally:
-        await backends.mongo._client.drop_database(quiet.mongodb_database)
+        await backends.mongo.database.client.drop_database(quiet.mongodb_database)
         await backends.close()

@@ -13,7 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certs.dev_pki import issue_pki
 from server.app import RunningServer, create_server
-from tests.conftest import Pki, client_credentials
+from server.backends import Backends
+from server.settings import Settings
+from tests.support.clients import client_credentials
+from tests.support.pki import Pki
 
 CHECK = health_pb2.HealthCheckRequest()
 
@@ -22,7 +25,7 @@ async def health_status(port: int, credentials: grpc.ChannelCredentials) -> int:
     async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = await stub.Check(CHECK, timeout=5)
-        return response.status
+        return int(response.status)
 
 
 async def refused(port: int, credentials: grpc.ChannelCredentials) -> grpc.aio.AioRpcError:
@@ -62,7 +65,9 @@ async def test_plaintext_client_is_refused(server: RunningServer) -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_certificates_reload_without_restart(settings, backends, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_certificates_reload_without_restart(
+    settings: Settings, backends: Backends, tmp_path: Path
+) -> None:
     old, new, live = tmp_path / "old", tmp_path / "new", tmp_path / "live"
     issue_pki(old, ca_name="CA one")
     issue_pki(new, ca_name="CA two")
@@ -95,7 +100,9 @@ async def test_certificates_reload_without_restart(settings, backends, tmp_path:
         await running.stop(0)
 
 
-async def test_draining_server_reports_not_serving(settings, backends, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+async def test_draining_server_reports_not_serving(
+    settings: Settings, backends: Backends, pki: Pki
+) -> None:
     running = await create_server(settings, backends)
     seen: list[int] = []
     async with grpc.aio.secure_channel(

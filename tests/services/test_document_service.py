@@ -7,53 +7,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.struct_pb2 import Struct
 from meshgate.v1 import document_service_pb2 as pb
-from meshgate.v1 import document_service_pb2_grpc as pb_grpc
 from meshgate.v1 import options_pb2
 
 from services.convert import struct_to_dict
-from tests.conftest import Tenant, auth
-
-
-def struct(value: dict[str, Any]) -> Struct:
-    out = Struct()
-    out.update(value)
-    return out
-
-
-def doc(document_id: str = "", body: dict[str, Any] | None = None, **metadata: Any) -> pb.Document:
-    return pb.Document(document_id=document_id, body=struct(body or {}), metadata=struct(metadata))
-
-
-class Docs:
-    def __init__(self, tenant: Tenant, namespace: str, secret: str | None = None) -> None:
-        self.stub = pb_grpc.DocumentServiceStub(tenant.channel)
-        self.md = auth(secret or tenant.admin, namespace)
-
-    async def create(self, document: pb.Document) -> pb.Document:
-        response = await self.stub.CreateDocument(
-            pb.CreateDocumentRequest(document=document), metadata=self.md
-        )
-        return response.document
-
-    async def list_ids(self, filter: dict[str, Any] | None = None, page_size: int = 0) -> list[str]:
-        ids: list[str] = []
-        token = ""
-        while True:
-            request = pb.ListDocumentsRequest(page_size=page_size, page_token=token)
-            if filter is not None:
-                request.filter.CopyFrom(struct(filter))
-            page = await self.stub.ListDocuments(request, metadata=self.md)
-            ids.extend(d.document_id for d in page.documents)
-            token = page.next_page_token
-            if not token:
-                return ids
-
-    async def error(self, call: Any) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call
-        return info.value
+from tests.support.namespace_clients import Docs, doc, struct
+from tests.support.tenants import Tenant
 
 
 @pytest.fixture
@@ -194,11 +153,11 @@ async def test_batch_is_all_or_nothing(docs: Docs) -> None:
         (doc(body={"a.b": 1}), "contain '.'"),
         (doc(body={"nested": {"internal_id": "x"}}), "reserved"),
         (doc(namespace_id="ns_x"), "reserved"),
-        (doc(**{"bad key": 1}), "keys must be"),
+        (pb.Document(metadata=struct({"bad key": 1})), "keys must be"),
         (doc(nested={"a": 1}), "values must be"),
         (doc(body={"blob": "x" * (257 * 1024)}), "256 KiB"),
         (doc("bad id!"), "document_id"),
-        (doc(**{f"k{i}": i for i in range(65)}), "at most 64 keys"),
+        (pb.Document(metadata=struct({f"k{i}": i for i in range(65)})), "at most 64 keys"),
     ],
 )
 async def test_bad_documents_are_refused(docs: Docs, document: pb.Document, message: str) -> None:

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from meshgate.v1 import common_pb2, options_pb2
 from meshgate.v1 import key_service_pb2 as pb
-from meshgate.v1 import options_pb2
 
+from server.app import RunningServer
+from server.backends import Backends
 from storage.core.key_secrets import parse_secret
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth
+from tests.support.tenants import MakeTenant, Tenant
 
 
-async def invalid(call) -> str:  # type: ignore[no-untyped-def]
+async def invalid(call: Awaitable[object]) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     return info.value.details() or ""
 
 
-async def test_create_returns_the_secret_once(tenant: Tenant, backends) -> None:  # type: ignore[no-untyped-def]
+async def test_create_returns_the_secret_once(tenant: Tenant, backends: Backends) -> None:
     created = await tenant.key(options_pb2.PERMISSION_READ, options_pb2.PERMISSION_WRITE)
     parsed = parse_secret(created.secret)
     assert parsed is not None and parsed.environment == "development"
@@ -36,7 +42,7 @@ async def test_create_returns_the_secret_once(tenant: Tenant, backends) -> None:
     assert created.secret not in str(got)
     # only the digest is stored
     stored = await backends.mongo.keys.find_one({"_id": created.key.key_id})
-    assert created.secret not in repr(stored)
+    assert stored is not None and created.secret not in repr(stored)
     assert stored["secrets"][0]["digest"] == parsed.digest
 
 
@@ -60,7 +66,7 @@ async def test_list_keys_pages_through_every_key_once(tenant: Tenant) -> None:
     assert sorted(seen) == sorted(created)
 
 
-async def test_keys_of_other_organizations_are_invisible(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_keys_of_other_organizations_are_invisible(make_tenant: MakeTenant) -> None:
     alice: Tenant = await make_tenant()
     mallory: Tenant = await make_tenant()
     victim = await alice.key()
@@ -118,7 +124,11 @@ async def test_rotation_reports_the_grace_deadline(tenant: Tenant) -> None:
 async def test_bad_input_is_invalid_argument(tenant: Tenant) -> None:
     md = auth(tenant.admin)
     create = tenant.keys.CreateKey
-    good = {"name": "k", "environment": 1, "permissions": [options_pb2.PERMISSION_READ]}
+    good: dict[str, Any] = {
+        "name": "k",
+        "environment": common_pb2.ENVIRONMENT_DEVELOPMENT,
+        "permissions": [options_pb2.PERMISSION_READ],
+    }
     assert "environment" in await invalid(
         create(pb.CreateKeyRequest(**{**good, "environment": 0}), metadata=md)
     )
@@ -191,14 +201,16 @@ async def test_cannot_create_keys_of_another_environment(tenant: Tenant) -> None
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tenant.keys.CreateKey(
             pb.CreateKeyRequest(
-                name="prod", environment=3, permissions=[options_pb2.PERMISSION_ADMIN]
+                name="prod",
+                environment=common_pb2.ENVIRONMENT_PRODUCTION,
+                permissions=[options_pb2.PERMISSION_ADMIN],
             ),
             metadata=auth(tenant.admin),
         )
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_last_used_time_is_recorded(tenant: Tenant, server) -> None:  # type: ignore[no-untyped-def]
+async def test_last_used_time_is_recorded(tenant: Tenant, server: RunningServer) -> None:
     from meshgate.v1 import organization_service_pb2, organization_service_pb2_grpc
 
     created = await tenant.key()

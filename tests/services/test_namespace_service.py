@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from meshgate.v1 import common_pb2
 from meshgate.v1 import namespace_service_pb2 as pb
 
-from tests.conftest import Tenant, auth
+from tests.support.clients import auth
+from tests.support.tenants import MakeTenant, Tenant
 
 
-async def test_names_are_unique_per_organization(make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_names_are_unique_per_organization(make_tenant: MakeTenant) -> None:
     a: Tenant = await make_tenant()
     b: Tenant = await make_tenant()
     await a.namespace("shared-name")
@@ -23,7 +25,8 @@ async def test_names_are_unique_per_organization(make_tenant) -> None:  # type: 
 async def test_bad_names_are_refused(tenant: Tenant, name: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tenant.namespaces.CreateNamespace(
-            pb.CreateNamespaceRequest(name=name, environment=1), metadata=auth(tenant.admin)
+            pb.CreateNamespaceRequest(name=name, environment=common_pb2.ENVIRONMENT_DEVELOPMENT),
+            metadata=auth(tenant.admin),
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 

@@ -17,22 +17,26 @@ from server.backends import Backends
 from storage.core.clock import utc_now
 from storage.metering.credits import CreditAccounts, period_of
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth, eventually
-from tests.services.test_document_service import Docs, doc
-from tests.services.test_webhook_service import Hooks, path
-from tests.webhook_receiver import Receiver
+from tests.support.clients import auth
+from tests.support.namespace_clients import Docs, Hooks, doc
+from tests.support.tenants import MakeTenant, Tenant
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver, new_endpoint_path
 
 
-async def hook(tenant: Tenant, receiver: Receiver, namespace: str, *types: str):  # type: ignore[no-untyped-def]
-    hooks, where = Hooks(tenant, namespace), path()
+async def hook(
+    tenant: Tenant, receiver: Receiver, namespace: str, *types: str
+) -> tuple[Hooks, str, str]:
+    """A webhook of `namespace` on a new receiver endpoint: its caller, id and path."""
+    hooks, where = Hooks(tenant, namespace), new_endpoint_path()
     created = await hooks.create(receiver.url(where), types)
     receiver.endpoint(where, created.secret)
     return hooks, created.webhook.webhook_id, where
 
 
 async def test_key_revoked_reaches_the_namespaces_the_key_could_act_in(
-    make_tenant, receiver: Receiver, backends: Backends
-) -> None:  # type: ignore[no-untyped-def]
+    make_tenant: MakeTenant, receiver: Receiver, backends: Backends
+) -> None:
     tenant, stranger = await make_tenant(), await make_tenant()
     ns1, ns2, theirs = (
         await tenant.namespace(),
@@ -55,7 +59,7 @@ async def test_key_revoked_reaches_the_namespaces_the_key_could_act_in(
     assert len(await hooks2.deliveries(id2)) == 1  # only the unrestricted one in ns2
     assert await hooks3.deliveries(id3) == []  # never another organization's
 
-    await eventually(lambda: _arrived(receiver, where1, 2))
+    await eventually(lambda: receiver.delivered_at_least(where1, 2))
     payloads = [r.payload for r in receiver.delivered(where1).values()]
     assert all(r.valid for r in receiver.requests(where1))
     assert {p["type"] for p in payloads} == {"key.revoked"}
@@ -66,7 +70,7 @@ async def test_key_revoked_reaches_the_namespaces_the_key_could_act_in(
     assert {p["data"]["organization_id"] for p in payloads} == {tenant.organization_id}
     organization = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     assert all(organization.internal_id not in json.dumps(p) for p in payloads)
-    await eventually(lambda: _arrived(receiver, where2, 1))
+    await eventually(lambda: receiver.delivered_at_least(where2, 1))
 
 
 async def test_credits_threshold_reaches_every_namespace_once(
@@ -87,7 +91,7 @@ async def test_credits_threshold_reaches_every_namespace_once(
         await docs.stub.CreateDocument(
             document_service_pb2.CreateDocumentRequest(document=doc(f"d{i}")), metadata=docs.md
         )
-    await eventually(lambda: _arrived(receiver, where1, 3))
+    await eventually(lambda: receiver.delivered_at_least(where1, 3))
     payloads = sorted(
         (r.payload for r in receiver.delivered(where1).values()),
         key=lambda p: p["data"]["threshold"],
@@ -97,7 +101,3 @@ async def test_credits_threshold_reaches_every_namespace_once(
     assert {p["data"]["total"] for p in payloads} == {10}
     assert await hooks2.deliveries(id2) == []  # not subscribed
     assert len(await hooks1.deliveries(id1, pb.DELIVERY_STATUS_SUCCEEDED)) == 3
-
-
-async def _arrived(receiver: Receiver, where: str, n: int) -> bool:
-    return len(receiver.delivered(where)) >= n

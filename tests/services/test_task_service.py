@@ -2,85 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import grpc
 import pytest
-from google.protobuf.struct_pb2 import Struct
 from meshgate.v1 import document_service_pb2 as doc_pb
 from meshgate.v1 import document_service_pb2_grpc as doc_grpc
 from meshgate.v1 import namespace_service_pb2, options_pb2
 from meshgate.v1 import task_service_pb2 as pb
-from meshgate.v1 import task_service_pb2_grpc as pb_grpc
 from meshgate.v1 import vector_service_pb2 as vec_pb
 from meshgate.v1 import webhook_service_pb2 as wh_pb
 from meshgate.v1 import webhook_service_pb2_grpc as wh_grpc
 
 from server.backends import Backends
-from storage.backends.scoped import Scope
 from storage.backends.work_queue import WorkQueue
-from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth, eventually
-from tests.services.test_document_service import doc
-from tests.services.test_vector_service import Vectors
-
-FINAL = (pb.TASK_STATE_COMPLETED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELED)
-
-
-class Tasks:
-    def __init__(self, tenant: Tenant, namespace: str, secret: str | None = None) -> None:
-        self.stub = pb_grpc.TaskServiceStub(tenant.channel)
-        self.md = auth(secret or tenant.admin, namespace)
-
-    async def submit(
-        self, documents: Sequence[doc_pb.Document] = (), points: Sequence[vec_pb.Point] = ()
-    ) -> pb.Task:
-        response = await self.stub.SubmitIngestion(
-            pb.SubmitIngestionRequest(documents=list(documents), points=list(points)),
-            metadata=self.md,
-        )
-        return response.task
-
-    async def get(self, task_id: str) -> pb.Task:
-        return (await self.stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=self.md)).task
-
-    async def final(self, task_id: str, timeout_s: float = 10.0) -> pb.Task:
-        async def done() -> bool:
-            return (await self.get(task_id)).state in FINAL
-
-        await eventually(done, timeout_s=timeout_s)
-        return await self.get(task_id)
-
-    async def list_ids(self, *states: int, page_size: int = 0) -> list[str]:
-        ids: list[str] = []
-        token = ""
-        while True:
-            page = await self.stub.ListTasks(
-                pb.ListTasksRequest(states=list(states), page_size=page_size, page_token=token),
-                metadata=self.md,
-            )
-            ids.extend(t.task_id for t in page.tasks)
-            token = page.next_page_token
-            if not token:
-                return ids
-
-
-def point(id_: str, vector: list[float], **payload: Any) -> vec_pb.Point:
-    out = Struct()
-    out.update(payload)
-    return vec_pb.Point(id=id_, vector=vector, payload=out)
-
-
-async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
-
-
-async def scope_of(tenant: Tenant, backends: Backends, namespace_id: str) -> Scope:
-    org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
-    return Scope(internal_id=org.internal_id, namespace_id=namespace_id)
+from tests.support.clients import auth, rpc_error
+from tests.support.namespace_clients import Tasks, Vectors, doc, point
+from tests.support.tenants import MakeTenant, Tenant, scope_of
+from tests.support.waiting import eventually
 
 
 async def test_documents_and_points_are_ingested(tenant: Tenant) -> None:
@@ -218,7 +155,7 @@ async def test_batches_over_the_message_limit_are_refused(tenant: Tenant) -> Non
     assert await tasks.list_ids() == []
 
 
-async def test_bad_requests_and_permissions(tenant: Tenant, make_tenant) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_requests_and_permissions(tenant: Tenant, make_tenant: MakeTenant) -> None:
     ns = await tenant.namespace()
     other = await tenant.namespace()
     tasks = Tasks(tenant, ns.name)
@@ -227,7 +164,9 @@ async def test_bad_requests_and_permissions(tenant: Tenant, make_tenant) -> None
         tasks.stub.ListTasks(
             pb.ListTasksRequest(states=[pb.TASK_STATE_UNSPECIFIED]), metadata=tasks.md
         ),
-        tasks.stub.ListTasks(pb.ListTasksRequest(states=[42]), metadata=tasks.md),
+        tasks.stub.ListTasks(
+            pb.ListTasksRequest(states=[pb.TaskState.ValueType(42)]), metadata=tasks.md
+        ),
         tasks.stub.ListTasks(pb.ListTasksRequest(page_size=201), metadata=tasks.md),
         tasks.stub.ListTasks(pb.ListTasksRequest(page_token="nope"), metadata=tasks.md),
         tasks.stub.GetTask(pb.GetTaskRequest(task_id="task_bad"), metadata=tasks.md),
@@ -236,7 +175,7 @@ async def test_bad_requests_and_permissions(tenant: Tenant, make_tenant) -> None
         assert (await rpc_error(call)).code() == grpc.StatusCode.INVALID_ARGUMENT
     # another namespace, another organization: NOT_FOUND
     elsewhere = Tasks(tenant, other.name)
-    foreign_org: Tenant = await make_tenant()
+    foreign_org = await make_tenant()
     foreign = Tasks(foreign_org, ns.name)
     for stub, md in ((elsewhere.stub, elsewhere.md), (foreign.stub, foreign.md)):
         error = await rpc_error(stub.GetTask(pb.GetTaskRequest(task_id=task.task_id), metadata=md))

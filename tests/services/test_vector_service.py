@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.struct_pb2 import Struct
 from meshgate.v1 import vector_service_pb2 as pb
-from meshgate.v1 import vector_service_pb2_grpc as pb_grpc
 
-from tests.conftest import Tenant, auth
-
-
-def point(pid: str, vector: list[float], **payload: Any) -> pb.Point:
-    s = Struct()
-    s.update(payload)
-    return pb.Point(id=pid, vector=vector, payload=s)
-
-
-class Vectors:
-    def __init__(self, tenant: Tenant, namespace: str, secret: str | None = None) -> None:
-        self.stub = pb_grpc.VectorServiceStub(tenant.channel)
-        self.md = auth(secret or tenant.admin, namespace)
-
-    async def create(
-        self, dimension: int = 3, distance: int = pb.DISTANCE_COSINE
-    ) -> pb.VectorStore:
-        store = pb.VectorStore(dimension=dimension, distance=distance)  # type: ignore[arg-type]
-        response = await self.stub.CreateVectorStore(
-            pb.CreateVectorStoreRequest(vector_store=store), metadata=self.md
-        )
-        return response.vector_store
-
-    async def upsert(self, *points: pb.Point) -> int:
-        response = await self.stub.UpsertPoints(
-            pb.UpsertPointsRequest(points=points), metadata=self.md
-        )
-        return response.upserted
-
-    async def search(
-        self, vector: list[float], filter: dict[str, Any] | None = None, **kw: Any
-    ) -> list[pb.ScoredPoint]:
-        request = pb.SearchRequest(vector=vector, **kw)
-        if filter is not None:
-            request.filter.update(filter)
-        return list((await self.stub.Search(request, metadata=self.md)).results)
-
-    async def error(self, call: Any) -> grpc.aio.AioRpcError:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call
-        return info.value
+from tests.support.namespace_clients import Vectors, point
+from tests.support.tenants import MakeTenant, Tenant
 
 
 async def make_vectors(tenant: Tenant, dimension: int = 3) -> Vectors:
@@ -60,9 +18,9 @@ async def make_vectors(tenant: Tenant, dimension: int = 3) -> Vectors:
     return v
 
 
-async def test_point_in_one_namespace_never_found_from_another(make_tenant) -> None:  # type: ignore[no-untyped-def]
-    alice: Tenant = await make_tenant()
-    mallory: Tenant = await make_tenant()
+async def test_point_in_one_namespace_never_found_from_another(make_tenant: MakeTenant) -> None:
+    alice = await make_tenant()
+    mallory = await make_tenant()
     a1, a2, m = await make_vectors(alice), await make_vectors(alice), await make_vectors(mallory)
     same = [0.6, 0.8, 0.0]
     await a1.upsert(point("p1", same, owner="a1"))

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from server.backends import Backends
 from storage.backends.scoped import Scope, ScopedCollection, ScopeViolationError
 from storage.core.errors import InvalidArgumentError
 from storage.core.ids import new_internal_id, new_namespace_id
-
-
-def scope() -> Scope:
-    return Scope(internal_id=new_internal_id(), namespace_id=new_namespace_id())
+from tests.support.tenants import random_scope
 
 
 @pytest.fixture
 def pair(backends: Backends) -> tuple[ScopedCollection, ScopedCollection]:
-    a, b = scope(), scope()
+    a, b = random_scope(), random_scope()
     return backends.mongo.scoped("scoped_test", a), backends.mongo.scoped("scoped_test", b)
 
 
@@ -32,7 +31,7 @@ def test_unscoped_access_is_impossible(backends: Backends) -> None:
 
 
 def test_scope_repr_hides_internal_id() -> None:
-    s = scope()
+    s = random_scope()
     assert s.internal_id not in repr(s)
 
 
@@ -43,7 +42,7 @@ async def test_writes_are_stamped_and_reads_are_filtered(
     await a.insert_one({"_id": "doc-a", "v": 1})
     await b.insert_one({"_id": "doc-b", "v": 1})
     await a.insert_many([{"v": 2}, {"v": 3}])
-    raw = await backends.mongo._db["scoped_test"].find_one({"_id": "doc-a"})
+    raw = await backends.mongo.database["scoped_test"].find_one({"_id": "doc-a"})
     assert raw is not None
     assert raw["namespace_id"] == a.scope.namespace_id and raw["internal_id"] == a.scope.internal_id
     assert await a.count_documents({}) == 3
@@ -84,8 +83,8 @@ async def test_upsert_lands_in_the_scope(pair: tuple[ScopedCollection, ScopedCol
     ],
 )
 async def test_escaping_filters_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], query: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], query: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.find(query)
@@ -99,7 +98,7 @@ async def test_deeply_nested_and_huge_filters_are_refused(
     pair: tuple[ScopedCollection, ScopedCollection],
 ) -> None:
     a, _ = pair
-    deep: dict = {"v": 1}  # type: ignore[type-arg]
+    deep: dict[str, Any] = {"v": 1}
     for _ in range(20):
         deep = {"$and": [deep]}
     with pytest.raises(ScopeViolationError, match="nested"):
@@ -123,8 +122,8 @@ async def test_deeply_nested_and_huge_filters_are_refused(
     ],
 )
 async def test_updates_touching_the_scope_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], update: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], update: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.update_one({}, update)
@@ -140,8 +139,8 @@ async def test_updates_touching_the_scope_are_refused(
     ],
 )
 async def test_documents_naming_the_scope_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], document: dict
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], document: dict[str, Any]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.insert_one(document)
@@ -162,8 +161,8 @@ async def test_documents_naming_the_scope_are_refused(
     ],
 )
 async def test_escaping_pipelines_are_refused(
-    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list
-) -> None:  # type: ignore[type-arg]
+    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list[dict[str, Any]]
+) -> None:
     a, _ = pair
     with pytest.raises(ScopeViolationError):
         await a.aggregate(pipeline)

@@ -13,7 +13,7 @@ from storage.core.errors import ResourceExhaustedError
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import CreditAccounts
 from storage.metering.usage import UsageRecorder
-from tests.conftest import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port
 
 
 def org() -> str:
@@ -165,7 +165,7 @@ async def test_a_failed_prefetch_does_not_fail_a_later_debit(redis_server: Redis
     accounts = CreditAccounts(redis=redis, replica="pause", batch=8, timeout_s=0.1)
     organization, allowance = org(), 100
     await accounts.debit(organization, 1, allowance=allowance)  # reserves 8
-    await admin.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    await admin.client_pause(300, all=True)  # CLIENT PAUSE 300 (ALL)
     for _ in range(6):  # the last of these leaves 1 < 8 // 4 and starts a prefetch
         assert accounts.try_debit(organization, 1)
     await asyncio.sleep(0.4)  # the prefetch timed out; the pause is over
@@ -189,7 +189,7 @@ async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(redis_server: Re
     await accounts.debit(organization, 1, allowance=allowance)
     accounts.complete(organization, 1, refund=False)
     spent = 1
-    while not any(r.pending for r in accounts._reservations.values()):
+    while not accounts.top_up_in_flight():
         assert accounts.try_debit(organization, 1)
         accounts.complete(organization, 1, refund=False)
         spent += 1

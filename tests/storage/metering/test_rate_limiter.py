@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
 from storage.metering.rate_limiter import FailureMode, RateLimiter, lease_size
-from tests.conftest import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port
 
 
 def bucket() -> str:
@@ -88,7 +88,7 @@ async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: Fai
     limiter = RateLimiter(redis=dead, failure_mode=mode, on_fallback=fallbacks.append)
     limit = Limit(per_second=1, burst=2)
     started = time.monotonic()
-    results = []
+    results: list[bool | None] = []
     for _ in range(4):
         try:
             results.append((await limiter.acquire("mg:{org_x}:rl:data", limit)).allowed)
@@ -106,9 +106,7 @@ async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: Fai
 
 
 async def test_recovers_when_redis_comes_back(tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = RedisServer(
-        binary=_redis_binary(), port=free_port(), workdir=tmp_path_factory.mktemp("r")
-    )
+    server = RedisServer.on_free_port(tmp_path_factory.mktemp("r"))
     redis = Redis.from_url(server.url, socket_connect_timeout=0.2, socket_timeout=0.2)
     limiter = RateLimiter(redis=redis, retry_after_s=0.2)
     limit = Limit(per_second=1, burst=1)
@@ -123,12 +121,3 @@ async def test_recovers_when_redis_comes_back(tmp_path_factory: pytest.TempPathF
     finally:
         server.stop()
         await redis.aclose()
-
-
-def _redis_binary() -> str:
-    import os
-    import shutil
-
-    found = os.environ.get("MESHGATE_TEST_REDIS_SERVER") or shutil.which("redis-server")
-    assert found
-    return found

@@ -15,9 +15,9 @@ from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorStore, collection_name
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
-from tests.conftest import Tenant, auth
-from tests.services.test_document_service import Docs, doc
-from tests.services.test_vector_service import Vectors, point
+from tests.support.clients import auth
+from tests.support.namespace_clients import Docs, Vectors, doc, point
+from tests.support.tenants import Tenant
 
 
 async def filled_namespace(

@@ -1,14 +1,20 @@
-"""A real webhook receiver for tests: an HTTP server on 127.0.0.1 in its own thread.
+"""A real webhook receiver for tests, and the two signature checks it applies.
 
-It verifies every request with its own implementation of the Standard
-Webhooks check, written from the specification (it does not import the
-server's signer): the signed content is `webhook-id.webhook-timestamp.body`,
-HMAC-SHA256 keyed with the base64-decoded part of the `whsec_` secret, and
-`webhook-signature` holds space-separated `v1,<base64>` entries, any of which
-may match. Timestamps more than five minutes away are refused.
+The receiver is an HTTP server on 127.0.0.1 in its own thread. Endpoints are
+paths; each has the secrets to verify with, scripted responses (status and
+headers) for its first requests, then 200, and an optional delay. A request
+whose signature does not verify is answered 400.
 
-Endpoints are paths; each has the secrets to verify with, scripted responses
-(status and headers) for its first requests, then 200, and an optional delay.
+Every signature is checked twice, and both must accept (`check_signature`):
+
+- `verify_standard_webhook`, written here from the Standard Webhooks
+  specification (it does not import the server's signer): the signed content is
+  `webhook-id.webhook-timestamp.body`, HMAC-SHA256 keyed with the base64-decoded
+  part of the `whsec_` secret, and `webhook-signature` holds space-separated
+  `v1,<base64>` entries, any of which may match. Timestamps more than five
+  minutes away are refused.
+- the specification's reference implementation, PyPI's `standardwebhooks`,
+  as a receiver in another team would run it.
 """
 
 from __future__ import annotations
@@ -17,17 +23,37 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets as random_tokens
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from standardwebhooks import Webhook, WebhookVerificationError
+
+__all__ = [
+    "TOLERANCE_S",
+    "WEBHOOK_TEST_SCHEDULE",
+    "Endpoint",
+    "Received",
+    "Receiver",
+    "SignatureCheck",
+    "check_signature",
+    "fake_dns",
+    "new_endpoint_path",
+    "verify_standard_webhook",
+    "verify_with_reference",
+]
+
 TOLERANCE_S = 300
+# delays after each failed webhook attempt in the test settings: 5 attempts within about a second
+WEBHOOK_TEST_SCHEDULE = (0.1, 0.2, 0.2, 0.3)
 
 
-def verify_standard_webhook(secrets: list[str], headers: dict[str, str], body: bytes) -> bool:
+def verify_standard_webhook(secrets: Sequence[str], headers: dict[str, str], body: bytes) -> bool:
     """The receiver-side check of the Standard Webhooks specification."""
     msg_id = headers.get("webhook-id", "")
     timestamp = headers.get("webhook-timestamp", "")
@@ -47,6 +73,59 @@ def verify_standard_webhook(secrets: list[str], headers: dict[str, str], body: b
     return False
 
 
+def verify_with_reference(secrets: Sequence[str], headers: dict[str, str], body: bytes) -> bool:
+    """The same check by the reference implementation: any of `secrets` may have signed."""
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+            return True
+        except (WebhookVerificationError, ValueError):  # ValueError: malformed header or body
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What each verifier said about one request."""
+
+    specification: bool  # verify_standard_webhook
+    reference: bool  # the standardwebhooks package
+
+    @property
+    def valid(self) -> bool:
+        """Both accept."""
+        return self.specification and self.reference
+
+    @property
+    def refused(self) -> bool:
+        """Both refuse."""
+        return not self.specification and not self.reference
+
+
+def check_signature(secrets: Sequence[str], headers: dict[str, str], body: bytes) -> SignatureCheck:
+    """Verify a delivery both ways: assert `.valid` (or `.refused`), never one verifier."""
+    return SignatureCheck(
+        specification=verify_standard_webhook(secrets, headers, body),
+        reference=verify_with_reference(secrets, headers, body),
+    )
+
+
+def fake_dns(table: dict[str, list[str]]) -> Callable[[str, int], Awaitable[list[str]]]:
+    """A resolver for the webhook sender answering from `table` (OSError for other names)."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError("no such host")
+        return table[host]
+
+    return resolve
+
+
+def new_endpoint_path() -> str:
+    """A receiver path no other test uses."""
+    return f"/hooks/{random_tokens.token_hex(4)}"
+
+
 @dataclass
 class Received:
     path: str
@@ -54,10 +133,16 @@ class Received:
     timestamp: int
     signatures: list[str]
     payload: dict[str, Any]
-    valid: bool
+    signature: SignatureCheck
     status: int
     arrived: float  # time.monotonic()
     headers: dict[str, str]
+    body: bytes
+
+    @property
+    def valid(self) -> bool:
+        """Both verifiers accepted the signature."""
+        return self.signature.valid
 
 
 @dataclass
@@ -117,12 +202,14 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def endpoint(self, path: str, *secrets: str) -> Endpoint:
+        """The endpoint at `path`, which from now on also accepts `secrets`."""
         with self._lock:
             endpoint = self.endpoints.setdefault(path, Endpoint())
             endpoint.secrets.extend(secrets)
             return endpoint
 
     def script(self, path: str, *responses: int | tuple[int, dict[str, str]]) -> None:
+        """The answers to the next requests at `path` (a status, or status and headers)."""
         endpoint = self.endpoint(path)
         with self._lock:
             for response in responses:
@@ -136,8 +223,8 @@ class Receiver:
             status, extra = endpoint.script.popleft() if endpoint.script else (200, {})
             secrets = list(endpoint.secrets)
             delay = endpoint.delay_s
-        valid = verify_standard_webhook(secrets, headers, body)
-        if not valid:
+        signature = check_signature(secrets, headers, body)
+        if not signature.valid:
             status, extra = 400, {}
         if delay:
             time.sleep(delay)
@@ -145,19 +232,19 @@ class Receiver:
             payload = json.loads(body)
         except ValueError:
             payload = {}
-        signatures = headers.get("webhook-signature", "").split(" ")
         with self._lock:
             self.received.append(
                 Received(
                     path=path,
                     webhook_id=headers.get("webhook-id", ""),
                     timestamp=int(headers.get("webhook-timestamp", "0") or 0),
-                    signatures=signatures,
+                    signatures=headers.get("webhook-signature", "").split(" "),
                     payload=payload,
-                    valid=valid,
+                    signature=signature,
                     status=status,
                     arrived=time.monotonic(),
                     headers=headers,
+                    body=body,
                 )
             )
         return status, extra
@@ -173,3 +260,7 @@ class Receiver:
             if request.valid and 200 <= request.status < 300:
                 out.setdefault(request.webhook_id, request)
         return out
+
+    async def delivered_at_least(self, path: str, n: int) -> bool:
+        """A predicate for `eventually`: `path` accepted `n` distinct events."""
+        return len(self.delivered(path)) >= n

@@ -1,0 +1,135 @@
+"""Organizations for tests: each with an ADMIN key, creating namespaces and keys
+through the real API (and recording every secret and internal_id for the log check)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from meshgate.v1 import (
+    common_pb2,
+    key_service_pb2,
+    key_service_pb2_grpc,
+    namespace_service_pb2,
+    namespace_service_pb2_grpc,
+    options_pb2,
+)
+
+from server.backends import Backends
+from server.bootstrap import bootstrap
+from storage.backends.scoped import Scope
+from storage.core.ids import new_internal_id, new_namespace_id
+from storage.tenancy.organizations import OrganizationStore
+from tests.support.clients import auth
+from tests.support.log_guard import NEVER_LOGGED
+
+__all__ = [
+    "ENV_PROTO",
+    "MakeTenant",
+    "Tenant",
+    "create_tenant",
+    "internal_id_of",
+    "random_scope",
+    "scope_of",
+]
+
+ENV_PROTO: dict[str, common_pb2.Environment.ValueType] = {
+    "development": common_pb2.ENVIRONMENT_DEVELOPMENT,
+    "staging": common_pb2.ENVIRONMENT_STAGING,
+    "production": common_pb2.ENVIRONMENT_PRODUCTION,
+}
+
+
+@dataclass
+class Tenant:
+    """One organization with an ADMIN key, and helpers that go through the real API."""
+
+    organization_id: str
+    admin_key_id: str
+    admin: str
+    channel: grpc.aio.Channel
+    environment: str = "development"
+
+    @property
+    def keys(self) -> key_service_pb2_grpc.KeyServiceAsyncStub:
+        return key_service_pb2_grpc.KeyServiceStub(self.channel)
+
+    @property
+    def namespaces(self) -> namespace_service_pb2_grpc.NamespaceServiceAsyncStub:
+        return namespace_service_pb2_grpc.NamespaceServiceStub(self.channel)
+
+    async def namespace(self, name: str | None = None) -> namespace_service_pb2.Namespace:
+        response = await self.namespaces.CreateNamespace(
+            namespace_service_pb2.CreateNamespaceRequest(
+                name=name or f"ns-{secrets.token_hex(4)}",
+                environment=ENV_PROTO[self.environment],
+            ),
+            metadata=auth(self.admin),
+        )
+        return response.namespace
+
+    async def key(
+        self,
+        *permissions: options_pb2.Permission.ValueType,
+        namespaces: tuple[str, ...] = (),
+        expire_time: Timestamp | None = None,
+    ) -> key_service_pb2.CreateKeyResponse:
+        """A key of this organization (READ when no permission is given)."""
+        request = key_service_pb2.CreateKeyRequest(
+            name="test key",
+            environment=ENV_PROTO[self.environment],
+            permissions=list(permissions) or [options_pb2.PERMISSION_READ],
+            namespaces=list(namespaces),
+        )
+        if expire_time is not None:
+            request.expire_time.CopyFrom(expire_time)
+        created = await self.keys.CreateKey(request, metadata=auth(self.admin))
+        NEVER_LOGGED.add(created.secret)
+        return created
+
+
+class MakeTenant(Protocol):
+    """The `make_tenant` fixture: another organization on the session's server."""
+
+    async def __call__(
+        self, environment: str = "development", plan: str = "enterprise"
+    ) -> Tenant: ...
+
+
+async def create_tenant(
+    backends: Backends, channel: grpc.aio.Channel, *, environment: str, plan: str
+) -> Tenant:
+    """A new organization and its ADMIN key, as `meshgate bootstrap` makes them."""
+    result = await bootstrap(
+        backends, name=f"org-{secrets.token_hex(3)}", plan=plan, environment=environment
+    )
+    NEVER_LOGGED.add(result.secret)
+    NEVER_LOGGED.add(await internal_id_of(result.organization_id, backends))
+    return Tenant(
+        organization_id=result.organization_id,
+        admin_key_id=result.key_id,
+        admin=result.secret,
+        channel=channel,
+        environment=environment,
+    )
+
+
+async def internal_id_of(organization_id: str, backends: Backends) -> str:
+    """The organization's internal_id, read from storage (the API never shows it)."""
+    return (await OrganizationStore(mongo=backends.mongo).get(organization_id)).internal_id
+
+
+async def scope_of(tenant: Tenant, backends: Backends, namespace_id: str) -> Scope:
+    """The storage scope of one of the tenant's namespaces."""
+    return Scope(
+        internal_id=await internal_id_of(tenant.organization_id, backends),
+        namespace_id=namespace_id,
+    )
+
+
+def random_scope() -> Scope:
+    """A scope of a made-up organization and namespace, for storage tests without a tenant."""
+    return Scope(internal_id=new_internal_id(), namespace_id=new_namespace_id())

@@ -1,0 +1,56 @@
+"""A gRPC call written by hand over HTTP/2 + mTLS (h2), for what a gRPC client refuses
+to send: non-ASCII header values, repeated security headers and the like."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import h2.config
+import h2.connection
+import h2.events
+
+from tests.support.pki import Pki
+
+__all__ = ["raw_http2_call"]
+
+
+async def raw_http2_call(
+    port: int, pki: Pki, path: str, headers: list[tuple[bytes, bytes]]
+) -> dict[bytes, bytes]:
+    """One unary call with an empty message to `path` on 127.0.0.1:`port`, with `headers`
+    after the pseudo-headers; returns the response's headers and trailers together."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    )
+    conn.initiate_connection()
+    request = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+    conn.send_headers(1, request + headers)
+    conn.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty message
+    writer.write(conn.data_to_send())
+    seen: dict[bytes, bytes] = {}
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "the server closed the connection without answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    seen.update(dict(event.headers))
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return seen
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
