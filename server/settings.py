@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.metering.rate_limiter import FailureMode
 from storage.webhooks.targets import TargetPolicy
@@ -30,7 +31,6 @@ __all__ = [
     "parse_durations",
 ]
 
-ENVIRONMENTS = ("development", "staging", "production")
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
 # Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
