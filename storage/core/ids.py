@@ -14,6 +14,7 @@ __all__ = [
     "NAMESPACE_ID_RE",
     "ORGANIZATION_ID_RE",
     "TIME_ORDERED_BODY",
+    "base62_fixed",
     "derived_time_ordered_id",
     "new_internal_id",
     "new_key_id",

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 from storage.core.environments import SECRET_TOKENS
-from storage.core.ids import BASE62, random_base62
+from storage.core.ids import base62_fixed, random_base62
 
 __all__ = [
     "MAX_SECRET_LENGTH",
@@ -37,12 +37,8 @@ _DISPLAY_RANDOM_CHARS = 6
 
 
 def _checksum(body: str) -> str:
-    value = zlib.crc32(body.encode("ascii"))
-    out = []
-    for _ in range(_CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        out.append(BASE62[digit])
-    return "".join(reversed(out))
+    """CRC32 of the body in 6 base62 digits (62**6 > 2**32: every CRC fits)."""
+    return base62_fixed(zlib.crc32(body.encode("ascii")), _CHECKSUM_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
