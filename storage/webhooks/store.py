@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,12 @@ from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from storage.core.ids import TIME_ORDERED_BODY, derived_time_ordered_id, time_ordered_id
+from storage.core.ids import (
+    TIME_ORDERED_BODY,
+    derived_time_ordered_id,
+    prefixed_id_re,
+    time_ordered_id,
+)
 from storage.core.pages import decode_page_token, page_of
 from storage.core.rotation import check_grace, in_force, retire_previous
 from storage.webhooks.sealing import SecretBox
@@ -56,8 +60,8 @@ MAX_DESCRIPTION = 256
 MAX_GRACE = timedelta(days=7)
 MAX_SECRETS = 5
 MAX_ATTEMPTS_KEPT = 10
-WEBHOOK_ID_RE = re.compile(rf"^wh_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
-DELIVERY_ID_RE = re.compile(rf"^dlv_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
+WEBHOOK_ID_RE = prefixed_id_re("wh", length=TIME_ORDERED_BODY)
+DELIVERY_ID_RE = prefixed_id_re("dlv", length=TIME_ORDERED_BODY)
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "exhausted")
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
