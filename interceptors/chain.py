@@ -82,7 +82,7 @@ def _metadata(context: Context) -> dict[str, str]:
     return out
 
 
-class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class SecurityChain(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         *,
@@ -104,10 +104,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(
         self,
         continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
         ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         _invocation_metadata.set(handler_call_details.invocation_metadata)
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
