@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/$(GEN)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos certs run test test-deps lint stubs bench bench-smoke clean
+.PHONY: help setup protos certs run test test-deps lint protos-lint stubs bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,21 @@ TOOLS  := $(VENV)/.tools
 $(TOOLS): | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q 'grpcio-tools==1.85.*' 'mypy-protobuf>=3.6'
 	@touch $@
+
+# buf (protos/buf.yaml), from npm's @bufbuild/buf, in .tools/ (git-ignored); only `make lint` needs it
+BUF_VERSION := 1.75.0
+BUF       := .tools/node_modules/.bin/buf
+BUF_STAMP := .tools/.buf-$(BUF_VERSION)
+
+$(BUF_STAMP):
+	@command -v npm >/dev/null || { echo "error: npm is needed to install buf for 'make lint' (install Node.js)"; exit 1; }
+	npm install --prefix .tools --no-save --no-fund --no-audit --ignore-scripts --loglevel=error \
+	  @bufbuild/buf@$(BUF_VERSION)
+	@touch $@
+
+# What `buf breaking` compares protos/ with: the first of these refs that exists (the main
+# branch, else origin's, else HEAD: a clone without main still checks uncommitted changes).
+BUF_AGAINST ?= main origin/main HEAD
 
 # The editable install maps the generated `meshgate` package, so it runs after `protos`.
 $(STAMP): pyproject.toml $(GEN)/.stamp
@@ -70,11 +85,20 @@ bench: setup test-deps ## benchmark the security chain against a bare grpc.aio s
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
 	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
 
-lint: setup ## ruff, mypy --strict (source and tests) and the import contracts (pyproject.toml)
+lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests
 	$(VENV)/bin/mypy
+
+protos-lint: $(BUF_STAMP) ## buf lint, and buf breaking against the main branch (protos/README.md)
+	$(BUF) lint protos
+	@for ref in $(BUF_AGAINST); do \
+	  if git rev-parse -q --verify "$$ref^{commit}" >/dev/null 2>&1; then \
+	    echo "$(BUF) breaking protos --against '.git#ref=$$ref,subdir=protos'"; \
+	    exec $(BUF) breaking protos --against ".git#ref=$$ref,subdir=protos"; \
+	  fi; \
+	done; echo "buf breaking: skipped, none of $(BUF_AGAINST) is a git ref here"
 
 stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for other services
 	rm -rf build/stubs && mkdir -p build/stubs dist
@@ -85,6 +109,6 @@ stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for othe
 	@ls dist/meshgate_stubs-*.whl
 
 clean: ## remove generated files, the venv, runtime data and dev certificates
-	rm -rf $(VENV) $(GEN) var build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(GEN) var build dist .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -f certs/*.pem
 	find . -name __pycache__ -prune -exec rm -rf {} +

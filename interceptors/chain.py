@@ -16,11 +16,13 @@ no policy is refused (fail closed).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
@@ -80,7 +82,7 @@ def _metadata(context: Context) -> dict[str, str]:
     return out
 
 
-class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class SecurityChain(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         *,
@@ -102,10 +104,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(
         self,
         continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
         ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         _invocation_metadata.set(handler_call_details.invocation_metadata)
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
@@ -121,8 +123,37 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     # -- one call -----------------------------------------------------------------
 
+    async def _serve(self, route: _Route, request: Any, context: Context) -> Any:
+        """One call, unary or streaming (the handler grpc runs, bound to its route): begin,
+        admit (every step in order, awaiting only those that need I/O, then the headers),
+        respond; an error becomes a refusal (`context.abort`, through the errors step; an
+        abort passes as it is); the call is finished whatever happened."""
+        started = time.perf_counter()
+        call: CallState | None = None
+        try:
+            call, failure = self._begin(
+                route.method, route.policy, context, request if route.keep_request else None
+            )
+            if failure is not None:
+                raise failure
+            for step in self._steps:
+                pending = step.check(call, context)
+                if pending is not None:
+                    await pending
+            call.admitted = True
+            headers = self._send_headers(call, context)
+            if headers is not None:
+                await headers
+            return await route.respond(request, context)
+        except AbortError:
+            raise
+        except Exception as exc:
+            await self._refuse(call, exc, context)
+        finally:
+            self._finish(call, started, context)
+
     def _begin(
-        self, method: str, policy: Policy | None, context: Context, request: Any = None
+        self, method: str, policy: Policy | None, context: Context, message: Any
     ) -> tuple[CallState, MeshgateError | None]:
         """The call's state (request id first, so every refusal carries it), and the reason
         to refuse it before any step runs, if there is one."""
@@ -139,7 +170,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             metadata=metadata,
             peer_address=context.peer(),
             started_at=time.time(),
-            request=request,
+            request=message,
         )
         current_call.set(call)
         if self._tracer is not None:
@@ -149,26 +180,14 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             failure = _NoPolicyError("this method declares no access policy and is refused")
         return call, failure
 
-    async def _admit(
-        self, call: CallState, failure: MeshgateError | None, context: Context
-    ) -> None:
-        """Every step in order (awaiting only those that need I/O), then the headers."""
-        if failure is not None:
-            raise failure
-        for step in self._steps:
-            pending = step.check(call, context)
-            if pending is not None:
-                await pending
-        call.admitted = True
-        await self._send_headers(call, context)
-
     @staticmethod
-    async def _send_headers(call: CallState, context: Context) -> None:
-        """Initial metadata, once: the request id and whatever the steps added (rate limits)."""
+    def _send_headers(call: CallState, context: Context) -> Awaitable[None] | None:
+        """Initial metadata, once: the request id and whatever the steps added (rate limits).
+        None when it went out already; the caller awaits what it gets."""
         if call.headers_sent:
-            return
+            return None
         call.headers_sent = True
-        await context.send_initial_metadata(
+        return context.send_initial_metadata(
             ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
         )
 
@@ -177,7 +196,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         refusal = self._errors.refusal_for(exc, request_id=request_id)
         if call is not None:
             call.code = refusal.code
-            await self._send_headers(call, context)
+            headers = self._send_headers(call, context)
+            if headers is not None:
+                await headers
         await context.abort(
             refusal.code,
             refusal.message,
@@ -231,67 +252,54 @@ class SecurityChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap(
         self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        chain = self
-
+        """The handler grpc runs instead: `_serve` bound to the method's route."""
         if handler.unary_unary is not None or handler.stream_unary is not None:
             inner: Any = handler.unary_unary or handler.stream_unary
-
-            async def unary_response(request: Any, context: Context) -> Any:
-                started = time.perf_counter()
-                call: CallState | None = None
-                try:
-                    call, failure = chain._begin(method, policy, context, request)
-                    await chain._admit(call, failure, context)
-                    return await inner(request, context)
-                except AbortError:
-                    raise
-                except Exception as exc:
-                    await chain._refuse(call, exc, context)
-                finally:
-                    chain._finish(call, started, context)
-
+            route = _Route(method=method, policy=policy, respond=inner, keep_request=True)
             factory = (
                 grpc.unary_unary_rpc_method_handler
                 if handler.unary_unary is not None
                 else grpc.stream_unary_rpc_method_handler
             )
-            return factory(
-                unary_response,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+        else:
+            inner = _written(handler.unary_stream or handler.stream_stream)
+            route = _Route(method=method, policy=policy, respond=inner, keep_request=False)
+            factory = (
+                grpc.unary_stream_rpc_method_handler
+                if handler.unary_stream is not None
+                else grpc.stream_stream_rpc_method_handler
             )
-
-        inner_stream: Any = handler.unary_stream or handler.stream_stream
-
-        async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            call: CallState | None = None
-            try:
-                call, failure = chain._begin(method, policy, context)
-                await chain._admit(call, failure, context)
-                result = inner_stream(request, context)
-                if inspect.isasyncgen(result):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result
-            except AbortError:
-                raise
-            except Exception as exc:
-                await chain._refuse(call, exc, context)
-            finally:
-                chain._finish(call, started, context)
-
-        factory_s = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream is not None
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory_s(
-            stream_response,
+        return factory(
+            functools.partial(self._serve, route),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What one method's calls share: its name, its policy, and what answers them."""
+
+    method: str
+    policy: Policy | None
+    respond: Callable[[Any, Context], Awaitable[Any]]
+    # the call state keeps the request for the observers (unary responses; streams: None)
+    keep_request: bool
+
+
+def _written(inner: Any) -> Callable[[Any, Context], Awaitable[None]]:
+    """A streaming handler in the reader/writer form: the messages of one that yields them
+    are written to the call (`context.write`); one that writes them itself is awaited."""
+
+    async def respond(request: Any, context: Context) -> None:
+        result = inner(request, context)
+        if inspect.isasyncgen(result):
+            async for item in result:
+                await context.write(item)
+        elif inspect.isawaitable(result):
+            await result
+
+    return respond
 
 
 # stands in for a missing policy while the call is refused (it never reaches a step)

@@ -1,5 +1,9 @@
 """Step 2, errors: typed domain errors become status codes here, and only here.
 
+Which status an error means is decided by `storage.backends.failures.status_name`
+(from the code each typed error declares), the same lookup the task worker uses;
+this step turns that name into a grpc code and a client-safe message.
+
 Unknown exceptions become INTERNAL with a generic message and the request id;
 their text and traceback go to the server log, never to the client.
 RESOURCE_EXHAUSTED carries `google.rpc.RetryInfo` in the status details and a
@@ -16,31 +20,13 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from storage.backends.failures import backend_unavailable
-from storage.core.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    MeshgateError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-    UnavailableError,
-)
+from storage.backends.failures import status_name
+from storage.core.errors import MeshgateError, ResourceExhaustedError
 
 __all__ = ["ErrorMapper", "Refusal"]
 
-_CODES: dict[type[MeshgateError], grpc.StatusCode] = {
-    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-}
+# status names (storage/core/errors.py, storage/backends/failures.py) -> grpc codes
+_CODES: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,23 +55,21 @@ class ErrorMapper:
         self._logger = logger
 
     def refusal_for(self, exc: BaseException, *, request_id: str) -> Refusal:
-        if isinstance(exc, MeshgateError):
-            for cls in type(exc).__mro__:
-                code = _CODES.get(cls)
-                if code is not None:
-                    if isinstance(exc, ResourceExhaustedError) and exc.retry_after_s is not None:
-                        trailers = _retry_trailers(code, exc.message, exc.retry_after_s)
-                        return Refusal(code, exc.message, trailers)
-                    return Refusal(code, exc.message)
-        if backend_unavailable(exc):
+        code = _CODES[status_name(exc)]
+        if isinstance(exc, MeshgateError) and exc.code is not None:
+            if isinstance(exc, ResourceExhaustedError) and exc.retry_after_s is not None:
+                return Refusal(
+                    code, exc.message, _retry_trailers(code, exc.message, exc.retry_after_s)
+                )
+            return Refusal(code, exc.message)
+        if code is grpc.StatusCode.UNAVAILABLE:
             self._logger.warning(
                 "backing store unavailable: %s",
                 type(exc).__name__,
                 extra={"request_id": request_id},
             )
             return Refusal(
-                grpc.StatusCode.UNAVAILABLE,
-                f"a backing store is unavailable; retry later (request id {request_id})",
+                code, f"a backing store is unavailable; retry later (request id {request_id})"
             )
         self._logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
-        return Refusal(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        return Refusal(code, f"internal error (request id {request_id})")

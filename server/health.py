@@ -37,8 +37,9 @@ class GrpcHealth(Protocol):
 
 def add_health(server: grpc.aio.Server) -> GrpcHealth:
     """The stock asyncio health servicer; every service is SERVING until a probe says otherwise."""
-    servicer: GrpcHealth = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    stock = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(stock, server)
+    servicer: GrpcHealth = stock
     return servicer
 
 

@@ -11,10 +11,11 @@ import binascii
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.metering.rate_limiter import FailureMode
 from storage.webhooks.targets import TargetPolicy
@@ -30,7 +31,6 @@ __all__ = [
     "parse_durations",
 ]
 
-ENVIRONMENTS = ("development", "staging", "production")
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
 # Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
@@ -71,16 +71,25 @@ def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str
     return frozenset(p.strip() for p in env.get(name, default).split(",") if p.strip())
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _parsed[T](
+    env: Mapping[str, str], name: str, parse: Callable[[str], T], *, expected: str
+) -> T | None:
+    """The setting parsed (None when unset or empty); `expected` names what it must be."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        value = float(raw)
+        return parse(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be {expected}, got {raw!r}") from None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    value = _parsed(env, name, float, expected="a number")
+    if value is None:
+        return default
     if not math.isfinite(value) or value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {raw!r}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {env[name]!r}")
     return value
 
 
@@ -113,15 +122,11 @@ def _listen(env: Mapping[str, str], name: str, default: str) -> str | None:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    value = _parsed(env, name, int, expected="a whole number")
+    if value is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {env[name]!r}")
     return value
 
 

@@ -12,6 +12,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 from meshgate.v1 import common_pb2, options_pb2
 
+from storage.core.environments import ENVIRONMENTS
 from storage.core.errors import InvalidArgumentError
 from storage.core.ids import ORGANIZATION_ID_RE
 
@@ -30,12 +31,15 @@ __all__ = [
     "validate_name",
 ]
 
-_ENVIRONMENTS = {
-    common_pb2.ENVIRONMENT_DEVELOPMENT: "development",
-    common_pb2.ENVIRONMENT_STAGING: "staging",
-    common_pb2.ENVIRONMENT_PRODUCTION: "production",
+# each environment is ENVIRONMENT_<NAME> in the proto enum
+_ENVIRONMENT_ENUM_NAMES = {name: f"ENVIRONMENT_{name.upper()}" for name in ENVIRONMENTS}
+_ENVIRONMENTS_BACK = {
+    name: common_pb2.Environment.Value(enum_name)
+    for name, enum_name in _ENVIRONMENT_ENUM_NAMES.items()
 }
-_ENVIRONMENTS_BACK = {v: k for k, v in _ENVIRONMENTS.items()}
+_ENVIRONMENTS = {value: name for name, value in _ENVIRONMENTS_BACK.items()}
+*_FIRST, _LAST = _ENVIRONMENT_ENUM_NAMES.values()
+_ENVIRONMENT_REFUSAL = f"environment must be {', '.join(_FIRST)} or {_LAST}"
 PERMISSION_NAMES = {
     options_pb2.PERMISSION_READ: "read",
     options_pb2.PERMISSION_WRITE: "write",
@@ -50,10 +54,7 @@ def environment_from_proto(value: int) -> str:
     try:
         return _ENVIRONMENTS[value]  # type: ignore[index]
     except KeyError:
-        raise InvalidArgumentError(
-            "environment must be ENVIRONMENT_DEVELOPMENT, ENVIRONMENT_STAGING"
-            " or ENVIRONMENT_PRODUCTION"
-        ) from None
+        raise InvalidArgumentError(_ENVIRONMENT_REFUSAL) from None
 
 
 def environment_to_proto(value: str) -> common_pb2.Environment.ValueType:

@@ -25,7 +25,7 @@ from storage.core.clock import utc_now
 from storage.webhooks.outbox import EventOutbox
 from storage.webhooks.sealing import SealedSecretError
 from storage.webhooks.sender import SendResult, WebhookSender
-from storage.webhooks.store import AttemptRecord, DeliveryStore, WebhookStore
+from storage.webhooks.store import AttemptRecord, DeliveryRecord, DeliveryStore, WebhookStore
 
 __all__ = ["DeliveryWorker", "RetrySchedule"]
 
@@ -83,14 +83,9 @@ class DeliveryWorker:
                 "webhook %s: its signing secret does not open with MESHGATE_WEBHOOK_SECRET_KEY",
                 delivery.webhook_id,
             )
-            await self._deliveries.stop(
-                scope,
-                delivery.delivery_id,
-                status="failed",
-                error="the webhook's signing secret cannot be read by the server",
+            await self._stop(
+                claim, delivery, error="the webhook's signing secret cannot be read by the server"
             )
-            self._metrics.deliveries_failed += 1
-            await self._queue.done(claim)
             return
         webhook, secrets = found if found is not None else (None, [])
         event = await self._outbox.get(scope, delivery.event_id)
@@ -102,9 +97,7 @@ class DeliveryWorker:
                 if not webhook.enabled
                 else "the event is gone"
             )
-            await self._deliveries.stop(scope, delivery.delivery_id, status="failed", error=reason)
-            self._metrics.deliveries_failed += 1
-            await self._queue.done(claim)
+            await self._stop(claim, delivery, error=reason)
             return
         attempted_at = utc_now()
         result = await self._sender.send(
@@ -118,46 +111,57 @@ class DeliveryWorker:
             duration_ms=result.duration_ms,
         )
         if result.ok:
-            await self._deliveries.record_attempt(
-                scope,
-                delivery,
-                attempt=attempt,
-                status="succeeded",
-                next_attempt_at=None,
-            )
-            self._metrics.deliveries_succeeded += 1
-            await self._queue.done(claim)
+            await self._end(claim, delivery, attempt=attempt, status="succeeded")
             return
         self._metrics.delivery_attempt_failures += 1
-        if result.status_code == 410:
-            await self._deliveries.record_attempt(
-                scope, delivery, attempt=attempt, status="failed", next_attempt_at=None
+        if result.status_code == 410:  # gone for good: so is the webhook
+            await self._end(
+                claim, delivery, attempt=attempt, status="failed", disable=webhook.webhook_id
             )
-            await self._webhooks.disable(
-                scope, webhook.webhook_id, reason="the endpoint answered 410 Gone"
-            )
-            self._metrics.deliveries_failed += 1
-            self._metrics.endpoints_disabled += 1
-            self._log.info("webhook %s disabled: its endpoint answered 410", webhook.webhook_id)
-            await self._queue.done(claim)
             return
         delay = self._next_delay(result, failed_in_round=delivery.round_attempts + 1)
         if delay is None:
-            await self._deliveries.record_attempt(
-                scope,
-                delivery,
-                attempt=attempt,
-                status="exhausted",
-                next_attempt_at=None,
-            )
-            self._metrics.deliveries_exhausted += 1
-            await self._queue.done(claim)
+            await self._end(claim, delivery, attempt=attempt, status="exhausted")
             return
         next_at = utc_now() + timedelta(seconds=delay)
         await self._deliveries.record_attempt(
             scope, delivery, attempt=attempt, status="pending", next_attempt_at=next_at
         )
         await self._queue.retry_at(claim, next_at)
+
+    async def _stop(self, claim: Claim, delivery: DeliveryRecord, *, error: str) -> None:
+        """The delivery FAILED without an attempt."""
+        await self._deliveries.stop(claim.scope, delivery.delivery_id, status="failed", error=error)
+        self._metrics.deliveries_failed += 1
+        await self._queue.done(claim)
+
+    async def _end(
+        self,
+        claim: Claim,
+        delivery: DeliveryRecord,
+        *,
+        attempt: AttemptRecord,
+        status: str,
+        disable: str | None = None,
+    ) -> None:
+        """The delivery's last attempt: SUCCEEDED, FAILED (and its webhook disabled, when
+        `disable` names it) or EXHAUSTED."""
+        await self._deliveries.record_attempt(
+            claim.scope, delivery, attempt=attempt, status=status, next_attempt_at=None
+        )
+        if disable is not None:
+            await self._webhooks.disable(
+                claim.scope, disable, reason="the endpoint answered 410 Gone"
+            )
+            self._metrics.endpoints_disabled += 1
+            self._log.info("webhook %s disabled: its endpoint answered 410", disable)
+        if status == "succeeded":
+            self._metrics.deliveries_succeeded += 1
+        elif status == "failed":
+            self._metrics.deliveries_failed += 1
+        else:
+            self._metrics.deliveries_exhausted += 1
+        await self._queue.done(claim)
 
     def _next_delay(self, result: SendResult, *, failed_in_round: int) -> float | None:
         delay = self._schedule.delay_after(failed_in_round)

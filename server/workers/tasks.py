@@ -16,17 +16,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from server.workers.metrics import WorkMetrics
-from storage.backends.failures import backend_unavailable
+from storage.backends.failures import backend_unavailable, status_name
 from storage.backends.scoped import Scope
 from storage.backends.work_queue import Claim, WorkQueue
 from storage.core.clock import utc_now
-from storage.core.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    MeshgateError,
-    NotFoundError,
-)
+from storage.core.errors import InvalidArgumentError, MeshgateError
 from storage.data.documents import DocumentStore
 from storage.data.tasks import RunState, TaskError, TaskStore
 from storage.data.vectors import VectorStore, check_vector
@@ -37,12 +31,6 @@ __all__ = ["TaskWorker"]
 DOCUMENT_CHUNK = 50
 POINT_CHUNK = 128
 MAX_RETRY_DELAY_S = 60.0
-_CODES: dict[type[MeshgateError], str] = {
-    InvalidArgumentError: "INVALID_ARGUMENT",
-    FailedPreconditionError: "FAILED_PRECONDITION",
-    NotFoundError: "NOT_FOUND",
-    AlreadyExistsError: "ALREADY_EXISTS",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +46,6 @@ class _LeaseLostError(Exception):
 
 class _RetryLaterError(Exception):
     """A store failed in a way that may pass; the task is tried again later."""
-
-
-def _code(exc: MeshgateError) -> str:
-    for cls in type(exc).__mro__:
-        if cls in _CODES:
-            return _CODES[cls]
-    return "INTERNAL"
 
 
 class TaskWorker:
@@ -217,7 +198,7 @@ class TaskWorker:
                         return _Outcome(
                             "failed",
                             index,
-                            TaskError(_code(exc), exc.message, f"documents[{index}]"),
+                            TaskError(status_name(exc), exc.message, f"documents[{index}]"),
                         )
                 done = min(start + DOCUMENT_CHUNK, n_docs)
                 if done < state.record.items_total and (
@@ -235,7 +216,7 @@ class TaskWorker:
                     return _Outcome(
                         "failed",
                         n_docs + start,
-                        TaskError(_code(exc), exc.message, f"points[{start}]"),
+                        TaskError(status_name(exc), exc.message, f"points[{start}]"),
                     )
                 done = n_docs + start + len(chunk)
                 if done < state.record.items_total and (
@@ -243,7 +224,7 @@ class TaskWorker:
                 ):
                     return stop
         except MeshgateError as exc:
-            return _Outcome("failed", done, TaskError(_code(exc), exc.message))
+            return _Outcome("failed", done, TaskError(status_name(exc), exc.message))
         except (_LeaseLostError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -254,7 +235,7 @@ class TaskWorker:
                     )
                 raise _RetryLaterError from None
             self._log.exception("task %s: last attempt failed", task_id)
-            code = "UNAVAILABLE" if backend_unavailable(exc) else "INTERNAL"
+            code = status_name(exc)
             message = (
                 "a backing store stayed unavailable" if code == "UNAVAILABLE" else "internal error"
             )

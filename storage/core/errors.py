@@ -1,12 +1,18 @@
-"""Typed domain errors.
+"""Typed domain errors, each with its status code.
 
-`storage/` and `services/` raise these and never import grpc; the errors step
-of the request path (`interceptors/errors.py`) maps them to status codes in one
-place. Messages are client-visible: they must never carry secrets, internal
-ids or exception text from lower layers.
+`storage/` and `services/` raise these and never import grpc. Each class names
+its canonical status (`code`, a `google.rpc.Code` name): this is the one
+error -> status table. `storage.backends.failures.status_name` reads it (and
+adds "a store cannot be reached: UNAVAILABLE, anything else: INTERNAL") for the
+request path (`interceptors/errors.py`, which turns names into grpc codes) and
+for the task worker, which records the name in a failed task.
+Messages are client-visible: they must never carry secrets, internal ids or
+exception text from lower layers.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "AlreadyExistsError",
@@ -24,6 +30,9 @@ __all__ = [
 class MeshgateError(Exception):
     """Base of every error whose message may be shown to the caller."""
 
+    # the google.rpc.Code name callers see; None: not a client error (INTERNAL, generic text)
+    code: ClassVar[str | None] = None
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -32,9 +41,13 @@ class MeshgateError(Exception):
 class InvalidArgumentError(MeshgateError):
     """The request is malformed: a bad field, header, token or size."""
 
+    code = "INVALID_ARGUMENT"
+
 
 class UnauthenticatedError(MeshgateError):
     """No usable credentials. One message for every cause: no oracle."""
+
+    code = "UNAUTHENTICATED"
 
     def __init__(self, message: str = "missing or invalid API key") -> None:
         super().__init__(message)
@@ -43,21 +56,31 @@ class UnauthenticatedError(MeshgateError):
 class PermissionDeniedError(MeshgateError):
     """Known caller, not allowed."""
 
+    code = "PERMISSION_DENIED"
+
 
 class NotFoundError(MeshgateError):
     """Unknown, or belonging to someone else (never say which)."""
+
+    code = "NOT_FOUND"
 
 
 class AlreadyExistsError(MeshgateError):
     """A unique name is taken."""
 
+    code = "ALREADY_EXISTS"
+
 
 class FailedPreconditionError(MeshgateError):
     """The resource is not in a state that allows the call."""
 
+    code = "FAILED_PRECONDITION"
+
 
 class ResourceExhaustedError(MeshgateError):
     """A rate or credit limit is exhausted."""
+
+    code = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -66,3 +89,5 @@ class ResourceExhaustedError(MeshgateError):
 
 class UnavailableError(MeshgateError):
     """A backing store is unreachable; the client may retry."""
+
+    code = "UNAVAILABLE"

@@ -1,4 +1,4 @@
-"""Public and internal identifiers (see DESIGN.md, Identifiers)."""
+"""Public and internal identifiers (see DESIGN.md, Identifiers), and the ids clients choose."""
 
 from __future__ import annotations
 
@@ -8,27 +8,49 @@ import secrets
 import uuid
 from datetime import datetime
 
+from storage.core.errors import InvalidArgumentError
+
 __all__ = [
     "BASE62",
+    "CLIENT_ID_RE",
     "KEY_ID_RE",
     "NAMESPACE_ID_RE",
     "ORGANIZATION_ID_RE",
     "TIME_ORDERED_BODY",
+    "base62_fixed",
+    "check_client_id",
     "derived_time_ordered_id",
     "new_internal_id",
     "new_key_id",
     "new_namespace_id",
     "new_organization_id",
+    "prefixed_id_re",
     "random_base62",
     "time_ordered_id",
 ]
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_BODY = 20
+TIME_ORDERED_BODY = 20  # 8 base62 characters of milliseconds, then 12 random ones
 
-ORGANIZATION_ID_RE = re.compile(rf"^org_[0-9A-Za-z]{{{_ID_BODY}}}$")
-NAMESPACE_ID_RE = re.compile(rf"^ns_[0-9A-Za-z]{{{_ID_BODY}}}$")
-KEY_ID_RE = re.compile(rf"^key_[0-9A-Za-z]{{{_ID_BODY}}}$")
+
+def prefixed_id_re(prefix: str, *, length: int = _ID_BODY) -> re.Pattern[str]:
+    """`<prefix>_` and `length` base62 characters: the form of every id meshgate mints."""
+    return re.compile(rf"^{re.escape(prefix)}_[0-9A-Za-z]{{{length}}}$")
+
+
+ORGANIZATION_ID_RE = prefixed_id_re("org")
+NAMESPACE_ID_RE = prefixed_id_re("ns")
+KEY_ID_RE = prefixed_id_re("key")
+
+# ids a client chooses (documents, vector points)
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def check_client_id(value: str, *, what: str) -> str:
+    if not CLIENT_ID_RE.match(value):
+        raise InvalidArgumentError(f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return value
 
 
 def random_base62(length: int) -> str:
@@ -51,9 +73,6 @@ def new_key_id() -> str:
 def new_internal_id() -> str:
     """The hidden primary key of an organization: a random UUID, never shown."""
     return str(uuid.uuid4())
-
-
-TIME_ORDERED_BODY = 20  # 8 base62 characters of milliseconds, then 12 random ones
 
 
 def base62_fixed(value: int, width: int) -> str:

@@ -13,10 +13,10 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from storage.core.ids import BASE62, random_base62
+from storage.core.environments import SECRET_TOKENS
+from storage.core.ids import base62_fixed, random_base62
 
 __all__ = [
-    "ENVIRONMENT_PREFIXES",
     "MAX_SECRET_LENGTH",
     "MintedSecret",
     "ParsedSecret",
@@ -25,25 +25,20 @@ __all__ = [
     "parse_secret",
 ]
 
-# Environment name (as stored) -> the token that appears in the secret.
-ENVIRONMENT_PREFIXES = {"development": "dev", "staging": "stg", "production": "prod"}
-_PREFIX_ENVIRONMENTS = {v: k for k, v in ENVIRONMENT_PREFIXES.items()}
+_TOKEN_ENVIRONMENTS = {token: name for name, token in SECRET_TOKENS.items()}
 _RANDOM_LENGTH = 40
 _CHECKSUM_LENGTH = 6
 _SECRET_RE = re.compile(
-    rf"^mg_(dev|stg|prod)_([0-9A-Za-z]{{{_RANDOM_LENGTH}}})_([0-9A-Za-z]{{{_CHECKSUM_LENGTH}}})$"
+    rf"^mg_({'|'.join(_TOKEN_ENVIRONMENTS)})"
+    rf"_([0-9A-Za-z]{{{_RANDOM_LENGTH}}})_([0-9A-Za-z]{{{_CHECKSUM_LENGTH}}})$"
 )
 MAX_SECRET_LENGTH = 64
 _DISPLAY_RANDOM_CHARS = 6
 
 
 def _checksum(body: str) -> str:
-    value = zlib.crc32(body.encode("ascii"))
-    out = []
-    for _ in range(_CHECKSUM_LENGTH):
-        value, digit = divmod(value, 62)
-        out.append(BASE62[digit])
-    return "".join(reversed(out))
+    """CRC32 of the body in 6 base62 digits (62**6 > 2**32: every CRC fits)."""
+    return base62_fixed(zlib.crc32(body.encode("ascii")), _CHECKSUM_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +62,7 @@ def digest_secret(secret: str) -> str:
 
 
 def mint_secret(environment: str) -> MintedSecret:
-    body = f"mg_{ENVIRONMENT_PREFIXES[environment]}_{random_base62(_RANDOM_LENGTH)}"
+    body = f"mg_{SECRET_TOKENS[environment]}_{random_base62(_RANDOM_LENGTH)}"
     secret = f"{body}_{_checksum(body)}"
     display = secret[: len(body) - _RANDOM_LENGTH + _DISPLAY_RANDOM_CHARS]
     return MintedSecret(secret=secret, digest=digest_secret(secret), display_prefix=display)
@@ -84,5 +79,5 @@ def parse_secret(secret: str) -> ParsedSecret | None:
     if _checksum(body) != match.group(3):
         return None
     return ParsedSecret(
-        environment=_PREFIX_ENVIRONMENTS[match.group(1)], digest=digest_secret(secret)
+        environment=_TOKEN_ENVIRONMENTS[match.group(1)], digest=digest_secret(secret)
     )

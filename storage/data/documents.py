@@ -7,7 +7,6 @@ two documents, and creating one never reveals that the other exists.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -25,11 +24,10 @@ from storage.core.errors import (
     NotFoundError,
 )
 from storage.core.filters import FIELD_RE, RESERVED_FIELDS, Group, to_mongo
-from storage.core.ids import random_base62
+from storage.core.ids import CLIENT_ID_RE, check_client_id, random_base62
 from storage.core.pages import decode_page_token, page_of
 
 __all__ = [
-    "DOCUMENT_ID_RE",
     "MAX_METADATA_KEYS",
     "DocumentRecord",
     "DocumentStore",
@@ -39,7 +37,6 @@ __all__ = [
     "new_document_id",
 ]
 
-DOCUMENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_METADATA_KEYS = 64
 MAX_LIST_VALUES = 100
 MAX_BODY_DEPTH = 32
@@ -72,9 +69,7 @@ def new_document_id() -> str:
 
 
 def check_document_id(document_id: str, *, what: str = "document_id") -> str:
-    if not DOCUMENT_ID_RE.match(document_id):
-        raise InvalidArgumentError(f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    return document_id
+    return check_client_id(document_id, what=what)
 
 
 def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
@@ -239,7 +234,7 @@ class DocumentStore:
     async def list_page(
         self, scope: Scope, *, tree: Group | None, page_size: int, page_token: str
     ) -> tuple[list[DocumentRecord], str]:
-        after = decode_page_token(page_token, kind="doc", id_pattern=DOCUMENT_ID_RE)
+        after = decode_page_token(page_token, kind="doc", id_pattern=CLIENT_ID_RE)
         query = to_mongo(tree)
         if after is not None:
             query = (

@@ -25,7 +25,6 @@ Exactly once in effect, without transactions:
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +39,7 @@ from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.work_queue import WorkQueue
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from storage.core.ids import TIME_ORDERED_BODY, time_ordered_id
+from storage.core.ids import TIME_ORDERED_BODY, prefixed_id_re, time_ordered_id
 from storage.core.pages import decode_page_token, page_of
 from storage.webhooks.outbox import Event, new_event
 
@@ -60,7 +59,7 @@ __all__ = [
 
 TASK_STATES = ("pending", "in_progress", "completed", "failed", "canceled")
 FINAL_STATES = frozenset({"completed", "failed", "canceled"})
-TASK_ID_RE = re.compile(rf"^task_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
+TASK_ID_RE = prefixed_id_re("task", length=TIME_ORDERED_BODY)
 _EVENT_TYPES = {
     "completed": "task.completed",
     "failed": "task.failed",

@@ -10,7 +10,6 @@ namespace. Point ids are the caller's strings, mapped to UUIDv5 per namespace
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from storage.backends.tracing import client_span
 from storage.core.cache import TTLCache
 from storage.core.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from storage.core.filters import Group
+from storage.core.ids import check_client_id
 from storage.data.qdrant_filters import to_qdrant
 
 __all__ = [
     "DISTANCES",
     "MAX_DIMENSION",
-    "POINT_ID_RE",
     "Hit",
     "StoredPoint",
     "VectorConfig",
@@ -40,7 +39,6 @@ __all__ = [
     "collection_name",
 ]
 
-POINT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_DIMENSION = 4096
 DISTANCES = {
     "cosine": models.Distance.COSINE,
@@ -89,9 +87,7 @@ def check_vector(vector: Sequence[float], dimension: int, *, what: str = "vector
 
 
 def check_point_id(point_id: str) -> str:
-    if not POINT_ID_RE.match(point_id):
-        raise InvalidArgumentError("point ids must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    return point_id
+    return check_client_id(point_id, what="point ids")
 
 
 def _point(record: Any) -> StoredPoint:

@@ -16,6 +16,7 @@ from storage.core.ids import KEY_ID_RE, new_key_id
 from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
+from storage.core.rotation import check_grace, retire_previous
 
 __all__ = ["PERMISSIONS", "KeyRecord", "KeySecret", "KeyStore"]
 
@@ -101,6 +102,15 @@ def _secret_doc(minted: MintedSecret, now: datetime) -> dict[str, Any]:
     }
 
 
+def _retired_doc(secret: KeySecret, not_after: datetime) -> dict[str, Any]:
+    return {
+        "digest": secret.digest,
+        "display_prefix": secret.display_prefix,
+        "created_at": secret.created_at,
+        "not_after": not_after,
+    }
+
+
 class KeyStore:
     """Key documents, looked up by secret digest (unique index on `secrets.digest`)."""
 
@@ -178,8 +188,7 @@ class KeyStore:
         self, *, organization_id: str, environment: str, key_id: str, grace: timedelta
     ) -> tuple[KeyRecord, str, datetime]:
         """A new secret; the previous ones stop working after `grace` (0 = now)."""
-        if grace < timedelta(0) or grace > MAX_GRACE:
-            raise InvalidArgumentError("grace_period must be between 0 and 30 days")
+        check_grace(grace, maximum=MAX_GRACE)
         current = await self.get(
             organization_id=organization_id, environment=environment, key_id=key_id
         )
@@ -190,17 +199,13 @@ class KeyStore:
                 if current.revoked_at
                 else InvalidArgumentError("an expired key cannot be rotated")
             )
-        cutoff = now + grace
-        kept = [
-            {
-                "digest": s.digest,
-                "display_prefix": s.display_prefix,
-                "created_at": s.created_at,
-                "not_after": min(s.not_after, cutoff) if s.not_after else cutoff,
-            }
-            for s in current.secrets
-            if grace > timedelta(0) and (s.not_after is None or s.not_after > now)
-        ]
+        kept, cutoff = retire_previous(
+            current.secrets,
+            now=now,
+            grace=grace,
+            deadline_of=lambda s: s.not_after,
+            with_deadline=_retired_doc,
+        )
         minted = mint_secret(current.environment)
         doc = await self._collection.find_one_and_update(
             {**self._owned(organization_id, environment, key_id), "revoked_at": None},

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +25,14 @@ from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from storage.core.ids import TIME_ORDERED_BODY, derived_time_ordered_id, time_ordered_id
+from storage.core.ids import (
+    TIME_ORDERED_BODY,
+    derived_time_ordered_id,
+    prefixed_id_re,
+    time_ordered_id,
+)
 from storage.core.pages import decode_page_token, page_of
+from storage.core.rotation import check_grace, in_force, retire_previous
 from storage.webhooks.sealing import SecretBox
 
 __all__ = [
@@ -55,8 +60,8 @@ MAX_DESCRIPTION = 256
 MAX_GRACE = timedelta(days=7)
 MAX_SECRETS = 5
 MAX_ATTEMPTS_KEPT = 10
-WEBHOOK_ID_RE = re.compile(rf"^wh_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
-DELIVERY_ID_RE = re.compile(rf"^dlv_[0-9A-Za-z]{{{TIME_ORDERED_BODY}}}$")
+WEBHOOK_ID_RE = prefixed_id_re("wh", length=TIME_ORDERED_BODY)
+DELIVERY_ID_RE = prefixed_id_re("dlv", length=TIME_ORDERED_BODY)
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "exhausted")
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
@@ -234,19 +239,20 @@ class WebhookStore:
         self, scope: Scope, webhook_id: str, *, grace: timedelta
     ) -> tuple[WebhookRecord, str, datetime]:
         """A new secret; the previous ones keep signing until now + grace."""
-        if grace < timedelta(0) or grace > MAX_GRACE:
-            raise InvalidArgumentError("grace_period must be between 0 and 7 days")
+        check_grace(grace, maximum=MAX_GRACE)
         collection = self._collection(scope)
         current = await collection.find_one({"webhook_id": _webhook_id(webhook_id)})
         if current is None:
             raise NotFoundError("webhook not found")
         now = self._now()
-        cutoff = now + grace
-        kept = [
-            {**s, "not_after": min(s["not_after"], cutoff) if s.get("not_after") else cutoff}
-            for s in current.get("secrets", ())
-            if grace > timedelta(0) and (s.get("not_after") is None or s["not_after"] > now)
-        ][-(MAX_SECRETS - 1) :]
+        kept, cutoff = retire_previous(
+            current.get("secrets", ()),
+            now=now,
+            grace=grace,
+            deadline_of=lambda s: s.get("not_after"),
+            with_deadline=lambda s, not_after: {**s, "not_after": not_after},
+        )
+        kept = kept[-(MAX_SECRETS - 1) :]
         secret = new_secret()
         doc = await collection.find_one_and_update(
             # only if nobody rotated in between: a concurrent rotation's secret must not vanish
@@ -276,7 +282,7 @@ class WebhookStore:
         secrets_now = [
             self._box.open(s["sealed"], context=f"{scope.namespace_id}/{webhook_id}")
             for s in doc.get("secrets", ())
-            if s.get("not_after") is None or s["not_after"] > now
+            if in_force(s.get("not_after"), now)
         ]
         return _webhook(doc), secrets_now
 

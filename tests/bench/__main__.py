@@ -155,7 +155,7 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         (certs / "client.pem").read_bytes(),
     )
     with grpc.secure_channel(target, credentials) as channel:
-        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
 
         def answering() -> bool:
             if proc.poll() is not None:
@@ -331,7 +331,7 @@ def new_key(env: Env, channel: grpc.Channel) -> key_service_pb2.CreateKeyRespons
 
 
 def get_namespace(channel: grpc.Channel, env: Env, secret: str) -> grpc.StatusCode:
-    call = channel.unary_unary(GET_NAMESPACE, request_serializer=None, response_deserializer=None)
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(GET_NAMESPACE)
     metadata = (("authorization", f"Bearer {secret}"), ("x-namespace", env.namespace_id))
     try:
         call(b"", metadata=metadata, timeout=5)

@@ -31,9 +31,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         )
         for _ in range(args.channels)
     ]
-    calls = [
-        ch.unary_unary(args.method, request_serializer=None, response_deserializer=None)
-        for ch in channels
+    calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+        ch.unary_unary(args.method) for ch in channels
     ]
     for call in calls:  # connect (handshake) before the clock starts
         await call(request, metadata=metadata, timeout=10)

@@ -116,7 +116,9 @@ async def test_exhausted_limit_is_resource_exhausted_with_retry_info(
     assert refused, codes
     trailers = dict(await refused[0].trailing_metadata())
     assert int(trailers["retry-after"]) >= 1
-    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    details = trailers["grpc-status-details-bin"]
+    assert isinstance(details, bytes)
+    status = status_pb2.Status.FromString(details)
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info)
     assert 0 < info.retry_delay.ToNanoseconds() <= 1_000_000_000
@@ -199,7 +201,7 @@ async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: B
         await create(3)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "credits" in (info.value.details() or "")
-    assert "retry-after" in trailers_of(info.value)
+    assert "retry-after" in dict(trailers_of(info.value))
     org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
     stored = await backends.mongo.scoped(
         "documents", Scope(org.internal_id, ns.namespace_id)

@@ -21,7 +21,7 @@ from server.policies import build_policy_table, undeclared_methods
 from server.registry import descriptors
 from server.settings import Settings
 from storage.tenancy.organizations import Organization, OrganizationStore
-from tests.support.clients import auth, client_credentials
+from tests.support.clients import auth, client_credentials, raw_unary
 from tests.support.pki import Pki
 from tests.support.tenants import MakeTenant, Tenant
 
@@ -82,9 +82,7 @@ async def test_method_without_policy_is_refused(pki: Pki, settings: Settings) ->
     try:
         async with grpc.aio.secure_channel(f"localhost:{port}", client_credentials(pki)) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await channel.unary_unary(
-                    "/test.Undeclared/Do", request_serializer=None, response_deserializer=None
-                )(b"")
+                await raw_unary(channel, "/test.Undeclared/Do")(b"")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert ran == []
     finally:

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from meshgate.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -31,7 +31,7 @@ from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.logs import GuardedJsonFormatter
 from server.settings import Secret, Settings
-from tests.support.clients import auth, client_credentials
+from tests.support.clients import auth, client_credentials, health_check
 from tests.support.pki import Pki
 from tests.support.processes import RedisServer
 from tests.support.tenants import MakeTenant, Tenant
@@ -273,11 +273,11 @@ async def test_redis_down_turns_dependent_services_not_serving(
         async with grpc.aio.secure_channel(
             f"localhost:{running.port}", client_credentials(pki)
         ) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+            health = health_check(channel)
             deep = health_service_pb2_grpc.HealthServiceStub(channel)
 
             async def status(service: str) -> int:
-                response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                response = await health(health_pb2.HealthCheckRequest(service=service))
                 return int(response.status)
 
             async def wait_for(service: str, wanted: int) -> None:

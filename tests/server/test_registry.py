@@ -8,12 +8,13 @@ import pkgutil
 
 import grpc
 import meshgate.v1
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from server.app import RunningServer
 from server.policies import PUBLIC_METHODS, build_policy_table, undeclared_methods
 from server.registry import SERVICES, descriptors
+from tests.support.clients import health_check, raw_unary, reflection_info
 
 NAMES = {s.name for s in SERVICES}
 
@@ -43,11 +44,7 @@ async def test_every_method_of_the_registry_is_served(channel: grpc.aio.Channel)
     or refuses (a call without a key mostly is)."""
     for service in SERVICES:
         for method in service.descriptor.methods:
-            call = channel.unary_unary(
-                f"/{service.name}/{method.name}",
-                request_serializer=None,
-                response_deserializer=None,
-            )
+            call = raw_unary(channel, f"/{service.name}/{method.name}")
             try:
                 await call(b"", timeout=10)
             except grpc.aio.AioRpcError as exc:
@@ -55,8 +52,7 @@ async def test_every_method_of_the_registry_is_served(channel: grpc.aio.Channel)
 
 
 async def test_reflection_lists_the_registry(channel: grpc.aio.Channel) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    responses = stub.ServerReflectionInfo(
+    responses = reflection_info(channel)(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
     listed = {s.name async for r in responses for s in r.list_services_response.service}
@@ -69,8 +65,8 @@ async def test_reflection_lists_the_registry(channel: grpc.aio.Channel) -> None:
 async def test_every_service_of_the_registry_has_a_health_status(
     server: RunningServer, channel: grpc.aio.Channel
 ) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
+    check = health_check(channel)
     for name in ("", *NAMES):
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=name))
+        response = await check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING, name
     assert set(server.components.serving) == NAMES | {"(server)"}

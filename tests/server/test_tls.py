@@ -9,13 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from certs.dev_pki import issue_pki
 from server.app import RunningServer, create_server
 from server.backends import Backends
 from server.settings import Settings
-from tests.support.clients import client_credentials
+from tests.support.clients import client_credentials, health_check, health_watch
 from tests.support.pki import Pki
 
 CHECK = health_pb2.HealthCheckRequest()
@@ -23,8 +23,7 @@ CHECK = health_pb2.HealthCheckRequest()
 
 async def health_status(port: int, credentials: grpc.ChannelCredentials) -> int:
     async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        response = await stub.Check(CHECK, timeout=5)
+        response = await health_check(channel)(CHECK, timeout=5)
         return int(response.status)
 
 
@@ -61,7 +60,7 @@ async def test_client_certificate_from_another_ca_is_refused(
 async def test_plaintext_client_is_refused(server: RunningServer) -> None:
     async with grpc.aio.insecure_channel(f"localhost:{server.port}") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await health_pb2_grpc.HealthStub(channel).Check(CHECK, timeout=5)
+            await health_check(channel)(CHECK, timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -100,6 +99,14 @@ async def test_certificates_reload_without_restart(
         await running.stop(0)
 
 
+async def _next_status(
+    watch: grpc.aio.UnaryStreamCall[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
+) -> int:
+    response = await watch.read()
+    assert isinstance(response, health_pb2.HealthCheckResponse)
+    return int(response.status)
+
+
 async def test_draining_server_reports_not_serving(
     settings: Settings, backends: Backends, pki: Pki
 ) -> None:
@@ -108,10 +115,10 @@ async def test_draining_server_reports_not_serving(
     async with grpc.aio.secure_channel(
         f"localhost:{running.port}", client_credentials(pki)
     ) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(CHECK)
-        seen.append((await watch.read()).status)
+        watch = health_watch(channel)(CHECK)
+        seen.append(await _next_status(watch))
         stopping = asyncio.create_task(running.stop(2.0))
-        seen.append((await watch.read()).status)
+        seen.append(await _next_status(watch))
         await stopping
     assert seen == [
         health_pb2.HealthCheckResponse.SERVING,

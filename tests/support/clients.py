@@ -7,6 +7,11 @@ from typing import cast
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_reflection.v1alpha.reflection_pb2 import (
+    ServerReflectionRequest,
+    ServerReflectionResponse,
+)
 
 from tests.support.pki import Pki
 
@@ -45,3 +50,72 @@ def trailers_of(error: grpc.aio.AioRpcError) -> grpc.aio.Metadata:
     """The trailing metadata of a refused call (grpc-stubs types it as the sync API's tuple;
     grpc.aio returns Metadata)."""
     return cast(grpc.aio.Metadata, error.trailing_metadata())
+
+
+# grpc.health.v1 and reflection through typed multi-callables: the type stubs of the stock
+# stubs (HealthStub, ServerReflectionStub) declare neither their methods nor aio channels.
+_HEALTH = "/grpc.health.v1.Health/"
+
+
+def health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[HealthCheckRequest, HealthCheckResponse]:
+    return channel.unary_unary(
+        _HEALTH + "Check",
+        request_serializer=HealthCheckRequest.SerializeToString,
+        response_deserializer=HealthCheckResponse.FromString,
+    )
+
+
+def health_check_sync(
+    channel: grpc.Channel,
+) -> grpc.UnaryUnaryMultiCallable[HealthCheckRequest, HealthCheckResponse]:
+    return channel.unary_unary(
+        _HEALTH + "Check",
+        request_serializer=HealthCheckRequest.SerializeToString,
+        response_deserializer=HealthCheckResponse.FromString,
+    )
+
+
+def health_watch(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryStreamMultiCallable[HealthCheckRequest, HealthCheckResponse]:
+    return channel.unary_stream(
+        _HEALTH + "Watch",
+        request_serializer=HealthCheckRequest.SerializeToString,
+        response_deserializer=HealthCheckResponse.FromString,
+    )
+
+
+def reflection_info(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.StreamStreamMultiCallable[ServerReflectionRequest, ServerReflectionResponse]:
+    return channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=ServerReflectionRequest.SerializeToString,
+        response_deserializer=ServerReflectionResponse.FromString,
+    )
+
+
+# Methods called with serialized bytes in and out (no stubs needed).
+
+
+def raw_unary(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    return call
+
+
+def raw_unary_stream(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
+    return call
+
+
+def raw_stream_stream(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
+    call: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+    return call

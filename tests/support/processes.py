@@ -18,10 +18,10 @@ from pathlib import Path
 
 import grpc
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from server.settings import Settings
-from tests.support.clients import client_credentials
+from tests.support.clients import client_credentials, health_check_sync
 from tests.support.log_guard import PROCESS_LOGS
 from tests.support.pki import Pki
 from tests.support.waiting import wait_until
@@ -121,13 +121,13 @@ def wait_until_healthy(
     """Until the gRPC health check of a started server answers; RuntimeError with the
     server's log if it exits or stays silent (and then it is killed)."""
     with grpc.secure_channel(target, client_credentials(pki)) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = health_check_sync(channel)
 
         def serving() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"{target} exited early:\n{log.read_text(errors='replace')}")
             try:
-                stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                check(health_pb2.HealthCheckRequest(), timeout=1)
                 return True
             except grpc.RpcError:
                 return False

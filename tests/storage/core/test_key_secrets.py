@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import zlib
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.core.key_secrets import digest_secret, mint_secret, parse_secret
+from storage.core.ids import BASE62
+from storage.core.key_secrets import _checksum, digest_secret, mint_secret, parse_secret
 
 
 def test_minted_secret_shape_and_parse() -> None:
@@ -38,3 +40,12 @@ def test_any_single_character_change_is_caught(position: int, replacement: str) 
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_parses_by_accident(text: str) -> None:
     assert parse_secret(text) is None
+
+
+def test_checksum_is_the_crc32_in_six_base62_digits() -> None:
+    body = "mg_dev_" + "a" * 40
+    value = 0
+    for char in _checksum(body):
+        value = value * 62 + BASE62.index(char)
+    assert value == zlib.crc32(body.encode())
+    assert _checksum("") == "000000"  # crc32 of nothing is 0

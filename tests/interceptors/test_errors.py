@@ -1,0 +1,62 @@
+"""The errors step: status names become grpc codes, and client-safe messages."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from pymongo.errors import AutoReconnect
+
+from interceptors.errors import ErrorMapper
+from storage.core import errors
+
+MAPPER = ErrorMapper(logger=logging.getLogger("test.errors"))
+TYPED = [
+    cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.MeshgateError) and cls.code is not None
+]
+
+
+def test_every_typed_error_is_covered() -> None:
+    assert len(TYPED) == 8
+
+
+@pytest.mark.parametrize("cls", TYPED, ids=lambda cls: cls.__name__)
+def test_typed_errors_keep_their_message_and_code(cls: type[errors.MeshgateError]) -> None:
+    exc = cls("refused") if cls is not errors.UnauthenticatedError else cls()
+    refusal = MAPPER.refusal_for(exc, request_id="req-1")
+    assert refusal.code.name == cls.code
+    assert refusal.message == exc.message
+    assert refusal.trailing_metadata == ()
+
+
+def test_resource_exhausted_carries_retry_info() -> None:
+    exc = errors.ResourceExhaustedError("slow down", retry_after_s=1.5)
+    refusal = MAPPER.refusal_for(exc, request_id="req-1")
+    trailers = dict(refusal.trailing_metadata)
+    assert refusal.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert trailers["retry-after"] == "2"
+    raw = trailers["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    status = status_pb2.Status.FromString(raw)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert status.message == "slow down"
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToNanoseconds() == 1_500_000_000
+
+
+def test_unreachable_store_is_unavailable_without_its_text() -> None:
+    refusal = MAPPER.refusal_for(AutoReconnect("mongo at 10.0.0.1 down"), request_id="req-2")
+    assert refusal.code is grpc.StatusCode.UNAVAILABLE
+    assert "10.0.0.1" not in refusal.message and "req-2" in refusal.message
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("secret detail"), errors.MeshgateError("plain")])
+def test_anything_else_is_internal_and_generic(exc: Exception) -> None:
+    refusal = MAPPER.refusal_for(exc, request_id="req-3")
+    assert refusal.code is grpc.StatusCode.INTERNAL
+    assert refusal.message == "internal error (request id req-3)"
