@@ -64,7 +64,7 @@ test: setup test-deps ## import contracts, then the whole suite (starts its own 
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
-bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server (a few minutes)
+bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server, and the 100k-document load (several minutes)
 	$(PY) -m tests.bench --out bench-results.json
 
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)

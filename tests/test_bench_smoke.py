@@ -38,4 +38,8 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["unloaded"]["meshgate_p50_us"] > 0
     assert data["cold"]["revocation_samples"] == 3
     assert data["workers"]["2"]["rps"] > 0
+    assert data["load"]["documents"] == 500
+    assert data["load"]["per_document_first_batches_ms"] > 0
+    assert data["load"]["end"]["get_ms"] > 0
     assert "requests/s" in result.stdout and "revocation propagation" in result.stdout
+    assert "load: 500 documents" in result.stdout

@@ -17,6 +17,12 @@ ratios measured in the same run (the machine is noisy):
 2. Cold paths: the first call with a key no replica has cached; revocation
    propagation between two replicas sharing Redis (p50/p99).
 3. `meshgate serve --workers N` for N = 1, 2: throughput and CPU per request.
+4. The load figure (tests/bench/load_documents.py): `--documents` documents
+   into one namespace through the API, BatchCreateDocuments of 100, on a
+   `meshgate serve --dev` with every store embedded (as `make run`): the total
+   time, the per-document cost of the first and the last batches, and single
+   CreateDocument / GetDocument / ListDocuments calls into the empty namespace
+   and at the end.
 
 A table goes to stdout and JSON to `--out` (default bench-results.json).
 `--smoke` runs every part for a fraction of a second (used by `make test` so
@@ -52,6 +58,7 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
+from tests.bench import load_documents
 from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -458,6 +465,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 proc.stop()
             scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
             results["workers"] = scaling
+            if args.documents:
+                results["load"] = load_documents.load_documents(
+                    documents=500 if smoke else args.documents,
+                    probes=5 if smoke else 20,
+                    edge=2 if smoke else 10,
+                )
             return results
         finally:
             if env is not None:
@@ -504,6 +517,8 @@ def table(results: dict[str, Any]) -> str:
         f" 2 -> {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} us CPU/req"
         f" ({w['throughput_ratio']['rps']:.2f}x)",
     ]
+    if "load" in results:
+        lines += ["", *load_documents.table(results["load"])]
     return "\n".join(lines)
 
 
@@ -518,6 +533,12 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument("--revocations", type=int, default=50)
+    parser.add_argument(
+        "--documents",
+        type=int,
+        default=100_000,
+        help="the load figure's document count (default 100000, 500 with --smoke; 0 skips it)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args()
     results = run_bench(args)
