@@ -42,10 +42,10 @@ BUF_AGAINST ?= main origin/main HEAD
 
 # The editable install maps the generated `meshgate` package, so it runs after `protos`.
 $(STAMP): pyproject.toml $(GEN)/.stamp
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,embedded]'
 	@touch $@
 
-setup: $(STAMP) ## create .venv, generate stubs, install meshgate and its dev tools
+setup: $(STAMP) ## create .venv, generate stubs, install meshgate, its dev tools and the embedded engines
 
 $(GEN)/.stamp: $(PROTOS) | $(TOOLS)
 	rm -rf $(GEN) && mkdir -p $(GEN)
@@ -79,7 +79,7 @@ test: setup test-deps ## import contracts, then the whole suite (starts its own 
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
-bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server (a few minutes)
+bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server, and the 100k-document load (several minutes)
 	$(PY) -m tests.bench --out bench-results.json
 
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)

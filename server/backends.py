@@ -42,10 +42,10 @@ async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Back
     if settings.mongodb_uri is not None:
         mongo_uri = settings.mongodb_uri.reveal()
     else:
-        path = settings.data_dir / "mongo.sqlite"
-        embedded_mongo = EmbeddedMongo(sqlite_path=path)
+        path = settings.data_dir / "mongo"
+        embedded_mongo = EmbeddedMongo(data_dir=path)
         mongo_uri = embedded_mongo.start()
-        embedded.append(f"MongoDB: embedded mongoeco engine on {mongo_uri} (data in {path})")
+        embedded.append(f"MongoDB: embedded SecantusDB engine on {mongo_uri} (data in {path})")
     mongo = MongoStore(
         uri=mongo_uri, database=settings.mongodb_database, timeout_ms=int(timeout_s * 1000)
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from server.app import create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap, write_secret_file
+from server.embedded import EmbeddedEngineMissingError
 from server.logs import configure_logging
 from server.observability import configure_tracing
 from server.settings import ENVIRONMENTS, Settings, SettingsError
@@ -229,9 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _serve_workers(settings, args)
     with contextlib.suppress(KeyboardInterrupt):
-        if args.command == "serve":
-            return asyncio.run(_serve(settings, dev=args.dev))
-        return asyncio.run(_bootstrap(settings, args))
+        try:
+            if args.command == "serve":
+                return asyncio.run(_serve(settings, dev=args.dev))
+            return asyncio.run(_bootstrap(settings, args))
+        except EmbeddedEngineMissingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 130
 
 

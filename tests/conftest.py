@@ -2,7 +2,7 @@
 
 - Redis: a `redis-server` process on a free loopback port (`make test` installs
   Debian's package when missing). MESHGATE_TEST_REDIS_SERVER names another binary.
-- MongoDB: the embedded mongoeco engine served over the wire protocol, or a real
+- MongoDB: the embedded engine (server/embedded.py) over the wire protocol, or a real
   MongoDB when MESHGATE_TEST_MONGODB_URI is set (a fresh database per session).
 - gRPC: `create_server` on 127.0.0.1:0 with a throwaway PKI; clients connect
   over TLS with client certificates, exactly as services in the mesh do.
@@ -68,7 +68,7 @@ def mongo_uri() -> Iterator[str]:
     if real:
         yield real
         return
-    engine = EmbeddedMongo(sqlite_path=None)
+    engine = EmbeddedMongo(data_dir=None)
     yield engine.start()
     engine.close()
 

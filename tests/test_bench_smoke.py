@@ -44,3 +44,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     )
     assert "requests/s" in result.stdout and "revocation propagation" in result.stdout
     assert "webhook delivery submit -> delivered over 3 tasks" in result.stdout
+    assert data["load"]["documents"] == 500
+    assert data["load"]["per_document_first_batches_ms"] > 0
+    assert data["load"]["end"]["get_ms"] > 0
+    assert "load: 500 documents" in result.stdout

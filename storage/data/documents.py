@@ -190,37 +190,52 @@ class DocumentStore:
         """Create or replace one document, at most once per `writer` (an ingestion task).
 
         The document is stamped with `writer`; replaying the same write (a task
-        re-claimed after its worker died) matches nothing and changes nothing, so
+        re-claimed after its worker died) finds the stamp and changes nothing, so
         the write happens once in effect and `revision` counts real writes.
+        Concurrent writers are ordered by a compare-and-set on `revision`. Every
+        filter names exactly the fields of an index (document_id; document_id and
+        revision), which the embedded engine needs to avoid scanning the namespace
+        (docs/embedded-mongodb.md); a `{ingested_by: {$ne: writer}}` upsert did not.
         """
         collection = self._collection(scope)
         check_document_id(document_id)
         for _ in range(_UPDATE_RETRIES):
             now = self._now()
-            try:
-                await collection.update_one(
-                    {"document_id": document_id, "ingested_by": {"$ne": writer}},
-                    {
-                        "$set": {
+            current = await collection.find_one(
+                {"document_id": document_id}, projection={"ingested_by": 1, "revision": 1}
+            )
+            if current is None:
+                try:
+                    await collection.insert_one(
+                        {
+                            "document_id": document_id,
                             "body": body,
                             "metadata": metadata,
+                            "created_at": now,
                             "updated_at": now,
+                            "revision": 1,
                             "ingested_by": writer,
-                        },
-                        "$inc": {"revision": 1},
-                        "$setOnInsert": {"created_at": now},
-                    },
-                    upsert=True,
-                )
-                return
-            except DuplicateKeyError:
-                # the document exists and the filter did not match it: either this writer
-                # wrote it already (done), or another writer created it concurrently (retry)
-                current = await collection.find_one(
-                    {"document_id": document_id}, projection={"ingested_by": 1}
-                )
-                if current is not None and current.get("ingested_by") == writer:
+                        }
+                    )
                     return
+                except DuplicateKeyError:
+                    continue  # another writer created it meanwhile: look again
+            if current.get("ingested_by") == writer:
+                return
+            matched = await collection.update_one(
+                {"document_id": document_id, "revision": current["revision"]},
+                {
+                    "$set": {
+                        "body": body,
+                        "metadata": metadata,
+                        "updated_at": now,
+                        "ingested_by": writer,
+                    },
+                    "$inc": {"revision": 1},
+                },
+            )
+            if matched:
+                return
         raise FailedPreconditionError(f"document {document_id!r} is being written concurrently")
 
     async def get(self, scope: Scope, document_id: str) -> DocumentRecord:

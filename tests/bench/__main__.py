@@ -21,6 +21,12 @@ ratios measured in the same run (the machine is noisy):
    `SubmitIngestion` to the signed `task.completed` event arriving at a
    receiver on loopback (p50/p95/max); the task and webhook workers of one
    `meshgate serve` with its default settings (poll interval included).
+5. The load figure (tests/bench/load_documents.py): `--documents` documents
+   into one namespace through the API, BatchCreateDocuments of 100, on a
+   `meshgate serve --dev` with every store embedded (as `make run`): the total
+   time, the per-document cost of the first and the last batches, and single
+   CreateDocument / GetDocument / ListDocuments calls into the empty namespace
+   and at the end.
 
 A table goes to stdout and JSON to `--out` (default bench-results.json).
 `--smoke` runs every part for a fraction of a second (used by `make test` so
@@ -69,6 +75,7 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
+from tests.bench import load_documents
 from tests.support.processes import ROOT, RedisServer, free_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Received, Receiver
@@ -438,7 +445,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(tmp)
         redis = RedisServer.on_free_port(workdir)
         redis.start()
-        mongo = EmbeddedMongo(sqlite_path=None)
+        mongo = EmbeddedMongo(data_dir=None)
         env: Env | None = None
         try:
             env = asyncio.run(prepare(workdir, redis, mongo.start()))
@@ -544,6 +551,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             results["webhooks"] = webhook_delivery(env, hooks, 3 if smoke else args.deliveries)
             hooks.stop()
+            if args.documents:
+                results["load"] = load_documents.load_documents(
+                    documents=500 if smoke else args.documents,
+                    probes=5 if smoke else 20,
+                    edge=2 if smoke else 10,
+                )
             return results
         finally:
             if env is not None:
@@ -592,6 +605,8 @@ def table(results: dict[str, Any]) -> str:
         f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
         f" p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms, max {h['max_ms']:.1f} ms",
     ]
+    if "load" in results:
+        lines += ["", *load_documents.table(results["load"])]
     return "\n".join(lines)
 
 
@@ -608,6 +623,12 @@ def main() -> None:
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument(
         "--deliveries", type=int, default=50, help="tasks whose webhook delivery is timed"
+    )
+    parser.add_argument(
+        "--documents",
+        type=int,
+        default=100_000,
+        help="the load figure's document count (default 100000, 500 with --smoke; 0 skips it)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     args = parser.parse_args()

@@ -29,7 +29,7 @@ async def test_audit_survives_a_store_outage_and_refuses_when_full() -> None:
     writer = asyncio.create_task(log.run())
     await asyncio.sleep(1.0)
     assert log.depth == 3 and log.failures >= 1  # kept, not dropped
-    engine = EmbeddedMongo(sqlite_path=None, port=port)
+    engine = EmbeddedMongo(data_dir=None, port=port)
     await asyncio.to_thread(engine.start)
     try:
 
