@@ -143,7 +143,7 @@ def load_documents(
 
 
 def _wait_ready(channel: grpc.Channel, server: subprocess.Popen[bytes], secret: str) -> None:
-    call = channel.unary_unary(LIST_DOCUMENTS)
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(LIST_DOCUMENTS)
     deadline = time.monotonic() + 60
     while True:
         if server.poll() is not None:
