@@ -8,15 +8,18 @@ header, whichever value comes first.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import unquote
 
 import grpc
 import pytest
 from meshgate.v1 import namespace_service_pb2
 
+from certs.dev_pki import CLIENT_ID
 from server.app import RunningServer
 from tests.support.pki import Pki
 from tests.support.tenants import MakeTenant, Tenant
+from tests.support.waiting import eventually
 from tests.support.wire import raw_http2_call
 
 GET_ORG = "/meshgate.v1.OrganizationService/GetOrganization"
@@ -127,3 +130,45 @@ async def test_other_headers_may_repeat(server: RunningServer, pki: Pki, tenant:
         [bearer(tenant.admin), (b"x-custom", b"1"), (b"x-custom", b"2")],
     )
     assert code_of(answer) is grpc.StatusCode.OK
+
+
+async def test_a_forged_forwarding_header_is_logged_and_counted_under_the_tls_identity(
+    server: RunningServer, pki: Pki, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client certificate is not a trusted proxy: PERMISSION_DENIED, and the access line
+    and the auth-failure metric name the TLS identity that sent the forged header."""
+
+    def refused() -> float:
+        value = server.components.metrics.registry.get_sample_value(
+            "meshgate_auth_failures_total",
+            {"rpc_method": GET_ORG, "code": "PERMISSION_DENIED", "peer": CLIENT_ID, "key_id": ""},
+        )
+        return value or 0.0
+
+    caplog.set_level(logging.INFO, logger="meshgate.access")
+    before = refused()
+    answer = await raw_http2_call(
+        server.port,
+        pki,
+        GET_ORG,
+        [
+            bearer(tenant.admin),
+            (b"x-forwarded-client-cert", b"URI=spiffe://meshgate.local/internal/dev"),
+            (b"x-request-id", b"forged-xfcc-1"),
+        ],
+    )
+    assert code_of(answer) is grpc.StatusCode.PERMISSION_DENIED
+
+    def lines() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "meshgate.access" and getattr(r, "request_id", None) == "forged-xfcc-1"
+        ]
+
+    async def logged() -> bool:  # written once the refusal went out
+        return bool(lines())
+
+    await eventually(logged, timeout_s=5)
+    assert [getattr(r, "peer", None) for r in lines()] == [CLIENT_ID]
+    assert refused() == before + 1
