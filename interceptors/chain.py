@@ -16,7 +16,9 @@ no policy is refused (fail closed).
 The request message is decoded here, once every step has admitted the call
 (interceptors/decoding.py): grpc hands the chain the raw bytes, so a caller the
 steps refuse never makes the server parse a body. The headers are read once,
-before any step (interceptors/request_metadata.py).
+before any step (interceptors/request_metadata.py). A List method's page token is
+opened after decoding and the next one sealed after the servicer answered
+(interceptors/page_tokens.py), so the servicers and stores see only their cursors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from opentelemetry import trace
 from interceptors.context import CallState, current_call
 from interceptors.decoding import Decoder, MalformedRequests
 from interceptors.errors import ErrorMapper
+from interceptors.page_tokens import PageTokenBinding
 from interceptors.policy import Access, Policy
 from interceptors.request_metadata import (
     MAX_METADATA_BYTES,
@@ -92,6 +95,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         logger: logging.Logger,
         tracer: trace.Tracer | None = None,
         malformed: MalformedRequests | None = None,
+        page_tokens: PageTokenBinding | None = None,
     ) -> None:
         self._policies = policies
         self._errors = errors
@@ -100,6 +104,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         self._tracer = tracer
         self._logger = logger
         self._malformed = malformed or MalformedRequests(metrics=None, logger=logger)
+        self._pages = page_tokens
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -148,10 +153,18 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                     request = self._malformed.decode(route.decoder, request, route.method)
             if route.keep_request:
                 call.request = request
+            binding = (
+                self._pages.open(call, request)
+                if self._pages is not None and call.policy.paged
+                else None
+            )
             headers = self._send_headers(call, context)
             if headers is not None:
                 await headers
-            return await route.respond(request, context)
+            response = await route.respond(request, context)
+            if binding is not None:
+                binding.seal(response)
+            return response
         except AbortError:
             raise
         except Exception as exc:

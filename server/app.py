@@ -29,6 +29,7 @@ from interceptors.decoding import MalformedRequests
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
 from interceptors.namespace import NamespaceScope
+from interceptors.page_tokens import PageTokenBinding
 from interceptors.peer import PeerIdentity
 from interceptors.request_metadata import MAX_METADATA_BYTES, UndecodableHeaders
 from interceptors.telemetry import Telemetry
@@ -126,6 +127,7 @@ def build_chain(
         logger=_LOG,
         tracer=tracer,
         malformed=MalformedRequests(metrics=c.metrics, logger=logging.getLogger("meshgate.input")),
+        page_tokens=PageTokenBinding(tokens=c.page_tokens),
     )
 
 
