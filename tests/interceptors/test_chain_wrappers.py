@@ -16,6 +16,7 @@ from interceptors.errors import ErrorMapper
 from interceptors.policy import Access, Policy
 from storage.core.errors import NotFoundError
 from tests.support.clients import raw_stream_stream, raw_unary, raw_unary_stream
+from tests.support.waiting import eventually
 
 SERVICE = "test.Chain"
 PUBLIC = Policy(access=Access.PUBLIC)
@@ -85,6 +86,15 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, Calls]]:
         await server.stop(None)
 
 
+async def finished(calls: Calls) -> None:
+    """A refused call is finished (observed) once its status went out: wait for that."""
+
+    async def observed() -> bool:
+        return bool(calls.finished)
+
+    await eventually(observed, timeout_s=5)
+
+
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | Iterable[Any]) -> Any:
     return dict(metadata).get("x-request-id")
 
@@ -113,6 +123,7 @@ async def test_unary_refusal_goes_through_the_errors_step(
     assert info.value.details() == "no such thing"
     request_id = _request_id(info.value.trailing_metadata())
     assert request_id and _request_id(info.value.initial_metadata()) == request_id
+    await finished(calls)
     assert [c.code for c in calls.finished] == [grpc.StatusCode.NOT_FOUND]
 
 
@@ -144,6 +155,7 @@ async def test_a_stream_refused_midway_keeps_what_was_sent(
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "no such part"
     assert _request_id(info.value.trailing_metadata())
+    await finished(calls)
     assert [c.code for c in calls.finished] == [grpc.StatusCode.NOT_FOUND]
 
 
