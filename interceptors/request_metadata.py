@@ -55,10 +55,6 @@ class UndecodableHeaderError(InvalidArgumentError):
 class UndecodableHeaders(logging.Filter):
     """Drops grpc's `Invalid encoding` records and remembers the value for the call."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg != _GRPC_DECODING_MESSAGE:
             return True
@@ -66,7 +62,6 @@ class UndecodableHeaders(logging.Filter):
         raw = args[0] if isinstance(args, tuple) and args else None
         if isinstance(raw, bytes):
             _undecodable.set((*_undecodable.get(), raw))
-        self.dropped += 1
         return False
 
     def install(self) -> None:
