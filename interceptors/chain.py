@@ -132,9 +132,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):
     async def _serve(self, route: _Route, request: Any, context: Context) -> Any:
         """One call, unary or streaming (the handler grpc runs, bound to its route): begin,
         admit (every step in order, awaiting only those that need I/O), decode the request
-        (raw bytes until then), respond; an error becomes a refusal (`context.abort`,
-        through the errors step; an abort passes as it is); the call is finished whatever
-        happened."""
+        (raw bytes until then), open a List method's page token, respond, seal the next
+        one; an error becomes a refusal (`context.abort`, through the errors step; an
+        abort passes as it is); the call is finished whatever happened."""
         started = time.perf_counter()
         call: CallState | None = None
         try:
