@@ -12,6 +12,13 @@ the steps in order, then the servicer, and turns every refusal or error into
 `context.abort(...)` through the errors step. Which steps apply to a method is
 decided by the method's declared policy, read from the protos; a method with
 no policy is refused (fail closed).
+
+The request message is decoded here, once every step has admitted the call
+(interceptors/decoding.py): grpc hands the chain the raw bytes, so a caller the
+steps refuse never makes the server parse a body. The headers are read once,
+before any step (interceptors/request_metadata.py). A List method's page token is
+opened after decoding and the next one sealed after the servicer answered
+(interceptors/page_tokens.py), so the servicers and stores see only their cursors.
 """
 
 from __future__ import annotations
@@ -31,14 +38,20 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from interceptors.context import CallState, current_call
+from interceptors.decoding import Decoder, MalformedRequests
 from interceptors.errors import ErrorMapper
+from interceptors.page_tokens import PageTokenBinding
 from interceptors.policy import Access, Policy
+from interceptors.request_metadata import (
+    MAX_METADATA_BYTES,
+    UndecodableHeaderError,
+    read_metadata,
+)
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
-from storage.core.errors import InvalidArgumentError, MeshgateError, PermissionDeniedError
+from storage.core.errors import MeshgateError, PermissionDeniedError
 
 __all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
 
-MAX_METADATA_BYTES = 8 * 1024
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -65,21 +78,10 @@ _invocation_metadata: ContextVar[Sequence[tuple[str, str | bytes]] | None] = Con
 
 
 def _metadata(context: Context) -> dict[str, str]:
-    """First value of each header; refuses oversized metadata before anything reads it."""
     raw: Iterable[tuple[str, Any]] = (
         _invocation_metadata.get() or context.invocation_metadata() or ()
     )
-    out: dict[str, str] = {}
-    size = 0
-    for key, value in raw:
-        size += len(key) + len(value)
-        if key not in out and isinstance(value, str):
-            out[key] = value
-    if size > MAX_METADATA_BYTES:
-        raise InvalidArgumentError(
-            f"request metadata is too large ({size} bytes; the limit is {MAX_METADATA_BYTES})"
-        )
-    return out
+    return read_metadata(raw)
 
 
 class SecurityChain(grpc.aio.ServerInterceptor):
@@ -92,6 +94,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         observers: Sequence[Observer],
         logger: logging.Logger,
         tracer: trace.Tracer | None = None,
+        malformed: MalformedRequests | None = None,
+        page_tokens: PageTokenBinding | None = None,
     ) -> None:
         self._policies = policies
         self._errors = errors
@@ -99,6 +103,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         self._observers = tuple(observers)
         self._tracer = tracer
         self._logger = logger
+        self._malformed = malformed or MalformedRequests(metrics=None, logger=logger)
+        self._pages = page_tokens
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -125,15 +131,14 @@ class SecurityChain(grpc.aio.ServerInterceptor):
 
     async def _serve(self, route: _Route, request: Any, context: Context) -> Any:
         """One call, unary or streaming (the handler grpc runs, bound to its route): begin,
-        admit (every step in order, awaiting only those that need I/O, then the headers),
-        respond; an error becomes a refusal (`context.abort`, through the errors step; an
+        admit (every step in order, awaiting only those that need I/O), decode the request
+        (raw bytes until then), open a List method's page token, respond, seal the next
+        one; an error becomes a refusal (`context.abort`, through the errors step; an
         abort passes as it is); the call is finished whatever happened."""
         started = time.perf_counter()
         call: CallState | None = None
         try:
-            call, failure = self._begin(
-                route.method, route.policy, context, request if route.keep_request else None
-            )
+            call, failure = self._begin(route.method, route.policy, context)
             if failure is not None:
                 raise failure
             for step in self._steps:
@@ -141,10 +146,25 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 if pending is not None:
                     await pending
             call.admitted = True
+            if route.decoder is not None:
+                if route.request_streaming:
+                    request = self._malformed.decode_stream(route.decoder, request, route.method)
+                else:
+                    request = self._malformed.decode(route.decoder, request, route.method)
+            if route.keep_request:
+                call.request = request
+            binding = (
+                self._pages.open(call, request)
+                if self._pages is not None and call.policy.paged
+                else None
+            )
             headers = self._send_headers(call, context)
             if headers is not None:
                 await headers
-            return await route.respond(request, context)
+            response = await route.respond(request, context)
+            if binding is not None:
+                binding.seal(response)
+            return response
         except AbortError:
             raise
         except Exception as exc:
@@ -153,7 +173,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             self._finish(call, started, context)
 
     def _begin(
-        self, method: str, policy: Policy | None, context: Context, message: Any
+        self, method: str, policy: Policy | None, context: Context
     ) -> tuple[CallState, MeshgateError | None]:
         """The call's state (request id first, so every refusal carries it), and the reason
         to refuse it before any step runs, if there is one."""
@@ -163,6 +183,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             metadata = _metadata(context)
         except MeshgateError as exc:
             failure = exc
+            if isinstance(exc, UndecodableHeaderError):
+                self._malformed.seen(method, "metadata")
         call = CallState(
             method=method,
             policy=policy or _UNDECLARED,
@@ -170,7 +192,6 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             metadata=metadata,
             peer_address=context.peer(),
             started_at=time.time(),
-            request=message,
         )
         current_call.set(call)
         if self._tracer is not None:
@@ -252,10 +273,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):
     def _wrap(
         self, method: str, policy: Policy | None, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """The handler grpc runs instead: `_serve` bound to the method's route."""
+        """The handler grpc runs instead: `_serve` bound to the method's route, registered
+        without a request deserializer, so grpc hands it the raw request bytes."""
         if handler.unary_unary is not None or handler.stream_unary is not None:
             inner: Any = handler.unary_unary or handler.stream_unary
-            route = _Route(method=method, policy=policy, respond=inner, keep_request=True)
             factory = (
                 grpc.unary_unary_rpc_method_handler
                 if handler.unary_unary is not None
@@ -263,15 +284,22 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             )
         else:
             inner = _written(handler.unary_stream or handler.stream_stream)
-            route = _Route(method=method, policy=policy, respond=inner, keep_request=False)
             factory = (
                 grpc.unary_stream_rpc_method_handler
                 if handler.unary_stream is not None
                 else grpc.stream_stream_rpc_method_handler
             )
+        route = _Route(
+            method=method,
+            policy=policy,
+            respond=inner,
+            keep_request=handler.unary_unary is not None,
+            decoder=handler.request_deserializer,
+            request_streaming=bool(handler.request_streaming),
+        )
         return factory(
             functools.partial(self._serve, route),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
@@ -283,8 +311,12 @@ class _Route:
     method: str
     policy: Policy | None
     respond: Callable[[Any, Context], Awaitable[Any]]
-    # the call state keeps the request for the observers (unary responses; streams: None)
+    # the call state keeps the request for the observers (unary calls; streams: None)
     keep_request: bool
+    # the request deserializer grpc would have run (None: the handler takes bytes)
+    decoder: Decoder | None
+    # requests arrive as a stream: decoded one by one as the servicer reads them
+    request_streaming: bool
 
 
 def _written(inner: Any) -> Callable[[Any, Context], Awaitable[None]]:

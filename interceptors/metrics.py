@@ -67,6 +67,13 @@ class Metrics:
             ["rpc_method", "code", "peer", "key_id"],
             registry=r,
         )
+        self.malformed_requests = Counter(
+            "meshgate_malformed_requests_total",
+            "requests refused as malformed: a message that does not decode, or a header that"
+            " is not UTF-8, by method and part (message, metadata)",
+            ["rpc_method", "part"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "meshgate_rate_limited_total",
             "calls refused by a rate limit, by plan and route class",

@@ -99,6 +99,8 @@ class PeerIdentity:
             return None
         identity = tls_identity(context.auth_context() or {})
         if identity is None or identity not in self._trusted:
+            # the refusal is logged and counted under whoever sent the forged headers
+            call.set_peer_identity(identity)
             raise PermissionDeniedError(
                 "forwarded client identity headers are only accepted from a trusted proxy"
             )

@@ -22,3 +22,5 @@ class Policy:
     cost: int = 0
     rate_class: str = "metadata"
     audit: bool = False
+    # a List method (page_token in, next_page_token out): its tokens are bound to the call
+    paged: bool = False

@@ -23,12 +23,15 @@ from opentelemetry import trace
 from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
-from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
+from interceptors.chain import SecurityChain
 from interceptors.credits import Credits
+from interceptors.decoding import MalformedRequests
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
 from interceptors.namespace import NamespaceScope
+from interceptors.page_tokens import PageTokenBinding
 from interceptors.peer import PeerIdentity
+from interceptors.request_metadata import MAX_METADATA_BYTES, UndecodableHeaders
 from interceptors.telemetry import Telemetry
 from interceptors.usage import UsageObserver
 from server.backends import Backends
@@ -123,6 +126,8 @@ def build_chain(
         ),
         logger=_LOG,
         tracer=tracer,
+        malformed=MalformedRequests(metrics=c.metrics, logger=logging.getLogger("meshgate.input")),
+        page_tokens=PageTokenBinding(tokens=c.page_tokens),
     )
 
 
@@ -137,6 +142,9 @@ async def create_server(
     """A started server on `address` (else the settings' listen address); `stop` drains it."""
     c = await build_components(settings, backends)
     export_component_metrics(c)
+    # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
+    # the filter keeps that out of the log and lets the chain refuse the call instead
+    UndecodableHeaders().install()
     server = grpc.aio.server(
         interceptors=(build_chain(settings, c, server_tracer(tracer)),),
         options=[

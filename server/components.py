@@ -21,7 +21,9 @@ from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
 from storage.audit.log import AuditLog
+from storage.backends.server_secrets import shared_secret
 from storage.backends.work_queue import WorkQueue
+from storage.core.page_tokens import PageTokens
 from storage.core.plans import PlanLookup
 from storage.data.cascade import NamespacePurger
 from storage.data.documents import DocumentStore
@@ -78,6 +80,8 @@ class Components:
     sender: WebhookSender
     task_due: Wakeup
     delivery_due: Wakeup
+    # seals the page tokens of every List method (interceptors/page_tokens.py)
+    page_tokens: PageTokens
     # service name ("(server)" for the whole) -> serving, kept by server/health.py
     serving: dict[str, bool] = field(default_factory=dict)
 
@@ -151,6 +155,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     usage = UsageRecorder(mongo=mongo, replica=replica)
     await usage.ensure_indexes()
+    page_keys = settings.page_token_key_list() or (await shared_secret(mongo, "page_tokens"),)
     return Components(
         organizations=organizations,
         keys=keys,
@@ -190,6 +195,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         sender=_sender(settings),
         task_due=task_due,
         delivery_due=delivery_due,
+        page_tokens=PageTokens(page_keys),
     )
 
 

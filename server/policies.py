@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from meshgate.v1 import options_pb2
 
 from interceptors.policy import Access, Policy
@@ -33,7 +33,15 @@ PUBLIC_METHODS = {
 }
 
 
-def _policy(options: options_pb2.MethodPolicy) -> Policy | None:
+def _paged(method: MethodDescriptor) -> bool:
+    """A List method: a page token in, the next one out (AIP-158)."""
+    return (
+        "page_token" in method.input_type.fields_by_name
+        and "next_page_token" in method.output_type.fields_by_name
+    )
+
+
+def _policy(options: options_pb2.MethodPolicy, *, paged: bool) -> Policy | None:
     access = _ACCESS.get(options.access)
     if access is None:
         return None
@@ -47,6 +55,7 @@ def _policy(options: options_pb2.MethodPolicy) -> Policy | None:
         cost=options.cost,
         rate_class=_RATE_CLASS.get(options.rate_class, "metadata"),
         audit=options.audit,
+        paged=paged,
     )
 
 
@@ -58,7 +67,7 @@ def build_policy_table(services: Iterable[ServiceDescriptor]) -> dict[str, Polic
             options = method.GetOptions()
             if not options.HasExtension(options_pb2.policy):
                 continue
-            policy = _policy(options.Extensions[options_pb2.policy])
+            policy = _policy(options.Extensions[options_pb2.policy], paged=_paged(method))
             if policy is not None:
                 table[f"/{service.full_name}/{method.name}"] = policy
     return table

@@ -184,6 +184,39 @@ def _sealing_key(env: Mapping[str, str]) -> Secret | None:
     return secret
 
 
+def _key_list(secret: Secret) -> tuple[bytes, ...]:
+    """Comma-separated base64 keys of at least 32 bytes each, the signing key first."""
+    keys = []
+    for part in secret.reveal().split(","):
+        if not part.strip():
+            continue
+        try:
+            key = base64.b64decode(part.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) < 32:
+            raise ValueError
+        keys.append(key)
+    if not keys:
+        raise ValueError
+    return tuple(keys)
+
+
+def _page_token_keys(env: Mapping[str, str]) -> Secret | None:
+    name = "MESHGATE_PAGE_TOKEN_KEYS"
+    secret = _secret(env, name)
+    if secret is None:
+        return None
+    try:
+        _key_list(secret)
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be comma-separated base64 keys of at least 32 bytes each"
+            " (e.g. `openssl rand -base64 32`), the signing key first"
+        ) from None
+    return secret
+
+
 def _file(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name)
     if not raw:
@@ -253,11 +286,16 @@ class Settings:
     webhook_allowed_hosts: frozenset[str] = frozenset()
     webhook_secret_key: Secret | None = None
     webhook_ca_file: Path | None = None
+    # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
+    page_token_keys: Secret | None = None
 
     def webhook_sealing_key(self) -> bytes | None:
         if self.webhook_secret_key is None:
             return None
         return base64.b64decode(self.webhook_secret_key.reveal())
+
+    def page_token_key_list(self) -> tuple[bytes, ...] | None:
+        return None if self.page_token_keys is None else _key_list(self.page_token_keys)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -331,4 +369,5 @@ class Settings:
             webhook_allowed_hosts=_allowed_hosts(env),
             webhook_secret_key=_sealing_key(env),
             webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
+            page_token_keys=_page_token_keys(env),
         )

@@ -123,7 +123,12 @@ def validate_name(value: str, *, field: str) -> str:
 
 
 def struct_to_dict(value: Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError:  # NaN or infinity: JSON has no such number
+        raise InvalidArgumentError(
+            "numbers must be finite (NaN and infinity are refused)"
+        ) from None
 
 
 def dict_to_struct(value: dict[str, Any]) -> Struct:

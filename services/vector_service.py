@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from meshgate.v1 import vector_service_pb2 as pb
@@ -90,14 +91,15 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         if not 1 <= limit <= MAX_SEARCH_LIMIT:
             raise InvalidArgumentError(f"limit must be between 1 and {MAX_SEARCH_LIMIT}")
         tree = parse_filter(struct_to_dict(request.filter)) if request.HasField("filter") else None
+        threshold = request.score_threshold if request.HasField("score_threshold") else None
+        if threshold is not None and not math.isfinite(threshold):
+            raise InvalidArgumentError("score_threshold must be a finite number")
         hits = await self._vectors.search(
             scope,
             vector=list(request.vector),
             tree=tree,
             limit=limit,
-            score_threshold=request.score_threshold
-            if request.HasField("score_threshold")
-            else None,
+            score_threshold=threshold,
             with_vectors=request.with_vectors,
         )
         return pb.SearchResponse(

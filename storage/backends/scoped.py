@@ -17,6 +17,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from storage.core.errors import InvalidArgumentError
+from storage.core.filters import MAX_MONGO_DEPTH
 from storage.core.ids import NAMESPACE_ID_RE
 
 __all__ = [
@@ -73,8 +74,10 @@ _UPDATE_OPERATORS = frozenset(
 _ALLOWED_STAGES = frozenset(
     {"$match", "$project", "$sort", "$limit", "$skip", "$group", "$count", "$unwind", "$addFields"}
 )
-# Filters and pipelines are small: anything deeper or larger is an attack or a bug.
-MAX_DEPTH = 12
+# Filters and pipelines are small: anything deeper or larger is an attack or a bug. The
+# depth admits the deepest filter the filter language compiles to, inside one more `$and`
+# (a page cursor), so this guard never refuses what the filter parser admitted.
+MAX_DEPTH = MAX_MONGO_DEPTH + 2
 MAX_NODES = 2_000
 # Documents and updates carry what the stores admitted (a document body may nest 32
 # levels and fill 256 KiB): these bounds sit above that, with room for the stored

@@ -10,10 +10,16 @@ A small JSON language over flat metadata (document metadata, point payloads):
 
 Nothing else parses: no other operator, no field name outside
 `[A-Za-z0-9_-]{1,64}`, no reserved field (`namespace_id`, `internal_id`,
-`point_id`). A filter is parsed once into a tree, then compiled to a MongoDB
-query (on `metadata.<field>`, here) or a Qdrant filter (`storage.data.qdrant_filters`),
-so the two stores can never disagree on what it means, and nothing unvetted
-reaches either store.
+`point_id`), no empty clause (`{}`, `[]`), no NaN or infinity. A filter is parsed
+once into a tree, then compiled to a MongoDB query (on `metadata.<field>`, here)
+or a Qdrant filter (`storage.data.qdrant_filters`), so nothing unvetted reaches
+either store.
+
+The meaning is MongoDB's, and the Qdrant compilation reproduces it: a missing
+field equals null, a list matches `$eq x` when it holds x, `$ne` and `$nin` match
+missing fields, `true` never equals `1`, `1` equals `1.0`, and ranges compare
+numbers only. Stored values are what `check_metadata` (storage/data/documents.py)
+admits: scalars, null, or lists of 1-100 non-null scalars.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from storage.core.errors import InvalidArgumentError
 
 __all__ = [
     "FIELD_RE",
+    "MAX_DEPTH",
+    "MAX_MONGO_DEPTH",
     "RESERVED_FIELDS",
     "Condition",
     "Group",
@@ -38,6 +46,12 @@ __all__ = [
 FIELD_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RESERVED_FIELDS = frozenset({"namespace_id", "internal_id", "point_id"})
 MAX_DEPTH = 4
+# The deepest MongoDB query `to_mongo` builds from a filter the parser admits, counted as
+# ScopedCollection's guard counts (the query's root at 0): each level below the first can
+# add an `$and` list holding an `$or` list (4), and the innermost level's conditions sit in
+# an `$and` list as `{path: {"$in": [value]}}` (5). tests/storage/core/test_filters.py
+# builds that deepest filter and measures it.
+MAX_MONGO_DEPTH = 4 * (MAX_DEPTH - 1) + 5
 MAX_CONDITIONS = 64
 MAX_IN = 100
 _COMPARISONS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte"})
@@ -88,6 +102,8 @@ class _Parser:
     def node(self, value: Any, depth: int) -> Group:
         if not isinstance(value, Mapping):
             raise _bad("each clause must be an object")
+        if not value:
+            raise _bad("an empty clause {} is not a condition; remove it")
         if depth > MAX_DEPTH:
             raise _bad(f"nested deeper than {MAX_DEPTH} levels")
         children: list[Condition | Group] = []
@@ -100,6 +116,8 @@ class _Parser:
                 raise _bad(f"operator {key[:40]!r} is not allowed here")
             else:
                 children.extend(self.field(check_field(key), item))
+        if len(children) == 1 and isinstance(children[0], Group):
+            return children[0]  # {"$or": [...]} is that group, not an $and around it
         return Group("$and", tuple(children))
 
     def field(self, name: str, spec: Any) -> list[Condition]:
@@ -164,6 +182,8 @@ def to_mongo(tree: Group | None) -> dict[str, Any]:
     def walk(node: Condition | Group) -> dict[str, Any]:
         if isinstance(node, Condition):
             return _mongo_condition(node)
+        if len(node.children) == 1:  # one condition or group: no list around it
+            return walk(node.children[0])
         return {node.op: [walk(child) for child in node.children]}
 
     return walk(tree)

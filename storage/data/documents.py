@@ -7,6 +7,7 @@ two documents, and creating one never reveals that the other exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -98,7 +99,9 @@ def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
 
 
 def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> None:
-    """Flat: scalar values or short lists of scalars, filterable by the filter language."""
+    """Flat: scalars, null, or lists of 1-100 non-null scalars; what the filter language
+    means the same on documents and points (an empty list, or a null inside a list,
+    would not: Qdrant cannot tell `[]` from a missing field)."""
     if len(metadata) > MAX_METADATA_KEYS:
         raise InvalidArgumentError(f"{what} may have at most {MAX_METADATA_KEYS} keys")
     for key, value in metadata.items():
@@ -106,14 +109,20 @@ def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> No
             raise InvalidArgumentError(f"{what} may not use the reserved key {key!r}")
         if not FIELD_RE.match(key):
             raise InvalidArgumentError(f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -")
-        values = value if isinstance(value, list) else [value]
-        if len(values) > MAX_LIST_VALUES:
-            raise InvalidArgumentError(f"{what} lists may hold at most {MAX_LIST_VALUES} values")
-        for item in values:
+        if isinstance(value, list):
+            if not 1 <= len(value) <= MAX_LIST_VALUES:
+                raise InvalidArgumentError(
+                    f"{what} lists must hold 1-{MAX_LIST_VALUES} values ({key!r})"
+                )
+            if any(item is None for item in value):
+                raise InvalidArgumentError(f"{what} lists may not hold null ({key!r})")
+        for item in value if isinstance(value, list) else [value]:
             if not (item is None or isinstance(item, str | bool | int | float)):
                 raise InvalidArgumentError(
                     f"{what} values must be strings, numbers, booleans, null or lists of those"
                 )
+            if isinstance(item, float) and not math.isfinite(item):
+                raise InvalidArgumentError(f"{what} values must be finite numbers ({key!r})")
 
 
 class DocumentStore:

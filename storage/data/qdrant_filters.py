@@ -1,4 +1,23 @@
-"""The filter tree (`storage/core/filters.py`) compiled to a Qdrant filter over point payloads."""
+"""The filter tree (`storage/core/filters.py`) compiled to a Qdrant filter over point payloads,
+with MongoDB's meaning.
+
+Qdrant's conditions mean something else at the edges, so each operator is built from
+the ones whose meaning is plain for the values a payload may hold (scalars, null, and
+lists of 1-100 non-null scalars; `check_metadata` refuses the rest):
+
+- `IsEmpty(f)` matches a missing field or null (it would match `[]` too, which no
+  payload holds), which is exactly MongoDB's `f == null`;
+- `IsNull(f)` matches null only, so "missing" is `IsEmpty and not IsNull`;
+- `MatchValue` compares strings and booleans by type (`true` never matches `1`) and
+  matches a list that holds the value, as MongoDB does;
+- numbers are compared with `Range`, which reads integers and floats alike (`1` equals
+  `1.0`), never booleans or strings, and also matches a list holding such a number;
+- `$ne`, `$nin` and `$exists: true` are `must_not` of their opposite, so they match
+  missing fields where MongoDB does.
+
+tests/test_filter_semantics.py checks, through the real server, that documents and
+points answer every filter alike.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +28,21 @@ from storage.core.filters import Condition, Group, Scalar
 __all__ = ["to_qdrant"]
 
 
+def _null_or_missing(field: str) -> models.Condition:
+    return models.IsEmptyCondition(is_empty=models.PayloadField(key=field))
+
+
+def _missing(field: str) -> models.Condition:
+    null = models.IsNullCondition(is_null=models.PayloadField(key=field))
+    return models.Filter(must=[_null_or_missing(field)], must_not=[null])
+
+
 def _equals(field: str, value: Scalar) -> models.Condition:
-    if isinstance(value, float):
-        return models.FieldCondition(key=field, range=models.Range(gte=value, lte=value))
+    """MongoDB's `{field: value}`."""
     if value is None:
-        return models.IsNullCondition(is_null=models.PayloadField(key=field))
+        return _null_or_missing(field)
+    if isinstance(value, float):  # every number (the parser makes them floats)
+        return models.FieldCondition(key=field, range=models.Range(gte=value, lte=value))
     return models.FieldCondition(key=field, match=models.MatchValue(value=value))
 
 
@@ -31,8 +60,8 @@ def _qdrant_condition(c: Condition) -> models.Condition:
     if c.op == "$nin":
         return models.Filter(must_not=[_any_of(c.field, c.value)])
     if c.op == "$exists":
-        empty = models.IsEmptyCondition(is_empty=models.PayloadField(key=c.field))
-        return models.Filter(must_not=[empty]) if c.value else empty
+        missing = _missing(c.field)
+        return models.Filter(must_not=[missing]) if c.value else missing
     bound = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}[c.op]
     return models.FieldCondition(key=c.field, range=models.Range(**{bound: c.value}))
 

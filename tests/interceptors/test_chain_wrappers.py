@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from interceptors.errors import ErrorMapper
 from interceptors.policy import Access, Policy
 from storage.core.errors import NotFoundError
 from tests.support.clients import raw_stream_stream, raw_unary, raw_unary_stream
+from tests.support.waiting import eventually
 
 SERVICE = "test.Chain"
 PUBLIC = Policy(access=Access.PUBLIC)
@@ -85,6 +87,15 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, Calls]]:
         await server.stop(None)
 
 
+async def finished(calls: Calls) -> None:
+    """A refused call is finished (observed) once its status went out: wait for that."""
+
+    async def observed() -> bool:
+        return bool(calls.finished)
+
+    await eventually(observed, timeout_s=5)
+
+
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | Iterable[Any]) -> Any:
     return dict(metadata).get("x-request-id")
 
@@ -113,6 +124,7 @@ async def test_unary_refusal_goes_through_the_errors_step(
     assert info.value.details() == "no such thing"
     request_id = _request_id(info.value.trailing_metadata())
     assert request_id and _request_id(info.value.initial_metadata()) == request_id
+    await finished(calls)
     assert [c.code for c in calls.finished] == [grpc.StatusCode.NOT_FOUND]
 
 
@@ -144,6 +156,7 @@ async def test_a_stream_refused_midway_keeps_what_was_sent(
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "no such part"
     assert _request_id(info.value.trailing_metadata())
+    await finished(calls)
     assert [c.code for c in calls.finished] == [grpc.StatusCode.NOT_FOUND]
 
 
@@ -158,3 +171,112 @@ async def test_bidirectional_stream(served: tuple[grpc.aio.Channel, Calls]) -> N
     assert [item async for item in call] == [b"ba", b"dc"]
     assert await call.code() is grpc.StatusCode.OK
     assert len(calls.finished) == 1
+
+
+class Decoder:
+    """A request deserializer that records what it decoded, and refuses b"bad"."""
+
+    def __init__(self) -> None:
+        self.decoded: list[bytes] = []
+
+    def __call__(self, raw: bytes) -> bytes:
+        self.decoded.append(raw)
+        if raw == b"bad":
+            raise ValueError("not a message")
+        return raw.upper()
+
+
+class Refuse:
+    """A step that refuses every call (as authentication refuses a missing key)."""
+
+    def check(self, call: CallState, context: Any) -> None:
+        raise NotFoundError("refused before decoding")
+
+
+@dataclass
+class Decoding:
+    open: grpc.aio.Channel  # a chain without steps
+    refused: grpc.aio.Channel  # a chain whose one step refuses every call
+    decoder: Decoder
+    handled: list[bytes]  # what the handlers were handed
+
+
+@pytest.fixture
+async def decoding() -> AsyncIterator[Decoding]:
+    """Unary and bidirectional methods with a recording deserializer, behind a chain that
+    admits everything (`test.Open`) and one that refuses everything (`test.Refused`)."""
+    decoder, handled = Decoder(), []
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        handled.append(request)
+        return request
+
+    async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            handled.append(request)
+            yield request
+
+    servers, ports = [], []
+    for service, steps in (("test.Open", ()), ("test.Refused", (Refuse(),))):
+        chain = SecurityChain(
+            policies={f"/{service}/{name}": PUBLIC for name in ("Unary", "Echo")},
+            errors=ErrorMapper(logger=logging.getLogger("test.errors")),
+            steps=steps,
+            observers=(),
+            logger=logging.getLogger("test"),
+        )
+        server = grpc.aio.server(interceptors=(chain,))
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary, request_deserializer=decoder),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo, request_deserializer=decoder),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        ports.append(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        servers.append(server)
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as open_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}") as refused_channel,
+        ):
+            yield Decoding(open_channel, refused_channel, decoder, handled)
+    finally:
+        for server in servers:
+            await server.stop(None)
+
+
+async def items(*values: bytes) -> AsyncIterator[bytes]:
+    for value in values:
+        yield value
+
+
+async def test_a_refused_call_is_never_decoded(decoding: Decoding) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw_unary(decoding.refused, "/test.Refused/Unary")(b"bad")
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    stream = raw_stream_stream(decoding.refused, "/test.Refused/Echo")(items(b"a", b"bad"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    assert decoding.decoder.decoded == [] and decoding.handled == []
+
+
+async def test_an_admitted_call_is_decoded_and_a_stream_message_by_message(
+    decoding: Decoding,
+) -> None:
+    assert await raw_unary(decoding.open, "/test.Open/Unary")(b"a") == b"A"
+    stream = raw_stream_stream(decoding.open, "/test.Open/Echo")(
+        items(b"b", b"c", b"bad", b"never")
+    )
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for item in stream:
+            received.append(item)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "request message is malformed",
+    )
+    # the stream's messages were decoded as the servicer read them, up to the bad one
+    assert received == [b"B", b"C"] and decoding.handled == [b"A", b"B", b"C"]
+    assert decoding.decoder.decoded[-1] == b"bad" and b"never" not in decoding.decoder.decoded

@@ -66,6 +66,9 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
             "MESHGATE_WEBHOOK_SECRET_KEY must be 32 bytes",
         ),
         ({"MESHGATE_WEBHOOK_CA_FILE": "/nonexistent/ca.pem"}, "MESHGATE_WEBHOOK_CA_FILE"),
+        ({"MESHGATE_PAGE_TOKEN_KEYS": "c2hvcnQ="}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
+        ({"MESHGATE_PAGE_TOKEN_KEYS": "not base64!"}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
+        ({"MESHGATE_PAGE_TOKEN_KEYS": " , "}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
@@ -134,3 +137,12 @@ def test_log_formatter_refuses_secrets_and_internal_ids() -> None:
     assert "mg_prod_" not in line and "mg_dev_" not in line and "whsec_" not in line
     assert "9b2f4a9e" not in line
     assert '"internal_id":"[refused]"' in line
+
+
+def test_page_token_keys_from_file_signing_key_first(tmp_path: Path) -> None:
+    assert Settings.from_env({}).page_token_key_list() is None  # the key kept in MongoDB
+    keys = tmp_path / "page-keys"
+    keys.write_text(f"{'MjIy' * 11}, {'MTEx' * 11}\n")  # base64 of 33 "2"s, then of 33 "1"s
+    settings = Settings.from_env({"MESHGATE_PAGE_TOKEN_KEYS_FILE": str(keys)})
+    assert settings.page_token_key_list() == (b"2" * 33, b"1" * 33)
+    assert "MjIy" not in repr(settings)

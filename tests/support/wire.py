@@ -1,10 +1,12 @@
 """A gRPC call written by hand over HTTP/2 + mTLS (h2), for what a gRPC client refuses
-to send: non-ASCII header values, repeated security headers and the like."""
+to send: non-ASCII or non-UTF-8 header values, repeated security headers, request
+bodies that do not decode, and the like."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import struct
 
 import h2.config
 import h2.connection
@@ -16,12 +18,21 @@ __all__ = ["raw_http2_call"]
 
 
 async def raw_http2_call(
-    port: int, pki: Pki, path: str, headers: list[tuple[bytes, bytes]]
+    port: int,
+    pki: Pki,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    body: bytes = b"",
+    identity: str = "client",
 ) -> dict[bytes, bytes]:
-    """One unary call with an empty message to `path` on 127.0.0.1:`port`, with `headers`
-    after the pseudo-headers; returns the response's headers and trailers together."""
+    """One unary call to `path` on 127.0.0.1:`port` whose message is `body` (the bytes of a
+    serialized request, well-formed or not; empty by default), with `headers` after the
+    pseudo-headers, in order, repeated ones included, over a connection that presents the
+    client certificate `<identity>.pem`; returns the response's headers and trailers
+    together."""
     context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.load_cert_chain(pki.path(f"{identity}.pem"), pki.path(f"{identity}-key.pem"))
     context.set_alpn_protocols(["h2"])
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=context, server_hostname="localhost"
@@ -39,7 +50,8 @@ async def raw_http2_call(
         (b"te", b"trailers"),
     ]
     conn.send_headers(1, request + headers)
-    conn.send_data(1, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty message
+    # the gRPC frame: not compressed, the message's length, the message
+    conn.send_data(1, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
     writer.write(conn.data_to_send())
     seen: dict[bytes, bytes] = {}
     try:
