@@ -11,7 +11,7 @@ from pymongo import ReturnDocument
 
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
-from storage.core.errors import InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from storage.core.ids import KEY_ID_RE, new_key_id
 from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
@@ -252,11 +252,19 @@ class KeyStore:
         reach: KeyReach,
         grace: timedelta,
     ) -> tuple[KeyRecord, str, datetime]:
-        """A new secret; the previous ones stop working after `grace` (0 = now)."""
+        """A new secret; the previous ones stop working after `grace` (0 = now).
+
+        The write is conditional on the secrets as read: of two rotations that read
+        the same secrets, the second fails (FailedPreconditionError) instead of
+        writing back the secrets the first one retired, so a scheduled rotation with
+        a long grace cannot bring back a secret an incident rotation cut off.
+        """
         check_grace(grace, maximum=MAX_GRACE)
-        current = await self.get(
-            organization_id=organization_id, environment=environment, key_id=key_id, reach=reach
-        )
+        owned = self._owned(organization_id, environment, key_id, reach)
+        read = await self._collection.find_one(owned)
+        if read is None:
+            raise NotFoundError("key not found")
+        current = _from_doc(read)
         now = self._now()
         if current.state(now) != "active":
             raise (
@@ -273,12 +281,17 @@ class KeyStore:
         )
         minted = mint_secret(current.environment)
         doc = await self._collection.find_one_and_update(
-            {**self._owned(organization_id, environment, key_id, reach), "revoked_at": None},
+            {**owned, "revoked_at": None, "secrets": read.get("secrets", [])},
             {"$set": {"secrets": [*kept, _secret_doc(minted, now)], "rotated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
-            raise NotFoundError("key not found")
+            now_stored = await self._collection.find_one(owned, {"revoked_at": 1})
+            if now_stored is None or now_stored.get("revoked_at") is not None:
+                raise NotFoundError("key not found")
+            raise FailedPreconditionError(
+                "the key was rotated concurrently; read it again and retry"
+            )
         return _from_doc(doc), minted.secret, cutoff
 
     async def revoke(
