@@ -112,9 +112,8 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     vectors = VectorStore(mongo=mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote)
 
     def on_live(live: bool) -> None:
-        verifier.forget_all()
+        verifier.set_live(live)
         namespaces.forget_all()
-        verifier.cache_enabled = live
 
     def on_namespace(namespace_id: str) -> None:
         namespaces.forget(namespace_id)
