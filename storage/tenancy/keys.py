@@ -121,7 +121,7 @@ def _from_doc(doc: dict[str, Any]) -> KeyRecord:
             for s in doc.get("secrets", ())
         ),
         rate_limit=(
-            Limit(
+            Limit.clamped(  # stored before the bounds existed: the nearest valid limit
                 per_second=float(doc["rate_limit"]["per_second"]),
                 burst=int(doc["rate_limit"]["burst"]),
             )
