@@ -20,6 +20,7 @@ from interceptors.rate_limit import RateLimit
 from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
+from storage.audit.anchor import AuditAnchor
 from storage.audit.log import AuditLog
 from storage.backends.work_queue import WorkQueue
 from storage.core.plans import PlanLookup
@@ -145,7 +146,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     )
     events = OrganizationEvents(outbox=outbox, organizations=organizations, namespaces=namespaces)
     credit_events = CreditEvents(mongo=mongo, publisher=events)
-    audit = AuditLog(mongo=mongo)
+    audit = AuditLog(mongo=mongo, anchor=AuditAnchor(redis=backends.redis))
     await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     usage = UsageRecorder(mongo=mongo, replica=replica)

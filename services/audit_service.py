@@ -73,4 +73,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             first_broken_sequence=report.broken_sequence,
             first_broken_event_id=report.broken_event_id,
             reason=report.reason,
+            last_sequence=report.last_sequence,
+            last_hash=report.last_hash,
+            anchored_sequence=report.anchored_sequence,
         )
