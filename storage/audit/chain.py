@@ -40,6 +40,8 @@ _FIELDS = (
 
 def _canonical(event: dict[str, Any]) -> bytes:
     body = {k: event.get(k) for k in _FIELDS}
+    if event.get("environment") is not None:  # events from before it was recorded have none
+        body["environment"] = event["environment"]
     body["time"] = body["time"].isoformat(timespec="milliseconds") if body["time"] else None
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 

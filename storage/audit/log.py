@@ -271,13 +271,21 @@ class AuditLog:
         self,
         *,
         organization_id: str,
+        environment: str,
+        only_namespaces: frozenset[str],
         filters: dict[str, Any],
         start: datetime | None,
         end: datetime | None,
         page_size: int,
         page_token: str,
     ) -> tuple[list[dict[str, Any]], str]:
-        """Newest first. Filters are matched while walking the organization's blocks."""
+        """Newest first. Filters are matched while walking the organization's blocks, so
+        every page is full.
+
+        Only events of `environment` are listed (events recorded before events carried
+        an environment have none and are never listed), and with `only_namespaces`
+        only events in those namespaces.
+        """
         wanted: dict[str, str] = {}
         for name in ("actor_key_id", "resource", "namespace_id", "outcome"):
             value = filters.get(name)
@@ -294,6 +302,10 @@ class AuditLog:
         more = False
         async for event in self._events(organization_id, newest_first=True):
             if below is not None and event["sequence"] >= below:
+                continue
+            if event.get("environment") != environment:
+                continue
+            if only_namespaces and event.get("namespace_id") not in only_namespaces:
                 continue
             if any(event.get(k) != v for k, v in wanted.items()):
                 continue
