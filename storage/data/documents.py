@@ -29,6 +29,7 @@ from storage.core.pages import decode_page_token, page_of
 
 __all__ = [
     "MAX_METADATA_KEYS",
+    "MAX_METADATA_STRING",
     "DocumentRecord",
     "DocumentStore",
     "check_body",
@@ -39,6 +40,8 @@ __all__ = [
 
 MAX_METADATA_KEYS = 64
 MAX_LIST_VALUES = 100
+# metadata is for filtering: short values. Long text belongs in the body.
+MAX_METADATA_STRING = 1024
 MAX_BODY_DEPTH = 32
 _UPDATE_RETRIES = 5
 
@@ -113,6 +116,10 @@ def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> No
             if not (item is None or isinstance(item, str | bool | int | float)):
                 raise InvalidArgumentError(
                     f"{what} values must be strings, numbers, booleans, null or lists of those"
+                )
+            if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
+                raise InvalidArgumentError(
+                    f"{what} strings may be at most {MAX_METADATA_STRING} characters"
                 )
 
 
