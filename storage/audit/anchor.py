@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -50,11 +52,21 @@ class Anchor:
 
 
 class AuditAnchor:
-    def __init__(self, *, redis: Redis, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        timeout_s: float = 1.0,
+        retry_after_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._timeout_s = timeout_s
+        self._retry_after_s = retry_after_s
+        self._clock = clock
         self._script = redis.register_script(_ADVANCE)
         self._failing = False
+        self._skip_until = 0.0  # after a failure: the audit writer does not wait on Redis
 
     @staticmethod
     def key(organization_id: str) -> str:
@@ -62,7 +74,11 @@ class AuditAnchor:
 
     async def advance(self, organization_id: str, *, sequence: int, hash: str) -> None:
         """Best effort: a failure is logged (once until the next success), never raised;
-        the next append moves the anchor past it."""
+        the next append moves the anchor past it. For `retry_after_s` after a failure
+        the anchor is not tried at all, so a Redis outage does not slow the audit writer
+        by a timeout per organization."""
+        if self._clock() < self._skip_until:
+            return
         try:
             await asyncio.wait_for(
                 self._script(keys=[self.key(organization_id)], args=[sequence, hash]),
@@ -76,6 +92,7 @@ class AuditAnchor:
                     type(exc).__name__,
                 )
             self._failing = True
+            self._skip_until = self._clock() + self._retry_after_s
             return
         if self._failing:
             _LOG.info("the audit chain's head is anchored in Redis again")

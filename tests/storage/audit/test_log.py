@@ -14,6 +14,7 @@ from server.embedded import EmbeddedMongo
 from storage.audit.anchor import AuditAnchor
 from storage.audit.chain import event_hash
 from storage.audit.log import AuditLog
+from storage.backends.failures import backend_unavailable
 from storage.backends.mongo import MongoStore
 from storage.core.errors import UnavailableError
 from storage.core.ids import new_organization_id
@@ -174,3 +175,23 @@ async def test_verify_sees_a_chain_rewritten_with_recomputed_hashes(
     assert not report.intact
     assert report.checked == 20 and report.broken_sequence == 20
     assert "rewritten" in report.reason
+
+
+async def test_without_redis_the_chain_is_written_and_verify_is_unavailable(
+    quiet_mongo: MongoStore,
+) -> None:
+    """The anchor is best effort for the writer (events are never held back for it), and a
+    verification that cannot read it refuses to answer rather than claim more than it
+    checked (the request path maps the driver error to UNAVAILABLE)."""
+    dead = Redis(port=free_port(), socket_connect_timeout=0.2)
+    log = AuditLog(mongo=quiet_mongo, anchor=AuditAnchor(redis=dead, timeout_s=0.5))
+    organization_id = new_organization_id()
+    record(log, organization_id, 3, tag="n")
+    await log.flush()
+    record(log, organization_id, 2, tag="m")
+    await log.flush()  # within the retry window: the anchor is not even tried
+    assert log.written == 5
+    with pytest.raises(Exception) as info:
+        await log.verify(organization_id)
+    assert backend_unavailable(info.value)
+    await dead.aclose()
