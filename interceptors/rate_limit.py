@@ -51,11 +51,21 @@ class RateLimit:
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
         plan_limit = self._plan_of(principal.organization.plan).limits[rate_class]
-        buckets = [(self._bucket(organization_id, "", rate_class), plan_limit)]
+        organization_bucket = self._bucket(organization_id, "", rate_class)
         override = principal.key.rate_limit
-        if override is not None:  # the key's own bucket first: it is the narrower one
-            key_bucket = self._bucket(organization_id, principal.key.key_id, rate_class)
-            buckets.insert(0, (key_bucket, override.narrowed(plan_limit)))
+        if override is None:  # the common call: one bucket, nothing allocated
+            decision = self._limiter.try_acquire(organization_bucket, plan_limit)
+            if decision is None:
+                return self._wait(call, [(organization_bucket, plan_limit)], [])
+            self._apply(call, decision)
+            return None
+        buckets = [  # the key's own bucket first: it is the narrower one
+            (
+                self._bucket(organization_id, principal.key.key_id, rate_class),
+                override.narrowed(plan_limit),
+            ),
+            (organization_bucket, plan_limit),
+        ]
         decisions: list[Decision] = []
         for index, (name, limit) in enumerate(buckets):
             decision = self._limiter.try_acquire(name, limit)
