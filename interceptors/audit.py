@@ -3,7 +3,8 @@
 As a step it refuses an audited call up front (UNAVAILABLE) when the audit
 queue is full; as an observer it queues one event per audited call with who
 (key, peer), what (method, resource), where (organization, namespace), the
-outcome and the request id. Events go to a per-organization hash chain
+outcome and the request id; and the environment of the actor's key, by which
+organization-wide views are filtered. Events go to a per-organization hash chain
 (storage/audit/log.py); the call never waits for that write.
 
 Calls whose organization is unknown (no valid key) cannot join an
@@ -48,6 +49,7 @@ class AuditTrail:
             actor_key_id=principal.key.key_id,
             actor_peer=call.peer_identity or "",
             organization_id=principal.organization.organization_id,
+            environment=principal.key.environment,
             namespace_id=call.namespace.namespace_id if call.namespace else "",
             method=call.method,
             resource=call.resource or _resource_of(call.request),

@@ -1,10 +1,15 @@
-"""Step 8, rate limit: per plan and route class (or per key, with an override), in Redis.
+"""Step 8, rate limit: per plan and route class, in Redis; a key's own limit narrows it.
 
-The bucket is the organization's for the method's route class
-(`mg:{org_…}:rl:<class>`), or the key's own when the key carries a rate
-override (`mg:{org_…}:rl:key_…:<class>`). Every admitted response carries
-`ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset`; a refusal is
-RESOURCE_EXHAUSTED with RetryInfo and `retry-after`.
+Every call of an organization draws from the organization's bucket for the
+method's route class (`mg:{org_…}:rl:<class>`), with the plan's limit. A key
+that carries its own `rate_limit` draws from its own bucket first
+(`mg:{org_…}:rl:key_…:<class>`), whose limit is the smaller of the key's and
+the plan's (rate and burst apart), and then from the organization's too: a key's
+limit only ever narrows the plan's, and keys with limits of their own cannot
+add up to more than the plan. Every admitted response carries
+`ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset` of the tighter of
+the two buckets; a refusal is RESOURCE_EXHAUSTED with RetryInfo and
+`retry-after`.
 """
 
 from __future__ import annotations
@@ -45,23 +50,51 @@ class RateLimit:
         principal = call.principal
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
+        plan_limit = self._plan_of(principal.organization.plan).limits[rate_class]
+        organization_bucket = self._bucket(organization_id, "", rate_class)
         override = principal.key.rate_limit
-        owner = principal.key.key_id if override is not None else ""
+        if override is None:  # the common call: one bucket, nothing allocated
+            decision = self._limiter.try_acquire(organization_bucket, plan_limit)
+            if decision is None:
+                return self._wait(call, [(organization_bucket, plan_limit)], [])
+            self._apply(call, decision)
+            return None
+        buckets = [  # the key's own bucket first: it is the narrower one
+            (
+                self._bucket(organization_id, principal.key.key_id, rate_class),
+                override.narrowed(plan_limit),
+            ),
+            (organization_bucket, plan_limit),
+        ]
+        decisions: list[Decision] = []
+        for index, (name, limit) in enumerate(buckets):
+            decision = self._limiter.try_acquire(name, limit)
+            if decision is None:
+                return self._wait(call, buckets[index:], decisions)
+            if not decision.allowed:
+                self._apply(call, decision)
+            decisions.append(decision)
+        self._apply(call, _tightest(decisions))
+        return None
+
+    def _bucket(self, organization_id: str, owner: str, rate_class: str) -> str:
         name = self._buckets.get((organization_id, owner, rate_class))
         if name is None:
             parts = ("rl", owner, rate_class) if owner else ("rl", rate_class)
             name = self._buckets[(organization_id, owner, rate_class)] = organization_key(
                 organization_id, *parts
             )
-        limit = override or self._plan_of(principal.organization.plan).limits[rate_class]
-        decision = self._limiter.try_acquire(name, limit)
-        if decision is None:
-            return self._wait(call, name, limit)
-        self._apply(call, decision)
-        return None
+        return name
 
-    async def _wait(self, call: CallState, bucket: str, limit: Limit) -> None:
-        self._apply(call, await self._limiter.acquire(bucket, limit))
+    async def _wait(
+        self, call: CallState, buckets: list[tuple[str, Limit]], decisions: list[Decision]
+    ) -> None:
+        for name, limit in buckets:
+            decision = await self._limiter.acquire(name, limit)
+            if not decision.allowed:
+                self._apply(call, decision)
+            decisions.append(decision)
+        self._apply(call, _tightest(decisions))
 
     def _apply(self, call: CallState, decision: Decision) -> None:
         call.response_metadata.extend(decision.headers())
@@ -76,3 +109,8 @@ class RateLimit:
                 f" retry in {decision.retry_after_s:.2f}s",
                 retry_after_s=decision.retry_after_s,
             )
+
+
+def _tightest(decisions: list[Decision]) -> Decision:
+    """The headers a caller should plan by: the bucket with the fewest tokens left."""
+    return min(decisions, key=lambda d: (d.remaining, -d.reset_s))

@@ -34,6 +34,7 @@ class UsageObserver:
             credits = 0 if refund else credits
         self._usage.record(
             organization_id=organization_id,
+            environment=principal.key.environment,
             namespace_id=call.namespace.namespace_id if call.namespace else "",
             method=call.method,
             status=call.code.name,

@@ -20,6 +20,7 @@ from interceptors.rate_limit import RateLimit
 from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
+from storage.audit.anchor import AuditAnchor
 from storage.audit.log import AuditLog
 from storage.backends.server_secrets import shared_secret
 from storage.backends.work_queue import WorkQueue
@@ -116,9 +117,8 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     vectors = VectorStore(mongo=mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote)
 
     def on_live(live: bool) -> None:
-        verifier.forget_all()
+        verifier.set_live(live)
         namespaces.forget_all()
-        verifier.cache_enabled = live
 
     def on_namespace(namespace_id: str) -> None:
         namespaces.forget(namespace_id)
@@ -150,7 +150,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     )
     events = OrganizationEvents(outbox=outbox, organizations=organizations, namespaces=namespaces)
     credit_events = CreditEvents(mongo=mongo, publisher=events)
-    audit = AuditLog(mongo=mongo)
+    audit = AuditLog(mongo=mongo, anchor=AuditAnchor(redis=backends.redis))
     await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     usage = UsageRecorder(mongo=mongo, replica=replica)

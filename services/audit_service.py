@@ -1,4 +1,11 @@
-"""AuditService: the organization's audit trail and its chain verification."""
+"""AuditService: the organization's audit trail and its chain verification.
+
+A key lists only the events of its own environment, and a key with a
+namespace allow-list only the events in those namespaces. The chain spans the
+whole organization, so only a key without an allow-list may verify it; the
+verdict carries sequence numbers, hashes and at most one event id, no event
+content.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ from meshgate.v1 import audit_service_pb2 as pb
 from meshgate.v1 import audit_service_pb2_grpc as pb_grpc
 
 from interceptors.context import current_call
-from services.convert import from_timestamp, timestamp
+from services.convert import environment_to_proto, from_timestamp, timestamp
 from storage.audit.log import AuditLog
+from storage.core.errors import PermissionDeniedError
 from storage.core.pages import page_size
 
 __all__ = ["AuditServicer"]
@@ -31,6 +39,7 @@ def event_to_proto(doc: dict[str, Any]) -> pb.AuditEvent:
         peer_address=doc["peer_address"],
         previous_hash=doc["previous_hash"],
         hash=doc["hash"],
+        environment=environment_to_proto(doc["environment"]),
     )
 
 
@@ -45,6 +54,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         await self._log.flush()  # this replica's queue first, so a caller sees its own calls
         docs, token = await self._log.list_page(
             organization_id=principal.organization.organization_id,
+            environment=principal.key.environment,
+            only_namespaces=principal.key.namespace_ids,
             filters={
                 "actor_key_id": request.actor_key_id,
                 "action": request.action,
@@ -65,6 +76,11 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         self, request: pb.VerifyAuditChainRequest, context: Any
     ) -> pb.VerifyAuditChainResponse:
         principal = current_call.get().require_principal()
+        if principal.key.namespace_ids:
+            raise PermissionDeniedError(
+                "VerifyAuditChain needs a key without a namespace allow-list:"
+                " the chain spans the whole organization"
+            )
         await self._log.flush()
         report = await self._log.verify(principal.organization.organization_id)
         return pb.VerifyAuditChainResponse(
@@ -73,4 +89,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             first_broken_sequence=report.broken_sequence,
             first_broken_event_id=report.broken_event_id,
             reason=report.reason,
+            last_sequence=report.last_sequence,
+            last_hash=report.last_hash,
+            anchored_sequence=report.anchored_sequence,
         )

@@ -37,11 +37,15 @@ def document_to_proto(record: DocumentRecord) -> pb.Document:
     )
 
 
+def check_size(document: pb.Document, *, what: str) -> None:
+    if document.ByteSize() > MAX_DOCUMENT_BYTES:
+        raise InvalidArgumentError(f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
+
+
 def checked_document(
     document: pb.Document, *, what: str
 ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
-    if document.ByteSize() > MAX_DOCUMENT_BYTES:
-        raise InvalidArgumentError(f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
+    check_size(document, what=what)
     body = struct_to_dict(document.body)
     metadata = struct_to_dict(document.metadata)
     check_body(body, what=f"{what}.body")
@@ -137,6 +141,13 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
                 else:
                     new_metadata.pop(key, None)
             check_metadata(new_metadata, what="document.metadata")
+            # the request was within the limit, the merge with what is stored may not be
+            merged = pb.Document(
+                document_id=current.document_id,
+                body=dict_to_struct(new_body),
+                metadata=dict_to_struct(new_metadata),
+            )
+            check_size(merged, what="the updated document")
             return new_body, new_metadata
 
         record = await self._documents.update(

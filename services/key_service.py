@@ -1,7 +1,9 @@
 """KeyService: create, read, rotate and revoke API keys of the caller's organization.
 
-An admin key manages keys of its own environment only; keys of other
-environments are invisible (NOT_FOUND) and cannot be created from it.
+An admin key manages keys of its own environment only, and of those only the
+keys within its reach (storage/tenancy/keys.py, KeyReach): keys of other
+environments or with more reach are invisible (NOT_FOUND) and cannot be
+created from it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.core.pages import page_size
 from storage.core.plans import Limit, PlanError
 from storage.tenancy.invalidation import InvalidationBus
-from storage.tenancy.keys import KeyRecord, KeyStore
+from storage.tenancy.key_verifier import VerifiedKey
+from storage.tenancy.keys import KeyReach, KeyRecord, KeyStore
 from storage.tenancy.namespaces import NamespaceStore
 from storage.webhooks.organization_events import OrganizationEvents
 
@@ -40,6 +43,10 @@ _STATES = {
     "expired": pb.KEY_STATE_EXPIRED,
 }
 MAX_NAMESPACES_PER_KEY = 100
+
+
+def reach_of(key: VerifiedKey) -> KeyReach:
+    return KeyReach(permissions=key.permissions, namespace_ids=key.namespace_ids)
 
 
 def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
@@ -79,12 +86,14 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         self._events = events
 
     @staticmethod
-    def _owner() -> dict[str, str]:
-        """Keys are managed within the caller's organization and environment."""
+    def _owner() -> dict[str, Any]:
+        """Keys are managed within the caller's organization and environment, and only
+        those within the caller's reach; any other key is NOT_FOUND to it."""
         principal = current_call.get().require_principal()
         return {
             "organization_id": principal.organization.organization_id,
             "environment": principal.key.environment,
+            "reach": reach_of(principal.key),
         }
 
     async def CreateKey(self, request: pb.CreateKeyRequest, context: Any) -> pb.CreateKeyResponse:
@@ -98,17 +107,18 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             raise InvalidArgumentError(
                 f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries"
             )
-        if principal.key.namespace_ids and not request.namespaces:
-            raise PermissionDeniedError(
-                "a namespace-restricted key must restrict the keys it creates"
-            )
         namespace_ids = await self._namespaces.ids_exist(
             internal_id=principal.organization.internal_id,
             environment=environment,
             references=list(request.namespaces),
         )
-        if principal.key.namespace_ids and not set(namespace_ids) <= principal.key.namespace_ids:
-            raise PermissionDeniedError("a key cannot grant namespaces it may not act in itself")
+        if not reach_of(principal.key).covers(
+            permissions=permissions, namespace_ids=frozenset(namespace_ids)
+        ):
+            raise PermissionDeniedError(
+                "a key cannot create a key that reaches further than its own"
+                " (higher permissions, or namespaces it may not act in itself)"
+            )
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
         )

@@ -83,6 +83,8 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         await self._usage.flush()  # this replica's last second; others flush every second
         rows = await self._usage.query(
             organization_id=principal.organization.organization_id,
+            environment=principal.key.environment,
+            only_namespaces=principal.key.namespace_ids,
             start=start,
             end=end,
             group_by=tuple(groups),

@@ -7,25 +7,31 @@ bounded; when it is full, audited calls are refused (UNAVAILABLE) before they
 do anything — an audited action is never performed without its record, and
 nothing queued is dropped.
 
-Chain: event n of an organization stores `previous_hash` (event n-1's hash)
-and `hash = sha256(previous_hash + canonical JSON of the event)`. Editing,
-deleting or reordering any event breaks the chain at that event, which
-`verify` reports.
+Chain: each event stores the hash of the one before it (storage/audit/chain.py);
+editing, deleting or reordering any event breaks the chain at that event,
+which `verify` reports.
 
 Storage: events live in block documents (`audit_blocks`) of up to 100 events
 each. The writer pushes the events queued for an organization onto its open
-block with a conditional update (`last_sequence` must still be what it read),
-and opens a new block (`_id` = `<organization_id>:<first sequence>`) when the
-open one is full. Two replicas appending at once cannot both win: the loser
-re-reads the head and chains after the winner. Writes grow with flushes, not
-with calls, and the collection holds few documents.
+block with a conditional update (`last_sequence` must still be what it read,
+and the block must not be sealed). When the open block is full it first seals
+it, again conditionally on its `last_sequence` (a compare-and-swap on the
+head), and only then opens the next block, whose `_id`
+(`<organization_id>:<first sequence>`) follows from the sealed block's last
+sequence. A replica working from a stale view of the head (its cached head is
+behind another replica's writes) loses one of these compare-and-swaps, or the
+unique `_id`, re-reads the head and chains after the winner: no two blocks
+can hold the same sequence, so the chain cannot fork. Writes grow with
+flushes, not with calls, and the collection holds few documents.
+
+After each append the head is also anchored outside MongoDB
+(storage/audit/anchor.py), so `verify` notices the newest events, or the
+whole chain, removed, and a chain rewritten with recomputed hashes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import re
 from collections import deque
@@ -37,6 +43,8 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from storage.audit.anchor import AuditAnchor
+from storage.audit.chain import GENESIS, ChainCheck, ChainReport, event_hash
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
 from storage.core.errors import InvalidArgumentError, UnavailableError
@@ -46,42 +54,7 @@ from storage.core.pages import decode_page_token, encode_page_token
 __all__ = ["GENESIS", "AuditLog", "ChainReport"]
 
 _LOG = logging.getLogger("meshgate.audit")
-GENESIS = "0" * 64
-_FIELDS = (
-    "event_id",
-    "sequence",
-    "time",
-    "actor_key_id",
-    "actor_peer",
-    "organization_id",
-    "namespace_id",
-    "method",
-    "resource",
-    "outcome",
-    "request_id",
-    "peer_address",
-    "previous_hash",
-)
 _SEQ_TOKEN = re.compile(r"^[0-9]{1,12}$")
-
-
-def _canonical(event: dict[str, Any]) -> bytes:
-    body = {k: event.get(k) for k in _FIELDS}
-    body["time"] = body["time"].isoformat(timespec="milliseconds") if body["time"] else None
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def event_hash(event: dict[str, Any]) -> str:
-    return hashlib.sha256(event["previous_hash"].encode() + _canonical(event)).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    intact: bool
-    checked: int
-    broken_sequence: int = 0
-    broken_event_id: str = ""
-    reason: str = ""
 
 
 _BLOCK = 100
@@ -89,10 +62,11 @@ _BLOCK = 100
 
 @dataclass(frozen=True, slots=True)
 class _Head:
-    block: str  # the open block's _id ("" before the first)
+    block: str  # the newest block's _id ("" before the first)
     sequence: int
     hash: str
     count: int
+    sealed: bool = False  # the newest block takes no more events: the next one opens
 
 
 class AuditLog:
@@ -100,12 +74,14 @@ class AuditLog:
         self,
         *,
         mongo: MongoStore,
+        anchor: AuditAnchor | None = None,
         max_queue: int = 100_000,
         now: Callable[[], datetime] = utc_now,
         retry_s: float = 1.0,
         gather_s: float = 0.2,
     ) -> None:
         self._collection = mongo.database["audit_blocks"]
+        self._anchor = anchor
         self._gather_s = gather_s
         self._queue: deque[dict[str, Any]] = deque()
         self._max = max_queue
@@ -188,7 +164,13 @@ class AuditLog:
         )
         if last is None:
             return _Head("", 0, GENESIS, 0)
-        return _Head(last["_id"], int(last["last_sequence"]), last["last_hash"], int(last["count"]))
+        return _Head(
+            last["_id"],
+            int(last["last_sequence"]),
+            last["last_hash"],
+            int(last["count"]),
+            bool(last.get("sealed")),
+        )
 
     async def _already_written(self, organization_id: str, batch: list[dict[str, Any]]) -> set[str]:
         """After a lost answer (or a restart): which of these events landed anyway?"""
@@ -219,9 +201,9 @@ class AuditLog:
                 events.append(chained)
             last = events[-1]
             self._heads.pop(organization_id, None)  # re-read unless this write is confirmed
-            if head.block and head.count + len(events) <= _BLOCK:
+            if head.block and not head.sealed and head.count + len(events) <= _BLOCK:
                 result = await self._collection.update_one(
-                    {"_id": head.block, "last_sequence": head.sequence},
+                    {"_id": head.block, "last_sequence": head.sequence, "sealed": {"$ne": True}},
                     {
                         "$push": {"events": {"$each": events}},
                         "$set": {"last_sequence": last["sequence"], "last_hash": last["hash"]},
@@ -232,6 +214,19 @@ class AuditLog:
                     continue  # another replica appended first: chain after it
                 block = head.block
             else:
+                if head.block and not head.sealed:
+                    # close the head block where this writer believes it ends; a writer
+                    # whose view is stale fails here and chains after the real head
+                    sealed = await self._collection.update_one(
+                        {
+                            "_id": head.block,
+                            "last_sequence": head.sequence,
+                            "sealed": {"$ne": True},
+                        },
+                        {"$set": {"sealed": True}},
+                    )
+                    if sealed.modified_count != 1:
+                        continue
                 block = f"{organization_id}:{head.sequence + 1:012d}"
                 try:
                     await self._collection.insert_one(
@@ -253,6 +248,10 @@ class AuditLog:
                 last["hash"],
                 (head.count if block == head.block else 0) + len(events),
             )
+            if self._anchor is not None:
+                await self._anchor.advance(
+                    organization_id, sequence=last["sequence"], hash=last["hash"]
+                )
             return
         raise UnavailableError("audit chain contention: could not append")
 
@@ -272,13 +271,21 @@ class AuditLog:
         self,
         *,
         organization_id: str,
+        environment: str,
+        only_namespaces: frozenset[str],
         filters: dict[str, Any],
         start: datetime | None,
         end: datetime | None,
         page_size: int,
         page_token: str,
     ) -> tuple[list[dict[str, Any]], str]:
-        """Newest first. Filters are matched while walking the organization's blocks."""
+        """Newest first. Filters are matched while walking the organization's blocks, so
+        every page is full.
+
+        Only events of `environment` are listed (events recorded before events carried
+        an environment have none and are never listed), and with `only_namespaces`
+        only events in those namespaces.
+        """
         wanted: dict[str, str] = {}
         for name in ("actor_key_id", "resource", "namespace_id", "outcome"):
             value = filters.get(name)
@@ -296,6 +303,10 @@ class AuditLog:
         async for event in self._events(organization_id, newest_first=True):
             if below is not None and event["sequence"] >= below:
                 continue
+            if event.get("environment") != environment:
+                continue
+            if only_namespaces and event.get("namespace_id") not in only_namespaces:
+                continue
             if any(event.get(k) != v for k, v in wanted.items()):
                 continue
             method = event.get("method", "")
@@ -311,19 +322,13 @@ class AuditLog:
         return items, token
 
     async def verify(self, organization_id: str) -> ChainReport:
-        previous, expected, checked = GENESIS, 1, 0
+        """Recompute the chain from its first event and compare its end with the anchor.
+
+        The anchor is read before the chain, so events other replicas write meanwhile
+        only lengthen the chain past it.
+        """
+        anchor = await self._anchor.read(organization_id) if self._anchor is not None else None
+        check = ChainCheck(anchor)
         async for event in self._events(organization_id, newest_first=False):
-            checked += 1
-            sequence = int(event.get("sequence", -1))
-            event_id = str(event.get("event_id", ""))
-            reason = ""
-            if sequence != expected:
-                reason = f"expected sequence {expected}"
-            elif event.get("previous_hash") != previous:
-                reason = "previous_hash does not match"
-            elif event.get("hash") != event_hash(event):
-                reason = "content does not match its hash"
-            if reason:
-                return ChainReport(False, checked, sequence, event_id, reason)
-            previous, expected = str(event["hash"]), expected + 1
-        return ChainReport(True, checked)
+            check.add(event)
+        return check.report()

@@ -339,7 +339,10 @@ class ScopedCollection:
         return result.deleted_count
 
     async def aggregate(self, pipeline: Sequence[Mapping[str, Any]]) -> list[Document]:
+        """The caller's stages run on documents that no longer carry internal_id: it is
+        projected away right after the scope's `$match`, so no expression (`$$ROOT`,
+        `$$CURRENT`, `$getField`, ...) can reach it, whatever the stage."""
         _check_pipeline(pipeline)
-        scoped = [{"$match": dict(self._stamp)}, *pipeline, {"$project": {"internal_id": 0}}]
+        scoped = [{"$match": dict(self._stamp)}, {"$project": {"internal_id": 0}}, *pipeline]
         cursor = await self._collection.aggregate(scoped)
         return [doc async for doc in cursor]

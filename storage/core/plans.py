@@ -1,8 +1,9 @@
 """Plans: per route class rate limits and a monthly credit allowance.
 
 Plans are configuration (a JSON file, `MESHGATE_PLANS_FILE`, default
-`server/plans.json`), validated once at start-up: a missing class, a zero or
-negative limit, or an unknown field stops the server with a message naming it.
+`server/plans.json`), validated once at start-up: a missing class, a limit
+outside the bounds every token bucket keeps (a key's own limit too), or an
+unknown field stops the server with a message naming it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RATE_CLASSES", "Limit", "Plan", "PlanError", "PlanLookup", "parse_plans"]
+__all__ = [
+    "MAX_BURST",
+    "MAX_PER_SECOND",
+    "MAX_REFILL_S",
+    "MIN_PER_SECOND",
+    "RATE_CLASSES",
+    "Limit",
+    "Plan",
+    "PlanError",
+    "PlanLookup",
+    "parse_plans",
+]
 
 RATE_CLASSES = ("metadata", "data", "search", "admin")
 
 
 class PlanError(ValueError):
     """The plans configuration is invalid; the message says where."""
+
+
+# Bounds of every token bucket, a plan's or a key's own. Outside them the bucket's
+# arithmetic (refill time, expiry in Redis) leaves the range a limiter can honour.
+MIN_PER_SECOND = 0.001
+MAX_PER_SECOND = 1_000_000.0
+MAX_BURST = 1_000_000
+MAX_REFILL_S = 7 * 86_400  # burst / per_second: an empty bucket refills within a week
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +50,42 @@ class Limit:
     burst: int
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.per_second) and self.per_second > 0):
-            raise PlanError(f"per_second must be a positive number, got {self.per_second!r}")
-        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
-            raise PlanError(f"burst must be a positive integer, got {self.burst!r}")
+        if not (
+            isinstance(self.per_second, int | float)
+            and math.isfinite(self.per_second)
+            and MIN_PER_SECOND <= self.per_second <= MAX_PER_SECOND
+        ):
+            raise PlanError(
+                f"per_second must be between {MIN_PER_SECOND:g} and {MAX_PER_SECOND:,.0f},"
+                f" got {self.per_second!r}"
+            )
+        if (
+            isinstance(self.burst, bool)
+            or not isinstance(self.burst, int)
+            or not 1 <= self.burst <= MAX_BURST
+        ):
+            raise PlanError(
+                f"burst must be an integer between 1 and {MAX_BURST:,}, got {self.burst!r}"
+            )
+        if self.burst / self.per_second > MAX_REFILL_S:
+            raise PlanError(
+                f"burst / per_second must be at most {MAX_REFILL_S:,} seconds (an empty"
+                " bucket refills within 7 days)"
+            )
+
+    @classmethod
+    def clamped(cls, *, per_second: float, burst: int) -> Limit:
+        """The nearest valid limit: for values stored before the bounds existed."""
+        rate = per_second if math.isfinite(per_second) else MIN_PER_SECOND
+        rate = min(max(rate, MIN_PER_SECOND), MAX_PER_SECOND)
+        size = min(max(int(burst), 1), MAX_BURST, math.floor(rate * MAX_REFILL_S) or 1)
+        return cls(per_second=rate, burst=size)
+
+    def narrowed(self, plan: Limit) -> Limit:
+        """A key's own limit never exceeds its plan's: the smaller rate and burst."""
+        return Limit(
+            per_second=min(self.per_second, plan.per_second), burst=min(self.burst, plan.burst)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from storage.core.pages import decode_page_token, page_of
 
 __all__ = [
     "MAX_METADATA_KEYS",
+    "MAX_METADATA_STRING",
     "DocumentRecord",
     "DocumentStore",
     "check_body",
@@ -40,6 +41,8 @@ __all__ = [
 
 MAX_METADATA_KEYS = 64
 MAX_LIST_VALUES = 100
+# metadata is for filtering: short values. Long text belongs in the body.
+MAX_METADATA_STRING = 1024
 MAX_BODY_DEPTH = 32
 _UPDATE_RETRIES = 5
 
@@ -123,6 +126,10 @@ def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> No
                 )
             if isinstance(item, float) and not math.isfinite(item):
                 raise InvalidArgumentError(f"{what} values must be finite numbers ({key!r})")
+            if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
+                raise InvalidArgumentError(
+                    f"{what} strings may be at most {MAX_METADATA_STRING} characters"
+                )
 
 
 class DocumentStore:

@@ -20,11 +20,15 @@ small limits (where a round trip per call costs little) and hundreds for high
 ones, so at saturation Redis sees about one script call per lease, not per
 call.
 
-When Redis fails (error or timeout), the limiter switches for `retry_after_s`
-to the configured fallback: a local per-replica bucket with the same limit
-(default: N replicas may then admit up to N times the limit), fail open or
-fail closed; it counts every fallback decision for alerting and tries Redis
-again afterwards, so recovery needs no restart.
+When Redis cannot be reached (connection error or timeout), the limiter switches
+for `retry_after_s` to the configured fallback: a local per-replica bucket with
+the same limit (default: N replicas may then admit up to N times the limit),
+fail open or fail closed; it counts every fallback decision for alerting and
+tries Redis again afterwards, so recovery needs no restart. It logs the outage
+once when it starts and once when Redis answers again. When Redis answers but
+the script fails for one bucket (an error reply), only that bucket uses the
+fallback for `retry_after_s`; every other bucket, and every other tenant, keeps
+its leases and its Redis.
 """
 
 from __future__ import annotations
@@ -38,17 +42,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from storage.backends.tracing import client_span
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
 
-__all__ = ["Decision", "FailureMode", "RateLimiter", "lease_size"]
+__all__ = ["LEASE_SCRIPT", "Decision", "FailureMode", "RateLimiter", "lease_size"]
 
 _LOG = logging.getLogger("meshgate.ratelimit")
 
-_LEASE_SCRIPT = """
+LEASE_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
@@ -68,11 +72,20 @@ end
 local grant = math.max(0, math.min(want, math.floor(tokens)))
 tokens = tokens - grant
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+-- the bucket may vanish once it would be full again; the time is clamped to a whole
+-- number of milliseconds between 1 s and 7 days, whatever the arguments
+local refill_ms = burst / rate * 1000
+if refill_ms ~= refill_ms or refill_ms > 604800000 then
+  refill_ms = 604800000
+end
+redis.call('PEXPIRE', KEYS[1], math.floor(math.max(0, refill_ms)) + 1000)
 -- when short of a full lease: how long until `want` tokens (capped at burst) have accrued
 local wait = 0
 if grant < want then
   wait = (math.min(want, burst) - tokens) / rate
+  if wait ~= wait or wait > 604800 then
+    wait = 604800
+  end
 end
 return {grant, tostring(tokens), tostring(wait)}
 """
@@ -143,16 +156,20 @@ class RateLimiter:
     _leases: dict[str, _Lease] = field(default_factory=dict)
     _local: dict[str, _LocalBucket] = field(default_factory=dict)
     _degraded_until: float = 0.0
+    # when the current outage began (None: Redis answers), for one log line per outage
+    _outage_since: float | None = None
+    # buckets whose script failed -> until when they use the fallback; kept until a refill works
+    _broken: dict[str, float] = field(default_factory=dict)
     fallbacks: int = 0
     redis_calls: int = 0
 
     def __post_init__(self) -> None:
-        self._script = self.redis.register_script(_LEASE_SCRIPT)
+        self._script = self.redis.register_script(LEASE_SCRIPT)
 
     def try_acquire(self, bucket: str, limit: Limit) -> Decision | None:
         """`acquire` without waiting: None when the lease is empty and a refill is on its way."""
         now = self.clock()
-        if now < self._degraded_until:
+        if now < self._degraded_until or (self._broken and now < self._broken.get(bucket, 0.0)):
             return self._fallback(bucket, limit, now)
         lease = self._leases.get(bucket)
         if lease is None:
@@ -197,26 +214,50 @@ class RateLimiter:
                     self.timeout_s,
                 )
             now = self.clock()
-            grant = int(grant)
+            grant, stock_f, wait_f = int(grant), float(stock), float(wait)
             if now >= lease.expires:
                 lease.tokens = 0
             lease.tokens += grant
-            lease.stock = float(stock)
+            lease.stock = stock_f
             lease.expires = now + self.lease_ttl_s
-            lease.empty_until = now + float(wait)
+            lease.empty_until = now + min(max(wait_f, 0.0), self.lease_ttl_s * 60)
+            self._answered(bucket, now)
+        except (ResponseError, ValueError) as exc:  # Redis answered: this bucket's trouble
+            self._break(bucket, exc)
         except (RedisError, OSError, TimeoutError) as exc:
             self._degrade(exc)
         finally:
             lease.refill = None
 
-    def _degrade(self, exc: BaseException) -> None:
-        now = self.clock()
-        if now >= self._degraded_until:
-            _LOG.warning(
-                "rate limiter cannot reach Redis (%s); %s for %.1fs",
+    def _answered(self, bucket: str, now: float) -> None:
+        if self._outage_since is not None:
+            _LOG.info("rate limiter reaches Redis again after %.1fs", now - self._outage_since)
+            self._outage_since = None
+        if self._broken.pop(bucket, None) is not None:
+            _LOG.info("rate limit script works again for bucket %s", bucket)
+
+    def _break(self, bucket: str, exc: BaseException) -> None:
+        """The script failed for one bucket: that bucket alone uses the fallback for a while."""
+        if bucket not in self._broken:
+            _LOG.error(
+                "rate limit script failed for bucket %s (%s); %s for that bucket",
+                bucket,
                 type(exc).__name__,
                 f"fallback {self.failure_mode.value}",
-                self.retry_after_s,
+            )
+        self._broken[bucket] = self.clock() + self.retry_after_s
+        self._leases.pop(bucket, None)
+
+    def _degrade(self, exc: BaseException) -> None:
+        """Redis cannot be reached: every bucket uses the fallback, retried every
+        `retry_after_s`; logged once per outage (and once when it ends)."""
+        now = self.clock()
+        if self._outage_since is None:
+            self._outage_since = now
+            _LOG.warning(
+                "rate limiter cannot reach Redis (%s); fallback %s until it answers again",
+                type(exc).__name__,
+                self.failure_mode.value,
             )
         self._degraded_until = now + self.retry_after_s
         self._leases.clear()

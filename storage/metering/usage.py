@@ -10,8 +10,9 @@ into the next batch. These documents are the ledger: the credits of a period
 summed over them equal the credits settled in Redis (see storage/metering/credits.py).
 
 Usage is organization-level data: every query filters on organization_id;
-namespace_id is a dimension ("" for calls outside any namespace). It outlives
-namespace deletion on purpose (billing history).
+namespace_id is a dimension ("" for calls outside any namespace), and so is the
+environment of the caller's key, by which GetUsage shows each key only its own
+environment. It outlives namespace deletion on purpose (billing history).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class UsageRecorder:
     mongo: MongoStore
     replica: str
     clock: Callable[[], float] = time.time  # wall clock, epoch seconds
-    # (organization_id, namespace_id, method, hours since the epoch) -> counts
-    _counters: dict[tuple[str, str, str, int], _Counter] = field(default_factory=dict)
+    # (organization_id, environment, namespace_id, method, hours since the epoch) -> counts
+    _counters: dict[tuple[str, str, str, str, int], _Counter] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _sequence: int = 0
 
@@ -78,6 +79,7 @@ class UsageRecorder:
         self,
         *,
         organization_id: str,
+        environment: str,
         namespace_id: str,
         method: str,
         status: str,
@@ -87,7 +89,7 @@ class UsageRecorder:
     ) -> None:
         """One finished call, counted in the hour of `at` (when it started; default now)."""
         hour = int((self.clock() if at is None else at) // 3600)
-        slot = (organization_id, namespace_id, method, hour)
+        slot = (organization_id, environment, namespace_id, method, hour)
         counter = self._counters.get(slot)
         if counter is None:
             counter = self._counters[slot] = _Counter()
@@ -101,11 +103,12 @@ class UsageRecorder:
         if not counters:
             return []
         self._sequence += 1
-        hours = {slot[3]: datetime.fromtimestamp(slot[3] * 3600, UTC) for slot in counters}
+        hours = {slot[4]: datetime.fromtimestamp(slot[4] * 3600, UTC) for slot in counters}
         return [
             {
                 "_id": f"{self.replica}:{self._sequence}:{index}",
                 "organization_id": organization_id,
+                "environment": environment,
                 "namespace_id": namespace_id,
                 "method": method,
                 "hour": hours[hour],
@@ -115,7 +118,7 @@ class UsageRecorder:
                 "rate_limited": c.rate_limited,
                 "by_status": dict(c.by_status),
             }
-            for index, ((organization_id, namespace_id, method, hour), c) in enumerate(
+            for index, ((organization_id, environment, namespace_id, method, hour), c) in enumerate(
                 counters.items()
             )
         ]
@@ -137,15 +140,27 @@ class UsageRecorder:
         self,
         *,
         organization_id: str,
+        environment: str,
+        only_namespaces: frozenset[str],
         start: datetime,
         end: datetime,
         group_by: tuple[str, ...],
     ) -> list[UsageRow]:
-        """Totals between start (inclusive) and end (exclusive), grouped by the given dimensions."""
+        """Totals between start (inclusive) and end (exclusive), grouped by the given dimensions.
+
+        Only calls made with keys of `environment` count (rows recorded before rows
+        carried an environment have none and never count), and with `only_namespaces`
+        only calls in those namespaces.
+        """
         rows: dict[tuple[Any, ...], _Counter] = {}
-        cursor = self.collection.find(
-            {"organization_id": organization_id, "hour": {"$gte": start, "$lt": end}}
-        )
+        query: dict[str, Any] = {
+            "organization_id": organization_id,
+            "hour": {"$gte": start, "$lt": end},
+            "environment": environment,
+        }
+        if only_namespaces:
+            query["namespace_id"] = {"$in": sorted(only_namespaces)}
+        cursor = self.collection.find(query)
         async for doc in cursor:
             hour: datetime = doc["hour"]
             bucket = (

@@ -4,7 +4,9 @@ A cache entry lives at most `ttl_s`, never past the key's expiry or the
 secret's rotation deadline, and is dropped the moment a revocation or
 rotation for its key arrives on the invalidation bus. While the bus is not
 connected the cache is bypassed: without invalidations a cached key could
-outlive its revocation.
+outlive its revocation. A read that was under way when an invalidation (or a
+reconnect of the bus) happened does not cache what it found: the cache's
+generation moved (storage/core/cache.py).
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class KeyVerifier:
     def forget_all(self) -> None:
         self._cache.clear()
 
+    def set_live(self, live: bool) -> None:
+        """The invalidation channel came up or went down: either way what is cached may
+        have missed a message, so it is dropped; the cache is used only while live."""
+        self._cache.clear()
+        self.cache_enabled = live
+
     def cached(self, secret: str) -> VerifiedKey | None:
         """The key a recently verified secret belongs to, without I/O; None: call `verify`.
 
@@ -87,17 +95,20 @@ class KeyVerifier:
         if parsed is None or parsed.environment not in self._accepted:
             raise UnauthenticatedError()
         now = self._now()
+        # taken before the read: an invalidation (or a bus reconnect) during the read moves
+        # the generation, and then what the read found is not cached
+        generation = self._cache.generation if self.cache_enabled else None
         record = await self._keys.find_by_digest(parsed.digest)
         if record is None:
             raise UnauthenticatedError()
         verified = self._admit(record, parsed.digest, now)
-        if self.cache_enabled:
+        if generation is not None and self.cache_enabled:
             ttl = (
                 None
                 if verified.valid_until is None
                 else (verified.valid_until - now).total_seconds()
             )
-            self._cache.put(parsed.digest, verified, ttl_s=ttl)
+            self._cache.put(parsed.digest, verified, ttl_s=ttl, if_generation=generation)
         self._used[verified.key_id] = time.time()
         return verified
 

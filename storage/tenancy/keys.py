@@ -11,17 +11,55 @@ from pymongo import ReturnDocument
 
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
-from storage.core.errors import InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from storage.core.ids import KEY_ID_RE, new_key_id
 from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
 
-__all__ = ["PERMISSIONS", "KeyRecord", "KeySecret", "KeyStore"]
+__all__ = ["PERMISSIONS", "KeyReach", "KeyRecord", "KeySecret", "KeyStore"]
 
 PERMISSIONS = ("read", "write", "delete", "admin")
 MAX_GRACE = timedelta(days=30)
+
+
+def _implied(permissions: frozenset[str]) -> frozenset[str]:
+    return frozenset(PERMISSIONS) if "admin" in permissions else permissions
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReach:
+    """How far a key reaches: its permissions and its namespace allow-list (empty: every
+    namespace of its environment).
+
+    A key sees and manages only keys whose reach lies within its own: permissions no
+    higher (ADMIN implies all) and, when its own allow-list is restricted, a non-empty
+    allow-list inside it. Otherwise a restricted ADMIN key could rotate an unrestricted
+    one and act with its secret. One rule for creating, reading, listing, rotating and
+    revoking: `covers` for a key about to be created, `query` for keys in the store.
+    """
+
+    permissions: frozenset[str]
+    namespace_ids: frozenset[str]
+
+    def covers(self, *, permissions: frozenset[str], namespace_ids: frozenset[str]) -> bool:
+        if not _implied(permissions) <= _implied(self.permissions):
+            return False
+        if self.namespace_ids:
+            return bool(namespace_ids) and namespace_ids <= self.namespace_ids
+        return True
+
+    def query(self) -> dict[str, Any]:
+        """The same rule as a MongoDB filter, so a list is filtered by the store and its
+        pages stay full."""
+        query: dict[str, Any] = {}
+        if "admin" not in self.permissions:
+            query["permissions"] = {"$not": {"$elemMatch": {"$nin": sorted(self.permissions)}}}
+        if self.namespace_ids:
+            query["namespace_ids.0"] = {"$exists": True}
+            query["namespace_ids"] = {"$not": {"$elemMatch": {"$nin": sorted(self.namespace_ids)}}}
+        return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +121,7 @@ def _from_doc(doc: dict[str, Any]) -> KeyRecord:
             for s in doc.get("secrets", ())
         ),
         rate_limit=(
-            Limit(
+            Limit.clamped(  # stored before the bounds existed: the nearest valid limit
                 per_second=float(doc["rate_limit"]["per_second"]),
                 burst=int(doc["rate_limit"]["burst"]),
             )
@@ -161,23 +199,44 @@ class KeyStore:
         return None if doc is None else _from_doc(doc)
 
     @staticmethod
-    def _owned(organization_id: str, environment: str, key_id: str) -> dict[str, Any]:
-        """A key is visible only to its own organization and environment."""
+    def _owned(
+        organization_id: str, environment: str, key_id: str, reach: KeyReach
+    ) -> dict[str, Any]:
+        """A key is visible only to its own organization and environment, within `reach`."""
         if not KEY_ID_RE.match(key_id):
             raise InvalidArgumentError("key_id is malformed (expected key_...)")
-        return {"_id": key_id, "organization_id": organization_id, "environment": environment}
+        return {
+            "_id": key_id,
+            "organization_id": organization_id,
+            "environment": environment,
+            **reach.query(),
+        }
 
-    async def get(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
-        doc = await self._collection.find_one(self._owned(organization_id, environment, key_id))
+    async def get(
+        self, *, organization_id: str, environment: str, key_id: str, reach: KeyReach
+    ) -> KeyRecord:
+        doc = await self._collection.find_one(
+            self._owned(organization_id, environment, key_id, reach)
+        )
         if doc is None:
             raise NotFoundError("key not found")
         return _from_doc(doc)
 
     async def list_page(
-        self, *, organization_id: str, environment: str, page_size: int, page_token: str
+        self,
+        *,
+        organization_id: str,
+        environment: str,
+        reach: KeyReach,
+        page_size: int,
+        page_token: str,
     ) -> tuple[list[KeyRecord], str]:
         after = decode_page_token(page_token, kind="key", id_pattern=KEY_ID_RE)
-        query: dict[str, Any] = {"organization_id": organization_id, "environment": environment}
+        query: dict[str, Any] = {
+            "organization_id": organization_id,
+            "environment": environment,
+            **reach.query(),
+        }
         if after is not None:
             query["_id"] = {"$gt": after}
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
@@ -185,13 +244,27 @@ class KeyStore:
         return page_of(docs, page_size=page_size, kind="key", key="_id", build=_from_doc)
 
     async def rotate(
-        self, *, organization_id: str, environment: str, key_id: str, grace: timedelta
+        self,
+        *,
+        organization_id: str,
+        environment: str,
+        key_id: str,
+        reach: KeyReach,
+        grace: timedelta,
     ) -> tuple[KeyRecord, str, datetime]:
-        """A new secret; the previous ones stop working after `grace` (0 = now)."""
+        """A new secret; the previous ones stop working after `grace` (0 = now).
+
+        The write is conditional on the secrets as read: of two rotations that read
+        the same secrets, the second fails (FailedPreconditionError) instead of
+        writing back the secrets the first one retired, so a scheduled rotation with
+        a long grace cannot bring back a secret an incident rotation cut off.
+        """
         check_grace(grace, maximum=MAX_GRACE)
-        current = await self.get(
-            organization_id=organization_id, environment=environment, key_id=key_id
-        )
+        owned = self._owned(organization_id, environment, key_id, reach)
+        read = await self._collection.find_one(owned)
+        if read is None:
+            raise NotFoundError("key not found")
+        current = _from_doc(read)
         now = self._now()
         if current.state(now) != "active":
             raise (
@@ -208,17 +281,24 @@ class KeyStore:
         )
         minted = mint_secret(current.environment)
         doc = await self._collection.find_one_and_update(
-            {**self._owned(organization_id, environment, key_id), "revoked_at": None},
+            {**owned, "revoked_at": None, "secrets": read.get("secrets", [])},
             {"$set": {"secrets": [*kept, _secret_doc(minted, now)], "rotated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
-            raise NotFoundError("key not found")
+            now_stored = await self._collection.find_one(owned, {"revoked_at": 1})
+            if now_stored is None or now_stored.get("revoked_at") is not None:
+                raise NotFoundError("key not found")
+            raise FailedPreconditionError(
+                "the key was rotated concurrently; read it again and retry"
+            )
         return _from_doc(doc), minted.secret, cutoff
 
-    async def revoke(self, *, organization_id: str, environment: str, key_id: str) -> KeyRecord:
+    async def revoke(
+        self, *, organization_id: str, environment: str, key_id: str, reach: KeyReach
+    ) -> KeyRecord:
         """Idempotent: revoking a revoked key returns it unchanged."""
-        owned = self._owned(organization_id, environment, key_id)
+        owned = self._owned(organization_id, environment, key_id, reach)
         doc = await self._collection.find_one_and_update(
             {**owned, "revoked_at": None},
             {"$set": {"revoked_at": self._now()}},
@@ -226,7 +306,7 @@ class KeyStore:
         )
         if doc is None:  # revoked already, or not this caller's
             return await self.get(
-                organization_id=organization_id, environment=environment, key_id=key_id
+                organization_id=organization_id, environment=environment, key_id=key_id, reach=reach
             )
         return _from_doc(doc)
 

@@ -107,13 +107,14 @@ class NamespaceStore:
             field = "_id" if NAMESPACE_ID_RE.match(reference) else "name"
             if field == "name" and not NAMESPACE_NAME_RE.match(reference):
                 raise NotFoundError("namespace not found")
+            generation = self._cache.generation  # a deletion during the read moves it
             doc = await self._collection.find_one(
                 {"internal_id": internal_id, field: reference, "state": "active"}
             )
             if doc is None:
                 raise NotFoundError("namespace not found")
             cached = _from_doc(doc)
-            self._cache.put((internal_id, reference), cached)
+            self._cache.put((internal_id, reference), cached, if_generation=generation)
             if cached.environment != environment:
                 raise NotFoundError("namespace not found")
         return cached

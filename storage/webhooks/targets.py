@@ -12,12 +12,20 @@ The check runs when a webhook is created or its URL changes, and again before
 every delivery attempt, against the addresses the request then connects to
 (storage/webhooks/sender.py pins the connection to them), so a DNS answer that
 changes between the check and the connection (rebinding) cannot redirect it.
+
+Every refusal that depends on what the host resolves to (it does not resolve,
+it resolves to a non-public address, plain http to a host not on the
+allow-list) has one message, `REFUSED_TARGET`, at the API and in delivery
+attempts alike: different answers would let a tenant map the mesh's internal
+host names through DNS. The reason goes to the server log only. Refusals of
+the URL's syntax depend on the text alone and say what is wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,6 +36,7 @@ from storage.core.errors import InvalidArgumentError
 
 __all__ = [
     "MAX_URL_LENGTH",
+    "REFUSED_TARGET",
     "IPAddress",
     "Resolver",
     "TargetPolicy",
@@ -40,6 +49,11 @@ __all__ = [
 ]
 
 MAX_URL_LENGTH = 2048
+REFUSED_TARGET = (
+    "url is not an allowed webhook target: it must use https and reach only public"
+    " addresses, unless its host is on the server's allow-list"
+)
+_LOG = logging.getLogger("meshgate.webhooks")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -171,31 +185,33 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return out
 
 
+def _refused(target: WebhookUrl, reason: str) -> TargetRefusedError:
+    """The one message callers see; the reason is for the server log."""
+    _LOG.warning("webhook target refused: %s (host %s)", reason, target.host)
+    return TargetRefusedError(REFUSED_TARGET)
+
+
 async def vet_target(
     target: WebhookUrl, *, policy: TargetPolicy, resolver: Resolver
 ) -> list[IPAddress]:
-    """The addresses the request may connect to; TargetRefusedError otherwise."""
+    """The addresses the request may connect to; TargetRefusedError (REFUSED_TARGET)
+    otherwise."""
     try:
         resolved = [str(ipaddress.ip_address(target.host))]  # a literal needs no lookup
     except ValueError:
         try:
             resolved = await resolver(target.host, target.port)
         except (OSError, UnicodeError):
-            raise TargetRefusedError("url host does not resolve") from None
+            raise _refused(target, "the host does not resolve") from None
     try:
         addresses = [ipaddress.ip_address(a) for a in resolved]
     except ValueError:
-        raise TargetRefusedError("url host does not resolve to IP addresses") from None
+        raise _refused(target, "the host does not resolve to IP addresses") from None
     if not addresses:
-        raise TargetRefusedError("url host does not resolve")
+        raise _refused(target, "the host does not resolve")
     listed = policy.host_listed(target.host) or all(policy.address_listed(a) for a in addresses)
     if target.scheme == "http" and not listed:
-        raise TargetRefusedError(
-            "url must use https; plain http is only allowed to hosts on the server's allow-list"
-        )
+        raise _refused(target, "plain http to a host not on the allow-list")
     if not listed and not all(is_public(a) for a in addresses):
-        raise TargetRefusedError(
-            "url host resolves to a private, loopback, link-local or otherwise non-public"
-            " address; only hosts on the server's allow-list may"
-        )
+        raise _refused(target, "the host resolves to a non-public address")
     return addresses

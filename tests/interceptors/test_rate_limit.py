@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 
 import grpc
 import pytest
@@ -150,7 +152,7 @@ async def test_per_key_override(make_tenant: MakeTenant) -> None:
     assert created.key.rate_limit.burst == 2
     codes = [await c.code() for c in await burst_calls(tenant, created.secret, 4)]
     assert codes == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
-    # the organization's own bucket is untouched
+    # the organization's bucket gave the key's two admitted calls, and has plenty left
     assert [await c.code() for c in await burst_calls(tenant, tenant.admin, 3)] == [
         grpc.StatusCode.OK
     ] * 3
@@ -227,14 +229,15 @@ async def test_usage_reports_calls_credits_statuses_and_rejections(
         await docs.GetDocument(
             document_service_pb2.GetDocumentRequest(document_id="missing"), metadata=md
         )
-    # its own bucket (the admin key stays usable), refilling slowly: 45 calls one after
-    # another exceed a burst of 40 however slow the machine is
+    # a key with a small bucket of its own, refilling slowly: 45 calls one after another
+    # exceed its burst of 5 however slow the machine is, and the refused ones take nothing
+    # from the organization's bucket (40), so the admin key stays usable
     burster = await tenant.keys.CreateKey(
         key_service_pb2.CreateKeyRequest(
             name="burst",
             environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
             permissions=[options_pb2.PERMISSION_READ],
-            rate_limit=key_service_pb2.RateLimit(per_second=1, burst=40),
+            rate_limit=key_service_pb2.RateLimit(per_second=1, burst=5),
         ),
         metadata=auth(tenant.admin),
     )
@@ -307,3 +310,81 @@ async def test_grant_credits_is_internal_only(
                 )
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_keys_own_limit_only_narrows_the_plan(make_tenant: MakeTenant) -> None:
+    """The review's reproduction: on the free plan (metadata bucket 40, 20/s) a key with a
+    generous limit of its own got 120 of 120 calls through. Now its limit is the smaller of
+    its own and the plan's, and its calls draw from the organization's bucket too, so two
+    such keys together stay within the plan."""
+    tenant: Tenant = await make_tenant(plan="free")
+    generous = key_service_pb2.RateLimit(per_second=1000, burst=1000)
+    secrets = []
+    for name in ("generous-1", "generous-2"):
+        created = await tenant.keys.CreateKey(
+            key_service_pb2.CreateKeyRequest(
+                name=name,
+                environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+                permissions=[options_pb2.PERMISSION_READ],
+                rate_limit=generous,
+            ),
+            metadata=auth(tenant.admin),
+        )
+        secrets.append(created.secret)
+    first = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secrets[0]))
+    await first
+    assert dict(await first.initial_metadata())["ratelimit-limit"] == "40"  # not 1000
+    started = time.monotonic()
+    codes = [await first.code()]
+    for i in range(119):
+        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secrets[i % 2]))
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call
+        codes.append(await call.code())
+    elapsed = time.monotonic() - started
+    admitted = codes.count(grpc.StatusCode.OK)
+    assert admitted <= 40 + 20 * elapsed, (admitted, elapsed)
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+
+
+@pytest.mark.parametrize(
+    ("per_second", "burst"),
+    [
+        (1e-300, 1),  # overflowed the bucket's expiry in Redis
+        (1e-9, 1_000_000),
+        (0.0009, 1),  # below 0.001/s
+        (math.inf, 1),
+        (math.nan, 1),
+        (2_000_000, 1),  # above 1,000,000/s
+        (1, 1_000_001),  # burst above 1,000,000
+        (1, 0),
+        (0.001, 605),  # an empty bucket would take more than 7 days to refill
+    ],
+)
+async def test_a_keys_rate_limit_is_bounded(tenant: Tenant, per_second: float, burst: int) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await tenant.keys.CreateKey(
+            key_service_pb2.CreateKeyRequest(
+                name="extreme",
+                environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+                permissions=[options_pb2.PERMISSION_READ],
+                rate_limit=key_service_pb2.RateLimit(per_second=per_second, burst=burst),
+            ),
+            metadata=auth(tenant.admin),
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (info.value.details() or "").startswith("rate_limit: ")
+
+
+async def test_the_bounds_themselves_are_accepted(tenant: Tenant) -> None:
+    for per_second, burst in ((0.001, 604), (1_000_000, 1_000_000)):
+        created = await tenant.keys.CreateKey(
+            key_service_pb2.CreateKeyRequest(
+                name="edge",
+                environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+                permissions=[options_pb2.PERMISSION_READ],
+                rate_limit=key_service_pb2.RateLimit(per_second=per_second, burst=burst),
+            ),
+            metadata=auth(tenant.admin),
+        )
+        assert created.key.rate_limit.burst == burst

@@ -212,3 +212,44 @@ async def test_permissions_per_method(tenant: Tenant) -> None:
         w.stub.DeleteDocument(pb.DeleteDocumentRequest(document_id="x"), metadata=w.md)
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_updates_cannot_grow_a_document_past_the_limit(docs: Docs) -> None:
+    """The review stored a 1.5 MB document with `metadata.<key>` updates, each request under
+    256 KiB. Now the merged document is checked after every merge, and metadata strings
+    are capped, so no request can carry one large value either."""
+    await docs.create(doc("grow", body={"title": "small"}))
+    chunk = ["x" * 1000] * 100  # 100 values of 1,000 characters: about 100 KB per key
+
+    def update(*paths: str, **metadata: Any) -> Any:
+        return docs.stub.UpdateDocument(
+            pb.UpdateDocumentRequest(
+                document=doc("grow", **metadata), update_mask=FieldMask(paths=list(paths))
+            ),
+            metadata=docs.md,
+        )
+
+    await update("metadata.a", a=chunk)
+    await update("metadata.b", b=chunk)
+    error = await docs.error(update("metadata.c", c=chunk))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the updated document is larger than 256 KiB" in (error.details() or "")
+    # a body update is checked against the stored metadata too
+    await update("body")  # an empty body fits
+    error = await docs.error(
+        docs.stub.UpdateDocument(
+            pb.UpdateDocumentRequest(
+                document=doc("grow", body={"blob": "y" * (100 * 1024)}),
+                update_mask=FieldMask(paths=["body"]),
+            ),
+            metadata=docs.md,
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = await docs.stub.GetDocument(pb.GetDocumentRequest(document_id="grow"), metadata=docs.md)
+    assert got.document.ByteSize() <= 256 * 1024
+    assert sorted(got.document.metadata) == ["a", "b"]
+    for call in (docs.create(doc("long", s="z" * 1025)), update("metadata.s", s="z" * 1025)):
+        error = await docs.error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 1024 characters" in (error.details() or "")

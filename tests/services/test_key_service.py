@@ -8,12 +8,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from meshgate.v1 import common_pb2, options_pb2
+from meshgate.v1 import common_pb2, namespace_service_pb2, options_pb2
 from meshgate.v1 import key_service_pb2 as pb
 
 from server.app import RunningServer
 from server.backends import Backends
 from storage.core.key_secrets import parse_secret
+from storage.tenancy.keys import PERMISSIONS, KeyReach
 from tests.support.clients import auth
 from tests.support.tenants import MakeTenant, Tenant
 
@@ -182,8 +183,6 @@ async def test_bad_input_is_invalid_argument(tenant: Tenant) -> None:
 
 
 async def test_page_token_of_another_list_is_refused(tenant: Tenant) -> None:
-    from meshgate.v1 import namespace_service_pb2
-
     for _ in range(3):
         await tenant.namespace()
     page = await tenant.namespaces.ListNamespaces(
@@ -225,3 +224,99 @@ async def test_last_used_time_is_recorded(tenant: Tenant, server: RunningServer)
     )
     assert got.key.HasField("last_used_time")
     assert got.key.last_used_time.ToSeconds() >= created.key.create_time.ToSeconds()
+
+
+async def all_key_ids(tenant: Tenant, secret: str) -> list[str]:
+    """Every key ListKeys shows to `secret`, one key per page: no page may come back empty."""
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await tenant.keys.ListKeys(
+            pb.ListKeysRequest(page_size=1, page_token=token), metadata=auth(secret)
+        )
+        assert len(page.keys) == 1, "a page filtered after the read would come back short"
+        seen.extend(k.key_id for k in page.keys)
+        token = page.next_page_token
+        if not token:
+            return seen
+
+
+async def test_a_restricted_admin_key_cannot_reach_the_unrestricted_admin_key(
+    tenant: Tenant,
+) -> None:
+    """The review's reproduction: an ADMIN key limited to namespace A lists, reads, rotates
+    (grace 0) and revokes the organization-wide ADMIN key. All of it is NOT_FOUND now, and
+    the owner's secret keeps working in namespace B."""
+    ns_a, ns_b = await tenant.namespace(), await tenant.namespace()
+    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(ns_a.name,))
+    md = auth(restricted.secret)
+    victim = tenant.admin_key_id
+    assert victim not in await all_key_ids(tenant, restricted.secret)
+    for call in (
+        tenant.keys.GetKey(pb.GetKeyRequest(key_id=victim), metadata=md),
+        tenant.keys.RotateKey(
+            pb.RotateKeyRequest(key_id=victim, grace_period=Duration(seconds=0)), metadata=md
+        ),
+        tenant.keys.RevokeKey(pb.RevokeKeyRequest(key_id=victim), metadata=md),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "key not found"
+    owner = await tenant.namespaces.GetNamespace(
+        namespace_service_pb2.GetNamespaceRequest(), metadata=auth(tenant.admin, ns_b.name)
+    )
+    assert owner.namespace.namespace_id == ns_b.namespace_id
+    got = await tenant.keys.GetKey(pb.GetKeyRequest(key_id=victim), metadata=auth(tenant.admin))
+    assert got.key.state == pb.KEY_STATE_ACTIVE and not got.key.HasField("rotate_time")
+
+
+async def test_a_key_sees_and_manages_exactly_the_keys_within_its_reach(tenant: Tenant) -> None:
+    """Reach: permissions no higher (ADMIN implies all) and, for a restricted key, a
+    non-empty allow-list inside its own. ListKeys filters in the store: with out-of-reach
+    keys between the reachable ones, every page of one key is full."""
+    ns_a, ns_b = await tenant.namespace(), await tenant.namespace()
+    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(ns_a.name,))
+    within = {restricted.key.key_id}
+    beyond = {tenant.admin_key_id}
+    for _ in range(3):
+        within.add((await tenant.key(namespaces=(ns_a.name,))).key.key_id)
+        beyond.add((await tenant.key()).key.key_id)  # unrestricted READ: every namespace
+        beyond.add((await tenant.key(namespaces=(ns_a.name, ns_b.name))).key.key_id)
+        beyond.add((await tenant.key(namespaces=(ns_b.name,))).key.key_id)
+    assert sorted(await all_key_ids(tenant, restricted.secret)) == sorted(within)
+    assert set(await all_key_ids(tenant, tenant.admin)) >= within | beyond  # unrestricted
+    md = auth(restricted.secret)
+    for key_id in beyond:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tenant.keys.RevokeKey(pb.RevokeKeyRequest(key_id=key_id), metadata=md)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    mine = sorted(within - {restricted.key.key_id})[0]
+    rotated = await tenant.keys.RotateKey(pb.RotateKeyRequest(key_id=mine), metadata=md)
+    assert rotated.secret
+    revoked = await tenant.keys.RevokeKey(pb.RevokeKeyRequest(key_id=mine), metadata=md)
+    assert revoked.key.state == pb.KEY_STATE_REVOKED
+    # CreateKey keeps the same rule: nothing wider than the creator
+    for namespaces in ((), (ns_a.name, ns_b.name), (ns_b.name,)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tenant.keys.CreateKey(
+                pb.CreateKeyRequest(
+                    name="wider",
+                    environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
+                    permissions=[options_pb2.PERMISSION_READ],
+                    namespaces=list(namespaces),
+                ),
+                metadata=md,
+            )
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_reach_compares_permissions_with_admin_implying_all() -> None:
+    """The permission half of the rule, which KeyService (ADMIN only) never narrows."""
+    writer = KeyReach(permissions=frozenset({"read", "write"}), namespace_ids=frozenset())
+    assert writer.covers(permissions=frozenset({"read"}), namespace_ids=frozenset())
+    assert not writer.covers(permissions=frozenset({"delete"}), namespace_ids=frozenset())
+    assert not writer.covers(permissions=frozenset({"admin"}), namespace_ids=frozenset())
+    admin = KeyReach(permissions=frozenset({"admin"}), namespace_ids=frozenset({"ns_a"}))
+    assert admin.covers(permissions=frozenset(PERMISSIONS), namespace_ids=frozenset({"ns_a"}))
+    assert not admin.covers(permissions=frozenset({"read"}), namespace_ids=frozenset())

@@ -29,6 +29,7 @@ from server.app import RunningServer
 from server.backends import Backends
 from server.logs import GuardedJsonFormatter
 from storage.backends.work_queue import WorkQueue
+from storage.webhooks.targets import REFUSED_TARGET
 from tests.support.clients import rpc_error
 from tests.support.namespace_clients import Hooks, Tasks, doc
 from tests.support.processes import free_port
@@ -326,20 +327,21 @@ async def test_crud_and_secrets_shown_once(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("https://127.0.0.2/hook", "non-public"),  # loopback, not on the allow-list
-        ("https://127.2/hook", "non-public"),  # the same in short form
-        ("https://2130706434/hook", "non-public"),  # and as one decimal number
-        ("https://0x7f000002/hook", "non-public"),
-        ("https://[::1]/hook", "non-public"),
-        ("https://[::ffff:10.0.0.1]/hook", "non-public"),
-        ("https://10.1.2.3/hook", "non-public"),
-        ("https://192.168.0.1/hook", "non-public"),
-        ("https://169.254.169.254/latest/meta-data/", "non-public"),
-        ("https://[fe80::1]/hook", "non-public"),
-        ("https://0.0.0.0/hook", "non-public"),
-        ("https://224.0.0.1/hook", "non-public"),
-        ("https://100.64.0.1/hook", "non-public"),
-        ("http://93.184.216.34/hook", "plain http"),
+        ("https://127.0.0.2/hook", REFUSED_TARGET),  # loopback, not on the allow-list
+        ("https://127.2/hook", REFUSED_TARGET),  # the same in short form
+        ("https://2130706434/hook", REFUSED_TARGET),  # and as one decimal number
+        ("https://0x7f000002/hook", REFUSED_TARGET),
+        ("https://[::1]/hook", REFUSED_TARGET),
+        ("https://[::ffff:10.0.0.1]/hook", REFUSED_TARGET),
+        ("https://10.1.2.3/hook", REFUSED_TARGET),
+        ("https://192.168.0.1/hook", REFUSED_TARGET),
+        ("https://169.254.169.254/latest/meta-data/", REFUSED_TARGET),
+        ("https://[fe80::1]/hook", REFUSED_TARGET),
+        ("https://0.0.0.0/hook", REFUSED_TARGET),
+        ("https://224.0.0.1/hook", REFUSED_TARGET),
+        ("https://100.64.0.1/hook", REFUSED_TARGET),
+        ("https://does-not-exist.invalid/hook", REFUSED_TARGET),  # a name that does not resolve
+        ("http://93.184.216.34/hook", REFUSED_TARGET),
         ("ftp://93.184.216.34/hook", "https://"),
         ("https://user:pw@93.184.216.34/hook", "user info"),
         ("https://93.184.216.34/hook#x", "fragment"),

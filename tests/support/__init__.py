@@ -8,5 +8,6 @@
 - webhooks: the HTTP receiver and the two signature verifiers (specification, reference)
 - wire: a gRPC call written by hand over HTTP/2, for headers a gRPC client refuses to send
 - waiting: poll until a condition holds
+- held: a real collection whose next read waits for the test (controlled interleavings)
 - log_guard: what no log line may contain, and the server logs to search
 """

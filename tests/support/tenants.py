@@ -22,6 +22,7 @@ from server.backends import Backends
 from server.bootstrap import bootstrap
 from storage.backends.scoped import Scope
 from storage.core.ids import new_internal_id, new_namespace_id
+from storage.tenancy.keys import KeyStore
 from storage.tenancy.organizations import OrganizationStore
 from tests.support.clients import auth
 from tests.support.log_guard import NEVER_LOGGED
@@ -30,6 +31,7 @@ __all__ = [
     "ENV_PROTO",
     "MakeTenant",
     "Tenant",
+    "admin_of_environment",
     "create_tenant",
     "internal_id_of",
     "random_scope",
@@ -115,6 +117,21 @@ async def create_tenant(
         channel=channel,
         environment=environment,
     )
+
+
+async def admin_of_environment(tenant: Tenant, backends: Backends, environment: str) -> str:
+    """An unrestricted ADMIN key of the tenant's organization in another environment (a key
+    cannot create keys of another environment through the API; `meshgate bootstrap` can)."""
+    _, secret = await KeyStore(mongo=backends.mongo).create(
+        organization_id=tenant.organization_id,
+        name=f"{environment} admin",
+        environment=environment,
+        permissions=frozenset({"admin"}),
+        namespace_ids=[],
+        expires_at=None,
+    )
+    NEVER_LOGGED.add(secret)
+    return secret
 
 
 async def internal_id_of(organization_id: str, backends: Backends) -> str:

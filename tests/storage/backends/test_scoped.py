@@ -196,3 +196,27 @@ async def test_find_one_and_update_and_projections_stay_in_the_scope(
         await a.find_one_and_update({"_id": "fau"}, {"$set": {"internal_id": "x"}})
     with pytest.raises(ScopeViolationError):
         await a.find_one_and_update({"namespace_id": "ns_other"}, {"$set": {"v": 3}})
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        [{"$project": {"whole": "$$ROOT"}}],
+        [{"$project": {"whole": "$$CURRENT"}}],
+        [{"$addFields": {"copy": "$$ROOT"}}],
+        [{"$project": {"hidden": {"$getField": "internal_id"}}}],
+        [{"$project": {"hidden": {"$getField": {"field": "internal_id", "input": "$$ROOT"}}}}],
+        [{"$group": {"_id": None, "all": {"$push": "$$ROOT"}}}],
+        [{"$unwind": "$tags"}, {"$project": {"whole": "$$CURRENT"}}],
+    ],
+)
+async def test_pipelines_never_see_internal_id(
+    pair: tuple[ScopedCollection, ScopedCollection], pipeline: list[dict[str, Any]]
+) -> None:
+    """Not reachable from the API today (no caller aggregates), but the scope must hold: a
+    stage that copies the whole document or reads a field by name gets no internal_id."""
+    a, _ = pair
+    await a.insert_one({"v": 1, "tags": ["x", "y"]})
+    results = await a.aggregate(pipeline)
+    assert results
+    assert a.scope.internal_id not in repr(results)

@@ -48,6 +48,7 @@ async def test_concurrent_debits_never_overdraw_and_reconcile(
             replica.complete(organization, cost, refund=False)
             recorder.record(
                 organization_id=organization,
+                environment="development",
                 namespace_id="",
                 method="/m",
                 status="OK",
@@ -233,6 +234,7 @@ async def test_a_call_across_a_month_boundary_belongs_to_the_month_it_started_in
     accounts.complete(organization, 3, refund=False, at=started)
     usage.record(
         organization_id=organization,
+        environment="development",
         namespace_id="",
         method="/m",
         status="OK",

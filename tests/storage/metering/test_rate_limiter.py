@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
-from storage.metering.rate_limiter import FailureMode, RateLimiter, lease_size
+from storage.metering.rate_limiter import LEASE_SCRIPT, FailureMode, RateLimiter, lease_size
 from tests.support.processes import RedisServer, free_port
 
 
@@ -118,6 +119,69 @@ async def test_recovers_when_redis_comes_back(tmp_path_factory: pytest.TempPathF
         assert (await limiter.acquire("mg:{org_r}:rl:data", limit)).allowed
         assert limiter.redis_calls >= 1 and limiter.fallbacks == 1
         assert not (await limiter.acquire("mg:{org_r}:rl:data", limit)).allowed
+    finally:
+        server.stop()
+        await redis.aclose()
+
+
+async def test_a_script_error_degrades_only_its_bucket(redis_server: RedisServer) -> None:
+    """One bucket's script fails (here: its key holds a string, so Redis answers WRONGTYPE;
+    in the review, an out-of-range expiry). In `closed` mode that bucket is UNAVAILABLE
+    for a while; every other bucket keeps its lease and its Redis."""
+    redis = Redis.from_url(redis_server.url)
+    limiter = RateLimiter(redis=redis, failure_mode=FailureMode.CLOSED)
+    limit = Limit(per_second=100, burst=100)
+    healthy, broken = bucket(), bucket()
+    assert (await limiter.acquire(healthy, limit)).allowed
+    await redis.set(broken, "not a bucket")
+    with pytest.raises(UnavailableError):
+        await limiter.acquire(broken, limit)
+    calls = limiter.redis_calls
+    for _ in range(5):
+        assert (await limiter.acquire(healthy, limit)).allowed
+    assert limiter.fallbacks == 1  # the broken bucket's refusal only
+    assert limiter.redis_calls - calls <= 1  # the healthy lease was kept, not cleared
+    await redis.delete(broken)
+    await redis.aclose()
+
+
+async def test_the_lease_script_clamps_its_arithmetic(redis_server: RedisServer) -> None:
+    """Whatever rate and burst reach the script, its expiry and wait stay whole, bounded
+    numbers (a tiny rate overflowed PEXPIRE: "value is not an integer or out of range")."""
+    redis = Redis.from_url(redis_server.url)
+    for rate, burst in ((1e-300, 1), (1e-9, 2_000_000_000), (1e-300, 1e300)):
+        name = bucket()
+        grant, _stock, wait = await redis.eval(LEASE_SCRIPT, 1, name, rate, burst, 1)
+        assert int(grant) == 1
+        assert 0 < await redis.pttl(name) <= 7 * 86_400_000 + 1000
+        grant, _stock, wait = await redis.eval(LEASE_SCRIPT, 1, name, rate, burst, 10**6)
+        assert 0 <= float(wait) <= 7 * 86_400
+    await redis.aclose()
+
+
+async def test_an_outage_is_logged_once_and_its_end_once(
+    tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12: "cannot reach Redis" was logged every second of an outage."""
+    server = RedisServer.on_free_port(tmp_path_factory.mktemp("outage"))
+    redis = Redis.from_url(server.url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    now = [1000.0]
+    limiter = RateLimiter(redis=redis, clock=lambda: now[0])
+    limit = Limit(per_second=100, burst=100)
+    caplog.set_level(logging.INFO, logger="meshgate.ratelimit")
+    try:
+        for _ in range(5):  # five retries of Redis, a second apart, all failing
+            await limiter.acquire("mg:{org_o}:rl:data", limit)
+            now[0] += 1.5
+        assert limiter.fallbacks == 5
+        server.start()
+        for _ in range(3):
+            assert (await limiter.acquire("mg:{org_o}:rl:data", limit)).allowed
+        lines = [r.getMessage() for r in caplog.records if r.name == "meshgate.ratelimit"]
+        assert [line.split(" (")[0] for line in lines] == [
+            "rate limiter cannot reach Redis",
+            "rate limiter reaches Redis again after 7.5s",
+        ]
     finally:
         server.stop()
         await redis.aclose()

@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 
 from storage.webhooks.sender import WebhookSender, retry_after_seconds, sign
 from storage.webhooks.targets import (
+    REFUSED_TARGET,
     TargetPolicy,
 )
 from tests.support.pki import Pki
@@ -84,8 +85,14 @@ async def test_sender_refuses_a_rebound_name_without_connecting(
         body=b"{}",
         secrets=["whsec_QUJD"],
     )
-    assert result.refused and result.status_code == 0 and "non-public" in result.error
+    assert result.refused and result.status_code == 0
+    assert result.error == f"refused: {REFUSED_TARGET}"
     assert receiver_for_sender.requests("/x") == []
+    # a name that does not resolve reads the same in the attempt record: no DNS oracle
+    gone = await sender.send(
+        url="https://gone.example/x", msg_id="evt_2", body=b"{}", secrets=["whsec_QUJD"]
+    )
+    assert gone.refused and gone.error == result.error
 
 
 async def raw_server(
