@@ -23,6 +23,7 @@ from server.components import Components
 from server.registry import SERVER_NEEDS, SERVICES
 from server.settings import Settings
 from storage.backends.health import DependencyMonitor, DependencyState
+from storage.backends.redis_client import ping as ping_redis
 
 __all__ = ["HEALTH_SERVICE", "GrpcHealth", "add_health", "dependency_monitor"]
 
@@ -67,7 +68,7 @@ def dependency_monitor(
     return DependencyMonitor(
         probes={
             "mongodb": backends.mongo.ping,
-            "redis": backends.redis.ping,
+            "redis": lambda: ping_redis(backends.redis),
             "qdrant": backends.qdrant.get_collections,
         },
         interval_s=settings.health_interval_s,

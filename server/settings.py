@@ -221,6 +221,8 @@ class Settings:
     mongodb_uri: Secret | None = None
     mongodb_database: str = "meshgate"
     redis_url: Secret | None = None
+    # MESHGATE_REDIS_URL names a node of a Redis Cluster
+    redis_cluster: bool = False
     qdrant_url: str | None = None
     qdrant_api_key: Secret | None = None
     environments: frozenset[str] = frozenset(ENVIRONMENTS)
@@ -275,6 +277,13 @@ class Settings:
         default_plan = env.get("MESHGATE_DEFAULT_PLAN", "free")
         if default_plan not in plans:
             raise SettingsError(f"MESHGATE_DEFAULT_PLAN {default_plan!r} is not one of the plans")
+        redis_url = _secret(env, "MESHGATE_REDIS_URL")
+        redis_cluster = _bool(env, "MESHGATE_REDIS_CLUSTER")
+        if redis_cluster and redis_url is None:
+            raise SettingsError(
+                "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL (a node of the cluster):"
+                " the embedded Redis is a single node"
+            )
         listen = env.get("MESHGATE_LISTEN", "127.0.0.1:50051")
         if ":" not in listen:
             raise SettingsError(f"MESHGATE_LISTEN must be host:port, got {listen!r}")
@@ -287,7 +296,8 @@ class Settings:
             insecure=_bool(env, "MESHGATE_INSECURE"),
             mongodb_uri=_secret(env, "MESHGATE_MONGODB_URI"),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
-            redis_url=_secret(env, "MESHGATE_REDIS_URL"),
+            redis_url=redis_url,
+            redis_cluster=redis_cluster,
             qdrant_url=env.get("MESHGATE_QDRANT_URL") or None,
             qdrant_api_key=_secret(env, "MESHGATE_QDRANT_API_KEY"),
             environments=environments,

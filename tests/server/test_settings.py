@@ -40,6 +40,8 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_KEY_CACHE_TTL_S": "-1"}, "MESHGATE_KEY_CACHE_TTL_S"),
         ({"MESHGATE_SHUTDOWN_GRACE_S": "soon"}, "MESHGATE_SHUTDOWN_GRACE_S"),
         ({"MESHGATE_INSECURE": "maybe"}, "MESHGATE_INSECURE"),
+        ({"MESHGATE_REDIS_CLUSTER": "true"}, "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL"),
+        ({"MESHGATE_REDIS_CLUSTER": "sometimes"}, "MESHGATE_REDIS_CLUSTER"),
         ({"MESHGATE_LISTEN": "50051"}, "MESHGATE_LISTEN"),
         ({"MESHGATE_MONGODB_URI_FILE": "/nonexistent/file"}, "MESHGATE_MONGODB_URI_FILE"),
         ({"MESHGATE_TASK_WORKERS": "2.5"}, "MESHGATE_TASK_WORKERS must be a whole number"),

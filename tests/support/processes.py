@@ -172,6 +172,7 @@ def replica_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
             "MESHGATE_MONGODB_URI": settings.mongodb_uri.reveal(),
             "MESHGATE_MONGODB_DATABASE": settings.mongodb_database,
             "MESHGATE_REDIS_URL": settings.redis_url.reveal(),
+            "MESHGATE_REDIS_CLUSTER": str(settings.redis_cluster).lower(),
             "MESHGATE_QDRANT_URL": settings.qdrant_url or ":memory:",
             "MESHGATE_INTERNAL_PEERS": ",".join(settings.internal_peers),
             "MESHGATE_SHUTDOWN_GRACE_S": "3",
