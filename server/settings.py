@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
@@ -65,6 +66,20 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
             raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     value = env.get(name)
     return Secret(value) if value else None
+
+
+def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
+    """MESHGATE_MONGODB_URI; its options may weaken the write and read concerns (at the
+    operator's risk), but never move reads off the primary: meshgate reads its own writes."""
+    name = "MESHGATE_MONGODB_URI"
+    secret = _secret(env, name)
+    if secret is not None:
+        for key, value in parse_qsl(urlsplit(secret.reveal()).query):
+            if key.lower() == "readpreference" and value.lower() != "primary":
+                raise SettingsError(
+                    f"{name}: readPreference must be primary (meshgate reads its own writes)"
+                )
+    return secret
 
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
@@ -294,7 +309,7 @@ class Settings:
             tls_key=Path(env.get("MESHGATE_TLS_KEY", "certs/server-key.pem")),
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
             insecure=_bool(env, "MESHGATE_INSECURE"),
-            mongodb_uri=_secret(env, "MESHGATE_MONGODB_URI"),
+            mongodb_uri=_mongodb_uri(env),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
             redis_url=redis_url,
             redis_cluster=redis_cluster,

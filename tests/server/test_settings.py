@@ -41,6 +41,10 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_SHUTDOWN_GRACE_S": "soon"}, "MESHGATE_SHUTDOWN_GRACE_S"),
         ({"MESHGATE_INSECURE": "maybe"}, "MESHGATE_INSECURE"),
         ({"MESHGATE_REDIS_CLUSTER": "true"}, "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL"),
+        (
+            {"MESHGATE_MONGODB_URI": "mongodb://db/?replicaSet=rs0&readPreference=secondary"},
+            "MESHGATE_MONGODB_URI: readPreference must be primary",
+        ),
         ({"MESHGATE_REDIS_CLUSTER": "sometimes"}, "MESHGATE_REDIS_CLUSTER"),
         ({"MESHGATE_LISTEN": "50051"}, "MESHGATE_LISTEN"),
         ({"MESHGATE_MONGODB_URI_FILE": "/nonexistent/file"}, "MESHGATE_MONGODB_URI_FILE"),
