@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
+from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
 from storage.webhooks.targets import TargetPolicy
 
@@ -84,6 +85,30 @@ def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
     return frozenset(p.strip() for p in env.get(name, default).split(",") if p.strip())
+
+
+def _optional_int(env: Mapping[str, str], name: str, *, maximum: int) -> int | None:
+    """A whole number from 1 to `maximum`, or None when unset."""
+    value = _parsed(env, name, int, expected="a whole number")
+    if value is not None and not 1 <= value <= maximum:
+        raise SettingsError(f"{name} must be between 1 and {maximum}, got {env[name]!r}")
+    return value
+
+
+def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
+    layout = CollectionLayout(
+        shard_number=_optional_int(env, "MESHGATE_QDRANT_SHARD_NUMBER", maximum=1024),
+        replication_factor=_optional_int(env, "MESHGATE_QDRANT_REPLICATION_FACTOR", maximum=64),
+        write_consistency_factor=_optional_int(
+            env, "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR", maximum=64
+        ),
+    )
+    if (layout.write_consistency_factor or 1) > (layout.replication_factor or 1):
+        raise SettingsError(
+            "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR cannot exceed"
+            " MESHGATE_QDRANT_REPLICATION_FACTOR (a write cannot wait for more replicas than exist)"
+        )
+    return layout
 
 
 def _parsed[T](
@@ -240,6 +265,8 @@ class Settings:
     redis_cluster: bool = False
     qdrant_url: str | None = None
     qdrant_api_key: Secret | None = None
+    # shards, replicas and write consistency of each `ns_` collection (remote Qdrant only)
+    qdrant_collections: CollectionLayout = field(default_factory=CollectionLayout)
     environments: frozenset[str] = frozenset(ENVIRONMENTS)
     internal_peers: frozenset[str] = frozenset()
     trusted_proxies: frozenset[str] = frozenset()
@@ -315,6 +342,7 @@ class Settings:
             redis_cluster=redis_cluster,
             qdrant_url=env.get("MESHGATE_QDRANT_URL") or None,
             qdrant_api_key=_secret(env, "MESHGATE_QDRANT_API_KEY"),
+            qdrant_collections=_collection_layout(env),
             environments=environments,
             internal_peers=_list(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=_list(env, "MESHGATE_TRUSTED_PROXIES"),
