@@ -85,11 +85,12 @@ bench: setup test-deps ## benchmark the security chain against a bare grpc.aio s
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
 	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
 
-lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking
+lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking, hadolint
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 protos-lint: $(BUF_STAMP) ## buf lint, and buf breaking against the main branch (protos/README.md)
 	$(BUF) lint protos
