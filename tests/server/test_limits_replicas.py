@@ -20,7 +20,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from storage.tenancy.organizations import OrganizationStore
 from tests.support.clients import auth, client_credentials, health_check
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.pki import Pki
-from tests.support.processes import RedisServer, Replica, free_port, start_replica
+from tests.support.processes import RedisServer, Replica, free_port, start_replicas
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.waiting import eventually
 
@@ -103,8 +102,12 @@ def fleet(
         "MESHGATE_DEFAULT_PLAN": "test",
         "MESHGATE_HEALTH_INTERVAL_S": "0.5",
     }
-    with ThreadPoolExecutor(3) as pool:
-        replicas = list(pool.map(lambda _: start_replica(own, pki, workdir, **env), range(3)))
+    try:
+        replicas = start_replicas(3, own, pki, workdir, **env)
+    except Exception:
+        if redis is not None:
+            redis.stop()
+        raise
     yield Fleet(replicas=replicas, redis=redis, cluster=cluster)
     for replica in replicas:
         if replica.process.poll() is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -18,7 +17,7 @@ from storage.audit.log import AuditLog
 from storage.backends.mongo import MongoStore
 from storage.metering.usage import UsageRecorder
 from tests.support.pki import Pki
-from tests.support.processes import Replica, start_replica
+from tests.support.processes import start_replicas
 
 
 async def indexes(store: MongoStore) -> dict[str, list[tuple[str, object]]]:
@@ -54,10 +53,7 @@ async def test_three_replicas_start_together_against_one_empty_database(
     own = replace(settings, mongodb_database=database)
     workdir = tmp_path_factory.mktemp("together")
     started = time.monotonic()
-    with ThreadPoolExecutor(3) as pool:
-        replicas: list[Replica] = list(
-            pool.map(lambda _: start_replica(own, pki, workdir), range(3))
-        )
+    replicas = start_replicas(3, own, pki, workdir)
     took = time.monotonic() - started
     store = MongoStore(uri=mongo_uri, database=database)
     try:
