@@ -62,8 +62,9 @@ certs: setup ## create a dev CA, server and client certificates under certs/ (ke
 run: setup certs ## serve on embedded backends (data under var/), bootstrapping a dev admin key
 	$(VENV)/bin/meshgate serve --dev
 
-test-deps: ## make sure redis-server and promtool exist (installs Debian's packages as root)
+test-deps: ## make sure redis-server, redis-cli and promtool exist (installs Debian's packages as root)
 	@$(call need,redis-server,redis-server)
+	@$(call need,redis-cli,redis-tools)
 	@$(call need,promtool,prometheus)
 
 # $(call need,COMMAND,DEBIAN_PACKAGE): install the package as root when the command is missing
@@ -85,11 +86,12 @@ bench: setup test-deps ## benchmark the security chain against a bare grpc.aio s
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)
 	$(PY) -m tests.bench --smoke --out build/bench-smoke.json
 
-lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking
+lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking, hadolint
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check server services interceptors storage tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 protos-lint: $(BUF_STAMP) ## buf lint, and buf breaking against the main branch (protos/README.md)
 	$(BUF) lint protos

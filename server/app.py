@@ -37,7 +37,7 @@ from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
-from server.health import HEALTH_SERVICE, GrpcHealth, add_health, dependency_monitor
+from server.health import HEALTH_SERVICE, TrackedHealth, add_health, dependency_monitor
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
@@ -57,7 +57,7 @@ _LOG = logging.getLogger("meshgate.server")
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: GrpcHealth
+    health: TrackedHealth
     components: Components
     tls: ReloadingServerCredentials | None
     metrics_port: int = 0
@@ -78,12 +78,11 @@ class RunningServer:
         await self.components.flush_usage(everything=everything)
 
     async def stop(self, grace_s: float) -> None:
-        """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
+        """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish.
+
+        The metrics listener stays up to the end, so /readyz answers 503 while draining."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -96,6 +95,9 @@ class RunningServer:
             await self.flush_usage(everything=True)
         except Exception as exc:
             _LOG.error("could not settle usage and credits at shutdown: %s", type(exc).__name__)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 def build_chain(
@@ -164,7 +166,14 @@ async def create_server(
     enable_reflection((*(s.name for s in SERVICES), HEALTH_SERVICE), server)
     port, tls = bind(server, settings, address)
     metrics_server, metrics_port = (
-        serve_metrics(c.metrics, settings.metrics_listen) if settings.metrics_listen else (None, 0)
+        serve_metrics(
+            c.metrics,
+            settings.metrics_listen,
+            ready=lambda: health.serving,
+            loop=asyncio.get_running_loop(),
+        )
+        if settings.metrics_listen
+        else (None, 0)
     )
     await server.start()
     running = RunningServer(

@@ -11,8 +11,9 @@ from redis.asyncio import Redis
 from server.embedded import EmbeddedMongo, embedded_redis
 from server.settings import Settings
 from storage.backends.mongo import MongoStore
+from storage.backends.redis_client import ClusterClient, RedisClient
 
-__all__ = ["Backends", "open_backends"]
+__all__ = ["Backends", "open_backends", "open_redis"]
 
 _LOG = logging.getLogger("meshgate.backends")
 
@@ -20,7 +21,7 @@ _LOG = logging.getLogger("meshgate.backends")
 @dataclass
 class Backends:
     mongo: MongoStore
-    redis: Redis
+    redis: RedisClient
     qdrant: Any
     qdrant_remote: bool = False
     embedded: list[str] = field(default_factory=list)
@@ -35,10 +36,31 @@ class Backends:
             self._embedded_mongo.close()
 
 
+def open_redis(url: str, *, cluster: bool, timeout_s: float) -> RedisClient:
+    """A client for one Redis node, or for a Redis Cluster found from the node in `url`
+    (the client discovers the others and follows the slot map through failovers)."""
+    if cluster:
+        return ClusterClient.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+    return Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5
+    )
+
+
 async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Backends:
     embedded: list[str] = []
     embedded_mongo: EmbeddedMongo | None = None
     timeout_s = settings.backend_timeout_s
+    # Redis first: a missing embedded engine is refused before MongoDB's is started
+    redis: RedisClient
+    if settings.redis_url is not None:
+        redis = open_redis(
+            settings.redis_url.reveal(), cluster=settings.redis_cluster, timeout_s=timeout_s
+        )
+    else:
+        redis = embedded_redis()
+        embedded.append("Redis: in-process fakeredis (single replica only)")
     if settings.mongodb_uri is not None:
         mongo_uri = settings.mongodb_uri.reveal()
     else:
@@ -49,17 +71,6 @@ async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Back
     mongo = MongoStore(
         uri=mongo_uri, database=settings.mongodb_database, timeout_ms=int(timeout_s * 1000)
     )
-    redis: Redis
-    if settings.redis_url is not None:
-        redis = Redis.from_url(
-            settings.redis_url.reveal(),
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=5,
-        )
-    else:
-        redis = embedded_redis()
-        embedded.append("Redis: in-process fakeredis (single replica only)")
     qdrant: Any = None
     if with_qdrant:
         from qdrant_client import AsyncQdrantClient

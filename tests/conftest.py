@@ -30,6 +30,7 @@ from tests.support.clients import client_credentials
 from tests.support.log_guard import FormattedLines, leaked
 from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
+from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
 
@@ -60,6 +61,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of 3 primaries with a replica each; started by the first test that
+    asks for it (the cluster tests only)."""
+    try:
+        cluster = LocalRedisCluster.in_directory(tmp_path_factory.mktemp("redis-cluster"))
+    except RuntimeError as missing:
+        pytest.fail(str(missing))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_endpoint(request: pytest.FixtureRequest) -> RedisEndpoint:
+    """The same test on the session's single redis-server and on the Redis Cluster."""
+    if request.param == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.endpoint
+    single: RedisServer = request.getfixturevalue("redis_server")
+    return RedisEndpoint(url=single.url, cluster=False)
 
 
 @pytest.fixture(scope="session")

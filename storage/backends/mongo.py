@@ -1,8 +1,26 @@
-"""MongoDB connection and the collections of the secure core, with their indexes."""
+"""MongoDB connection and the collections of the secure core, with their indexes.
+
+Against a replica set meshgate needs (docs/operations.md, MongoDB guarantees):
+writes acknowledged by a majority (`w=majority`), so a failover never rolls
+back a key, a revocation or a ledger row a caller was told about; reads of
+majority-committed data only (`readConcernLevel=majority`), so no decision is
+taken on a write that a failover could still roll back; reads from the primary
+only, because meshgate reads what it has just written (a secondary may lag);
+and retryable writes and reads, so one failover costs a retry, not an error.
+The URI may set the first four otherwise; the read preference is always
+primary. Every multi-document change is built to need no transaction
+(single-document atomic updates, idempotent ids, the outbox and work-queue
+patterns), so a standalone server and the embedded engine serve too.
+
+Index creation is idempotent (the same definitions every start), so replicas
+starting together against one database each ask for the same indexes and
+MongoDB builds each once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -11,7 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.tracing import MongoCommandSpans
 
-__all__ = ["NAMESPACED_COLLECTIONS", "MongoStore"]
+__all__ = ["NAMESPACED_COLLECTIONS", "SAFE_DEFAULTS", "MongoStore", "client_options"]
 
 # Every collection holding namespaced data; a namespace deletion empties each of them.
 NAMESPACED_COLLECTIONS = (
@@ -24,6 +42,23 @@ NAMESPACED_COLLECTIONS = (
 )
 
 Document = dict[str, Any]
+
+# What meshgate needs of a replica set, unless the URI's options say otherwise.
+SAFE_DEFAULTS: dict[str, Any] = {
+    "w": "majority",
+    "readConcernLevel": "majority",
+    "retryWrites": True,
+    "retryReads": True,
+}
+
+
+def client_options(uri: str) -> dict[str, Any]:
+    """The guarantees the URI leaves unset, and the read preference, which is always primary
+    (PyMongo lets keyword options win over the URI's)."""
+    named = {key.lower() for key, _ in parse_qsl(urlsplit(uri).query)}
+    options = {k: v for k, v in SAFE_DEFAULTS.items() if k.lower() not in named}
+    options["readPreference"] = "primary"
+    return options
 
 
 class MongoStore:
@@ -38,6 +73,7 @@ class MongoStore:
             socketTimeoutMS=timeout_ms * 2,
             appname="meshgate",
             event_listeners=[MongoCommandSpans()],
+            **client_options(uri),
         )
         self._db: AsyncDatabase[Document] = self._client[database]
         self.organizations: AsyncCollection[Document] = self._db["organizations"]

@@ -2,12 +2,13 @@
 
 `mg:{ns_…}:…` and `mg:{org_…}:…` keep all of one owner's keys in one Redis
 Cluster slot, so multi-key scripts work, and let a namespace deletion find
-every key of the namespace with one SCAN pattern.
+every key of the namespace with one SCAN pattern, on the one node that owns
+the slot.
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from storage.backends.redis_client import RedisClient, scan_slot
 
 __all__ = ["namespace_key", "organization_key", "purge_namespace_keys"]
 
@@ -20,11 +21,11 @@ def organization_key(organization_id: str, *parts: str) -> str:
     return ":".join(("mg", f"{{{organization_id}}}", *parts))
 
 
-async def purge_namespace_keys(redis: Redis, namespace_id: str) -> int:
+async def purge_namespace_keys(redis: RedisClient, namespace_id: str) -> int:
     """Delete every key of a namespace; idempotent."""
     deleted = 0
     batch: list[bytes | str] = []
-    async for key in redis.scan_iter(match=namespace_key(namespace_id, "*"), count=500):
+    async for key in scan_slot(redis, match=namespace_key(namespace_id, "*")):
         batch.append(key)
         if len(batch) >= 500:
             deleted += await redis.delete(*batch)

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
-
 from storage.backends.mongo import NAMESPACED_COLLECTIONS, MongoStore
+from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import purge_namespace_keys
 from storage.backends.scoped import Scope
 from storage.backends.work_queue import WorkQueue
@@ -32,7 +31,12 @@ _LOG = logging.getLogger("meshgate.cascade")
 
 class NamespacePurger:
     def __init__(
-        self, *, mongo: MongoStore, redis: Redis, vectors: VectorStore, namespaces: NamespaceStore
+        self,
+        *,
+        mongo: MongoStore,
+        redis: RedisClient,
+        vectors: VectorStore,
+        namespaces: NamespaceStore,
     ) -> None:
         self._mongo = mongo
         self._redis = redis

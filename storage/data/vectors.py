@@ -5,6 +5,10 @@ namespace_id, and every search, scroll, count and delete adds a `must`
 condition on it, so even a mix-up of collection names could not cross a
 namespace. Point ids are the caller's strings, mapped to UUIDv5 per namespace
 (Qdrant wants UUIDs or integers); the original id travels in `point_id`.
+
+On a distributed Qdrant each collection is created with the deployment's
+`CollectionLayout` (shards, replicas, write consistency); local mode has one
+node and no such layout.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from storage.data.qdrant_filters import to_qdrant
 __all__ = [
     "DISTANCES",
     "MAX_DIMENSION",
+    "CollectionLayout",
     "Hit",
     "StoredPoint",
     "VectorConfig",
@@ -54,6 +59,16 @@ def collection_name(namespace_id: str) -> str:
 
 def qdrant_id(namespace_id: str, point_id: str) -> str:
     return str(uuid.uuid5(_POINT_NAMESPACE, f"{namespace_id}/{point_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionLayout:
+    """How each `ns_` collection spreads over a distributed Qdrant; None leaves Qdrant's
+    default (one shard per node, no replica, writes acknowledged by one replica)."""
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +119,17 @@ class VectorStore:
     CONFIGS = "vector_stores"
 
     def __init__(
-        self, *, mongo: MongoStore, qdrant: AsyncQdrantClient, payload_index: bool
+        self,
+        *,
+        mongo: MongoStore,
+        qdrant: AsyncQdrantClient,
+        payload_index: bool,
+        layout: CollectionLayout | None = None,
     ) -> None:
         self._mongo = mongo
         self._qdrant = qdrant
         self._payload_index = payload_index
+        self._layout = layout or CollectionLayout()
         self._configs: TTLCache[str, VectorConfig] = TTLCache(ttl_s=60.0, max_entries=10_000)
 
     def forget(self, namespace_id: str) -> None:
@@ -133,7 +154,11 @@ class VectorStore:
             # left by a create that crashed before writing its config: it holds no points
             await self._qdrant.delete_collection(name)
         await self._qdrant.create_collection(
-            name, vectors_config=models.VectorParams(size=dimension, distance=DISTANCES[distance])
+            name,
+            vectors_config=models.VectorParams(size=dimension, distance=DISTANCES[distance]),
+            shard_number=self._layout.shard_number,
+            replication_factor=self._layout.replication_factor,
+            write_consistency_factor=self._layout.write_consistency_factor,
         )
         if self._payload_index:
             await self._qdrant.create_payload_index(

@@ -34,9 +34,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import organization_key
 from storage.backends.tracing import client_span
 from storage.core.errors import ResourceExhaustedError, UnavailableError
@@ -143,7 +143,7 @@ class _Reservation:
 
 @dataclass
 class CreditAccounts:
-    redis: Redis
+    redis: RedisClient
     replica: str
     fail_open: bool = False
     timeout_s: float = 0.5

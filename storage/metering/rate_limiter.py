@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from storage.backends.redis_client import RedisClient
 from storage.backends.tracing import client_span
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
@@ -146,7 +146,7 @@ class _LocalBucket:
 
 @dataclass
 class RateLimiter:
-    redis: Redis
+    redis: RedisClient
     failure_mode: FailureMode = FailureMode.LOCAL
     timeout_s: float = 0.2
     retry_after_s: float = 1.0
@@ -201,6 +201,11 @@ class RateLimiter:
         return self._decision(
             False, self._leases.get(bucket) or _Lease(), limit, retry_after_s=1 / limit.per_second
         )
+
+    async def drain(self) -> None:
+        """Wait for the lease refills in flight (before the Redis client is closed)."""
+        pending = [lease.refill for lease in self._leases.values() if lease.refill is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _refill(self, bucket: str, limit: Limit, lease: _Lease) -> None:
         """Never raises: a failure degrades the limiter (the callers then use the fallback)."""

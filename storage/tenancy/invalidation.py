@@ -1,4 +1,4 @@
-"""Cache invalidation across replicas over Redis pub/sub.
+"""Cache invalidation across replicas over Redis sharded pub/sub.
 
 Revocations, rotations and namespace deletions are published on one channel;
 every replica drops the matching cache entries when the message arrives
@@ -6,6 +6,14 @@ every replica drops the matching cache entries when the message arrives
 subscribed, it cannot hear invalidations, so it turns its caches off and
 clears them again on reconnect: a missed message can never keep a revoked
 key alive.
+
+The channel is sharded (SPUBLISH/SSUBSCRIBE, Redis 7.0 and later) on a single
+node and on Redis Cluster alike. On a cluster a sharded channel lives on the
+shard that owns its slot, so a message travels from the publisher to that
+shard and its subscribers, where a classic PUBLISH is broadcast over the
+cluster bus to every node; and a subscriber that loses its shard (a failover)
+sees its subscription end, re-reads the slot map and subscribes again on the
+new primary.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
+
+from storage.backends.redis_client import RedisClient, learn_topology, next_shard_message
 
 __all__ = ["CHANNEL", "InvalidationBus"]
 
@@ -24,11 +33,15 @@ CHANNEL = "mg:invalidations"
 _LOG = logging.getLogger("meshgate.invalidation")
 
 
+class _SubscriptionEnded(Exception):
+    """Redis ended the subscription (SUNSUBSCRIBE): the channel's slot moved elsewhere."""
+
+
 class InvalidationBus:
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         on_key: Callable[[str], None],
         on_namespace: Callable[[str], None],
         on_live: Callable[[bool], None],
@@ -61,7 +74,7 @@ class InvalidationBus:
 
     async def _publish(self, message: str) -> None:
         try:
-            await self._redis.publish(CHANNEL, message)
+            await self._redis.spublish(CHANNEL, message)
         except (RedisError, OSError) as exc:
             # The store already holds the change; other replicas see it when their
             # cache entries lapse (at most the key-cache TTL) or they reconnect.
@@ -89,18 +102,23 @@ class InvalidationBus:
         """Subscribe forever, reconnecting with backoff; cancel to stop."""
         backoff = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(CHANNEL)
-                self._set_live(True)
-                backoff = 0.1
+                await learn_topology(self._redis)
+                await pubsub.ssubscribe(CHANNEL)
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
+                    message = await next_shard_message(pubsub, timeout_s=1.0)
+                    kind = message.get("type") if message is not None else None
+                    if kind == "ssubscribe":
+                        self._set_live(True)
+                        backoff = 0.1
+                    elif kind == "smessage" and message is not None:
                         self._dispatch(message["data"])
+                    elif kind == "sunsubscribe":  # the shard moved (a failover, a resharding)
+                        raise _SubscriptionEnded
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError, _SubscriptionEnded) as exc:
                 if self.live:
                     _LOG.warning("invalidation channel lost (%s); caches off", type(exc).__name__)
                 self._set_live(False)

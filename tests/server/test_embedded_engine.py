@@ -12,19 +12,22 @@ ones it returns, whatever the namespace's size (docs/embedded-mongodb.md).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.backends import Backends
-from server.embedded import EmbeddedEngineMissingError, EmbeddedMongo
+from server.embedded import EmbeddedEngineMissingError, EmbeddedMongo, embedded_redis
 from storage.backends.scoped import Scope
 from storage.core.errors import AlreadyExistsError
 from storage.core.ids import random_base62
 from storage.data.documents import DocumentStore
+from tests.support.processes import ROOT
 
 DOCUMENTS = 3_000
 BATCH = 100
@@ -167,3 +170,39 @@ def test_a_missing_engine_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(EmbeddedEngineMissingError, match="MESHGATE_MONGODB_URI") as raised:
         EmbeddedMongo(data_dir=None).start()
     assert "embedded" in str(raised.value)
+    monkeypatch.setitem(sys.modules, "fakeredis", None)
+    with pytest.raises(EmbeddedEngineMissingError, match="MESHGATE_REDIS_URL") as raised:
+        embedded_redis()
+    assert "embedded" in str(raised.value)
+
+
+def test_serving_without_store_urls_or_the_extra_says_what_to_set(tmp_path: Path) -> None:
+    """A production install (no `embedded` extra) started without store URLs: a clear
+    error naming the setting, exit code 2, before anything is served."""
+    hidden = tmp_path / "no-extra"
+    for module in ("secantus", "fakeredis"):  # shadow the installed engines
+        (hidden / module).mkdir(parents=True)
+        (hidden / module / "__init__.py").write_text(
+            f"raise ImportError('{module} is not installed')\n"
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHGATE_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join((str(hidden), str(ROOT), str(ROOT / "gen"))),
+        MESHGATE_DATA_DIR=str(tmp_path / "data"),
+        MESHGATE_INSECURE="true",
+        MESHGATE_LISTEN="127.0.0.1:0",
+        MESHGATE_METRICS_LISTEN="off",
+    )
+    started = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 2, started.stderr
+    assert "error: the embedded Redis engine is not installed" in started.stderr
+    assert "MESHGATE_REDIS_URL" in started.stderr and "`embedded` extra" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -135,8 +135,8 @@ async def test_spans_follow_rpc_conventions_with_store_children(
         await traced.stop(0)
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
         text: str = response.read().decode()
         return text
 
@@ -305,6 +305,8 @@ async def test_redis_down_turns_dependent_services_not_serving(
             await wait_for("meshgate.v1.KeyService", not_serving)
             assert await status("meshgate.v1.OrganizationService") == serving  # needs MongoDB only
             assert await status("") == serving
+            # ... so the pod stays ready: Redis is shared, every replica would go at once
+            assert await asyncio.to_thread(scrape, running.metrics_port, "/readyz") == "ok\n"
             report = await deep.DeepCheck(
                 health_service_pb2.DeepCheckRequest(), metadata=auth(tenant.admin)
             )

@@ -40,6 +40,20 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_KEY_CACHE_TTL_S": "-1"}, "MESHGATE_KEY_CACHE_TTL_S"),
         ({"MESHGATE_SHUTDOWN_GRACE_S": "soon"}, "MESHGATE_SHUTDOWN_GRACE_S"),
         ({"MESHGATE_INSECURE": "maybe"}, "MESHGATE_INSECURE"),
+        ({"MESHGATE_REDIS_CLUSTER": "true"}, "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL"),
+        (
+            {"MESHGATE_MONGODB_URI": "mongodb://db/?replicaSet=rs0&readPreference=secondary"},
+            "MESHGATE_MONGODB_URI: readPreference must be primary",
+        ),
+        ({"MESHGATE_REDIS_CLUSTER": "sometimes"}, "MESHGATE_REDIS_CLUSTER"),
+        ({"MESHGATE_QDRANT_SHARD_NUMBER": "0"}, "MESHGATE_QDRANT_SHARD_NUMBER must be between 1"),
+        (
+            {
+                "MESHGATE_QDRANT_REPLICATION_FACTOR": "2",
+                "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR": "3",
+            },
+            "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR cannot exceed",
+        ),
         ({"MESHGATE_LISTEN": "50051"}, "MESHGATE_LISTEN"),
         ({"MESHGATE_MONGODB_URI_FILE": "/nonexistent/file"}, "MESHGATE_MONGODB_URI_FILE"),
         ({"MESHGATE_TASK_WORKERS": "2.5"}, "MESHGATE_TASK_WORKERS must be a whole number"),

@@ -1,6 +1,7 @@
 """Helpers the tests share; fixtures live in tests/conftest.py, tests in test_*.py.
 
 - processes: free ports, the redis-server the suite starts, `meshgate serve` replicas
+- redis_cluster: a Redis Cluster on loopback (and the endpoint a test runs on: single or cluster)
 - pki: the throwaway certificates of a test session
 - clients: channel credentials, call metadata, catching a refused call
 - tenants: organizations with an ADMIN key, and what they create through the API

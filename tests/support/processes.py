@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ __all__ = [
     "redis_server_binary",
     "replica_env",
     "start_replica",
+    "start_replicas",
     "wait_until_healthy",
 ]
 
@@ -172,6 +174,7 @@ def replica_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
             "MESHGATE_MONGODB_URI": settings.mongodb_uri.reveal(),
             "MESHGATE_MONGODB_DATABASE": settings.mongodb_database,
             "MESHGATE_REDIS_URL": settings.redis_url.reveal(),
+            "MESHGATE_REDIS_CLUSTER": str(settings.redis_cluster).lower(),
             "MESHGATE_QDRANT_URL": settings.qdrant_url or ":memory:",
             "MESHGATE_INTERNAL_PEERS": ",".join(settings.internal_peers),
             "MESHGATE_SHUTDOWN_GRACE_S": "3",
@@ -198,3 +201,22 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
     PROCESS_LOGS.append(log_path)
     wait_until_healthy(replica.target, pki, process, log_path)
     return replica
+
+
+def start_replicas(
+    count: int, settings: Settings, pki: Pki, log_dir: Path, **extra: str
+) -> list[Replica]:
+    """`count` replicas started at the same moment; if one does not come up, the others are
+    killed before the error is raised (no process outlives its test)."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = [
+            pool.submit(start_replica, settings, pki, log_dir, **extra) for _ in range(count)
+        ]
+    started = [f.result() for f in futures if f.exception() is None]
+    failures = [error for f in futures if (error := f.exception()) is not None]
+    if failures:
+        for replica in started:
+            replica.process.kill()
+            replica.process.wait(timeout=10)
+        raise failures[0]
+    return started

@@ -1,4 +1,5 @@
-"""Credits against a real redis-server: never negative, ledger == balance, lazy monthly refill."""
+"""Credits against a real redis-server and a Redis Cluster: never negative, ledger == balance,
+lazy monthly refill."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import asyncio
 import secrets
 from datetime import UTC, datetime
 
+import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from server.backends import Backends
+from server.backends import Backends, open_redis
+from storage.backends.redis_client import RedisClient
 from storage.core.errors import ResourceExhaustedError
 from storage.metering.credit_events import CreditEvents
-from storage.metering.credits import CreditAccounts
+from storage.metering.credits import CreditAccounts, period_of
 from storage.metering.usage import UsageRecorder
 from tests.support.processes import RedisServer, free_port
+from tests.support.redis_cluster import RedisEndpoint
 
 
 def org() -> str:
@@ -21,9 +26,9 @@ def org() -> str:
 
 
 async def test_concurrent_debits_never_overdraw_and_reconcile(
-    redis_server: RedisServer, backends: Backends
+    redis_endpoint: RedisEndpoint, backends: Backends
 ) -> None:
-    redis = Redis.from_url(redis_server.url)
+    redis = await redis_endpoint.connect()
     events = CreditEvents(mongo=backends.mongo)
     replicas = [
         CreditAccounts(redis=redis, replica=f"r{i}", batch=7, on_threshold=events.record)
@@ -77,8 +82,8 @@ async def test_concurrent_debits_never_overdraw_and_reconcile(
     await redis.aclose()
 
 
-async def test_grants_add_to_the_current_period(redis_server: RedisServer) -> None:
-    redis = Redis.from_url(redis_server.url)
+async def test_grants_add_to_the_current_period(redis_endpoint: RedisEndpoint) -> None:
+    redis = await redis_endpoint.connect()
     accounts = CreditAccounts(redis=redis, replica="g")
     organization = org()
     before = await accounts.balance(organization, allowance=10)
@@ -87,9 +92,9 @@ async def test_grants_add_to_the_current_period(redis_server: RedisServer) -> No
     await redis.aclose()
 
 
-async def test_monthly_refill_is_lazy(redis_server: RedisServer) -> None:
+async def test_monthly_refill_is_lazy(redis_endpoint: RedisEndpoint) -> None:
     """The clock crosses a month boundary: the new period starts with the plan's allowance."""
-    redis = Redis.from_url(redis_server.url)
+    redis = await redis_endpoint.connect()
     clock = [datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)]
 
     def wall_clock() -> float:
@@ -117,8 +122,13 @@ async def test_monthly_refill_is_lazy(redis_server: RedisServer) -> None:
     await redis.aclose()
 
 
-async def _script_calls(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
+async def _script_calls(redis: RedisClient, key: str) -> int:
+    """Scripts run by the Redis node holding `key` (on a cluster, the node owning its slot)."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+        stats = await redis.info("commandstats", target_nodes=redis.get_node_from_key(key))
+    else:
+        stats = await redis.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
@@ -130,13 +140,14 @@ async def _spend(accounts: CreditAccounts, organization: str, calls: int, allowa
         accounts.complete(organization, 1, refund=False)
 
 
-async def test_busy_organizations_reserve_in_growing_batches(redis_server: RedisServer) -> None:
-    redis = Redis.from_url(redis_server.url)
+async def test_busy_organizations_reserve_in_growing_batches(redis_endpoint: RedisEndpoint) -> None:
+    redis = await redis_endpoint.connect()
     accounts = CreditAccounts(redis=redis, replica="busy")
     organization, allowance = org(), 1_000_000
-    before = await _script_calls(redis)
+    key = CreditAccounts.key(organization, period_of(accounts.now()))
+    before = await _script_calls(redis, key)
     await _spend(accounts, organization, 5_000, allowance)
-    scripts = await _script_calls(redis) - before
+    scripts = await _script_calls(redis, key) - before
     print(f"\n5000 debits of 1 credit: {scripts} reservation scripts (fixed batches of 20: 250)")
     assert scripts <= 20
     await accounts.settle(everything=True)
@@ -146,10 +157,10 @@ async def test_busy_organizations_reserve_in_growing_batches(redis_server: Redis
 
 
 async def test_reservations_stay_small_against_a_small_allowance(
-    redis_server: RedisServer,
+    redis_endpoint: RedisEndpoint,
 ) -> None:
     """1 % of a 2,000-credit month: one replica never sits on more than ~25 unspent credits."""
-    redis = Redis.from_url(redis_server.url)
+    redis = await redis_endpoint.connect()
     accounts = CreditAccounts(redis=redis, replica="small")
     organization, allowance = org(), 2_000
     await _spend(accounts, organization, 1_000, allowance)
@@ -181,10 +192,12 @@ async def test_a_failed_prefetch_does_not_fail_a_later_debit(redis_server: Redis
     await admin.aclose()
 
 
-async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(redis_server: RedisServer) -> None:
+async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(
+    redis_endpoint: RedisEndpoint,
+) -> None:
     """Shutdown waits for top-ups in flight before the final settle, so no credits stay
     reserved for a replica that no longer exists."""
-    redis = Redis.from_url(redis_server.url)
+    redis = await redis_endpoint.connect()
     accounts = CreditAccounts(redis=redis, replica="leaving")
     organization, allowance = org(), 10_000
     await accounts.debit(organization, 1, allowance=allowance)
@@ -203,9 +216,11 @@ async def test_a_prefetch_in_flight_at_shutdown_strands_nothing(redis_server: Re
     await redis.aclose()
 
 
-async def test_every_caller_waiting_on_an_unreachable_redis_is_unavailable() -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+async def test_every_caller_waiting_on_an_unreachable_redis_is_unavailable(cluster: bool) -> None:
     """Not RESOURCE_EXHAUSTED ("used up for the month") for the callers that woke up second."""
-    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    redis = open_redis(nowhere, cluster=cluster, timeout_s=5.0)
     accounts = CreditAccounts(redis=redis, replica="cut-off", timeout_s=0.5)
     organization = org()
     outcomes = await asyncio.gather(
@@ -217,11 +232,11 @@ async def test_every_caller_waiting_on_an_unreachable_redis_is_unavailable() -> 
 
 
 async def test_a_call_across_a_month_boundary_belongs_to_the_month_it_started_in(
-    redis_server: RedisServer, backends: Backends
+    redis_endpoint: RedisEndpoint, backends: Backends
 ) -> None:
     """Debited at 23:59:59.9 on 30 November, finished in December: November's balance
     settles it and November's ledger has it, so ledger == used holds for both months."""
-    redis = Redis.from_url(redis_server.url)
+    redis = await redis_endpoint.connect()
     clock = [datetime(2026, 11, 30, 23, 59, 59, 900_000, tzinfo=UTC).timestamp()]
     organization = org()
     accounts = CreditAccounts(redis=redis, replica="midnight", clock=lambda: clock[0])

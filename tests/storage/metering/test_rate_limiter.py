@@ -1,4 +1,5 @@
-"""The leased token bucket against a real redis-server: exact upper bound, fallback, recovery."""
+"""The leased token bucket against a real redis-server and a Redis Cluster: exact upper bound,
+fallback, recovery."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from server.backends import open_redis
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
 from storage.metering.rate_limiter import LEASE_SCRIPT, FailureMode, RateLimiter, lease_size
 from tests.support.processes import RedisServer, free_port
+from tests.support.redis_cluster import RedisEndpoint
 
 
 def bucket() -> str:
@@ -40,8 +43,10 @@ async def hammer(
     return admitted, refused, time.monotonic() - started
 
 
-async def test_three_replicas_never_admit_more_than_one_bucket(redis_server: RedisServer) -> None:
-    redis = Redis.from_url(redis_server.url)
+async def test_three_replicas_never_admit_more_than_one_bucket(
+    redis_endpoint: RedisEndpoint,
+) -> None:
+    redis = await redis_endpoint.connect()
     replicas = [RateLimiter(redis=redis) for _ in range(3)]
     limit = Limit(per_second=200, burst=50)
     admitted, refused, elapsed = await hammer(replicas, bucket(), limit, 1.5)
@@ -53,11 +58,13 @@ async def test_three_replicas_never_admit_more_than_one_bucket(redis_server: Red
     assert refused > 0
     calls = sum(r.redis_calls for r in replicas)
     assert calls < admitted  # leases: fewer Redis round trips than calls
+    for replica in replicas:
+        await replica.drain()
     await redis.aclose()
 
 
-async def test_high_limits_cost_few_round_trips(redis_server: RedisServer) -> None:
-    redis = Redis.from_url(redis_server.url)
+async def test_high_limits_cost_few_round_trips(redis_endpoint: RedisEndpoint) -> None:
+    redis = await redis_endpoint.connect()
     limiter = RateLimiter(redis=redis)
     limit = Limit(per_second=20_000, burst=40_000)
     name = bucket()
@@ -65,11 +72,12 @@ async def test_high_limits_cost_few_round_trips(redis_server: RedisServer) -> No
         assert (await limiter.acquire(name, limit)).allowed
     print(f"\n5000 calls, {limiter.redis_calls} Redis round trips (lease {lease_size(limit)})")
     assert limiter.redis_calls <= 5_000 // lease_size(limit) + 2
+    await limiter.drain()
     await redis.aclose()
 
 
-async def test_headers_and_retry_after(redis_server: RedisServer) -> None:
-    redis = Redis.from_url(redis_server.url)
+async def test_headers_and_retry_after(redis_endpoint: RedisEndpoint) -> None:
+    redis = await redis_endpoint.connect()
     limiter = RateLimiter(redis=redis)
     limit = Limit(per_second=2, burst=3)
     name = bucket()
@@ -79,12 +87,18 @@ async def test_headers_and_retry_after(redis_server: RedisServer) -> None:
     assert 0 < decisions[3].retry_after_s <= 0.5 + 1e-6
     await asyncio.sleep(decisions[3].retry_after_s + 0.05)
     assert (await limiter.acquire(name, limit)).allowed
+    await limiter.drain()
     await redis.aclose()
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
 @pytest.mark.parametrize("mode", [FailureMode.LOCAL, FailureMode.OPEN, FailureMode.CLOSED])
-async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: FailureMode) -> None:
-    dead = Redis(port=free_port(), socket_connect_timeout=0.2)
+async def test_redis_down_uses_the_configured_fallback_without_hanging(
+    mode: FailureMode, cluster: bool
+) -> None:
+    """Nothing listens: a cluster client fails in its own way (it cannot learn the slot map),
+    and the limiter takes it as Redis being down all the same."""
+    dead = open_redis(f"redis://127.0.0.1:{free_port()}/0", cluster=cluster, timeout_s=0.2)
     fallbacks: list[str] = []
     limiter = RateLimiter(redis=dead, failure_mode=mode, on_fallback=fallbacks.append)
     limit = Limit(per_second=1, burst=2)
@@ -103,6 +117,7 @@ async def test_redis_down_uses_the_configured_fallback_without_hanging(mode: Fai
         FailureMode.CLOSED: [None, None, None, None],
     }
     assert results == expected[mode]
+    await limiter.drain()
     await dead.aclose()
 
 
@@ -121,6 +136,7 @@ async def test_recovers_when_redis_comes_back(tmp_path_factory: pytest.TempPathF
         assert not (await limiter.acquire("mg:{org_r}:rl:data", limit)).allowed
     finally:
         server.stop()
+        await limiter.drain()
         await redis.aclose()
 
 
