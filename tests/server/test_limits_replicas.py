@@ -77,18 +77,11 @@ class Fleet:
     cluster: LocalRedisCluster | None = None
 
 
-@pytest.fixture(scope="module", params=["single", "cluster"])
-def fleet(
-    request: pytest.FixtureRequest,
-    settings: Settings,
-    pki: Pki,
-    tmp_path_factory: pytest.TempPathFactory,
+def start_fleet(
+    settings: Settings, pki: Pki, *, workdir: Path, cluster: LocalRedisCluster | None
 ) -> Iterator[Fleet]:
-    workdir = tmp_path_factory.mktemp("fleet")
     redis: RedisServer | None = None
-    cluster: LocalRedisCluster | None = None
-    if request.param == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
+    if cluster is not None:
         endpoint = cluster.endpoint
     else:
         redis = RedisServer.on_free_port(workdir)
@@ -101,6 +94,9 @@ def fleet(
         "MESHGATE_PLANS_FILE": str(plans),
         "MESHGATE_DEFAULT_PLAN": "test",
         "MESHGATE_HEALTH_INTERVAL_S": "0.5",
+        # a loaded CI machine can take longer than the 0.2 s default to run a script, and a
+        # timeout is an outage (the local fallback): the bound below is about Redis answering
+        "MESHGATE_LIMITER_TIMEOUT_S": "0.5",
     }
     try:
         replicas = start_replicas(3, own, pki, workdir, **env)
@@ -114,6 +110,34 @@ def fleet(
             replica.terminate()
     if redis is not None:
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def single_fleet(
+    settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """Three replicas on their own redis-server."""
+    workdir = tmp_path_factory.mktemp("fleet")
+    yield from start_fleet(settings, pki, workdir=workdir, cluster=None)
+
+
+@pytest.fixture(scope="module")
+def cluster_fleet(
+    settings: Settings,
+    pki: Pki,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_cluster: LocalRedisCluster,
+) -> Iterator[Fleet]:
+    """Three replicas on the Redis Cluster."""
+    workdir = tmp_path_factory.mktemp("fleet")
+    yield from start_fleet(settings, pki, workdir=workdir, cluster=redis_cluster)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def fleet(request: pytest.FixtureRequest) -> Fleet:
+    """Each of the two fleets, for what must hold on both."""
+    found: Fleet = request.getfixturevalue(f"{request.param}_fleet")
+    return found
 
 
 async def hammer(
@@ -269,9 +293,10 @@ async def limits_shared_again(fleet: Fleet, pki: Pki, tenant: PlanTenant) -> Non
 
 
 @pytest.mark.slow
-async def test_redis_outage_and_recovery(fleet: Fleet, backends: Backends, pki: Pki) -> None:
-    if fleet.redis is None:
-        pytest.skip("a cluster's outage is a failover: test_a_primary_killed_under_load")
+async def test_redis_outage_and_recovery(single_fleet: Fleet, backends: Backends, pki: Pki) -> None:
+    """On one redis-server (a cluster's outage is a failover: the test below)."""
+    fleet = single_fleet
+    assert fleet.redis is not None
     tenant = await tenant_on_test_plan(backends)
     replicas = fleet.replicas
     assert await list_documents(replicas[0], pki, tenant.secret, tenant.namespace_id) == "OK"
@@ -298,9 +323,11 @@ async def writes_resume(redis: RedisClient, key: str, *, since: float) -> tuple[
 
 
 @pytest.mark.slow
-async def test_a_primary_killed_under_load(fleet: Fleet, backends: Backends, pki: Pki) -> None:
-    if fleet.cluster is None:
-        pytest.skip("a single node has no failover: test_redis_outage_and_recovery")
+async def test_a_primary_killed_under_load(
+    cluster_fleet: Fleet, backends: Backends, pki: Pki
+) -> None:
+    fleet = cluster_fleet
+    assert fleet.cluster is not None
     cluster, replicas = fleet.cluster, fleet.replicas
     tenant = await tenant_on_test_plan(backends)
     bucket = organization_key(tenant.organization_id, "rl", "metadata")  # the org's slot

@@ -9,13 +9,12 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from server.settings import Settings
-from storage.audit.log import AuditLog
 from storage.backends.mongo import MongoStore
-from storage.metering.usage import UsageRecorder
 from tests.support.pki import Pki
 from tests.support.processes import start_replicas
 
@@ -29,14 +28,19 @@ async def indexes(store: MongoStore) -> dict[str, list[tuple[str, object]]]:
     return out
 
 
-async def one_process_alone(mongo_uri: str, database: str) -> dict[str, list[tuple[str, object]]]:
+async def one_process_alone(
+    settings: Settings, pki: Pki, workdir: Path, mongo_uri: str, database: str
+) -> dict[str, list[tuple[str, object]]]:
+    """The collections and indexes one `meshgate serve` alone makes in an empty database."""
+    (alone,) = start_replicas(1, replace(settings, mongodb_database=database), pki, workdir)
     store = MongoStore(uri=mongo_uri, database=database)
     try:
-        await store.ensure_indexes()
-        await AuditLog(mongo=store).ensure_indexes()
-        await UsageRecorder(mongo=store, replica="alone").ensure_indexes()
+        assert alone.terminate() == 0
         return await indexes(store)
     finally:
+        if alone.process.poll() is None:
+            alone.process.kill()
+            alone.process.wait()
         await store.database.client.drop_database(database)
         await store.close()
 
@@ -68,7 +72,9 @@ async def test_three_replicas_start_together_against_one_empty_database(
             f" (each: backends to serving in {', '.join(serving)} s)"
         )
         built = await indexes(store)
-        assert built == await one_process_alone(mongo_uri, f"{database}_alone")
+        assert built == await one_process_alone(
+            settings, pki, workdir, mongo_uri, f"{database}_alone"
+        )
         for replica in replicas:
             assert replica.terminate() == 0
             assert '"level": "ERROR"' not in replica.log(), replica.log()
@@ -76,5 +82,6 @@ async def test_three_replicas_start_together_against_one_empty_database(
         for replica in replicas:
             if replica.process.poll() is None:
                 replica.process.kill()
+                replica.process.wait()
         await store.database.client.drop_database(database)
         await store.close()

@@ -148,6 +148,11 @@ async def test_410_disables_the_endpoint(
     await tasks.submit([doc("a")])
     delivery = await hooks.delivery_in(webhook_id, pb.DELIVERY_STATUS_FAILED)
     assert delivery.last_response_code == 410 and delivery.attempt_count == 1
+
+    async def disabled() -> bool:  # the attempt is recorded first, then the endpoint disabled
+        return not (await hooks.get(webhook_id)).enabled
+
+    await eventually(disabled)
     webhook = await hooks.get(webhook_id)
     assert not webhook.enabled and "410" in webhook.disabled_reason
     # a disabled webhook gets no new deliveries
