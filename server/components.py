@@ -29,6 +29,7 @@ from storage.data.tasks import TaskStore
 from storage.data.vectors import VectorStore
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import CreditAccounts
+from storage.metering.ledger import MongoLedger
 from storage.metering.rate_limiter import RateLimiter
 from storage.metering.usage import UsageRecorder
 from storage.tenancy.invalidation import InvalidationBus
@@ -82,10 +83,10 @@ class Components:
     serving: dict[str, bool] = field(default_factory=dict)
 
     async def flush_usage(self, *, everything: bool = False) -> None:
-        """Ledger first, then the credit settlement it accounts for."""
-        spent = self.accounts.spent_snapshot()
+        """Ledger first (each stored batch is reported to the accounts), then the credit
+        settlement it accounts for."""
         await self.usage.flush()
-        await self.accounts.settle(spent=spent, everything=everything)
+        await self.accounts.settle(everything=everything)
 
 
 def _sender(settings: Settings) -> WebhookSender:
@@ -151,6 +152,15 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     usage = UsageRecorder(mongo=mongo, replica=replica)
     await usage.ensure_indexes()
+    accounts = CreditAccounts(
+        redis=backends.redis,
+        replica=replica,
+        ledger=MongoLedger(usage=usage, events=credit_events),
+        fail_open=settings.credits_fail_open,
+        timeout_s=max(settings.limiter_timeout_s, 0.5),
+        on_threshold=credit_events.record,
+    )
+    usage.on_flushed = accounts.recorded
     return Components(
         organizations=organizations,
         keys=keys,
@@ -168,13 +178,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
             on_live=on_live,
         ),
         limiter=limiter,
-        accounts=CreditAccounts(
-            redis=backends.redis,
-            replica=replica,
-            fail_open=settings.credits_fail_open,
-            timeout_s=max(settings.limiter_timeout_s, 0.5),
-            on_threshold=credit_events.record,
-        ),
+        accounts=accounts,
         credit_events=credit_events,
         usage=usage,
         plan_of=plan_of,

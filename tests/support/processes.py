@@ -55,23 +55,26 @@ def redis_server_binary() -> str | None:
 
 @dataclass
 class RedisServer:
-    """A redis-server on a loopback port, without persistence; stop and start it again
-    to simulate an outage."""
+    """A redis-server on a loopback port; stop (or kill) and start it again to simulate
+    an outage. Without persistence by default; with `appendonly`, every write is in the
+    append-only file before it is acknowledged (a SIGKILL loses nothing). `DEBUG` is
+    allowed from loopback (`DEBUG SLEEP` makes a slow Redis)."""
 
     binary: str
     port: int
     workdir: Path
+    appendonly: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def on_free_port(cls, workdir: Path) -> RedisServer:
+    def on_free_port(cls, workdir: Path, *, appendonly: bool = False) -> RedisServer:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError(
                 "redis-server not found: run the tests through `make test` (installs it as"
                 " root) or install Debian's redis-server package"
             )
-        return cls(binary=binary, port=free_port(), workdir=workdir)
+        return cls(binary=binary, port=free_port(), workdir=workdir, appendonly=appendonly)
 
     @property
     def url(self) -> str:
@@ -88,7 +91,11 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--enable-debug-command",
+                "local",
                 "--dir",
                 str(self.workdir),
             ],
@@ -111,6 +118,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; without persistence the data is gone."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
 
