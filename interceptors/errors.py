@@ -9,13 +9,15 @@ their text and traceback go to the server log, never to the client. Every
 UNAVAILABLE message ends with the request id, typed or not. An error that
 knows when to retry (RESOURCE_EXHAUSTED, and UNAVAILABLE while a store is
 known to be down) carries `google.rpc.RetryInfo` in the status details and a
-`retry-after` trailer (whole seconds, at least 1).
+`retry-after` trailer (whole seconds, at least 1). A store failure is also
+reported to `on_store_failure` (the circuit breakers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -53,8 +55,14 @@ def _retry_trailers(
 
 
 class ErrorMapper:
-    def __init__(self, *, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        logger: logging.Logger,
+        on_store_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._logger = logger
+        self._on_store_failure = on_store_failure
 
     def refusal_for(self, exc: BaseException, *, request_id: str) -> Refusal:
         code = _CODES[status_name(exc)]
@@ -71,6 +79,8 @@ class ErrorMapper:
                 type(exc).__name__,
                 extra={"request_id": request_id},
             )
+            if self._on_store_failure is not None:
+                self._on_store_failure(exc)
             return Refusal(
                 code, f"a backing store is unavailable; retry later (request id {request_id})"
             )

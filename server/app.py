@@ -23,6 +23,7 @@ from opentelemetry import trace
 from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
+from interceptors.availability import StoreAvailability
 from interceptors.chain import MAX_METADATA_BYTES, SecurityChain
 from interceptors.credits import Credits
 from interceptors.errors import ErrorMapper
@@ -38,7 +39,7 @@ from server.health import HEALTH_SERVICE, GrpcHealth, add_health, dependency_mon
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
-from server.registry import SERVICES, add_servicers, descriptors
+from server.registry import SERVICES, add_servicers, descriptors, method_needs
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials, bind
 from server.workers.metrics import WorkMetrics
@@ -86,6 +87,7 @@ class RunningServer:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.components.breakers.close()
         with contextlib.suppress(Exception):
             await self.verifier.flush_last_used()
         try:
@@ -103,11 +105,19 @@ def build_chain(
     audit = AuditTrail(log=c.audit)
     for method in undeclared_methods(descriptors(), policies):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
+    breakers = c.breakers.breakers
+    needs = {
+        method: tuple(breakers[store] for store in stores if store in breakers)
+        for method, stores in method_needs().items()
+    }
     return SecurityChain(
         policies=policies,
-        errors=ErrorMapper(logger=logging.getLogger("meshgate.errors")),
+        errors=ErrorMapper(
+            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
+        ),
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
+            StoreAvailability(needs=needs),
             Authentication(verifier=c.verifier),
             OrganizationIdentity(organizations=c.organizations),
             Authorization(internal_peers=settings.internal_peers),

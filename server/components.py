@@ -21,6 +21,7 @@ from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
 from storage.audit.log import AuditLog
+from storage.backends.breaker import StoreBreaker, StoreBreakers
 from storage.backends.work_queue import WorkQueue
 from storage.core.plans import PlanLookup
 from storage.data.cascade import NamespacePurger
@@ -79,6 +80,8 @@ class Components:
     sender: WebhookSender
     task_due: Wakeup
     delivery_due: Wakeup
+    # which stores are known to be down right now (fed by call failures and the monitor)
+    breakers: StoreBreakers
     # service name ("(server)" for the whole) -> serving, kept by server/health.py
     serving: dict[str, bool] = field(default_factory=dict)
 
@@ -194,7 +197,19 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         sender=_sender(settings),
         task_due=task_due,
         delivery_due=delivery_due,
+        breakers=_breakers(settings, backends),
     )
+
+
+def _breakers(settings: Settings, backends: Backends) -> StoreBreakers:
+    """MongoDB's and Qdrant's; Redis has fallbacks of its own (docs/limits.md)."""
+    timeout_s = min(settings.backend_timeout_s, 1.0)
+    mongodb = StoreBreaker(name="mongodb", probe=backends.mongo.ping, probe_timeout_s=timeout_s)
+    backends.mongo.on_unreachable(mongodb.trip)
+    qdrant = StoreBreaker(
+        name="qdrant", probe=backends.qdrant.get_collections, probe_timeout_s=timeout_s
+    )
+    return StoreBreakers({"mongodb": mongodb, "qdrant": qdrant})
 
 
 def export_component_metrics(c: Components) -> None:
@@ -219,6 +234,18 @@ def export_component_metrics(c: Components) -> None:
         "meshgate_audit_write_failures_total",
         "failed audit writes (retried)",
         lambda: c.audit.failures,
+    )
+    m.gauge_from(
+        "meshgate_store_failing_fast",
+        "1 while calls needing the store are refused at once (its circuit breaker is open)",
+        lambda: {(name,): float(not b.closed) for name, b in c.breakers.breakers.items()},
+        ("store",),
+    )
+    m.labeled_counter_from(
+        "meshgate_store_breaker_opened_total",
+        "times a store was found unreachable and calls needing it began to fail fast",
+        lambda: {(name,): float(b.opened) for name, b in c.breakers.breakers.items()},
+        ("store",),
     )
     m.gauge_from(
         "meshgate_invalidation_channel_up",

@@ -50,6 +50,7 @@ def dependency_monitor(
     needs = {"": SERVER_NEEDS, **{s.name: s.needs for s in SERVICES}}
 
     async def on_change(states: Mapping[str, DependencyState]) -> None:
+        c.breakers.observe(states)
         for service, stores in needs.items():
             serving = all(states[n].up for n in stores if n in states)
             c.serving[service or "(server)"] = serving

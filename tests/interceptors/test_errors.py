@@ -56,6 +56,38 @@ def test_unavailable_with_a_known_delay_carries_retry_info() -> None:
     assert info.retry_delay.ToNanoseconds() == 200_000_000
 
 
+def test_store_failures_are_reported_and_typed_errors_are_not() -> None:
+    seen: list[BaseException] = []
+    mapper = ErrorMapper(logger=logging.getLogger("test.errors"), on_store_failure=seen.append)
+    down = AutoReconnect("connection refused")
+    mapper.refusal_for(down, request_id="r")
+    mapper.refusal_for(errors.UnavailableError("credits"), request_id="r")
+    mapper.refusal_for(RuntimeError("bug"), request_id="r")
+    assert seen == [down]
+
+
+def test_resource_exhausted_carries_retry_info() -> None:
+    exc = errors.ResourceExhaustedError("slow down", retry_after_s=1.5)
+    refusal = MAPPER.refusal_for(exc, request_id="req-1")
+    trailers = dict(refusal.trailing_metadata)
+    assert refusal.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert trailers["retry-after"] == "2"
+    raw = trailers["grpc-status-details-bin"]
+    assert isinstance(raw, bytes)
+    status = status_pb2.Status.FromString(raw)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert status.message == "slow down"
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToNanoseconds() == 1_500_000_000
+
+
+def test_unreachable_store_is_unavailable_without_its_text() -> None:
+    refusal = MAPPER.refusal_for(AutoReconnect("mongo at 10.0.0.1 down"), request_id="req-2")
+    assert refusal.code is grpc.StatusCode.UNAVAILABLE
+    assert "10.0.0.1" not in refusal.message and "req-2" in refusal.message
+
+
 @pytest.mark.parametrize("exc", [RuntimeError("secret detail"), errors.MeshgateError("plain")])
 def test_anything_else_is_internal_and_generic(exc: Exception) -> None:
     refusal = MAPPER.refusal_for(exc, request_id="req-3")

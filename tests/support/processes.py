@@ -28,6 +28,7 @@ from tests.support.waiting import wait_until
 
 __all__ = [
     "ROOT",
+    "MongoEngine",
     "RedisServer",
     "Replica",
     "free_port",
@@ -126,6 +127,59 @@ class RedisServer:
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
+            self.process = None
+
+
+@dataclass
+class MongoEngine:
+    """The embedded MongoDB engine in a process of its own on a fixed loopback port, with
+    its data in `data_dir`: `stop` (SIGTERM, a clean shutdown) and `start` again to
+    simulate an outage that loses nothing."""
+
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def on_free_port(cls, workdir: Path) -> MongoEngine:
+        return cls(port=free_port(), data_dir=workdir / "mongo", log_path=workdir / "mongo.log")
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.mongo_engine",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def accepts() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"the MongoDB engine exited:\n{self.log_path.read_text()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(accepts, timeout_s=30, failure=lambda: "the MongoDB engine did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
             self.process = None
 
 
