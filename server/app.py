@@ -35,7 +35,13 @@ from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
-from server.health import HEALTH_SERVICE, GrpcHealth, add_health, dependency_monitor
+from server.health import (
+    HEALTH_SERVICE,
+    GrpcHealth,
+    add_health,
+    dependency_monitor,
+    not_serving,
+)
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
@@ -75,9 +81,15 @@ class RunningServer:
     async def flush_usage(self, *, everything: bool = False) -> None:
         await self.components.flush_usage(everything=everything)
 
+    async def begin_drain(self) -> None:
+        """Health turns NOT_SERVING for every service; calls are still served (load
+        balancers and endpoint lists take a while to stop sending any)."""
+        await not_serving(self.components, self.health)
+
     async def stop(self, grace_s: float) -> None:
-        """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish."""
-        await self.health.enter_graceful_shutdown()
+        """Drain: health NOT_SERVING (if `begin_drain` did not already), new calls are
+        refused, in-flight ones get `grace_s` to finish; then the background work stops."""
+        await self.begin_drain()
         await self.server.stop(grace_s)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

@@ -84,6 +84,8 @@ class Components:
     breakers: StoreBreakers
     # service name ("(server)" for the whole) -> serving, kept by server/health.py
     serving: dict[str, bool] = field(default_factory=dict)
+    # set once shutdown began: every service stays NOT_SERVING whatever the probes say
+    draining: bool = False
 
     async def flush_usage(self, *, everything: bool = False) -> None:
         """Ledger first (each stored batch is reported to the accounts), then the credit

@@ -24,7 +24,7 @@ from server.registry import SERVER_NEEDS, SERVICES
 from server.settings import Settings
 from storage.backends.health import DependencyMonitor, DependencyState
 
-__all__ = ["HEALTH_SERVICE", "GrpcHealth", "add_health", "dependency_monitor"]
+__all__ = ["HEALTH_SERVICE", "GrpcHealth", "add_health", "dependency_monitor", "not_serving"]
 
 
 class GrpcHealth(Protocol):
@@ -51,7 +51,8 @@ def dependency_monitor(
 
     async def on_change(states: Mapping[str, DependencyState]) -> None:
         c.breakers.observe(states)
-        for service, stores in needs.items():
+        serving_now = {} if c.draining else needs  # draining: NOT_SERVING stays
+        for service, stores in serving_now.items():
             serving = all(states[n].up for n in stores if n in states)
             c.serving[service or "(server)"] = serving
             c.metrics.serving.labels(service or "(server)").set(float(serving))
@@ -75,3 +76,13 @@ def dependency_monitor(
         timeout_s=min(settings.backend_timeout_s, 2.0),
         on_change=on_change,
     )
+
+
+async def not_serving(c: Components, health: GrpcHealth) -> None:
+    """Shutdown begins: every status NOT_SERVING at once, and kept so (the stock servicer
+    ignores later changes; the probes no longer update `c.serving`)."""
+    c.draining = True
+    await health.enter_graceful_shutdown()
+    for service in ("", *(s.name for s in SERVICES)):
+        c.serving[service or "(server)"] = False
+        c.metrics.serving.labels(service or "(server)").set(0.0)

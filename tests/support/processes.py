@@ -243,6 +243,7 @@ def replica_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
             "MESHGATE_QDRANT_URL": settings.qdrant_url or ":memory:",
             "MESHGATE_INTERNAL_PEERS": ",".join(settings.internal_peers),
             "MESHGATE_SHUTDOWN_GRACE_S": "3",
+            "MESHGATE_DRAIN_DELAY_S": "0",
             "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
         }
     )
