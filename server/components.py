@@ -163,6 +163,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         ledger=MongoLedger(usage=usage, events=credit_events),
         fail_open=settings.credits_fail_open,
         timeout_s=max(settings.limiter_timeout_s, 0.5),
+        rebuild_timeout_s=settings.backend_timeout_s,
         on_threshold=credit_events.record,
     )
     usage.on_flushed = accounts.recorded

@@ -168,7 +168,10 @@ class CreditAccounts:
     replica: str
     ledger: Ledger
     fail_open: bool = False
-    timeout_s: float = 0.5
+    timeout_s: float = 0.5  # for one script
+    # for rebuilding an account from the ledger (it reads MongoDB; once a month, or after
+    # Redis lost its data)
+    rebuild_timeout_s: float = 5.0
     batch: int = 100
     max_batch: int = 1000
     growth_window_s: float = 1.0
@@ -354,14 +357,9 @@ class CreditAccounts:
         want: int,
     ) -> _TopUp:
         try:
-            if reservation.settling is not None:
-                await reservation.settling.wait()
             with client_span("redis", "EVALSHA", **{"meshgate.script": "credits_reserve"}):
-                reply = await asyncio.wait_for(
-                    self._reserve(
-                        organization_id, period, reservation, need=need, demand=demand, want=want
-                    ),
-                    self.timeout_s,
+                reply = await self._reserve(
+                    organization_id, period, reservation, need=need, demand=demand, want=want
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             return _TopUp(error=exc)
@@ -394,9 +392,15 @@ class CreditAccounts:
         demand: int,
         want: int,
     ) -> ReserveReply:
+        """The reservation script (waiting first for a settle of this account in flight),
+        within `timeout_s`; if the account must be rebuilt, the rebuild (it reads MongoDB)
+        within `rebuild_timeout_s`, and the script once more."""
         keys = self._keys(organization_id, period)
-        for _ in range(2):
-            reply = await self._scripts.reserve(
+
+        async def reserve() -> ReserveReply | None:
+            if reservation.settling is not None:
+                await reservation.settling.wait()
+            return await self._scripts.reserve(
                 keys,
                 replica=self.replica,
                 need=need,
@@ -405,9 +409,15 @@ class CreditAccounts:
                 share=self.share,
                 dead_ms=int(self.dead_after_s * 1000),
             )
+
+        for _ in range(2):
+            reply = await asyncio.wait_for(reserve(), self.timeout_s)
             if reply is not None:
                 return reply
-            await self.rebuild(organization_id, period, allowance=reservation.allowance)
+            await asyncio.wait_for(
+                self.rebuild(organization_id, period, allowance=reservation.allowance),
+                self.rebuild_timeout_s,
+            )
         raise RedisError("the credit account vanished while it was being rebuilt")
 
     async def _record(self, organization_id: str, period: str, balance: Balance) -> None:
@@ -498,7 +508,10 @@ class CreditAccounts:
                 )
                 if reply is not None:
                     break
-                await self.rebuild(organization_id, period, allowance=reservation.allowance)
+                await asyncio.wait_for(
+                    self.rebuild(organization_id, period, allowance=reservation.allowance),
+                    self.rebuild_timeout_s,
+                )
             if reply is None:
                 raise RedisError("the credit account vanished while it was being rebuilt")
             del reservation.recorded[: len(chunks)]
