@@ -4,6 +4,7 @@ MongoDB (or a MongoDB of their own), and organizations on plans written for a te
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,9 +38,10 @@ class Cluster:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
 
-    def start_replica(self) -> Replica:
+    def replace_replica(self, index: int) -> Replica:
+        """A new replica in the place of replica `index` (stopped or killed)."""
         replica = start_replica(self.settings, self.pki, self.workdir, **self.env)
-        self.replicas.append(replica)
+        self.replicas[index] = replica
         return replica
 
     def stop(self) -> None:
@@ -58,10 +60,10 @@ def start_cluster(
     replicas: int = 3,
     appendonly: bool = False,
     mongodb_uri: str | None = None,
-    **env: str,
+    env: Mapping[str, str] | None = None,
 ) -> Cluster:
     """A redis-server and `replicas` servers on it (started in parallel), serving `plans`
-    (the first plan is the default one)."""
+    (the first plan is the default one), with `env` added to their environment."""
     redis = RedisServer.on_free_port(workdir, appendonly=appendonly)
     redis.start()
     plans_file = workdir / "plans.json"
@@ -69,16 +71,23 @@ def start_cluster(
     own = replace(settings, redis_url=Secret(redis.url))
     if mongodb_uri is not None:
         own = replace(own, mongodb_uri=Secret(mongodb_uri))
-    env = {
+    extra = {
         "MESHGATE_PLANS_FILE": str(plans_file),
         "MESHGATE_DEFAULT_PLAN": next(iter(plans)),
-        **env,
+        **(env or {}),
     }
-    cluster = Cluster(redis=redis, replicas=[], settings=own, pki=pki, workdir=workdir, env=env)
+    cluster = Cluster(redis=redis, replicas=[], settings=own, pki=pki, workdir=workdir, env=extra)
     with ThreadPoolExecutor(replicas) as pool:
-        cluster.replicas.extend(
-            pool.map(lambda _: start_replica(own, pki, workdir, **env), range(replicas))
-        )
+        starting = [pool.submit(start_replica, own, pki, workdir, **extra) for _ in range(replicas)]
+        failure: BaseException | None = None
+        for future in starting:
+            try:
+                cluster.replicas.append(future.result())
+            except Exception as exc:  # stop what did start, then report the first failure
+                failure = failure or exc
+    if failure is not None:
+        cluster.stop()
+        raise failure
     return cluster
 
 

@@ -60,19 +60,23 @@ class Load:
     pause_s: float = 0.01
     samples: list[Sample] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: bool = False
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._loop(i)) for i in range(self.workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        """Each worker finishes the call it is making (so every call the server answered is
+        counted), then stops."""
+        self._stopping = True
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._tasks = []
 
     async def _loop(self, worker: int) -> None:
-        while True:
+        while not self._stopping:
             started = time.monotonic()
             try:
                 await self.call(worker)

@@ -265,5 +265,6 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
         )
     replica = Replica(process=process, port=port, log_path=log_path)
     PROCESS_LOGS.append(log_path)
-    wait_until_healthy(replica.target, pki, process, log_path)
+    # generous: on a loaded machine the imports alone can take tens of seconds
+    wait_until_healthy(replica.target, pki, process, log_path, timeout_s=120)
     return replica
