@@ -305,6 +305,8 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset()
     key_cache_ttl_s: float = 10.0
     shutdown_grace_s: float = 10.0
+    # after SIGTERM, how long health says NOT_SERVING while calls are still served
+    drain_delay_s: float = 5.0
     backend_timeout_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
@@ -386,6 +388,7 @@ class Settings:
             trusted_proxies=_list(env, "MESHGATE_TRUSTED_PROXIES"),
             key_cache_ttl_s=_number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
             shutdown_grace_s=_number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
+            drain_delay_s=_number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
             backend_timeout_s=_number(env, "MESHGATE_BACKEND_TIMEOUT_S", 5.0, minimum=0.1),
             max_message_bytes=int(
                 _number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
