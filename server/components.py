@@ -165,19 +165,19 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     audit = AuditLog(mongo=mongo, anchor=AuditAnchor(redis=backends.redis))
     await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    usage = UsageRecorder(mongo=mongo, replica=replica)
-    await usage.ensure_indexes()
     page_keys = settings.page_token_key_list() or (await shared_secret(mongo, "page_tokens"),)
     accounts = CreditAccounts(
         redis=backends.redis,
         replica=replica,
-        ledger=MongoLedger(usage=usage, events=credit_events),
+        ledger=MongoLedger(mongo=mongo, events=credit_events),
         fail_open=settings.credits_fail_open,
         timeout_s=max(settings.limiter_timeout_s, 0.5),
         rebuild_timeout_s=settings.backend_timeout_s,
         on_threshold=credit_events.record,
     )
-    usage.on_flushed = accounts.recorded
+    # every stored batch of the ledger is settled by the accounts
+    usage = UsageRecorder(mongo=mongo, replica=replica, on_flushed=accounts.recorded)
+    await usage.ensure_indexes()
     return Components(
         organizations=organizations,
         keys=keys,

@@ -8,20 +8,21 @@ month, or after Redis lost its data.
 
 from __future__ import annotations
 
+from storage.backends.mongo import MongoStore
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import LedgerTotals
-from storage.metering.usage import UsageRecorder
+from storage.metering.usage import credit_totals
 
 __all__ = ["MongoLedger"]
 
 
 class MongoLedger:
-    def __init__(self, *, usage: UsageRecorder, events: CreditEvents) -> None:
-        self._usage = usage
+    def __init__(self, *, mongo: MongoStore, events: CreditEvents) -> None:
+        self._mongo = mongo
         self._events = events
 
     async def totals(self, organization_id: str, period: str) -> LedgerTotals:
-        used, writers = await self._usage.credit_totals(organization_id, period)
+        used, writers = await credit_totals(self._mongo, organization_id, period)
         grants = await self._events.grants(organization_id, period)
         return LedgerTotals(
             used=used,

@@ -37,7 +37,9 @@ from pymongo.errors import BulkWriteError
 from storage.backends.mongo import MongoStore
 from storage.metering.credits import LedgerBatch, period_of
 
-__all__ = ["UsageRecorder", "UsageRow"]
+__all__ = ["COLLECTION", "UsageRecorder", "UsageRow", "credit_totals"]
+
+COLLECTION = "usage"
 
 _LOG = logging.getLogger("meshgate.usage")
 
@@ -76,7 +78,7 @@ class UsageRecorder:
 
     @property
     def collection(self) -> Any:
-        return self.mongo.database["usage"]
+        return self.mongo.database[COLLECTION]
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index(
@@ -217,29 +219,31 @@ class UsageRecorder:
         ]
 
     async def ledger_total(self, organization_id: str, period: str) -> int:
-        return (await self.credit_totals(organization_id, period))[0]
+        return (await credit_totals(self.mongo, organization_id, period))[0]
 
-    async def credit_totals(
-        self, organization_id: str, period: str
-    ) -> tuple[int, dict[str, tuple[int, int]]]:
-        """The period's credits, and per writer its last batch and that batch's credits
-        (documents written before writers were recorded count in the total only)."""
-        total = 0
-        writers: dict[str, tuple[int, int]] = {}
-        cursor = self.collection.find(
-            {"organization_id": organization_id, "period": period},
-            projection={"credits": 1, "writer": 1, "batch": 1},
-        )
-        async for doc in cursor:
-            credits = int(doc["credits"])
-            total += credits
-            writer = doc.get("writer")
-            if writer is None:
-                continue
-            batch = int(doc["batch"])
-            last, part = writers.get(writer, (0, 0))
-            if batch > last:
-                writers[writer] = (batch, credits)
-            elif batch == last:
-                writers[writer] = (batch, part + credits)
-        return total, writers
+
+async def credit_totals(
+    mongo: MongoStore, organization_id: str, period: str
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """The period's credits in the usage ledger, and per writer its last batch and that
+    batch's credits (documents written before writers were recorded count in the total
+    only)."""
+    total = 0
+    writers: dict[str, tuple[int, int]] = {}
+    cursor = mongo.database[COLLECTION].find(
+        {"organization_id": organization_id, "period": period},
+        projection={"credits": 1, "writer": 1, "batch": 1},
+    )
+    async for doc in cursor:
+        credits = int(doc["credits"])
+        total += credits
+        writer = doc.get("writer")
+        if writer is None:
+            continue
+        batch = int(doc["batch"])
+        last, part = writers.get(writer, (0, 0))
+        if batch > last:
+            writers[writer] = (batch, credits)
+        elif batch == last:
+            writers[writer] = (batch, part + credits)
+    return total, writers

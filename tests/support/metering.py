@@ -4,6 +4,7 @@ reported to the accounts, and the MongoDB ledger they rebuild from."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,17 +41,20 @@ class Meter:
         **options: Any,
     ) -> Meter:
         events = CreditEvents(mongo=mongo)
-        usage = UsageRecorder(mongo=mongo, replica=replica)
         if clock is not None:
-            usage.clock = clock
             options["clock"] = clock
         accounts = CreditAccounts(
             redis=redis,
             replica=replica,
-            ledger=MongoLedger(usage=usage, events=events),
+            ledger=MongoLedger(mongo=mongo, events=events),
             **options,
         )
-        usage.on_flushed = accounts.recorded
+        usage = UsageRecorder(
+            mongo=mongo,
+            replica=replica,
+            on_flushed=accounts.recorded,
+            clock=clock if clock is not None else time.time,
+        )
         return cls(accounts=accounts, usage=usage, events=events)
 
     async def spend(
