@@ -41,11 +41,12 @@ from storage.tenancy.key_verifier import KeyVerifier
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
+from storage.webhooks.deliveries import DeliveryStore
 from storage.webhooks.organization_events import OrganizationEvents
 from storage.webhooks.outbox import EventOutbox
 from storage.webhooks.sealing import SecretBox
 from storage.webhooks.sender import WebhookSender
-from storage.webhooks.store import DeliveryStore, WebhookStore
+from storage.webhooks.store import WebhookStore
 from storage.webhooks.targets import TargetPolicy
 
 __all__ = ["Components", "build_components", "export_component_metrics"]
