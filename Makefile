@@ -62,11 +62,12 @@ certs: setup ## create a dev CA, server and client certificates under certs/ (ke
 run: setup certs ## serve on embedded backends (data under var/), bootstrapping a dev admin key
 	$(VENV)/bin/meshgate serve --dev
 
-test-deps: ## make sure redis-server, redis-cli, promtool and kubectl exist (installs the packages as root)
+test-deps: ## make sure redis-server, redis-cli, promtool, kubectl and nginx exist (installs the packages as root)
 	@$(call need,redis-server,redis-server)
 	@$(call need,redis-cli,redis-tools)
 	@$(call need,promtool,prometheus)
 	@$(call need,kubectl,kubectl)
+	@test -x /usr/sbin/nginx || $(call need,nginx,nginx)
 
 # $(call need,COMMAND,DEBIAN_PACKAGE): install the package as root when the command is missing
 define need

@@ -1,5 +1,9 @@
 """Development PKI: a CA, a server certificate and client certificates for mTLS.
 
+`edge-proxy.pem` is the certificate an edge proxy in front of meshgate (nginx,
+deploy/nginx/) presents to meshgate; its identity, EDGE_PROXY_ID, is the one to
+list in MESHGATE_TRUSTED_PROXIES (docs/proxies.md).
+
 `make certs` runs this; existing files are kept unless --force. Tests import
 `issue_pki` to build throwaway PKIs (and a foreign CA) in temporary folders.
 Never use these certificates outside a developer machine.
@@ -22,6 +26,7 @@ TRUST_DOMAIN = "meshgate.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/client/dev"
 INTERNAL_ID = f"spiffe://{TRUST_DOMAIN}/internal/dev"
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/server"
+EDGE_PROXY_ID = f"spiffe://{TRUST_DOMAIN}/proxy/edge"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def issue(
 
 
 def issue_pki(out: Path, *, ca_name: str = "meshgate dev CA") -> None:
-    """ca.pem, server.pem, client.pem, internal.pem (+ *-key.pem) under `out`."""
+    """ca.pem, server.pem, client.pem, internal.pem, edge-proxy.pem (+ *-key.pem) under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     ca, ca_key, ca_cert = make_ca(ca_name)
     files = {
@@ -139,6 +144,9 @@ def issue_pki(out: Path, *, ca_name: str = "meshgate dev CA") -> None:
         "client": issue(ca_key, ca_cert, common_name="dev-client", uris=(CLIENT_ID,), server=False),
         "internal": issue(
             ca_key, ca_cert, common_name="dev-internal", uris=(INTERNAL_ID,), server=False
+        ),
+        "edge-proxy": issue(
+            ca_key, ca_cert, common_name="edge-proxy", uris=(EDGE_PROXY_ID,), server=False
         ),
     }
     for stem, issued in files.items():
@@ -157,7 +165,10 @@ def main() -> None:
         print(f"dev certificates already in {args.out}/ (use --force to replace)")
         return
     issue_pki(args.out)
-    print(f"dev certificates written to {args.out}/: ca.pem server.pem client.pem internal.pem")
+    print(
+        f"dev certificates written to {args.out}/:"
+        " ca.pem server.pem client.pem internal.pem edge-proxy.pem"
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import grpc
 from grpc.aio import AbortError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.propagate import extract
 
 from interceptors.context import CallState, current_call
 from interceptors.decoding import Decoder, MalformedRequests
@@ -47,7 +48,13 @@ from interceptors.request_metadata import (
     UndecodableHeaderError,
     read_metadata,
 )
-from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
+from interceptors.telemetry import (
+    REQUEST_ID_HEADER,
+    SERVER_ERRORS,
+    TRACEPARENT_HEADER,
+    Telemetry,
+    peer_attributes,
+)
 from storage.core.errors import MeshgateError, PermissionDeniedError
 
 __all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
@@ -196,6 +203,9 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         current_call.set(call)
         if self._tracer is not None:
             self._start_span(call)
+        elif TRACEPARENT_HEADER in metadata:
+            # not tracing, but what the call starts (a task, its webhooks) joins the caller's trace
+            call.span_token = otel_context.attach(extract(metadata))
         context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         if failure is None and policy is None:
             failure = _NoPolicyError("this method declares no access policy and is refused")
@@ -227,20 +237,28 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         )
 
     def _start_span(self, call: CallState) -> None:
+        """A SERVER span, the child of the caller's (W3C `traceparent`, `tracestate` and
+        `baggage`, read by the configured propagators, OTEL_PROPAGATORS)."""
         assert self._tracer is not None
-        service, _, name = call.method.lstrip("/").partition("/")
+        parent = extract(call.metadata)
+        method = call.method.lstrip("/")
         span = self._tracer.start_span(
-            f"{service}/{name}",
+            method,
+            context=parent,
             kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            attributes={
+                "rpc.system.name": "grpc",
+                "rpc.method": method,
+                **peer_attributes(call.peer_address),
+            },
         )
         call.span = span
-        call.span_token = otel_context.attach(trace.set_span_in_context(span))
+        call.span_token = otel_context.attach(trace.set_span_in_context(span, parent))
 
     @staticmethod
     def _end_span(call: CallState) -> None:
         span = call.span
-        span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+        span.set_attribute("rpc.status_code", call.code.name)
         if call.principal is not None:
             span.set_attribute(
                 "meshgate.organization_id", call.principal.organization.organization_id
@@ -248,7 +266,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             span.set_attribute("meshgate.key_id", call.principal.key.key_id)
         if call.namespace is not None:
             span.set_attribute("meshgate.namespace_id", call.namespace.namespace_id)
-        if call.code in _SERVER_ERRORS:
+        if call.code in SERVER_ERRORS:
+            span.set_attribute("error.type", call.code.name)
             span.set_status(trace.Status(trace.StatusCode.ERROR, call.code.name))
         span.end()
         otel_context.detach(call.span_token)
@@ -268,6 +287,8 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 self._logger.exception("observer %s failed", type(observer).__name__)
         if call.span is not None:
             self._end_span(call)
+        elif call.span_token is not None:
+            otel_context.detach(call.span_token)
         call.close()
 
     def _wrap(
@@ -336,18 +357,6 @@ def _written(inner: Any) -> Callable[[Any, Context], Awaitable[None]]:
 
 # stands in for a missing policy while the call is refused (it never reaches a step)
 _UNDECLARED = Policy(access=Access.API_KEY)
-
-# SERVER spans are errors only for these codes (OpenTelemetry rpc semantic conventions)
-_SERVER_ERRORS = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 
 
 class _NoPolicyError(PermissionDeniedError):

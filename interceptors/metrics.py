@@ -57,7 +57,7 @@ class Metrics:
         self.call_duration = Histogram(
             "rpc_server_call_duration_seconds",
             "rpc.server.call.duration: time from the first byte of a call to its status",
-            ["rpc_method", "rpc_grpc_status_code"],
+            ["rpc_system_name", "rpc_method", "rpc_status_code", "error_type"],
             buckets=_BUCKETS,
             registry=r,
         )
@@ -110,10 +110,17 @@ class Metrics:
         r.register(self._callbacks)
         self._durations: dict[tuple[str, str], Any] = {}
 
-    def observe_call(self, method: str, status: str, duration_s: float) -> None:
+    def observe_call(
+        self, method: str, status: str, duration_s: float, *, error: bool = False
+    ) -> None:
+        """`method` is grpc's `/pkg.Service/Method`; the label is the conventions' fully
+        qualified `pkg.Service/Method`. `error`: the status is a server error (`error_type`,
+        empty otherwise, which Prometheus treats as absent)."""
         child = self._durations.get((method, status))
         if child is None:
-            child = self._durations[(method, status)] = self.call_duration.labels(method, status)
+            child = self._durations[(method, status)] = self.call_duration.labels(
+                "grpc", method.lstrip("/"), status, status if error else ""
+            )
         child.observe(duration_s)
 
     def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:

@@ -1,32 +1,46 @@
 """Step 3, peer: who is on the other end of the mTLS connection.
 
 The identity is the certificate's SPIFFE URI SAN, else its DNS SAN, else its
-CN. Behind a sidecar (Envoy, Istio, Linkerd) the TLS peer is the proxy; a
-proxy on the trusted list may forward the client's identity in
-`x-forwarded-client-cert` (XFCC) or `l5d-client-id`. Forwarding headers from
-any other peer are forged and refused.
+CN. Behind a sidecar or an edge proxy (Envoy, Istio, Linkerd, nginx) the TLS
+peer is the proxy; a proxy on the trusted list may forward the client's
+identity in `x-forwarded-client-cert` (XFCC) or `l5d-client-id`. Forwarding
+headers from any other peer are forged and refused.
+
+From XFCC the identity is the last element's (the nearest client's): its
+forwarded certificate (`Cert=`, URL-encoded PEM, as nginx's
+`$ssl_client_escaped_cert` or Envoy's `forward_client_cert_details` send it),
+read the same way as a TLS peer's, else its `URI`, `DNS` or `Subject` CN.
+Parsing a certificate costs far more than the rest of the check, and a proxy
+forwards the same few certificates over and over, so identities are kept by
+the certificate's SHA-256 in a bounded cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from urllib.parse import unquote
 
 import grpc
+from cryptography import x509
 
 from interceptors.context import CallState
 from interceptors.policy import Access
 from storage.core.errors import PermissionDeniedError
 
-__all__ = ["PeerIdentity", "parse_xfcc"]
+__all__ = ["ForwardedCertificates", "PeerIdentity", "certificate_identity", "parse_xfcc"]
 
 XFCC = "x-forwarded-client-cert"
 L5D = "l5d-client-id"
-_XFCC_PAIR = re.compile(r'\s*([A-Za-z]+)=("(?:[^"\\]|\\.)*"|[^;,]*)\s*(;|,|$)')
+# a quoted value as one run of plain characters between escapes (not one alternation per
+# character): a forwarded certificate is ~1 KiB, and the per-character form costs ~10x
+_XFCC_PAIR = re.compile(r'\s*([A-Za-z]+)=("[^"\\]*(?:\\.[^"\\]*)*"|[^;,]*)\s*(;|,|$)')
 _CN = re.compile(r"(?:^|,)\s*CN=([^,]+)")
 
 
-def parse_xfcc(header: str) -> str | None:
+def parse_xfcc(header: str, certificates: ForwardedCertificates | None = None) -> str | None:
     """The identity of the nearest client in an XFCC header (its last element)."""
     elements: list[dict[str, list[str]]] = [{}]
     pos = 0
@@ -42,6 +56,12 @@ def parse_xfcc(header: str) -> str | None:
         if sep == ",":
             elements.append({})
     last = elements[-1]
+    forwarded = last.get("cert", [])
+    if forwarded:
+        # the certificate is the evidence: a URI beside it cannot override it
+        if certificates is None:
+            certificates = ForwardedCertificates()
+        return certificates.identity(forwarded[0])
     for uri in last.get("uri", []):
         if uri:
             return uri
@@ -53,6 +73,57 @@ def parse_xfcc(header: str) -> str | None:
         if cn:
             return cn.group(1)
     return None
+
+
+def certificate_identity(cert: x509.Certificate) -> str | None:
+    """A certificate's identity, in the order of `tls_identity`: a SPIFFE URI SAN, else a
+    DNS SAN, else the subject's CN."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = None
+    if sans is not None:
+        for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith("spiffe://"):
+                return uri
+        for dns in sans.get_values_for_type(x509.DNSName):
+            return dns
+    for attribute in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        value = attribute.value
+        return value if isinstance(value, str) else value.decode(errors="replace")
+    return None
+
+
+class ForwardedCertificates:
+    """Identities of forwarded certificates (`Cert=` of XFCC), cached by SHA-256.
+
+    The certificate is not verified again: the trusted proxy that forwarded it
+    verified it when the client connected. One that does not parse has no identity.
+    """
+
+    def __init__(self, *, max_entries: int = 1024) -> None:
+        self._max = max_entries
+        self._known: OrderedDict[bytes, str | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def identity(self, escaped_pem: str) -> str | None:
+        digest = hashlib.sha256(escaped_pem.encode()).digest()
+        known = self._known
+        if digest in known:
+            known.move_to_end(digest)
+            return known[digest]
+        try:
+            identity = certificate_identity(
+                x509.load_pem_x509_certificate(unquote(escaped_pem).encode())
+            )
+        except ValueError:
+            identity = None
+        known[digest] = identity
+        if len(known) > self._max:
+            known.popitem(last=False)
+        return identity
 
 
 AuthContext = Mapping[str, Iterable[bytes]]
@@ -85,8 +156,14 @@ class PeerIdentity:
     headers, internal-peer methods) the identity is resolved on first use.
     """
 
-    def __init__(self, *, trusted_proxies: frozenset[str]) -> None:
+    def __init__(
+        self,
+        *,
+        trusted_proxies: frozenset[str],
+        certificates: ForwardedCertificates | None = None,
+    ) -> None:
         self._trusted = trusted_proxies
+        self._certificates = ForwardedCertificates() if certificates is None else certificates
 
     def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
         forwarded_xfcc = call.metadata.get(XFCC)
@@ -105,7 +182,7 @@ class PeerIdentity:
                 "forwarded client identity headers are only accepted from a trusted proxy"
             )
         if forwarded_xfcc is not None:
-            call.set_peer_identity(parse_xfcc(forwarded_xfcc))
+            call.set_peer_identity(parse_xfcc(forwarded_xfcc, self._certificates))
         else:
             call.set_peer_identity(forwarded_l5d or None)
         return None

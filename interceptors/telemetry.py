@@ -4,7 +4,11 @@ The access-log line carries request id, method, status, duration,
 organization_id, namespace_id, key_id and peer identity (and the trace id when
 tracing is on, added by the log formatter); never the key, never internal_id.
 The span itself is opened and closed by the chain (interceptors/chain.py)
-around every step, so a refusal is traced too.
+around every step, so a refusal is traced too. Spans and the
+`rpc.server.call.duration` metric follow the OpenTelemetry RPC semantic
+conventions (docs/operations.md names the version): `rpc.system.name`, the
+fully-qualified `rpc.method`, `rpc.status_code` as the status name, and
+`error.type` for the codes a server counts as its own errors.
 """
 
 from __future__ import annotations
@@ -18,9 +22,28 @@ import grpc
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
 
-__all__ = ["REQUEST_ID_HEADER", "Telemetry"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "SERVER_ERRORS",
+    "TRACEPARENT_HEADER",
+    "Telemetry",
+    "peer_attributes",
+]
 
 REQUEST_ID_HEADER = "x-request-id"
+# W3C trace context: a caller that sends it is part of a trace (tracestate, baggage go with it)
+TRACEPARENT_HEADER = "traceparent"
+# a SERVER span or call is an error (`error.type`) only for these codes (gRPC conventions)
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _AUTH_FAILURES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
@@ -50,6 +73,23 @@ class _RequestIds:
 _fresh_ids = _RequestIds()
 
 
+def peer_attributes(peer: str) -> dict[str, str | int]:
+    """`network.peer.address` and `.port` from grpc's peer string (`ipv4:10.1.2.3:5555`,
+    `ipv6:[::1]:5555`, `unix:/path`); nothing for a form it does not know."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "unix":
+        return {"network.peer.address": rest}
+    if scheme not in ("ipv4", "ipv6"):
+        return {}
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return {}
+    return {
+        "network.peer.address": host.strip("[]"),
+        "network.peer.port": int(port),
+    }
+
+
 class Telemetry:
     def __init__(self, *, access_log: logging.Logger, metrics: Metrics | None = None) -> None:
         self._log = access_log
@@ -65,7 +105,9 @@ class Telemetry:
 
     def finish(self, call: CallState, duration_s: float) -> None:
         if self._metrics is not None:
-            self._metrics.observe_call(call.method, call.code.name, duration_s)
+            self._metrics.observe_call(
+                call.method, call.code.name, duration_s, error=call.code in SERVER_ERRORS
+            )
             if call.code in _AUTH_FAILURES:
                 self._metrics.auth_failures.labels(
                     call.method,

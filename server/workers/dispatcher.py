@@ -102,7 +102,11 @@ class DeliveryWorker:
             return
         attempted_at = utc_now()
         result = await self._sender.send(
-            url=webhook.url, msg_id=event.event_id, body=event.body.encode(), secrets=secrets
+            url=webhook.url,
+            msg_id=event.event_id,
+            body=event.body.encode(),
+            secrets=secrets,
+            trace=event.trace,
         )
         self._metrics.delivery_attempts += 1
         attempt = AttemptRecord(

@@ -3,6 +3,9 @@
 MongoDB commands are traced by PyMongo's command monitoring (`MongoCommandSpans`),
 Redis scripts and Qdrant calls by `client_span` at the few places that make them.
 When no span is recording (tracing off) both cost one context lookup.
+
+`trace_context()` is the W3C trace context of the current call, for work that
+outlives it (a task keeps it, its webhook deliveries send it).
 """
 
 from __future__ import annotations
@@ -12,11 +15,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pymongo import monitoring
 
-__all__ = ["MongoCommandSpans", "client_span"]
+__all__ = ["MongoCommandSpans", "client_span", "trace_context"]
 
 _TRACER = trace.get_tracer("meshgate.storage")
+_W3C = TraceContextTextMapPropagator()
+
+
+def trace_context() -> dict[str, str]:
+    """`traceparent` (and `tracestate` if any) of the current span: meshgate's server span
+    when tracing, else the caller's, as the chain took it from the call; {} outside a trace.
+
+    Only the W3C trace context: `baggage` is the caller's and stays inside the mesh."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier
 
 
 @contextlib.contextmanager

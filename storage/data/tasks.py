@@ -36,6 +36,7 @@ import bson
 
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
+from storage.backends.tracing import trace_context
 from storage.backends.work_queue import WorkQueue
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -143,6 +144,8 @@ class TaskRecord:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # the W3C trace context of the submitting call, which the task's event carries
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
@@ -163,6 +166,7 @@ def _record(doc: Mapping[str, Any]) -> TaskRecord:
         updated_at=doc["updated_at"],
         started_at=doc.get("started_at"),
         finished_at=doc.get("finished_at"),
+        trace=doc.get("trace") or {},
     )
 
 
@@ -239,6 +243,9 @@ class TaskStore:
             "finished_at": None,
             "items": _pack_items(documents, points),
         }
+        trace = trace_context()
+        if trace:
+            doc["trace"] = trace
         await self._collection(scope).insert_one(doc)
         await self._queue.release("task", task_id)
         return _record(doc)
@@ -378,7 +385,12 @@ class TaskStore:
             updated_at=now,
             finished_at=now,
         )
-        event = new_event(_EVENT_TYPES[state], task_event_data(scope.namespace_id, final), now=now)
+        event = new_event(
+            _EVENT_TYPES[state],
+            task_event_data(scope.namespace_id, final),
+            now=now,
+            trace=record.trace,
+        )
         update = {
             "$set": {
                 "state": state,

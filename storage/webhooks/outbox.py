@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -49,14 +49,20 @@ class Event:
     # The exact request body of every delivery of this event (JSON).
     body: str
     created_at: datetime
+    # the W3C trace context of what caused the event (a task's submission): `traceparent`
+    # and `tracestate`, sent as headers with every delivery; empty outside a trace
+    trace: Mapping[str, str] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc = {
             "event_id": self.event_id,
             "event_type": self.event_type,
             "body": self.body,
             "created_at": self.created_at,
         }
+        if self.trace:
+            doc["trace"] = dict(self.trace)
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> Event:
@@ -65,15 +71,33 @@ class Event:
             event_type=doc["event_type"],
             body=doc["body"],
             created_at=doc["created_at"],
+            trace=_trace_headers(doc.get("trace")),
         )
 
 
+def _trace_headers(stored: Any) -> dict[str, str]:
+    """Only the two W3C headers, as text: what is stored is sent as request headers."""
+    if not isinstance(stored, Mapping):
+        return {}
+    return {
+        name: value
+        for name, value in stored.items()
+        if name in ("traceparent", "tracestate") and isinstance(value, str)
+    }
+
+
 def new_event(
-    event_type: str, data: Mapping[str, Any], *, now: datetime, event_id: str | None = None
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    now: datetime,
+    event_id: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Event:
     """A Standard Webhooks payload: `{"type", "timestamp", "data"}`, serialized once.
 
-    `event_id` (deterministic) makes publishing the same happening twice idempotent.
+    `event_id` (deterministic) makes publishing the same happening twice idempotent;
+    `trace` is the W3C trace context its deliveries carry.
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
@@ -91,6 +115,7 @@ def new_event(
         event_type=event_type,
         body=body,
         created_at=now,
+        trace=_trace_headers(trace),
     )
 
 

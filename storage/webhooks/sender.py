@@ -4,7 +4,8 @@ Headers: `webhook-id` (the event id: the same on every attempt),
 `webhook-timestamp` (seconds since the epoch, at the attempt) and
 `webhook-signature`: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed
 with the base64-decoded part of the `whsec_` secret; one signature per live
-secret, space separated, during a rotation grace period.
+secret, space separated, during a rotation grace period. When the event's cause
+was traced, `traceparent` (and `tracestate`) of the submitting call go along.
 
 Transport rules: the target is vetted (storage/webhooks/targets.py) and the TCP
 connection goes to exactly the vetted address, while the URL's host name is
@@ -23,7 +24,7 @@ import hmac
 import ssl
 import time
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -171,9 +172,18 @@ class WebhookSender:
         await vet_target(parse_webhook_url(url), policy=self._policy, resolver=self._resolver)
 
     async def send(
-        self, *, url: str, msg_id: str, body: bytes, secrets: Sequence[str]
+        self,
+        *,
+        url: str,
+        msg_id: str,
+        body: bytes,
+        secrets: Sequence[str],
+        trace: Mapping[str, str] | None = None,
     ) -> SendResult:
-        """One attempt, resolution included, within one deadline; never raises."""
+        """One attempt, resolution included, within one deadline; never raises.
+
+        `trace` (W3C `traceparent`, `tracestate`) goes out as headers: the receiver's
+        handling joins the trace of the call that caused the event."""
         started = time.monotonic()
 
         def result(code: int, error: str, **extra: typing.Any) -> SendResult:
@@ -181,7 +191,7 @@ class WebhookSender:
 
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._attempt(url, msg_id, body, secrets, result)
+                return await self._attempt(url, msg_id, body, secrets, result, trace=trace or {})
         except TargetRefusedError as exc:
             return result(0, f"refused: {exc.message}", refused=True)
         except Exception as exc:  # transport failures become a failed attempt, never a crash
@@ -194,6 +204,8 @@ class WebhookSender:
         body: bytes,
         secrets: Sequence[str],
         result: typing.Callable[..., SendResult],
+        *,
+        trace: Mapping[str, str],
     ) -> SendResult:
         target = parse_webhook_url(url)
         addresses = await vet_target(target, policy=self._policy, resolver=self._resolver)
@@ -207,6 +219,7 @@ class WebhookSender:
                 b"webhook-signature",
                 signature_header(secrets, msg_id=msg_id, timestamp=timestamp, body=body).encode(),
             ),
+            *((name.encode(), value.encode()) for name, value in trace.items()),
         ]
         error = "connection failed"
         for address in addresses:

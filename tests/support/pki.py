@@ -30,9 +30,9 @@ class Pki:
 
 
 def issue_test_pki(root: Path) -> Pki:
-    """ca.pem, server.pem, client.pem, internal.pem (certs/dev_pki.py), plus proxy.pem
-    (same CA, PROXY_ID) and foreign.pem (another CA, the client's identity); each with
-    its -key.pem."""
+    """ca.pem, server.pem, client.pem, internal.pem, edge-proxy.pem (certs/dev_pki.py),
+    plus proxy.pem (same CA, PROXY_ID) and foreign.pem (another CA, the client's
+    identity); each with its -key.pem."""
     issue_pki(root)
     ca_cert = x509.load_pem_x509_certificate((root / "ca.pem").read_bytes())
     ca_key = load_pem_private_key((root / "ca-key.pem").read_bytes(), None)
