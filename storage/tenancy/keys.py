@@ -18,7 +18,15 @@ from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
 
-__all__ = ["PERMISSIONS", "KeyReach", "KeyRecord", "KeySecret", "KeyStore", "idle_since_before"]
+__all__ = [
+    "PERMISSIONS",
+    "KeyReach",
+    "KeyRecord",
+    "KeySecret",
+    "KeyStore",
+    "idle_since_before",
+    "key_from_doc",
+]
 
 PERMISSIONS = ("read", "write", "delete", "admin")
 MAX_GRACE = timedelta(days=30)
@@ -127,7 +135,7 @@ def idle_since_before(cutoff: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def _from_doc(doc: dict[str, Any]) -> KeyRecord:
+def key_from_doc(doc: dict[str, Any]) -> KeyRecord:
     return KeyRecord(
         key_id=doc["_id"],
         organization_id=doc["organization_id"],
@@ -225,11 +233,11 @@ class KeyStore:
             "bound_peers": list(bound_peers),
         }
         await self._collection.insert_one(doc)
-        return _from_doc(doc), minted.secret
+        return key_from_doc(doc), minted.secret
 
     async def find_by_digest(self, digest: str) -> KeyRecord | None:
         doc = await self._collection.find_one({"secrets.digest": digest})
-        return None if doc is None else _from_doc(doc)
+        return None if doc is None else key_from_doc(doc)
 
     @staticmethod
     def _owned(
@@ -253,7 +261,7 @@ class KeyStore:
         )
         if doc is None:
             raise NotFoundError("key not found")
-        return _from_doc(doc)
+        return key_from_doc(doc)
 
     async def list_page(
         self,
@@ -280,7 +288,7 @@ class KeyStore:
             query["_id"] = {"$gt": after}
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
-        return page_of(docs, page_size=page_size, kind="key", key="_id", build=_from_doc)
+        return page_of(docs, page_size=page_size, kind="key", key="_id", build=key_from_doc)
 
     async def rotate(
         self,
@@ -303,7 +311,7 @@ class KeyStore:
         read = await self._collection.find_one(owned)
         if read is None:
             raise NotFoundError("key not found")
-        current = _from_doc(read)
+        current = key_from_doc(read)
         now = self._now()
         state = current.state(now)
         if state != "active":
@@ -332,7 +340,7 @@ class KeyStore:
             raise FailedPreconditionError(
                 "the key was rotated concurrently; read it again and retry"
             )
-        return _from_doc(doc), minted.secret, cutoff
+        return key_from_doc(doc), minted.secret, cutoff
 
     async def set_binding(
         self,
@@ -353,7 +361,7 @@ class KeyStore:
         )
         if doc is None:
             raise NotFoundError("key not found")
-        before = _from_doc(doc)
+        before = key_from_doc(doc)
         return (
             replace(before, bound_peers=bound_peers),
             before.bound_peers,
@@ -373,7 +381,7 @@ class KeyStore:
             return await self.get(
                 organization_id=organization_id, environment=environment, key_id=key_id, reach=reach
             )
-        return _from_doc(doc)
+        return key_from_doc(doc)
 
     async def touch(self, used: dict[str, datetime]) -> None:
         """Record last-used times (batched by the verifier; never on the hot path)."""

@@ -52,7 +52,15 @@ __all__ = [
     "delivery_id_for",
 ]
 
-EVENT_TYPES = ("task.completed", "task.failed", "task.canceled", "credits.threshold", "key.revoked")
+EVENT_TYPES = (
+    "task.completed",
+    "task.failed",
+    "task.canceled",
+    "credits.threshold",
+    "key.revoked",
+    "key.expiring",
+    "key.disabled",
+)
 WILDCARD = "*"
 MAX_EVENT_TYPES = 10
 MAX_WEBHOOKS_PER_NAMESPACE = 25
