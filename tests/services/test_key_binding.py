@@ -4,6 +4,7 @@ proxies, forged forwarding headers, sibling paths, and the binding's own managem
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -12,6 +13,9 @@ from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import key_service_pb2_grpc as pb_grpc
 
 from certs.dev_pki import CLIENT_ID, INTERNAL_ID
+from interceptors.authentication import Authentication
+from interceptors.context import CallState
+from interceptors.policy import Access, Policy
 from server.app import RunningServer
 from tests.support.clients import auth, client_credentials, rpc_error
 from tests.support.pki import Pki
@@ -224,3 +228,34 @@ async def test_a_bound_key_cannot_step_out_of_its_binding(tenant: Tenant) -> Non
         assert error.code() == grpc.StatusCode.NOT_FOUND
     listed = await tenant.keys.ListKeys(pb.ListKeysRequest(), metadata=auth(bound.secret))
     assert {k.key_id for k in listed.keys} == {bound.key.key_id, child.key.key_id}
+
+
+async def test_only_a_bound_key_makes_the_call_resolve_its_peer(
+    tenant: Tenant, server: RunningServer
+) -> None:
+    """The peer's certificate is read lazily: the authentication step asks for it only when
+    the key is bound (an unbound key's call never pays for it)."""
+    unbound = await tenant.key()
+    bound = await tenant.key(bound_peers=(CLIENT_ID,))
+    step = Authentication(verifier=server.verifier)
+    for created, peer_read in ((unbound, False), (bound, True)):
+        resolved: list[bool] = []
+
+        def resolve(seen: list[bool] = resolved) -> str:
+            seen.append(True)
+            return CLIENT_ID
+
+        call = CallState(
+            method="/meshgate.v1.OrganizationService/GetOrganization",
+            policy=Policy(access=Access.API_KEY, permission="read"),
+            request_id="r",
+            metadata={"authorization": f"Bearer {created.secret}"},
+            peer_address="ipv4:127.0.0.1:1",
+        )
+        call.set_peer_identity(resolve=resolve)
+        for _ in range(2):  # from the store, then from the cache
+            pending = step.check(call, cast(Any, None))
+            if pending is not None:
+                await pending
+            assert call.key is not None and call.key.key_id == created.key.key_id
+        assert resolved == ([True] if peer_read else [])
