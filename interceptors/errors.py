@@ -5,15 +5,19 @@ Which status an error means is decided by `storage.backends.failures.status_name
 this step turns that name into a grpc code and a client-safe message.
 
 Unknown exceptions become INTERNAL with a generic message and the request id;
-their text and traceback go to the server log, never to the client.
-RESOURCE_EXHAUSTED carries `google.rpc.RetryInfo` in the status details and a
-`retry-after` trailer (seconds) when the error knows when to retry.
+their text and traceback go to the server log, never to the client. Every
+UNAVAILABLE message ends with the request id, typed or not. An error that
+knows when to retry (RESOURCE_EXHAUSTED, and UNAVAILABLE while a store is
+known to be down) carries `google.rpc.RetryInfo` in the status details and a
+`retry-after` trailer (whole seconds, at least 1). A store failure is also
+reported to `on_store_failure` (the circuit breakers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +25,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from storage.backends.failures import status_name
-from storage.core.errors import MeshgateError, ResourceExhaustedError
+from storage.core.errors import MeshgateError
 
 __all__ = ["ErrorMapper", "Refusal"]
 
@@ -51,23 +55,32 @@ def _retry_trailers(
 
 
 class ErrorMapper:
-    def __init__(self, *, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        logger: logging.Logger,
+        on_store_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._logger = logger
+        self._on_store_failure = on_store_failure
 
     def refusal_for(self, exc: BaseException, *, request_id: str) -> Refusal:
         code = _CODES[status_name(exc)]
         if isinstance(exc, MeshgateError) and exc.code is not None:
-            if isinstance(exc, ResourceExhaustedError) and exc.retry_after_s is not None:
-                return Refusal(
-                    code, exc.message, _retry_trailers(code, exc.message, exc.retry_after_s)
-                )
-            return Refusal(code, exc.message)
+            message = exc.message
+            if code is grpc.StatusCode.UNAVAILABLE:
+                message = f"{message} (request id {request_id})"
+            if exc.retry_after_s is not None:
+                return Refusal(code, message, _retry_trailers(code, message, exc.retry_after_s))
+            return Refusal(code, message)
         if code is grpc.StatusCode.UNAVAILABLE:
             self._logger.warning(
                 "backing store unavailable: %s",
                 type(exc).__name__,
                 extra={"request_id": request_id},
             )
+            if self._on_store_failure is not None:
+                self._on_store_failure(exc)
             return Refusal(
                 code, f"a backing store is unavailable; retry later (request id {request_id})"
             )

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
+from interceptors.availability import StoreAvailability
 from interceptors.chain import SecurityChain
 from interceptors.credits import Credits
 from interceptors.decoding import MalformedRequests
@@ -37,11 +38,17 @@ from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
-from server.health import HEALTH_SERVICE, TrackedHealth, add_health, dependency_monitor
+from server.health import (
+    HEALTH_SERVICE,
+    TrackedHealth,
+    add_health,
+    dependency_monitor,
+    not_serving,
+)
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
-from server.registry import SERVICES, add_servicers, descriptors
+from server.registry import SERVICES, add_servicers, descriptors, method_needs
 from server.settings import Settings
 from server.tls import ReloadingServerCredentials, bind
 from server.workers.metrics import WorkMetrics
@@ -77,17 +84,24 @@ class RunningServer:
     async def flush_usage(self, *, everything: bool = False) -> None:
         await self.components.flush_usage(everything=everything)
 
+    async def begin_drain(self) -> None:
+        """Health turns NOT_SERVING for every service; calls are still served (load
+        balancers and endpoint lists take a while to stop sending any)."""
+        await not_serving(self.components, self.health)
+
     async def stop(self, grace_s: float) -> None:
-        """Drain: health turns NOT_SERVING, new calls are refused, in-flight ones finish.
+        """Drain: health NOT_SERVING (if `begin_drain` did not already), new calls are
+        refused, in-flight ones get `grace_s` to finish; then the background work stops.
 
         The metrics listener stays up to the end, so /readyz answers 503 while draining."""
-        await self.health.enter_graceful_shutdown()
+        await self.begin_drain()
         await self.server.stop(grace_s)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.components.breakers.close()
         with contextlib.suppress(Exception):
             await self.verifier.flush_last_used()
         try:
@@ -108,11 +122,19 @@ def build_chain(
     audit = AuditTrail(log=c.audit)
     for method in undeclared_methods(descriptors(), policies):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
+    breakers = c.breakers.breakers
+    needs = {
+        method: tuple(breakers[store] for store in stores if store in breakers)
+        for method, stores in method_needs().items()
+    }
     return SecurityChain(
         policies=policies,
-        errors=ErrorMapper(logger=logging.getLogger("meshgate.errors")),
+        errors=ErrorMapper(
+            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
+        ),
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
+            StoreAvailability(needs=needs),
             Authentication(verifier=c.verifier),
             OrganizationIdentity(organizations=c.organizations),
             Authorization(internal_peers=settings.internal_peers),

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.embedded import EmbeddedMongo, embedded_redis
 from server.settings import Settings
@@ -43,8 +46,16 @@ def open_redis(url: str, *, cluster: bool, timeout_s: float) -> RedisClient:
         return ClusterClient.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+    # After Redis restarts, every pooled connection is dead; without a retry each one would
+    # surface as an outage (a second of fallback limits) the first time it is used. One
+    # retry on a new connection, for connection errors only: a timeout is not retried (no
+    # call waits twice), and a dead Redis refuses the second connect at once.
     return Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=5,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
 
 

@@ -57,6 +57,7 @@ def build_background(settings: Settings, c: Components) -> Background:
         lease=task_lease,
         max_attempts=settings.task_max_attempts,
         logger=logging.getLogger("meshgate.tasks"),
+        vector_store=c.breakers["qdrant"],
     )
     delivery_worker = DeliveryWorker(
         queue=c.queue,
@@ -78,6 +79,7 @@ def build_background(settings: Settings, c: Components) -> Background:
             poll_s=settings.work_poll_s,
             logger=logging.getLogger("meshgate.tasks"),
             wakeup=c.task_due,
+            store=c.breakers["mongodb"],
         ),
         "delivery": QueueRunner(
             kind="delivery",
@@ -89,6 +91,7 @@ def build_background(settings: Settings, c: Components) -> Background:
             poll_s=settings.work_poll_s,
             logger=logging.getLogger("meshgate.webhooks"),
             wakeup=c.delivery_due,
+            store=c.breakers["mongodb"],
         ),
         "event": QueueRunner(
             kind="event",
@@ -98,6 +101,7 @@ def build_background(settings: Settings, c: Components) -> Background:
             lease=timedelta(seconds=30),
             poll_s=max(settings.work_poll_s, 5.0),
             logger=logging.getLogger("meshgate.webhooks"),
+            store=c.breakers["mongodb"],
         ),
     }
     idle_keys = IdleKeys(

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from server.app import create_server
+from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap, write_secret_file
 from server.embedded import EmbeddedEngineMissingError
@@ -85,6 +85,7 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
             await stop.wait()
+            await _drain_delay(running, settings, stop)
         finally:  # a signal, a crash or a cancellation: drain before the stores close
             _LOG.info("draining: up to %.1fs for in-flight calls", settings.shutdown_grace_s)
             await running.stop(settings.shutdown_grace_s)
@@ -92,6 +93,22 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
         await backends.close()
     _LOG.info("stopped")
     return 0
+
+
+async def _drain_delay(
+    running: RunningServer, settings: Settings, signalled: asyncio.Event
+) -> None:
+    """Health NOT_SERVING at once, then calls are still served for the drain delay, so that
+    load balancers polling health and endpoint lists (Kubernetes removes a terminating pod
+    from its Service asynchronously) stop sending calls before the listener closes. A
+    second signal cuts the delay short."""
+    await running.begin_drain()
+    if settings.drain_delay_s <= 0:
+        return
+    _LOG.info("draining: health is NOT_SERVING; still serving for %.1fs", settings.drain_delay_s)
+    signalled.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(signalled.wait(), settings.drain_delay_s)
 
 
 def _serve_workers(settings: Settings, args: argparse.Namespace) -> int:
@@ -217,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = replace(settings, internal_peers=frozenset({DEV_INTERNAL_PEER}))
         if args.dev and not settings.webhook_allowed_hosts:
             settings = replace(settings, webhook_allowed_hosts=DEV_WEBHOOK_HOSTS)
+        if args.dev and "MESHGATE_DRAIN_DELAY_S" not in os.environ:
+            settings = replace(settings, drain_delay_s=0.0)  # no load balancer to tell
     configure_logging(settings.log_level)
     if args.command == "serve":
         try:

@@ -22,6 +22,7 @@ from server.settings import Settings
 from server.workers.runner import Wakeup
 from storage.audit.anchor import AuditAnchor
 from storage.audit.log import AuditLog
+from storage.backends.breaker import StoreBreaker, StoreBreakers
 from storage.backends.server_secrets import shared_secret
 from storage.backends.work_queue import WorkQueue
 from storage.core.page_tokens import PageTokens
@@ -32,6 +33,7 @@ from storage.data.tasks import TaskStore
 from storage.data.vectors import VectorStore
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import CreditAccounts
+from storage.metering.ledger import MongoLedger
 from storage.metering.rate_limiter import RateLimiter
 from storage.metering.usage import UsageRecorder
 from storage.tenancy.idle_keys import IdleKeyStore
@@ -40,11 +42,12 @@ from storage.tenancy.key_verifier import KeyVerifier
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
+from storage.webhooks.deliveries import DeliveryStore
 from storage.webhooks.organization_events import OrganizationEvents
 from storage.webhooks.outbox import EventOutbox
 from storage.webhooks.sealing import SecretBox
 from storage.webhooks.sender import WebhookSender
-from storage.webhooks.store import DeliveryStore, WebhookStore
+from storage.webhooks.store import WebhookStore
 from storage.webhooks.targets import TargetPolicy
 
 __all__ = ["Components", "build_components", "export_component_metrics"]
@@ -85,14 +88,18 @@ class Components:
     delivery_due: Wakeup
     # seals the page tokens of every List method (interceptors/page_tokens.py)
     page_tokens: PageTokens
+    # which stores are known to be down right now (fed by call failures and the monitor)
+    breakers: StoreBreakers
     # service name ("(server)" for the whole) -> serving, kept by server/health.py
     serving: dict[str, bool] = field(default_factory=dict)
+    # set once shutdown began: every service stays NOT_SERVING whatever the probes say
+    draining: bool = False
 
     async def flush_usage(self, *, everything: bool = False) -> None:
-        """Ledger first, then the credit settlement it accounts for."""
-        spent = self.accounts.spent_snapshot()
+        """Ledger first (each stored batch is reported to the accounts), then the credit
+        settlement it accounts for."""
         await self.usage.flush()
-        await self.accounts.settle(spent=spent, everything=everything)
+        await self.accounts.settle(everything=everything)
 
 
 def _sender(settings: Settings) -> WebhookSender:
@@ -161,9 +168,19 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     audit = AuditLog(mongo=mongo, anchor=AuditAnchor(redis=backends.redis))
     await audit.ensure_indexes()
     replica = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    usage = UsageRecorder(mongo=mongo, replica=replica)
-    await usage.ensure_indexes()
     page_keys = settings.page_token_key_list() or (await shared_secret(mongo, "page_tokens"),)
+    accounts = CreditAccounts(
+        redis=backends.redis,
+        replica=replica,
+        ledger=MongoLedger(mongo=mongo, events=credit_events),
+        fail_open=settings.credits_fail_open,
+        timeout_s=max(settings.limiter_timeout_s, 0.5),
+        rebuild_timeout_s=settings.backend_timeout_s,
+        on_threshold=credit_events.record,
+    )
+    # every stored batch of the ledger is settled by the accounts
+    usage = UsageRecorder(mongo=mongo, replica=replica, on_flushed=accounts.recorded)
+    await usage.ensure_indexes()
     return Components(
         organizations=organizations,
         keys=keys,
@@ -182,13 +199,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
             on_live=on_live,
         ),
         limiter=limiter,
-        accounts=CreditAccounts(
-            redis=backends.redis,
-            replica=replica,
-            fail_open=settings.credits_fail_open,
-            timeout_s=max(settings.limiter_timeout_s, 0.5),
-            on_threshold=credit_events.record,
-        ),
+        accounts=accounts,
         credit_events=credit_events,
         usage=usage,
         plan_of=plan_of,
@@ -205,7 +216,19 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         task_due=task_due,
         delivery_due=delivery_due,
         page_tokens=PageTokens(page_keys),
+        breakers=_breakers(settings, backends),
     )
+
+
+def _breakers(settings: Settings, backends: Backends) -> StoreBreakers:
+    """MongoDB's and Qdrant's; Redis has fallbacks of its own (docs/limits.md)."""
+    timeout_s = min(settings.backend_timeout_s, 1.0)
+    mongodb = StoreBreaker(name="mongodb", probe=backends.mongo.ping, probe_timeout_s=timeout_s)
+    backends.mongo.on_unreachable(mongodb.trip)
+    qdrant = StoreBreaker(
+        name="qdrant", probe=backends.qdrant.get_collections, probe_timeout_s=timeout_s
+    )
+    return StoreBreakers({"mongodb": mongodb, "qdrant": qdrant})
 
 
 def export_component_metrics(c: Components) -> None:
@@ -230,6 +253,18 @@ def export_component_metrics(c: Components) -> None:
         "meshgate_audit_write_failures_total",
         "failed audit writes (retried)",
         lambda: c.audit.failures,
+    )
+    m.gauge_from(
+        "meshgate_store_failing_fast",
+        "1 while calls needing the store are refused at once (its circuit breaker is open)",
+        lambda: {(name,): float(not b.closed) for name, b in c.breakers.breakers.items()},
+        ("store",),
+    )
+    m.labeled_counter_from(
+        "meshgate_store_breaker_opened_total",
+        "times a store was found unreachable and calls needing it began to fail fast",
+        lambda: {(name,): float(b.opened) for name, b in c.breakers.breakers.items()},
+        ("store",),
     )
     m.gauge_from(
         "meshgate_invalidation_channel_up",

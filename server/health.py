@@ -25,7 +25,14 @@ from server.settings import Settings
 from storage.backends.health import DependencyMonitor, DependencyState
 from storage.backends.redis_client import ping as ping_redis
 
-__all__ = ["HEALTH_SERVICE", "GrpcHealth", "TrackedHealth", "add_health", "dependency_monitor"]
+__all__ = [
+    "HEALTH_SERVICE",
+    "GrpcHealth",
+    "TrackedHealth",
+    "add_health",
+    "dependency_monitor",
+    "not_serving",
+]
 
 
 class GrpcHealth(Protocol):
@@ -77,7 +84,9 @@ def dependency_monitor(
     needs = {"": SERVER_NEEDS, **{s.name: s.needs for s in SERVICES}}
 
     async def on_change(states: Mapping[str, DependencyState]) -> None:
-        for service, stores in needs.items():
+        c.breakers.observe(states)
+        serving_now = {} if c.draining else needs  # draining: NOT_SERVING stays
+        for service, stores in serving_now.items():
             serving = all(states[n].up for n in stores if n in states)
             c.serving[service or "(server)"] = serving
             c.metrics.serving.labels(service or "(server)").set(float(serving))
@@ -101,3 +110,13 @@ def dependency_monitor(
         timeout_s=min(settings.backend_timeout_s, 2.0),
         on_change=on_change,
     )
+
+
+async def not_serving(c: Components, health: GrpcHealth) -> None:
+    """Shutdown begins: every status NOT_SERVING at once, and kept so (the stock servicer
+    ignores later changes; the probes no longer update `c.serving`)."""
+    c.draining = True
+    await health.enter_graceful_shutdown()
+    for service in ("", *(s.name for s in SERVICES)):
+        c.serving[service or "(server)"] = False
+        c.metrics.serving.labels(service or "(server)").set(0.0)

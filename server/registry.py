@@ -52,7 +52,14 @@ from services.vector_service import VectorServicer
 from services.webhook_service import WebhookServicer
 from storage.backends.health import DependencyMonitor
 
-__all__ = ["SERVER_NEEDS", "SERVICES", "Service", "add_servicers", "descriptors"]
+__all__ = [
+    "SERVER_NEEDS",
+    "SERVICES",
+    "Service",
+    "add_servicers",
+    "descriptors",
+    "method_needs",
+]
 
 # The whole server (grpc.health.v1 service "") is NOT_SERVING without MongoDB.
 SERVER_NEEDS = ("mongodb",)
@@ -167,6 +174,13 @@ SERVICES = (
 
 def descriptors() -> tuple[ServiceDescriptor, ...]:
     return tuple(s.descriptor for s in SERVICES)
+
+
+def method_needs() -> dict[str, tuple[str, ...]]:
+    """Every method (`/package.Service/Method`) -> the stores its service needs."""
+    return {
+        f"/{s.name}/{method.name}": s.needs for s in SERVICES for method in s.descriptor.methods
+    }
 
 
 def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:

@@ -121,16 +121,19 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
         if not 1 <= request.credits <= MAX_GRANT:
             raise InvalidArgumentError(f"credits must be between 1 and {MAX_GRANT}")
         organization = await self._organizations.get(request.organization_id)
+        period = self._accounts.current_period()
+        # the ledger first: a Redis rebuilt from it has the grant, and Redis adds it once
+        grant_id = await self._grants.record_grant(
+            organization.organization_id,
+            period,
+            request.credits,
+            by=current_call.get().peer_identity or "",
+        )
         balance = await self._accounts.grant(
             organization.organization_id,
             request.credits,
             allowance=self._plan_of(organization.plan).monthly_credits,
-        )
-        call = current_call.get()
-        await self._grants.record_grant(
-            organization.organization_id,
-            balance.period,
-            request.credits,
-            by=call.peer_identity or "",
+            grant_id=grant_id,
+            period=period,
         )
         return pb.GrantCreditsResponse(balance=balance_to_proto(balance))

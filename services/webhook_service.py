@@ -17,15 +17,9 @@ from services.convert import duration, names_from_proto, timestamp
 from storage.backends.work_queue import WorkQueue
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError
 from storage.core.pages import page_size
+from storage.webhooks.deliveries import DeliveryRecord, DeliveryStore
 from storage.webhooks.sender import WebhookSender
-from storage.webhooks.store import (
-    DeliveryRecord,
-    DeliveryStore,
-    WebhookRecord,
-    WebhookStore,
-    check_description,
-    check_event_types,
-)
+from storage.webhooks.store import WebhookRecord, WebhookStore, check_description, check_event_types
 
 __all__ = ["WebhookServicer", "delivery_to_proto", "webhook_to_proto"]
 

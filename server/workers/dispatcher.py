@@ -22,10 +22,11 @@ from datetime import timedelta
 from server.workers.metrics import WorkMetrics
 from storage.backends.work_queue import Claim, WorkQueue
 from storage.core.clock import utc_now
+from storage.webhooks.deliveries import AttemptRecord, DeliveryRecord, DeliveryStore
 from storage.webhooks.outbox import EventOutbox
 from storage.webhooks.sealing import SealedSecretError
 from storage.webhooks.sender import SendResult, WebhookSender
-from storage.webhooks.store import AttemptRecord, DeliveryRecord, DeliveryStore, WebhookStore
+from storage.webhooks.store import WebhookStore
 
 __all__ = ["DeliveryWorker", "RetrySchedule"]
 

@@ -2,7 +2,9 @@
 
 Idle loops sleep until the next row is due, at most `poll_s` (other replicas
 add work too), and wake at once when this process adds work (its `Wakeup`) or
-one of its handlers finishes (it may have rescheduled its row).
+one of its handlers finishes (it may have rescheduled its row). While MongoDB
+is known to be down (its breaker is open) a loop claims nothing: it waits for
+the breaker to close instead of sending claims that would wait for timeouts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from storage.backends.breaker import StoreBreaker
 from storage.backends.work_queue import Claim, WorkQueue
 from storage.core.clock import utc_now
 
@@ -51,6 +54,7 @@ class QueueRunner:
         poll_s: float,
         logger: logging.Logger,
         wakeup: Wakeup | None = None,
+        store: StoreBreaker | None = None,
     ) -> None:
         self.kind = kind
         self._queue = queue
@@ -60,6 +64,7 @@ class QueueRunner:
         self._poll_s = poll_s
         self._log = logger
         self._wakeup = wakeup or Wakeup()
+        self._store = store  # the breaker of the queue's store
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -68,6 +73,9 @@ class QueueRunner:
         slots = asyncio.Semaphore(self._concurrency)
         try:
             while True:
+                if self._store is not None and not self._store.closed:
+                    await self._store.wait_closed(self._poll_s)
+                    continue
                 await slots.acquire()
                 try:
                     claim = await self._queue.claim(self.kind, lease=self._lease)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from server.workers.metrics import WorkMetrics
+from storage.backends.breaker import StoreBreaker
 from storage.backends.failures import backend_unavailable, status_name
 from storage.backends.scoped import Scope
 from storage.backends.work_queue import Claim, WorkQueue
@@ -61,6 +62,7 @@ class TaskWorker:
         lease: timedelta,
         max_attempts: int,
         logger: logging.Logger,
+        vector_store: StoreBreaker | None = None,
     ) -> None:
         self._tasks = tasks
         self._queue = queue
@@ -71,6 +73,7 @@ class TaskWorker:
         self._lease = lease
         self._max_attempts = max_attempts
         self._log = logger
+        self._vector_store = vector_store  # Qdrant's breaker: no upserts while it is down
 
     async def handle(self, claim: Claim) -> None:
         scope = claim.scope
@@ -98,6 +101,9 @@ class TaskWorker:
             outcome = _Outcome("canceled", record.items_done)
         else:
             try:
+                qdrant = self._vector_store
+                if state.points and qdrant is not None and not qdrant.closed:
+                    raise _RetryLaterError  # Qdrant is known to be down: later
                 outcome = await self._run_leased(claim, state)
             except _LeaseLostError:
                 self._log.warning("task %s: lease lost, another worker continues", claim.ref)

@@ -19,10 +19,11 @@ MongoDB builds each once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -61,10 +62,56 @@ def client_options(uri: str) -> dict[str, Any]:
     return options
 
 
+class _PoolCleared(monitoring.ConnectionPoolListener):
+    """The driver clears a server's connection pool when an operation or a heartbeat
+    loses its connection: the first sign that MongoDB cannot be reached, given to
+    `MongoStore.on_unreachable` at once (the other pool events are ignored)."""
+
+    def __init__(self) -> None:
+        self.notify: Callable[[str], None] | None = None
+
+    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
+        if self.notify is not None:
+            self.notify("connection pool cleared")
+
+    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
+        pass
+
+    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None:
+        pass
+
+    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None:
+        pass
+
+    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
+        pass
+
+    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None:
+        pass
+
+    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
+        pass
+
+    def connection_check_out_started(
+        self, event: monitoring.ConnectionCheckOutStartedEvent
+    ) -> None:
+        pass
+
+    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
+        pass
+
+    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
+        pass
+
+    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
+        pass
+
+
 class MongoStore:
     """One client, one database; owns index creation and scoped collection hand-out."""
 
     def __init__(self, *, uri: str, database: str, timeout_ms: int = 5_000) -> None:
+        self._pool_cleared = _PoolCleared()
         self._client: AsyncMongoClient[Document] = AsyncMongoClient(
             uri,
             tz_aware=True,
@@ -72,7 +119,7 @@ class MongoStore:
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms * 2,
             appname="meshgate",
-            event_listeners=[MongoCommandSpans()],
+            event_listeners=[MongoCommandSpans(), self._pool_cleared],
             **client_options(uri),
         )
         self._db: AsyncDatabase[Document] = self._client[database]
@@ -136,6 +183,11 @@ class MongoStore:
 
     async def ping(self) -> None:
         await self._client.admin.command("ping")
+
+    def on_unreachable(self, notify: Callable[[str], None]) -> None:
+        """Call `notify(reason)` whenever the driver finds MongoDB unreachable (it lost a
+        connection), from the event loop, before the failing operation gives up."""
+        self._pool_cleared.notify = notify
 
     async def close(self) -> None:
         await self._client.close()

@@ -32,6 +32,8 @@ class MeshgateError(Exception):
 
     # the google.rpc.Code name callers see; None: not a client error (INTERNAL, generic text)
     code: ClassVar[str | None] = None
+    # when the caller may try again (seconds), if the error knows
+    retry_after_s: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,6 +90,11 @@ class ResourceExhaustedError(MeshgateError):
 
 
 class UnavailableError(MeshgateError):
-    """A backing store is unreachable; the client may retry."""
+    """A backing store is unreachable; the client may retry (after `retry_after_s`, when
+    known). The message is followed by the request id, as for an unexpected outage."""
 
     code = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -10,6 +10,7 @@ and marked published; a replica that finds it recorded but not yet published
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -97,10 +98,13 @@ class CreditEvents:
 
     async def record_grant(
         self, organization_id: str, period: str, credits: int, *, by: str
-    ) -> None:
-        """Grants are ledger entries too: the period's total is allowance + the sum of grants."""
+    ) -> str:
+        """Grants are ledger entries too: the period's total is allowance + the sum of grants.
+        Recorded before Redis adds it, under the id returned (Redis adds each id once)."""
+        grant_id = f"grant_{secrets.token_hex(12)}"
         await self._collection.insert_one(
             {
+                "_id": grant_id,
                 "organization_id": organization_id,
                 "type": "credits.granted",
                 "period": period,
@@ -109,6 +113,14 @@ class CreditEvents:
                 "time": utc_now(),
             }
         )
+        return grant_id
+
+    async def grants(self, organization_id: str, period: str) -> list[tuple[str, int]]:
+        """The period's grants: (grant id, credits)."""
+        cursor = self._collection.find(
+            {"organization_id": organization_id, "period": period, "type": "credits.granted"}
+        )
+        return [(str(doc["_id"]), int(doc["credits"])) async for doc in cursor]
 
     async def thresholds(self, organization_id: str, period: str) -> list[int]:
         cursor = self._collection.find(

@@ -1,27 +1,34 @@
-"""Credits: a monthly allowance per organization, debited atomically, never below zero.
+"""Credits: a monthly allowance per organization, debited before a call runs.
 
-The balance of the current period lives in Redis (`mg:{org_…}:credits:<YYYY-MM>`,
-a hash of allowance, granted, balance, used, reserved). A period's hash is
-created by the first script that touches it, with the plan's allowance: the
-monthly refill is lazy, computed from the clock, no cron job.
+The MongoDB ledger is the truth: the usage documents (storage/metering/usage.py)
+carry the credits every finished call was charged, and grants are recorded in
+`credit_events`. Redis holds a cache of the period's account
+(storage/metering/credit_scripts.py): when it is missing (a new month, or a
+Redis that lost its data) it is rebuilt from the ledger, allowance minus used
+plus grants, before anything is granted from it.
 
-A replica reserves credits in batches (one Lua script: the balance moves to
-`reserved`, never below zero) and debits calls from its local reservation,
-so the common call pays no Redis round trip. A batch starts at 20 calls'
-worth, doubles while top-ups follow each other within a second (busy
-organizations) up to 1 % of the allowance (at most `max_batch`), and the next
-batch is fetched when a quarter of the current one is left. A debit is held
-while its call runs; when the call finishes it is either spent (and becomes a
-usage event, the ledger) or refunded (server-side failure). Every second the
-replica settles what was spent *and recorded* before the ledger flush (a
-snapshot taken before it): those credits move from `reserved` to `used`;
-reservations idle for a while go back to the balance. So at any quiet moment
-`allowance + granted == balance + reserved + used` and `used` equals the sum
-of the ledger's credits for the period.
+A replica reserves credits with one Lua script and debits calls from its local
+reservation, so the common call pays no Redis round trip. A reservation is at
+most `1/share` of the balance left in Redis (but always enough for the call
+that asked), so a small allowance is never parked in one replica: near
+exhaustion replicas reserve exactly what the waiting calls cost, one round trip
+per call. A debit is held while its call runs; the call then either spends it
+(its usage event is the ledger entry) or is refunded (a server-side failure).
 
-A call whose cost exceeds what can be reserved is RESOURCE_EXHAUSTED before
-any work is done. Redis unreachable: credits fail closed (UNAVAILABLE) unless
-configured open; calls already covered by a local reservation go through.
+Every second (`settle`) the replica moves the credits the ledger has recorded
+from `reserved` to `used`, and hands back what it holds unspent when it has
+been idle, when the balance left is smaller than what it holds, or when a
+reservation was refused in the last seconds (some replica is short); it also
+hands back what Redis says it holds but it never heard of (a reply lost to a
+timeout), and forgets what it holds but Redis no longer knows (Redis lost its
+data). A refusal while other replicas still hold credits says "retry in
+seconds", not "wait for next month".
+
+What a Redis data loss can cost: debits not yet in the ledger when the account
+is rebuilt (at most one flush interval of calls, plus calls still running) are
+counted again when their usage is recorded, and replicas may spend what they
+held for up to one settle interval before they notice; the balance may then go
+below zero by that much, never more.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ import asyncio
 import calendar
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -40,60 +48,25 @@ from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import organization_key
 from storage.backends.tracing import client_span
 from storage.core.errors import ResourceExhaustedError, UnavailableError
+from storage.metering.credit_scripts import (
+    PERIOD_TTL_MS,
+    AccountState,
+    CreditScripts,
+    ReserveReply,
+)
 
-__all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "period_of"]
+__all__ = [
+    "THRESHOLDS",
+    "Balance",
+    "CreditAccounts",
+    "Ledger",
+    "LedgerBatch",
+    "LedgerTotals",
+    "period_of",
+]
 
 _LOG = logging.getLogger("meshgate.credits")
 THRESHOLDS = (80, 95, 100)
-_PERIOD_TTL_MS = 70 * 24 * 3600 * 1000
-
-_INIT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'allowance', ARGV[1], 'granted', 0, 'balance', ARGV[1],
-             'used', 0, 'reserved', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-"""
-_STATE = (
-    "return redis.call('HMGET', KEYS[1], 'allowance', 'granted', 'balance', 'used', 'reserved')"
-)
-# ARGV: allowance, ttl_ms, want, replica
-_RESERVE = (
-    _INIT
-    + """
-local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
-local grant = math.min(tonumber(ARGV[3]), balance)
-if grant > 0 then
-  redis.call('HINCRBY', KEYS[1], 'balance', -grant)
-  redis.call('HINCRBY', KEYS[1], 'reserved', grant)
-  redis.call('HINCRBY', KEYS[1], 'res:' .. ARGV[4], grant)
-end
-local s = redis.call('HMGET', KEYS[1], 'allowance', 'granted', 'balance', 'used', 'reserved')
-return {grant, s[1], s[2], s[3], s[4], s[5]}
-"""
-)
-# ARGV: allowance, ttl_ms, used, release, replica
-_SETTLE = (
-    _INIT
-    + """
-local used = tonumber(ARGV[3])
-local release = tonumber(ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'used', used)
-redis.call('HINCRBY', KEYS[1], 'reserved', -(used + release))
-redis.call('HINCRBY', KEYS[1], 'balance', release)
-redis.call('HINCRBY', KEYS[1], 'res:' .. ARGV[5], -(used + release))
-"""
-    + _STATE
-)
-# ARGV: allowance, ttl_ms, amount
-_GRANT = (
-    _INIT
-    + """
-redis.call('HINCRBY', KEYS[1], 'granted', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'balance', ARGV[3])
-"""
-    + _STATE
-)
 
 
 def period_of(moment: datetime) -> str:
@@ -123,9 +96,49 @@ class Balance:
         return 100.0 if self.total == 0 else 100.0 * (self.used + self.reserved) / self.total
 
 
-def _balance(period: str, raw: list[object]) -> Balance:
-    allowance, granted, remaining, used, reserved = (int(v) for v in raw)  # type: ignore[call-overload]
-    return Balance(period, allowance, granted, remaining, used, reserved)
+def _balance(period: str, state: AccountState) -> Balance:
+    return Balance(
+        period, state.allowance, state.granted, state.balance, state.used, state.reserved
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """An organization's period as the ledger has it."""
+
+    used: int
+    granted: int
+    # the grants counted in `granted`
+    grants: tuple[str, ...] = ()
+    # usage writer -> (its last batch seen, the credits of that batch seen)
+    writers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class Ledger(Protocol):
+    """Reads the ledger (storage/metering/ledger.py)."""
+
+    async def totals(self, organization_id: str, period: str) -> LedgerTotals: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerBatch:
+    """One batch of usage documents stored: its writer and number, and the credits it
+    recorded per (organization_id, period)."""
+
+    writer: str
+    batch: int
+    credits: Mapping[tuple[str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class _TopUp:
+    """What one reservation script answered: an error, or the grant and what it was for."""
+
+    error: BaseException | None = None
+    granted: int = 0
+    need: int = 0
+    # credits that other replicas hold (spent or not) right after it
+    others_hold: int = 0
 
 
 @dataclass
@@ -133,24 +146,42 @@ class _Reservation:
     allowance: int
     available: int = 0
     held: int = 0  # debited by calls still running
-    spent: int = 0  # debited by finished calls, not settled yet
+    spent: int = 0  # debited by finished calls, not in the ledger yet
+    # in the ledger, not settled yet: (writer, batch, credits)
+    recorded: list[tuple[str, int, int]] = field(default_factory=list)
     last_used: float = 0.0
     size: int = 0  # the last batch asked for
     topped_up_at: float = float("-inf")
-    # the top-up in flight; its result is its failure (None: it reached Redis)
-    pending: asyncio.Task[BaseException | None] | None = None
+    waiting: int = 0  # the cost of the calls waiting for a reservation
+    pending: asyncio.Task[_TopUp] | None = None
+    # set while a settle script runs for it (top-ups wait for it)
+    settling: asyncio.Event | None = None
+
+    @property
+    def outstanding(self) -> bool:
+        return bool(self.available or self.held or self.spent or self.recorded)
 
 
 @dataclass
 class CreditAccounts:
     redis: RedisClient
     replica: str
+    ledger: Ledger
     fail_open: bool = False
-    timeout_s: float = 0.5
+    timeout_s: float = 0.5  # for one script
+    # for rebuilding an account from the ledger (it reads MongoDB; once a month, or after
+    # Redis lost its data)
+    rebuild_timeout_s: float = 5.0
     batch: int = 100
     max_batch: int = 1000
     growth_window_s: float = 1.0
     idle_release_s: float = 2.0
+    # a reservation takes at most 1/share of the balance left (more only for waiting calls)
+    share: int = 16
+    # how often `settle` runs (the server's usage flush); refusals say when to retry from it
+    settle_interval_s: float = 1.0
+    # a replica that ran no script on an account for this long holds nothing in it
+    dead_after_s: float = 10.0
     clock: Callable[[], float] = time.time  # wall clock, epoch seconds
     monotonic: Callable[[], float] = time.monotonic
     on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
@@ -158,6 +189,7 @@ class CreditAccounts:
     # threshold recordings started by top-ups (they never hold up a debit)
     _recording: set[asyncio.Task[None]] = field(default_factory=set)
     _notified: set[tuple[str, str, int]] = field(default_factory=set)
+    _settling: asyncio.Lock = field(default_factory=asyncio.Lock)
     _current: str = ""
     _current_from: float = float("inf")
     _current_until: float = float("-inf")
@@ -176,15 +208,22 @@ class CreditAccounts:
             self._current_until = (period_end(self._current) + timedelta(seconds=1)).timestamp()
         return self._current
 
+    def current_period(self) -> str:
+        return self._period()
+
     def __post_init__(self) -> None:
-        self._reserve = self.redis.register_script(_RESERVE)
-        self._settle = self.redis.register_script(_SETTLE)
-        self._grant = self.redis.register_script(_GRANT)
-        self._state = self.redis.register_script(_INIT + _STATE)
+        self._scripts = CreditScripts(self.redis)
 
     @staticmethod
     def key(organization_id: str, period: str) -> str:
         return organization_key(organization_id, "credits", period)
+
+    @classmethod
+    def _keys(cls, organization_id: str, period: str) -> tuple[str, str]:
+        account = cls.key(organization_id, period)
+        return account, f"{account}:live"
+
+    # -- the call path ------------------------------------------------------------------
 
     def try_debit(self, organization_id: str, cost: int, *, at: float | None = None) -> bool:
         """Debit from this replica's reservation without waiting; False: call `debit`.
@@ -207,7 +246,7 @@ class CreditAccounts:
         reservation.held += cost
         reservation.last_used = self.monotonic()
         if reservation.available < reservation.size // 4 and reservation.pending is None:
-            self._start_top_up(organization_id, period, reservation, cost)
+            self._start_top_up(organization_id, period, reservation, cost=cost, need=0)
         return True
 
     async def debit(
@@ -215,36 +254,73 @@ class CreditAccounts:
     ) -> None:
         """Spend `cost` credits now, or raise before any work is done.
 
-        `allowance` is the plan's monthly credits, used when the period starts; `at` as
-        for `try_debit`.
+        `allowance` is the plan's monthly credits, used when the period's account is
+        created; `at` as for `try_debit`.
         """
         period = self._period(at)
         slot = (organization_id, period)
         reservation = self._reservations.get(slot)
         if reservation is None:
             reservation = self._reservations[slot] = _Reservation(allowance=allowance)
-        for _ in range(2):
-            if self._take(organization_id, period, reservation, cost):
-                return
-            if reservation.pending is None:
-                self._start_top_up(organization_id, period, reservation, cost)
-            assert reservation.pending is not None
-            # every waiter judges by the top-up it waited for, not by shared state
-            error = await asyncio.shield(reservation.pending)
-            if error is not None:
-                if self.fail_open:
-                    _LOG.warning("credits unavailable (%s): failing open", type(error).__name__)
+        if self._take(organization_id, period, reservation, cost):
+            return
+        reservation.waiting += cost
+        try:
+            outcome = _TopUp()
+            for _ in range(8):
+                if reservation.pending is None:
+                    self._start_top_up(
+                        organization_id,
+                        period,
+                        reservation,
+                        cost=cost,
+                        need=cost - reservation.available,
+                    )
+                assert reservation.pending is not None
+                # every waiter judges by the top-up it waited for, not by shared state
+                outcome = await asyncio.shield(reservation.pending)
+                if outcome.error is not None:
+                    if self.fail_open:
+                        _LOG.warning(
+                            "credits unavailable (%s): failing open", type(outcome.error).__name__
+                        )
+                        return
+                    raise UnavailableError("credit accounting is unavailable; retry later")
+                if self._take(organization_id, period, reservation, cost):
                     return
-                raise UnavailableError("credit accounting is unavailable; retry later")
+                if outcome.granted == 0 and 0 < outcome.need <= cost - reservation.available:
+                    break  # Redis cannot cover even this call
+        finally:
+            reservation.waiting -= cost
+        raise self._refusal(period, outcome)
+
+    def _refusal(self, period: str, outcome: _TopUp) -> ResourceExhaustedError:
+        if outcome.others_hold > 0 or outcome.granted > 0:
+            # other replicas hand back what they hold within a settle interval or two
+            delay = 2 * self.settle_interval_s
+            return ResourceExhaustedError(
+                "the organization's remaining credits are reserved by other replicas;"
+                f" retry in {delay:g}s",
+                retry_after_s=delay,
+            )
         end = period_end(period)
-        raise ResourceExhaustedError(
+        return ResourceExhaustedError(
             "the organization's credits for this month are used up",
             retry_after_s=max(1.0, (end - self.now()).total_seconds()),
         )
 
     def _start_top_up(
-        self, organization_id: str, period: str, reservation: _Reservation, cost: int
+        self,
+        organization_id: str,
+        period: str,
+        reservation: _Reservation,
+        *,
+        cost: int,
+        need: int,
     ) -> None:
+        """A reservation script for `need` credits at least (0: a prefetch), more for the
+        calls waiting, and a batch of 20 such calls (growing while busy) if Redis has it
+        to spare."""
         now = self.monotonic()
         base = min(self.batch, cost * 20)
         if now - reservation.topped_up_at < self.growth_window_s:
@@ -253,9 +329,10 @@ class CreditAccounts:
         else:
             reservation.size = base
         reservation.topped_up_at = now
-        want = max(cost - reservation.available, reservation.size)
+        demand = max(need, reservation.waiting - reservation.available)
+        want = max(demand, reservation.size - reservation.available)
         reservation.pending = asyncio.create_task(
-            self._top_up(organization_id, period, reservation, want)
+            self._top_up(organization_id, period, reservation, need=need, demand=demand, want=want)
         )
 
     def top_up_in_flight(self) -> bool:
@@ -270,37 +347,89 @@ class CreditAccounts:
         await asyncio.gather(*pending, *self._recording, return_exceptions=True)
 
     async def _top_up(
-        self, organization_id: str, period: str, reservation: _Reservation, want: int
-    ) -> BaseException | None:
+        self,
+        organization_id: str,
+        period: str,
+        reservation: _Reservation,
+        *,
+        need: int,
+        demand: int,
+        want: int,
+    ) -> _TopUp:
         try:
             with client_span("redis", "EVALSHA", **{"meshgate.script": "credits_reserve"}):
-                raw = await asyncio.wait_for(
-                    self._reserve(
-                        keys=[self.key(organization_id, period)],
-                        args=[reservation.allowance, _PERIOD_TTL_MS, want, self.replica],
-                    ),
-                    self.timeout_s,
+                reply = await self._reserve(
+                    organization_id, period, reservation, need=need, demand=demand, want=want
                 )
-            reservation.available += int(raw[0])
         except (RedisError, OSError, TimeoutError) as exc:
-            return exc
+            return _TopUp(error=exc)
+        except Exception as exc:  # the ledger could not be read to rebuild the account
+            _LOG.warning("could not reserve credits: %s", type(exc).__name__)
+            return _TopUp(error=exc)
         finally:
             reservation.pending = None
-        task = asyncio.create_task(self._record(organization_id, period, raw[1:]))
+        reservation.available += reply.granted
+        if reply.granted < want:  # capped near exhaustion: no prefetching until it grows
+            reservation.size = min(reservation.size, reply.granted)
+        task = asyncio.create_task(
+            self._record(organization_id, period, _balance(period, reply.state))
+        )
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
-        return None
+        return _TopUp(
+            granted=reply.granted,
+            need=need,
+            others_hold=reply.state.reserved - reply.mine,
+        )
 
-    async def _record(self, organization_id: str, period: str, raw: list[object]) -> None:
+    async def _reserve(
+        self,
+        organization_id: str,
+        period: str,
+        reservation: _Reservation,
+        *,
+        need: int,
+        demand: int,
+        want: int,
+    ) -> ReserveReply:
+        """The reservation script (waiting first for a settle of this account in flight),
+        within `timeout_s`; if the account must be rebuilt, the rebuild (it reads MongoDB)
+        within `rebuild_timeout_s`, and the script once more."""
+        keys = self._keys(organization_id, period)
+
+        async def reserve() -> ReserveReply | None:
+            if reservation.settling is not None:
+                await reservation.settling.wait()
+            return await self._scripts.reserve(
+                keys,
+                replica=self.replica,
+                need=need,
+                demand=demand,
+                want=want,
+                share=self.share,
+                dead_ms=int(self.dead_after_s * 1000),
+            )
+
+        for _ in range(2):
+            reply = await asyncio.wait_for(reserve(), self.timeout_s)
+            if reply is not None:
+                return reply
+            await asyncio.wait_for(
+                self.rebuild(organization_id, period, allowance=reservation.allowance),
+                self.rebuild_timeout_s,
+            )
+        raise RedisError("the credit account vanished while it was being rebuilt")
+
+    async def _record(self, organization_id: str, period: str, balance: Balance) -> None:
         try:
-            await self._thresholds(organization_id, period, _balance(period, raw))
+            await self._thresholds(organization_id, period, balance)
         except Exception as exc:  # the next top-up or settle records it instead
             _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
 
     def complete(
         self, organization_id: str, cost: int, *, refund: bool, at: float | None = None
     ) -> None:
-        """The call holding `cost` finished: spent (record its usage event first) or refunded.
+        """The call holding `cost` finished: spent (record its usage event too) or refunded.
 
         `at` is the `at` of its debit, so a call that ran across a month boundary is
         settled in the month it was debited in (and its usage event recorded there).
@@ -315,54 +444,142 @@ class CreditAccounts:
         else:
             reservation.spent += cost
 
-    def spent_snapshot(self) -> dict[tuple[str, str], int]:
-        """What is spent now; take it before flushing the ledger, then `settle(spent=...)`."""
-        return {slot: r.spent for slot, r in self._reservations.items() if r.spent}
+    # -- the ledger and the account ----------------------------------------------------
 
-    async def settle(
-        self, *, spent: dict[tuple[str, str], int] | None = None, everything: bool = False
-    ) -> None:
-        """Move `spent` (a snapshot whose usage events are stored) to `used`; release idle
-        reservations back to the balance (all of them with `everything`, at shutdown)."""
-        now = self.monotonic()
-        snapshot = self.spent_snapshot() if spent is None else spent
-        for slot, reservation in list(self._reservations.items()):
-            organization_id, period = slot
-            stale = period != self._period()
-            release = (
-                reservation.available
-                if everything or stale or now - reservation.last_used > self.idle_release_s
-                else 0
-            )
-            spent_now = min(snapshot.get(slot, 0), reservation.spent)
-            if not spent_now and not release:
+    def recorded(self, batch: LedgerBatch) -> None:
+        """The usage writer stored `batch`: its credits are in the ledger now, to be
+        settled (the writer calls this after every batch it stores)."""
+        for slot, credits in batch.credits.items():
+            reservation = self._reservations.get(slot)
+            if reservation is None:
                 continue
-            raw = await asyncio.wait_for(
-                self._settle(
-                    keys=[self.key(organization_id, period)],
-                    args=[reservation.allowance, _PERIOD_TTL_MS, spent_now, release, self.replica],
-                ),
-                self.timeout_s,
-            )
-            reservation.spent -= spent_now
-            reservation.available -= release
-            if stale and not (reservation.spent or reservation.available or reservation.held):
-                self._reservations.pop(slot, None)
-            await self._thresholds(organization_id, period, _balance(period, raw))
+            moved = min(credits, reservation.spent)
+            if moved:
+                reservation.spent -= moved
+                reservation.recorded.append((batch.writer, batch.batch, moved))
 
-    async def grant(self, organization_id: str, amount: int, *, allowance: int) -> Balance:
-        period = self._period()
-        raw = await self._grant(
-            keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS, amount]
+    async def settle(self, *, everything: bool = False) -> None:
+        """Move what the ledger recorded to `used`, hand back what is idle or wanted
+        elsewhere (all of it with `everything`, at shutdown), and reconcile what this
+        replica holds with what Redis says it holds. One settle at a time."""
+        async with self._settling:
+            now = self.monotonic()
+            current = self._period()
+            for slot, reservation in list(self._reservations.items()):
+                stale = slot[1] != current
+                if reservation.outstanding:
+                    release_all = (
+                        everything or stale or now - reservation.last_used > self.idle_release_s
+                    )
+                    await self._settle_one(slot, reservation, release_all=release_all)
+                if stale and not reservation.outstanding and reservation.pending is None:
+                    self._reservations.pop(slot, None)
+
+    async def _settle_one(
+        self, slot: tuple[str, str], reservation: _Reservation, *, release_all: bool
+    ) -> None:
+        """One account's settlement, with no other script of this replica on it in flight
+        (top-ups wait for it), so what Redis says this replica holds can be compared with
+        what it holds. Its unspent credits are set aside meanwhile: calls cannot take what
+        the script may be handing back."""
+        while reservation.pending is not None:
+            await asyncio.shield(reservation.pending)
+        organization_id, period = slot
+        done = reservation.settling = asyncio.Event()
+        offered, reservation.available = reservation.available, 0
+        released = 0
+        try:
+            chunks = list(reservation.recorded)
+            held = reservation.held + reservation.spent
+            reply = None
+            for _ in range(2):
+                reply = await asyncio.wait_for(
+                    self._scripts.settle(
+                        self._keys(organization_id, period),
+                        replica=self.replica,
+                        release_all=release_all,
+                        unspent=offered,
+                        held=held,
+                        reconcile=True,
+                        short_window_ms=int(3000 * self.settle_interval_s),
+                        chunks=chunks,
+                    ),
+                    self.timeout_s,
+                )
+                if reply is not None:
+                    break
+                await asyncio.wait_for(
+                    self.rebuild(organization_id, period, allowance=reservation.allowance),
+                    self.rebuild_timeout_s,
+                )
+            if reply is None:
+                raise RedisError("the credit account vanished while it was being rebuilt")
+            del reservation.recorded[: len(chunks)]
+            released = reply.released
+            # Redis no longer knows part of what this replica held (it lost its data): what
+            # was not spent yet is gone; what was is debited from the balance when it settles
+            released += max(0, min(offered - released, held + offered - released - reply.mine))
+        finally:
+            reservation.available += offered - released
+            reservation.settling = None
+            done.set()
+        await self._thresholds(organization_id, period, _balance(period, reply.state))
+
+    async def rebuild(self, organization_id: str, period: str, *, allowance: int) -> bool:
+        """Create the period's account from the ledger unless it exists; True if this call
+        created it. Replicas rebuilding at once count once: the first write wins."""
+        totals = await self.ledger.totals(organization_id, period)
+        created = await self._scripts.rebuild(
+            self.key(organization_id, period),
+            allowance=allowance,
+            ttl_ms=PERIOD_TTL_MS,
+            used=totals.used,
+            granted=totals.granted,
+            writers=[(w, batch, part) for w, (batch, part) in totals.writers.items()],
+            grants=totals.grants,
         )
-        return _balance(period, raw)
+        if created and (totals.used or totals.granted):
+            _LOG.warning(
+                "rebuilt the %s credits of %s from the ledger: %d used, %d granted",
+                period,
+                organization_id,
+                totals.used,
+                totals.granted,
+            )
+        return created
+
+    async def _account(
+        self,
+        organization_id: str,
+        period: str,
+        allowance: int,
+        read: Callable[[], Awaitable[AccountState | None]],
+    ) -> Balance:
+        for _ in range(2):
+            state = await read()
+            if state is not None:
+                return _balance(period, state)
+            await self.rebuild(organization_id, period, allowance=allowance)
+        raise RedisError("the credit account vanished while it was being rebuilt")
+
+    async def grant(
+        self, organization_id: str, amount: int, *, allowance: int, grant_id: str, period: str
+    ) -> Balance:
+        """Add a grant the ledger already holds (once, however often it is called)."""
+        key = self.key(organization_id, period)
+        return await self._account(
+            organization_id,
+            period,
+            allowance,
+            lambda: self._scripts.grant(key, amount=amount, grant_id=grant_id),
+        )
 
     async def balance(self, organization_id: str, *, allowance: int) -> Balance:
         period = self._period()
-        raw = await self._state(
-            keys=[self.key(organization_id, period)], args=[allowance, _PERIOD_TTL_MS]
+        key = self.key(organization_id, period)
+        return await self._account(
+            organization_id, period, allowance, lambda: self._scripts.state(key)
         )
-        return _balance(period, raw)
 
     async def _thresholds(self, organization_id: str, period: str, balance: Balance) -> None:
         if self.on_threshold is None:

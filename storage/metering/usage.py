@@ -6,8 +6,13 @@ namespace, method and hour that saw calls (calls, credits, calls by status
 code, rate-limit refusals), with an id made of the replica, a flush sequence
 number and an index. A flush that fails is retried with the same documents
 and ids, so nothing is counted twice or lost; counters recorded meanwhile go
-into the next batch. These documents are the ledger: the credits of a period
-summed over them equal the credits settled in Redis (see storage/metering/credits.py).
+into the next batch. Flushes run one at a time, so a writer's batches are
+stored in the order of their numbers.
+
+These documents are the credit ledger: each says which writer stored it in
+which batch, and every stored batch is reported (`on_flushed`) to the credit
+accounts, which then settle exactly those credits in Redis; a Redis account
+that was lost is rebuilt from them (storage/metering/credits.py).
 
 Usage is organization-level data: every query filters on organization_id;
 namespace_id is a dimension ("" for calls outside any namespace), and so is the
@@ -17,6 +22,7 @@ environment. It outlives namespace deletion on purpose (billing history).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -29,9 +35,11 @@ from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError
 
 from storage.backends.mongo import MongoStore
-from storage.metering.credits import period_of
+from storage.metering.credits import LedgerBatch, period_of
 
-__all__ = ["UsageRecorder", "UsageRow"]
+__all__ = ["COLLECTION", "UsageRecorder", "UsageRow", "credit_totals"]
+
+COLLECTION = "usage"
 
 _LOG = logging.getLogger("meshgate.usage")
 
@@ -60,14 +68,17 @@ class UsageRecorder:
     mongo: MongoStore
     replica: str
     clock: Callable[[], float] = time.time  # wall clock, epoch seconds
+    # told of every batch once it is stored (the credit accounts settle its credits)
+    on_flushed: Callable[[LedgerBatch], None] | None = None
     # (organization_id, environment, namespace_id, method, hours since the epoch) -> counts
     _counters: dict[tuple[str, str, str, str, int], _Counter] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _sequence: int = 0
+    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def collection(self) -> Any:
-        return self.mongo.database["usage"]
+        return self.mongo.database[COLLECTION]
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index(
@@ -107,6 +118,8 @@ class UsageRecorder:
         return [
             {
                 "_id": f"{self.replica}:{self._sequence}:{index}",
+                "writer": self.replica,
+                "batch": self._sequence,
                 "organization_id": organization_id,
                 "environment": environment,
                 "namespace_id": namespace_id,
@@ -123,18 +136,33 @@ class UsageRecorder:
             )
         ]
 
-    async def flush(self) -> None:
-        """Store what was recorded; a failed batch is retried as is (same ids) next time."""
-        if not self._pending:
-            self._pending = self._batch()
-        if not self._pending:
-            return
-        try:
-            await self.collection.insert_many(self._pending, ordered=False)
-        except BulkWriteError as exc:  # duplicates: an earlier try got through
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
-        self._pending = []
+    async def flush(self) -> list[LedgerBatch]:
+        """Store what was recorded until now: a batch that failed before (retried as is,
+        same ids), then the counters. Returns the batches stored."""
+        stored: list[LedgerBatch] = []
+        async with self._flushing:
+            for _ in range(2):
+                if not self._pending:
+                    self._pending = self._batch()
+                if not self._pending:
+                    break
+                try:
+                    await self.collection.insert_many(self._pending, ordered=False)
+                except BulkWriteError as exc:  # duplicates: an earlier try got through
+                    if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                        raise
+                batch, self._pending = self._ledger_batch(self._pending), []
+                stored.append(batch)
+                if self.on_flushed is not None:
+                    self.on_flushed(batch)
+        return stored
+
+    def _ledger_batch(self, docs: list[dict[str, Any]]) -> LedgerBatch:
+        credits: dict[tuple[str, str], int] = defaultdict(int)
+        for doc in docs:
+            if doc["credits"]:
+                credits[(doc["organization_id"], doc["period"])] += doc["credits"]
+        return LedgerBatch(writer=docs[0]["writer"], batch=docs[0]["batch"], credits=credits)
 
     async def query(
         self,
@@ -191,5 +219,31 @@ class UsageRecorder:
         ]
 
     async def ledger_total(self, organization_id: str, period: str) -> int:
-        cursor = self.collection.find({"organization_id": organization_id, "period": period})
-        return sum([int(doc["credits"]) async for doc in cursor])
+        return (await credit_totals(self.mongo, organization_id, period))[0]
+
+
+async def credit_totals(
+    mongo: MongoStore, organization_id: str, period: str
+) -> tuple[int, dict[str, tuple[int, int]]]:
+    """The period's credits in the usage ledger, and per writer its last batch and that
+    batch's credits (documents written before writers were recorded count in the total
+    only)."""
+    total = 0
+    writers: dict[str, tuple[int, int]] = {}
+    cursor = mongo.database[COLLECTION].find(
+        {"organization_id": organization_id, "period": period},
+        projection={"credits": 1, "writer": 1, "batch": 1},
+    )
+    async for doc in cursor:
+        credits = int(doc["credits"])
+        total += credits
+        writer = doc.get("writer")
+        if writer is None:
+            continue
+        batch = int(doc["batch"])
+        last, part = writers.get(writer, (0, 0))
+        if batch > last:
+            writers[writer] = (batch, credits)
+        elif batch == last:
+            writers[writer] = (batch, part + credits)
+    return total, writers

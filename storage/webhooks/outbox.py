@@ -36,7 +36,8 @@ from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.work_queue import Claim, WorkQueue
 from storage.core.clock import rfc3339, utc_now
 from storage.core.ids import time_ordered_id
-from storage.webhooks.store import EVENT_TYPES, DeliveryStore, WebhookStore, delivery_id_for
+from storage.webhooks.deliveries import DeliveryStore, delivery_id_for
+from storage.webhooks.store import EVENT_TYPES, WebhookStore
 
 __all__ = ["Event", "EventOutbox", "new_event"]
 

@@ -1,25 +1,21 @@
-"""Webhooks and their deliveries, in MongoDB, only through ScopedCollection.
+"""Webhooks, in MongoDB, only through ScopedCollection (their deliveries:
+storage/webhooks/deliveries.py).
 
 A webhook belongs to one namespace. Its signing secrets (`whsec_` + base64 of
 32 random bytes) are sealed at rest (storage/webhooks/sealing.py) and leave this
 module only towards the dispatcher, never in a record: `WebhookRecord` has no
 secret field, so no response can carry one by mistake.
 
-A delivery is one event for one webhook. Its id is derived from the event and
-the webhook (`dlv_` + event time + a digest), so writing it twice is harmless.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
@@ -27,7 +23,6 @@ from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from storage.core.ids import (
     TIME_ORDERED_BODY,
-    derived_time_ordered_id,
     prefixed_id_re,
     time_ordered_id,
 )
@@ -36,20 +31,13 @@ from storage.core.rotation import check_grace, in_force, retire_previous
 from storage.webhooks.sealing import SecretBox
 
 __all__ = [
-    "DELIVERY_ID_RE",
-    "DELIVERY_STATUSES",
     "EVENT_TYPES",
-    "MAX_ATTEMPTS_KEPT",
     "MAX_WEBHOOKS_PER_NAMESPACE",
     "WEBHOOK_ID_RE",
     "WILDCARD",
-    "AttemptRecord",
-    "DeliveryRecord",
-    "DeliveryStore",
     "WebhookRecord",
     "WebhookStore",
     "check_event_types",
-    "delivery_id_for",
 ]
 
 EVENT_TYPES = (
@@ -67,10 +55,7 @@ MAX_WEBHOOKS_PER_NAMESPACE = 25
 MAX_DESCRIPTION = 256
 MAX_GRACE = timedelta(days=7)
 MAX_SECRETS = 5
-MAX_ATTEMPTS_KEPT = 10
 WEBHOOK_ID_RE = prefixed_id_re("wh", length=TIME_ORDERED_BODY)
-DELIVERY_ID_RE = prefixed_id_re("dlv", length=TIME_ORDERED_BODY)
-DELIVERY_STATUSES = ("pending", "succeeded", "failed", "exhausted")
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
 
@@ -107,11 +92,6 @@ def _webhook_id(webhook_id: str) -> str:
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def delivery_id_for(*, event_id: str, webhook_id: str, event_time: datetime) -> str:
-    """Deterministic: the same event and webhook always give the same delivery."""
-    return derived_time_ordered_id("dlv", event_time, f"{event_id}/{webhook_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,200 +277,3 @@ class WebhookStore:
     async def delete(self, scope: Scope, webhook_id: str) -> None:
         if not await self._collection(scope).delete_one({"webhook_id": _webhook_id(webhook_id)}):
             raise NotFoundError("webhook not found")
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    at: datetime
-    response_code: int
-    error: str
-    duration_ms: int
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "response_code": self.response_code,
-            "error": self.error,
-            "duration_ms": self.duration_ms,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    delivery_id: str
-    webhook_id: str
-    event_id: str
-    event_type: str
-    status: str
-    attempt_count: int
-    # attempts since the delivery was (re)started: the position in the retry schedule
-    round_attempts: int
-    next_attempt_at: datetime | None
-    last_attempt_at: datetime | None
-    last_response_code: int
-    last_error: str
-    created_at: datetime
-    updated_at: datetime
-    attempts: tuple[AttemptRecord, ...] = field(default=())
-
-
-def _delivery(doc: Mapping[str, Any]) -> DeliveryRecord:
-    return DeliveryRecord(
-        delivery_id=doc["delivery_id"],
-        webhook_id=doc["webhook_id"],
-        event_id=doc["event_id"],
-        event_type=doc["event_type"],
-        status=doc["status"],
-        attempt_count=int(doc.get("attempt_count", 0)),
-        round_attempts=int(doc.get("round_attempts", 0)),
-        next_attempt_at=doc.get("next_attempt_at"),
-        last_attempt_at=doc.get("last_attempt_at"),
-        last_response_code=int(doc.get("last_response_code", 0)),
-        last_error=doc.get("last_error") or "",
-        created_at=doc["created_at"],
-        updated_at=doc["updated_at"],
-        attempts=tuple(
-            AttemptRecord(
-                at=a["at"],
-                response_code=int(a["response_code"]),
-                error=a["error"],
-                duration_ms=int(a["duration_ms"]),
-            )
-            for a in doc.get("attempts", ())
-        ),
-    )
-
-
-class DeliveryStore:
-    COLLECTION = "deliveries"
-
-    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
-        self._mongo = mongo
-        self._now = now
-
-    def _collection(self, scope: Scope) -> ScopedCollection:
-        return self._mongo.scoped(self.COLLECTION, scope)
-
-    async def create(
-        self, scope: Scope, *, delivery_id: str, webhook_id: str, event_id: str, event_type: str
-    ) -> None:
-        """Idempotent: a delivery that exists already is left as it is."""
-        now = self._now()
-        with contextlib.suppress(DuplicateKeyError):
-            await self._collection(scope).insert_one(
-                {
-                    "delivery_id": delivery_id,
-                    "webhook_id": webhook_id,
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "status": "pending",
-                    "attempt_count": 0,
-                    "round_attempts": 0,
-                    "next_attempt_at": now,
-                    "last_attempt_at": None,
-                    "last_response_code": 0,
-                    "last_error": "",
-                    "attempts": [],
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-
-    async def find(self, scope: Scope, delivery_id: str) -> DeliveryRecord | None:
-        doc = await self._collection(scope).find_one({"delivery_id": delivery_id})
-        return None if doc is None else _delivery(doc)
-
-    async def get(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
-        if not DELIVERY_ID_RE.match(delivery_id):
-            raise InvalidArgumentError("delivery_id is malformed (expected dlv_...)")
-        record = await self.find(scope, delivery_id)
-        if record is None:
-            raise NotFoundError("delivery not found")
-        return record
-
-    async def list_page(
-        self,
-        scope: Scope,
-        *,
-        webhook_id: str,
-        statuses: frozenset[str],
-        page_size: int,
-        page_token: str,
-    ) -> tuple[list[DeliveryRecord], str]:
-        after = decode_page_token(page_token, kind="dlv", id_pattern=DELIVERY_ID_RE)
-        query: dict[str, Any] = {"webhook_id": webhook_id}
-        if statuses:
-            query["status"] = {"$in": sorted(statuses)}
-        if after is not None:
-            query["delivery_id"] = {"$lt": after}
-        docs = await self._collection(scope).find(
-            query, sort=[("delivery_id", -1)], limit=page_size + 1
-        )
-        return page_of(docs, page_size=page_size, kind="dlv", key="delivery_id", build=_delivery)
-
-    async def record_attempt(
-        self,
-        scope: Scope,
-        current: DeliveryRecord,
-        *,
-        attempt: AttemptRecord,
-        status: str,
-        next_attempt_at: datetime | None,
-    ) -> None:
-        """Only the holder of the delivery's work-queue lease calls this, so no one races it."""
-        kept = [a.to_doc() for a in current.attempts][-(MAX_ATTEMPTS_KEPT - 1) :]
-        await self._collection(scope).update_one(
-            {"delivery_id": current.delivery_id, "status": "pending"},
-            {
-                "$set": {
-                    "status": status,
-                    "next_attempt_at": next_attempt_at,
-                    "last_attempt_at": attempt.at,
-                    "last_response_code": attempt.response_code,
-                    "last_error": attempt.error,
-                    "attempts": [*kept, attempt.to_doc()],
-                    "updated_at": self._now(),
-                },
-                "$inc": {"attempt_count": 1, "round_attempts": 1},
-            },
-        )
-
-    async def stop(self, scope: Scope, delivery_id: str, *, status: str, error: str) -> None:
-        """End a pending delivery without an attempt (its webhook was disabled or removed)."""
-        await self._collection(scope).update_one(
-            {"delivery_id": delivery_id, "status": "pending"},
-            {
-                "$set": {
-                    "status": status,
-                    "next_attempt_at": None,
-                    "last_error": error,
-                    "updated_at": self._now(),
-                }
-            },
-        )
-
-    async def restart(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
-        """FAILED or EXHAUSTED -> PENDING with a fresh retry schedule."""
-        current = await self.get(scope, delivery_id)
-        if current.status not in ("failed", "exhausted"):
-            raise FailedPreconditionError(
-                f"only failed or exhausted deliveries can be retried; this one is {current.status}"
-            )
-        now = self._now()
-        doc = await self._collection(scope).find_one_and_update(
-            {"delivery_id": delivery_id, "status": current.status},
-            {
-                "$set": {
-                    "status": "pending",
-                    "round_attempts": 0,
-                    "next_attempt_at": now,
-                    "updated_at": now,
-                }
-            },
-        )
-        if doc is None:
-            raise FailedPreconditionError("the delivery changed concurrently; retry")
-        return _delivery(doc)
-
-    async def delete_for_webhook(self, scope: Scope, webhook_id: str) -> int:
-        return await self._collection(scope).delete_many({"webhook_id": webhook_id})

@@ -214,7 +214,7 @@ async def test_admitted_calls_stay_within_the_bound(
         f" (capacity {capacity:.1f}), {dict(codes)}"
     )
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}
-    assert floor <= codes["OK"] <= capacity
+    assert floor <= codes["OK"] <= capacity, limiter_lines(fleet)
 
 
 async def authenticated(replica: Replica, pki: Pki, secret: str) -> bool:
@@ -280,6 +280,16 @@ async def redis_down_policy(fleet: Fleet, pki: Pki, tenant: PlanTenant) -> None:
     assert set(credit_codes) <= {"OK", "UNAVAILABLE"}
 
 
+def limiter_lines(fleet: Fleet) -> str:
+    """What the replicas logged about the limiter (for a failing bound)."""
+    return "\n".join(
+        line[:300]
+        for replica in fleet.replicas
+        for line in replica.log().splitlines()
+        if "rate limit" in line
+    )
+
+
 async def limits_shared_again(fleet: Fleet, pki: Pki, tenant: PlanTenant) -> None:
     """After Redis is back: the replicas share one bucket again (not N local ones)."""
     await asyncio.sleep(1.5)  # the limiter retries Redis after its back-off
@@ -289,7 +299,7 @@ async def limits_shared_again(fleet: Fleet, pki: Pki, tenant: PlanTenant) -> Non
     codes, elapsed, _ = await hammer(fleet.replicas, pki, tenant.secret, 2.0)
     capacity = BURST + RATE * elapsed
     print(f"Redis back: admitted {codes['OK']} (capacity {capacity:.1f}), {dict(codes)}")
-    assert codes["OK"] <= capacity and codes["RESOURCE_EXHAUSTED"] > 0
+    assert codes["OK"] <= capacity and codes["RESOURCE_EXHAUSTED"] > 0, limiter_lines(fleet)
 
 
 @pytest.mark.slow

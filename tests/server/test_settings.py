@@ -17,6 +17,8 @@ def test_defaults() -> None:
     assert settings.listen == "127.0.0.1:50051"
     assert settings.insecure is False
     assert settings.mongodb_uri is None and settings.redis_url is None
+    assert settings.drain_delay_s == 5.0
+    assert Settings.from_env({"MESHGATE_DRAIN_DELAY_S": "0"}).drain_delay_s == 0.0
 
 
 def test_secret_from_file_and_masked(tmp_path: Path) -> None:
@@ -39,6 +41,7 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_ENVIRONMENTS": "prod"}, "MESHGATE_ENVIRONMENTS"),
         ({"MESHGATE_KEY_CACHE_TTL_S": "-1"}, "MESHGATE_KEY_CACHE_TTL_S"),
         ({"MESHGATE_SHUTDOWN_GRACE_S": "soon"}, "MESHGATE_SHUTDOWN_GRACE_S"),
+        ({"MESHGATE_DRAIN_DELAY_S": "-1"}, "MESHGATE_DRAIN_DELAY_S"),
         ({"MESHGATE_INSECURE": "maybe"}, "MESHGATE_INSECURE"),
         ({"MESHGATE_REDIS_CLUSTER": "true"}, "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL"),
         (

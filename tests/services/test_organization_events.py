@@ -83,9 +83,9 @@ async def test_credits_threshold_reaches_every_namespace_once(
     await usage.GetCreditBalance(
         usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
     )
-    # a 10-credit month (test set-up, straight in Redis): the first reservation takes it all
+    # a 3-credit month (test set-up, straight in Redis): the third call crosses every threshold
     key = CreditAccounts.key(tenant.organization_id, period_of(utc_now()))
-    await backends.redis.hset(key, mapping={"balance": 10, "allowance": 10})
+    await backends.redis.hset(key, mapping={"balance": 3, "allowance": 3})
     docs = Docs(tenant, ns1.name)
     for i in range(3):
         await docs.stub.CreateDocument(
@@ -98,6 +98,6 @@ async def test_credits_threshold_reaches_every_namespace_once(
     )
     assert [p["data"]["threshold"] for p in payloads] == [80, 95, 100]
     assert {p["type"] for p in payloads} == {"credits.threshold"}
-    assert {p["data"]["total"] for p in payloads} == {10}
+    assert {p["data"]["total"] for p in payloads} == {3}
     assert await hooks2.deliveries(id2) == []  # not subscribed
     assert len(await hooks1.deliveries(id1, pb.DELIVERY_STATUS_SUCCEEDED)) == 3

@@ -29,6 +29,7 @@ from tests.support.waiting import wait_until
 
 __all__ = [
     "ROOT",
+    "MongoEngine",
     "RedisServer",
     "Replica",
     "free_port",
@@ -57,23 +58,26 @@ def redis_server_binary() -> str | None:
 
 @dataclass
 class RedisServer:
-    """A redis-server on a loopback port, without persistence; stop and start it again
-    to simulate an outage."""
+    """A redis-server on a loopback port; stop (or kill) and start it again to simulate
+    an outage. Without persistence by default; with `appendonly`, every write is in the
+    append-only file before it is acknowledged (a SIGKILL loses nothing). `DEBUG` is
+    allowed from loopback (`DEBUG SLEEP` makes a slow Redis)."""
 
     binary: str
     port: int
     workdir: Path
+    appendonly: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def on_free_port(cls, workdir: Path) -> RedisServer:
+    def on_free_port(cls, workdir: Path, *, appendonly: bool = False) -> RedisServer:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError(
                 "redis-server not found: run the tests through `make test` (installs it as"
                 " root) or install Debian's redis-server package"
             )
-        return cls(binary=binary, port=free_port(), workdir=workdir)
+        return cls(binary=binary, port=free_port(), workdir=workdir, appendonly=appendonly)
 
     @property
     def url(self) -> str:
@@ -90,7 +94,11 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--enable-debug-command",
+                "local",
                 "--dir",
                 str(self.workdir),
             ],
@@ -114,6 +122,66 @@ class RedisServer:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; without persistence the data is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@dataclass
+class MongoEngine:
+    """The embedded MongoDB engine in a process of its own on a fixed loopback port, with
+    its data in `data_dir`: `stop` (SIGTERM, a clean shutdown) and `start` again to
+    simulate an outage that loses nothing."""
+
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def on_free_port(cls, workdir: Path) -> MongoEngine:
+        return cls(port=free_port(), data_dir=workdir / "mongo", log_path=workdir / "mongo.log")
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.mongo_engine",
+                    "--port",
+                    str(self.port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def accepts() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"the MongoDB engine exited:\n{self.log_path.read_text()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_until(accepts, timeout_s=30, failure=lambda: "the MongoDB engine did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
             self.process = None
 
 
@@ -178,6 +246,7 @@ def replica_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
             "MESHGATE_QDRANT_URL": settings.qdrant_url or ":memory:",
             "MESHGATE_INTERNAL_PEERS": ",".join(settings.internal_peers),
             "MESHGATE_SHUTDOWN_GRACE_S": "3",
+            "MESHGATE_DRAIN_DELAY_S": "0",
             "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
         }
     )
@@ -199,7 +268,8 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
         )
     replica = Replica(process=process, port=port, log_path=log_path)
     PROCESS_LOGS.append(log_path)
-    wait_until_healthy(replica.target, pki, process, log_path)
+    # generous: on a loaded machine the imports alone can take tens of seconds
+    wait_until_healthy(replica.target, pki, process, log_path, timeout_s=120)
     return replica
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from pymongo.errors import AutoReconnect, OperationFailure
+from pymongo.errors import AutoReconnect, ExecutionTimeout, OperationFailure
+from qdrant_client.http.exceptions import ResponseHandlingException
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from storage.backends.failures import backend_unavailable, status_name
+from storage.backends.failures import backend_unavailable, failed_store, status_name
 from storage.backends.scoped import ScopeViolationError
 from storage.core import errors
 
@@ -39,3 +40,18 @@ def test_only_driver_failures_are_unavailable() -> None:
     assert backend_unavailable(AutoReconnect("down"))
     assert not backend_unavailable(errors.UnavailableError("x"))
     assert not backend_unavailable(ValueError())
+
+
+@pytest.mark.parametrize(
+    ("exc", "store"),
+    [
+        (AutoReconnect("connection refused"), "mongodb"),
+        (ExecutionTimeout("slow query"), None),  # the server's own time limit: not down
+        (RedisConnectionError("down"), "redis"),
+        (ResponseHandlingException(ConnectionError("refused")), "qdrant"),
+        (TimeoutError(), None),  # no store named
+        (errors.UnavailableError("x"), None),
+    ],
+)
+def test_failed_store(exc: BaseException, store: str | None) -> None:
+    assert failed_store(exc) == store

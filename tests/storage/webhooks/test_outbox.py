@@ -7,9 +7,10 @@ from datetime import timedelta
 from storage.backends.mongo import MongoStore
 from storage.backends.work_queue import WorkQueue
 from storage.core.clock import utc_now
+from storage.webhooks.deliveries import DeliveryStore
 from storage.webhooks.outbox import EventOutbox
 from storage.webhooks.sealing import SecretBox
-from storage.webhooks.store import DeliveryStore, WebhookStore
+from storage.webhooks.store import WebhookStore
 from tests.support.tenants import random_scope
 
 LEASE = timedelta(seconds=30)

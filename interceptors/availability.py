@@ -1,0 +1,42 @@
+"""Availability, between peer (3) and authentication (4): fail fast while a store is down.
+
+Which stores a method needs comes from its service's row in the registry
+(server/registry.py `needs`, the same list its grpc.health.v1 status follows);
+the breakers (storage/backends/breaker.py) say which are down right now. A call
+that needs a store whose breaker is open is refused at once, UNAVAILABLE with
+`google.rpc.RetryInfo` and `retry-after` (when the next probe runs), instead of
+waiting for the driver's timeouts; it runs before any step that can do I/O
+(authentication may read keys from MongoDB). The check is one attribute read
+per store the method needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from interceptors.context import CallState
+from storage.backends.breaker import StoreBreaker
+from storage.core.errors import UnavailableError
+
+__all__ = ["StoreAvailability"]
+
+
+class StoreAvailability:
+    def __init__(self, *, needs: Mapping[str, Sequence[StoreBreaker]]) -> None:
+        # method -> the breakers of the stores it needs (methods needing none are absent)
+        self._needs = {method: tuple(b) for method, b in needs.items() if b}
+
+    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+        breakers = self._needs.get(call.method)
+        if breakers is None:
+            return None
+        for breaker in breakers:
+            if not breaker.closed:
+                delay = breaker.retry_after_s()
+                raise UnavailableError(
+                    f"a backing store this method needs is unavailable; retry in {delay:.2f}s",
+                    retry_after_s=delay,
+                )
+        return None

@@ -1,0 +1,107 @@
+"""Bounded load for fault tests: workers calling the server, every call timed and its
+status kept, so a test can ask what happened in a window (status counts, p99 latency)
+and when calls succeeded again after a fault."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+__all__ = ["Load", "Sample", "Window", "percentile"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    started: float  # time.monotonic()
+    seconds: float
+    code: str
+    worker: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The calls that started between two moments."""
+
+    samples: tuple[Sample, ...]
+
+    @property
+    def codes(self) -> Counter[str]:
+        return Counter(s.code for s in self.samples)
+
+    def p99_s(self) -> float:
+        return percentile([s.seconds for s in self.samples], 99)
+
+    def slowest_s(self) -> float:
+        return max((s.seconds for s in self.samples), default=0.0)
+
+
+@dataclass
+class Load:
+    """`workers` loops, each awaiting `call(worker)` then pausing `pause_s`; a call's
+    status is "OK" or the grpc code's name, "TIMEOUT" for an exception of another kind."""
+
+    call: Callable[[int], Awaitable[object]]
+    workers: int
+    pause_s: float = 0.01
+    samples: list[Sample] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopping: bool = False
+
+    def start(self) -> None:
+        self._stopping = False
+        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        """Each worker finishes the call it is making (so every call the server answered is
+        counted), then stops."""
+        self._stopping = True
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _loop(self, worker: int) -> None:
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self.call(worker)
+                code = "OK"
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+            except Exception as error:  # a client-side timeout or a broken channel
+                code = type(error).__name__
+            self.samples.append(Sample(started, time.monotonic() - started, code, worker))
+            await asyncio.sleep(self.pause_s)
+
+    def window(self, start: float, end: float) -> Window:
+        return Window(tuple(s for s in self.samples if start <= s.started < end))
+
+    def recovered_at(self, since: float, *, workers: range | None = None) -> float | None:
+        """When, after `since`, every worker (or those given) had a call succeed: the
+        latest of their first successes (time.monotonic()), None if one never did."""
+        firsts = []
+        for worker in workers if workers is not None else range(self.workers):
+            done = [
+                s.started + s.seconds
+                for s in self.samples
+                if s.worker == worker and s.code == "OK" and s.started >= since
+            ]
+            if not done:
+                return None
+            firsts.append(min(done))
+        return max(firsts)
