@@ -42,36 +42,40 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,252}")
 _ANY = "*"
 
 
+# a well-formed SPIFFE ID as a whole: one match per presented identity
+_SPIFFE_ID = re.compile(r"spiffe://([a-z0-9._-]+)/([A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)")
+
+
 def _spiffe_parts(identity: str) -> tuple[str, tuple[str, ...]] | None:
     """(trust domain, path segments) of a well-formed SPIFFE ID, else None."""
-    if not identity.startswith(_SCHEME) or len(identity) > _MAX_ENTRY:
+    match = _SPIFFE_ID.fullmatch(identity) if len(identity) <= _MAX_ENTRY else None
+    if match is None:
         return None
-    domain, _, path = identity[len(_SCHEME) :].partition("/")
-    if not _TRUST_DOMAIN.fullmatch(domain) or not path:
+    segments = tuple(match.group(2).split("/"))
+    if "." in segments or ".." in segments:
         return None
-    segments = tuple(path.split("/"))
-    for segment in segments:
-        if not _SEGMENT.fullmatch(segment) or segment in (".", ".."):
-            return None
-    return domain, segments
+    return match.group(1), segments
 
 
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     domain: str
-    segments: tuple[str, ...]
-    # the last segment is `*`: it stands for one or more segments
+    # the segments to compare (without a last `*`); `*` among them matches any one
+    fixed: tuple[str, ...]
+    # the pattern ended in `*`: one or more segments follow `fixed`
     subtree: bool
+    # `fixed` holds a `*`: compared segment by segment, else as one tuple
+    inner_any: bool
 
     def matches(self, domain: str, segments: tuple[str, ...]) -> bool:
         if domain != self.domain:
             return False
-        fixed = self.segments[:-1] if self.subtree else self.segments
-        if len(segments) < len(self.segments) or (
-            not self.subtree and len(segments) != len(self.segments)
-        ):
+        count = len(self.fixed)
+        if len(segments) <= count if self.subtree else len(segments) != count:
             return False
-        return all(want in (_ANY, got) for want, got in zip(fixed, segments, strict=False))
+        if not self.inner_any:
+            return segments[:count] == self.fixed
+        return all(want in (_ANY, got) for want, got in zip(self.fixed, segments, strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,9 @@ def _parse_entry(entry: str) -> _Pattern | None:
             )
     if _ANY not in segments:
         return None
-    return _Pattern(domain=domain, segments=segments, subtree=segments[-1] == _ANY)
+    subtree = segments[-1] == _ANY
+    fixed = segments[:-1] if subtree else segments
+    return _Pattern(domain=domain, fixed=fixed, subtree=subtree, inner_any=_ANY in fixed)
 
 
 def parse_binding(entries: Iterable[str]) -> PeerBinding | None:
