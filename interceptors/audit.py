@@ -9,6 +9,9 @@ organization-wide views are filtered. Events go to a per-organization hash chain
 
 Calls whose organization is unknown (no valid key) cannot join an
 organization's chain: they are counted in the metrics and access log instead.
+A valid key refused for its peer (a workload-bound key presented elsewhere)
+is known, and its denial joins its organization's chain with the peer that
+presented it.
 Rate-limit and credit refusals are counted in usage analytics, not audited.
 """
 
@@ -40,16 +43,20 @@ class AuditTrail:
 
     def finish(self, call: CallState, duration_s: float) -> None:
         principal = call.principal
-        if principal is None:
+        if principal is not None:
+            key, organization_id = principal.key, principal.organization.organization_id
+        elif call.refused_key is not None:
+            key, organization_id = call.refused_key, call.refused_key.organization_id
+        else:
             return
         denied = not call.admitted and call.code not in _NOT_DENIALS
         if not (denied or audited(call)):
             return
         self._log.record(
-            actor_key_id=principal.key.key_id,
+            actor_key_id=key.key_id,
             actor_peer=call.peer_identity or "",
-            organization_id=principal.organization.organization_id,
-            environment=principal.key.environment,
+            organization_id=organization_id,
+            environment=key.environment,
             namespace_id=call.namespace.namespace_id if call.namespace else "",
             method=call.method,
             resource=call.resource or _resource_of(call.request),

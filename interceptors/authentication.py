@@ -1,7 +1,10 @@
 """Step 4, authentication: `authorization: Bearer <key>` on every API-key method.
 
-Missing, malformed, unknown, revoked, expired, rotated-out and
+Missing, malformed, unknown, revoked, expired, disabled, rotated-out and
 wrong-environment keys all get the same UNAUTHENTICATED message: no oracle.
+So does a key bound to workloads (storage/core/peer_bindings.py) presented by
+any other peer; only such a key makes the call resolve its peer identity, and
+the refusal keeps the key (`CallState.refused_key`) for the audit trail.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import grpc
 from interceptors.context import CallState
 from interceptors.policy import Access
 from storage.core.errors import UnauthenticatedError
-from storage.tenancy.key_verifier import KeyVerifier
+from storage.tenancy.key_verifier import KeyVerifier, VerifiedKey
 
 __all__ = ["Authentication"]
 
@@ -36,8 +39,18 @@ class Authentication:
         if scheme.lower() != "bearer" or not secret:
             raise UnauthenticatedError()
         secret = secret.strip()
-        call.key = self._verifier.cached(secret)
-        return None if call.key is not None else self._verify(call, secret)
+        key = self._verifier.cached(secret)
+        if key is None:
+            return self._verify(call, secret)
+        self._admit(call, key)
+        return None
 
     async def _verify(self, call: CallState, secret: str) -> None:
-        call.key = await self._verifier.verify(secret)
+        self._admit(call, await self._verifier.verify(secret))
+
+    def _admit(self, call: CallState, key: VerifiedKey) -> None:
+        if key.binding is not None and not key.binding.admits(call.peer_identity):
+            call.refused_key = key
+            raise UnauthenticatedError()
+        self._verifier.used(key)
+        call.key = key

@@ -40,6 +40,8 @@ class CallState:
     _peer_identity: str | None = None
     _resolve_peer: Callable[[], str | None] | None = None
     key: VerifiedKey | None = None
+    # a valid key refused for the peer presenting it (workload binding): audited as a denial
+    refused_key: VerifiedKey | None = None
     principal: Principal | None = None
     namespace: Namespace | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK

@@ -18,6 +18,7 @@ from interceptors.metrics import Metrics
 from server.components import Components
 from server.settings import Settings
 from server.workers.dispatcher import DeliveryWorker, RetrySchedule
+from server.workers.key_idle import IdleKeys
 from server.workers.metrics import WorkMetrics
 from server.workers.runner import QueueRunner
 from server.workers.tasks import TaskWorker
@@ -34,6 +35,9 @@ class Background:
 
     metrics: WorkMetrics
     runners: dict[str, QueueRunner]
+    # the idle-key policies, applied every `idle_check_s` (server/workers/key_idle.py)
+    idle_keys: IdleKeys
+    idle_check_s: float
     # rows per (kind, state), refreshed by a loop and read by metric scrapes
     queue_depth: dict[tuple[str, ...], float] = field(default_factory=dict)
 
@@ -100,7 +104,19 @@ def build_background(settings: Settings, c: Components) -> Background:
             store=c.breakers["mongodb"],
         ),
     }
-    return Background(metrics=metrics, runners=runners)
+    idle_keys = IdleKeys(
+        organizations=c.organizations,
+        idle=c.idle_keys,
+        events=c.events,
+        audit=c.audit,
+        invalidation=c.invalidation,
+    )
+    return Background(
+        metrics=metrics,
+        runners=runners,
+        idle_keys=idle_keys,
+        idle_check_s=settings.key_idle_check_s,
+    )
 
 
 def export_work_metrics(m: Metrics, background: Background) -> None:
@@ -162,6 +178,11 @@ def start_background(
     jobs: dict[str, Coroutine[object, object, None]] = {
         "invalidation-bus": c.invalidation.run(),
         "last-used": _every(30.0, c.verifier.flush_last_used, failing="record key last-used times"),
+        "idle-keys": _every(
+            background.idle_check_s,
+            background.idle_keys.run_once,
+            failing="apply the idle-key policies",
+        ),
         # deletions a crash interrupted: at start-up, then every minute
         "namespace-deletions": _every(
             60.0, c.purger.finish_pending, failing="finish namespace deletions", first=True

@@ -36,6 +36,7 @@ from storage.metering.credits import CreditAccounts
 from storage.metering.ledger import MongoLedger
 from storage.metering.rate_limiter import RateLimiter
 from storage.metering.usage import UsageRecorder
+from storage.tenancy.idle_keys import IdleKeyStore
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 from storage.tenancy.keys import KeyStore
@@ -60,6 +61,7 @@ class Components:
 
     organizations: OrganizationStore
     keys: KeyStore
+    idle_keys: IdleKeyStore
     namespaces: NamespaceStore
     verifier: KeyVerifier
     documents: DocumentStore
@@ -182,6 +184,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     return Components(
         organizations=organizations,
         keys=keys,
+        idle_keys=IdleKeyStore(mongo=mongo),
         namespaces=namespaces,
         verifier=verifier,
         documents=DocumentStore(mongo=mongo),

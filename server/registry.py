@@ -88,7 +88,7 @@ SERVICES = (
     Service(
         organization_service_pb2.DESCRIPTOR.services_by_name["OrganizationService"],
         needs=("mongodb",),
-        servicer=lambda c, _: OrganizationServicer(),
+        servicer=lambda c, _: OrganizationServicer(organizations=c.organizations),
         add=organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server,
     ),
     Service(

@@ -304,6 +304,8 @@ class Settings:
     internal_peers: frozenset[str] = frozenset()
     trusted_proxies: frozenset[str] = frozenset()
     key_cache_ttl_s: float = 10.0
+    # how often each replica applies the organizations' idle-key policies
+    key_idle_check_s: float = 600.0
     shutdown_grace_s: float = 10.0
     # after SIGTERM, how long health says NOT_SERVING while calls are still served
     drain_delay_s: float = 5.0
@@ -387,6 +389,7 @@ class Settings:
             internal_peers=_list(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=_list(env, "MESHGATE_TRUSTED_PROXIES"),
             key_cache_ttl_s=_number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
+            key_idle_check_s=_number(env, "MESHGATE_KEY_IDLE_CHECK_S", 600.0, minimum=10),
             shutdown_grace_s=_number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
             drain_delay_s=_number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
             backend_timeout_s=_number(env, "MESHGATE_BACKEND_TIMEOUT_S", 5.0, minimum=0.1),

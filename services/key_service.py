@@ -28,6 +28,7 @@ from services.convert import (
 from storage.core.clock import rfc3339
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.core.pages import page_size
+from storage.core.peer_bindings import parse_binding
 from storage.core.plans import Limit, PlanError
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import VerifiedKey
@@ -41,12 +42,23 @@ _STATES = {
     "active": pb.KEY_STATE_ACTIVE,
     "revoked": pb.KEY_STATE_REVOKED,
     "expired": pb.KEY_STATE_EXPIRED,
+    "disabled": pb.KEY_STATE_DISABLED,
 }
 MAX_NAMESPACES_PER_KEY = 100
 
 
 def reach_of(key: VerifiedKey) -> KeyReach:
-    return KeyReach(permissions=key.permissions, namespace_ids=key.namespace_ids)
+    return KeyReach(
+        permissions=key.permissions,
+        namespace_ids=key.namespace_ids,
+        bound_peers=frozenset(key.binding.entries) if key.binding else frozenset(),
+    )
+
+
+def binding_from_proto(entries: list[str]) -> tuple[str, ...]:
+    """The entries as given (duplicates dropped), once they parse as a binding."""
+    binding = parse_binding(entries)
+    return binding.entries if binding else ()
 
 
 def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
@@ -68,6 +80,8 @@ def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
             if record.rate_limit
             else None
         ),
+        bound_peers=list(record.bound_peers),
+        disable_time=timestamp(record.disabled_at),
     )
 
 
@@ -112,12 +126,16 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             environment=environment,
             references=list(request.namespaces),
         )
+        bound_peers = binding_from_proto(list(request.bound_peers))
         if not reach_of(principal.key).covers(
-            permissions=permissions, namespace_ids=frozenset(namespace_ids)
+            permissions=permissions,
+            namespace_ids=frozenset(namespace_ids),
+            bound_peers=frozenset(bound_peers),
         ):
             raise PermissionDeniedError(
                 "a key cannot create a key that reaches further than its own"
-                " (higher permissions, or namespaces it may not act in itself)"
+                " (higher permissions, namespaces it may not act in itself, or peers"
+                " outside its own binding)"
             )
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
@@ -138,6 +156,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             namespace_ids=namespace_ids,
             expires_at=expires_at,
             rate_limit=rate_limit,
+            bound_peers=bound_peers,
         )
         current_call.get().resource = record.key_id
         return pb.CreateKeyResponse(key=key_to_proto(record, datetime.now(UTC)), secret=secret)
@@ -151,6 +170,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             **self._owner(),
             page_size=page_size(request.page_size),
             page_token=request.page_token,
+            idle_for=duration(request.idle_for) if request.HasField("idle_for") else None,
         )
         now = datetime.now(UTC)
         return pb.ListKeysResponse(
@@ -168,6 +188,29 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             secret=secret,
             previous_secret_expire_time=timestamp(cutoff),
         )
+
+    async def SetKeyBinding(
+        self, request: pb.SetKeyBindingRequest, context: Any
+    ) -> pb.SetKeyBindingResponse:
+        """The new binding must lie within the caller's own (a bound key cannot unbind a key,
+        nor bind one to a peer outside its binding); the previous one may not, since the
+        key itself was within the caller's reach (KeyReach.query)."""
+        owner = self._owner()
+        bound_peers = binding_from_proto(list(request.bound_peers))
+        reach: KeyReach = owner["reach"]
+        if reach.bound_peers and not reach.covers(
+            permissions=frozenset(),
+            namespace_ids=reach.namespace_ids,
+            bound_peers=frozenset(bound_peers),
+        ):
+            raise PermissionDeniedError(
+                "a bound key can bind keys only to entries of its own binding"
+            )
+        record, _ = await self._keys.set_binding(
+            **owner, key_id=request.key_id, bound_peers=bound_peers
+        )
+        await self._invalidation.key_changed(record.key_id)
+        return pb.SetKeyBindingResponse(key=key_to_proto(record, datetime.now(UTC)))
 
     async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Any) -> pb.RevokeKeyResponse:
         record = await self._keys.revoke(**self._owner(), key_id=request.key_id)

@@ -214,7 +214,24 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(
         "GetOrganization": await organization_service_pb2_grpc.OrganizationServiceStub(
             tenant.channel
         ).GetOrganization(organization_service_pb2.GetOrganizationRequest(), metadata=md),
+        "SetKeyIdlePolicy": await organization_service_pb2_grpc.OrganizationServiceStub(
+            tenant.channel
+        ).SetKeyIdlePolicy(
+            organization_service_pb2.SetKeyIdlePolicyRequest(
+                policy=organization_service_pb2.KeyIdlePolicy(idle_days=3650)
+            ),
+            metadata=md,
+        ),
+        "GetKeyIdlePolicy": await organization_service_pb2_grpc.OrganizationServiceStub(
+            tenant.channel
+        ).GetKeyIdlePolicy(organization_service_pb2.GetKeyIdlePolicyRequest(), metadata=md),
         "CreateKey": created,
+        "SetKeyBinding": await k.SetKeyBinding(
+            key_service_pb2.SetKeyBindingRequest(
+                key_id=created.key.key_id, bound_peers=["spiffe://meshgate.local/client/dev"]
+            ),
+            metadata=md,
+        ),
         "GetKey": await k.GetKey(
             key_service_pb2.GetKeyRequest(key_id=created.key.key_id), metadata=md
         ),

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 
 from storage.core.cache import TTLCache
 from storage.core.clock import utc_now
-from storage.core.errors import UnauthenticatedError
+from storage.core.errors import InvalidArgumentError, UnauthenticatedError
 from storage.core.key_secrets import MAX_SECRET_LENGTH, digest_secret, parse_secret
+from storage.core.peer_bindings import PeerBinding, parse_binding
 from storage.core.plans import Limit
 from storage.tenancy.keys import KeyRecord, KeyStore
 
@@ -36,6 +37,8 @@ class VerifiedKey:
     namespace_ids: frozenset[str]
     valid_until: datetime | None
     rate_limit: Limit | None = None
+    # compiled once per verification and cached with the key; None: any peer may present it
+    binding: PeerBinding | None = None
 
 
 class KeyVerifier:
@@ -85,7 +88,6 @@ class KeyVerifier:
         if verified.valid_until is not None and verified.valid_until <= self._now():
             self._cache.pop(digest)  # `verify` finds it expired in the store and refuses it
             return None
-        self._used[verified.key_id] = time.time()
         return verified
 
     async def verify(self, secret: str) -> VerifiedKey:
@@ -109,11 +111,16 @@ class KeyVerifier:
                 else (verified.valid_until - now).total_seconds()
             )
             self._cache.put(parsed.digest, verified, ttl_s=ttl, if_generation=generation)
-        self._used[verified.key_id] = time.time()
         return verified
 
+    def used(self, key: VerifiedKey) -> None:
+        """The key was admitted for a call: its last-used time moves (written in batches by
+        `flush_last_used`). Not called for a bound key refused for its peer, so a leaked key
+        tried from elsewhere does not look in use to the idle-key job."""
+        self._used[key.key_id] = time.time()
+
     def _admit(self, record: KeyRecord, digest: str, now: datetime) -> VerifiedKey:
-        if record.revoked_at is not None:
+        if record.revoked_at is not None or record.disabled_at is not None:
             raise UnauthenticatedError()
         secret = next((s for s in record.secrets if hmac.compare_digest(s.digest, digest)), None)
         if secret is None:
@@ -124,6 +131,10 @@ class KeyVerifier:
             raise UnauthenticatedError()
         if record.environment not in self._accepted:
             raise UnauthenticatedError()
+        try:
+            binding = parse_binding(record.bound_peers)
+        except InvalidArgumentError:  # not written by this version: fail closed
+            raise UnauthenticatedError() from None
         return VerifiedKey(
             key_id=record.key_id,
             organization_id=record.organization_id,
@@ -132,6 +143,7 @@ class KeyVerifier:
             namespace_ids=record.namespace_ids,
             valid_until=valid_until,
             rate_limit=record.rate_limit,
+            binding=binding,
         )
 
     async def flush_last_used(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,15 @@ from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
 
-__all__ = ["PERMISSIONS", "KeyReach", "KeyRecord", "KeySecret", "KeyStore"]
+__all__ = [
+    "PERMISSIONS",
+    "KeyReach",
+    "KeyRecord",
+    "KeySecret",
+    "KeyStore",
+    "idle_since_before",
+    "key_from_doc",
+]
 
 PERMISSIONS = ("read", "write", "delete", "admin")
 MAX_GRACE = timedelta(days=30)
@@ -42,12 +50,24 @@ class KeyReach:
 
     permissions: frozenset[str]
     namespace_ids: frozenset[str]
+    # the key's workload binding (storage/core/peer_bindings.py); empty: any peer
+    bound_peers: frozenset[str] = frozenset()
 
-    def covers(self, *, permissions: frozenset[str], namespace_ids: frozenset[str]) -> bool:
+    def covers(
+        self,
+        *,
+        permissions: frozenset[str],
+        namespace_ids: frozenset[str],
+        bound_peers: frozenset[str] = frozenset(),
+    ) -> bool:
         if not _implied(permissions) <= _implied(self.permissions):
             return False
-        if self.namespace_ids:
-            return bool(namespace_ids) and namespace_ids <= self.namespace_ids
+        if self.namespace_ids and not (namespace_ids and namespace_ids <= self.namespace_ids):
+            return False
+        # a bound key reaches only keys bound to entries of its own binding: otherwise it
+        # could mint or rotate a key usable from anywhere and step out of its workload
+        if self.bound_peers:
+            return bool(bound_peers) and bound_peers <= self.bound_peers
         return True
 
     def query(self) -> dict[str, Any]:
@@ -59,6 +79,9 @@ class KeyReach:
         if self.namespace_ids:
             query["namespace_ids.0"] = {"$exists": True}
             query["namespace_ids"] = {"$not": {"$elemMatch": {"$nin": sorted(self.namespace_ids)}}}
+        if self.bound_peers:
+            query["bound_peers.0"] = {"$exists": True}
+            query["bound_peers"] = {"$not": {"$elemMatch": {"$nin": sorted(self.bound_peers)}}}
         return query
 
 
@@ -85,6 +108,10 @@ class KeyRecord:
     last_used_at: datetime | None
     secrets: tuple[KeySecret, ...] = field(repr=False)
     rate_limit: Limit | None = None
+    # peer identities and patterns the key is bound to (empty: any peer)
+    bound_peers: tuple[str, ...] = ()
+    # set by the idle-key job (server/workers/key_idle.py)
+    disabled_at: datetime | None = None
 
     @property
     def display_prefix(self) -> str:
@@ -93,12 +120,22 @@ class KeyRecord:
     def state(self, now: datetime) -> str:
         if self.revoked_at is not None:
             return "revoked"
+        if self.disabled_at is not None:
+            return "disabled"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
 
 
-def _from_doc(doc: dict[str, Any]) -> KeyRecord:
+def idle_since_before(cutoff: datetime) -> list[dict[str, Any]]:
+    """Keys last used before `cutoff`, or never used and created before it (an `$or`)."""
+    return [
+        {"last_used_at": {"$lt": cutoff}},
+        {"last_used_at": None, "created_at": {"$lt": cutoff}},
+    ]
+
+
+def key_from_doc(doc: dict[str, Any]) -> KeyRecord:
     return KeyRecord(
         key_id=doc["_id"],
         organization_id=doc["organization_id"],
@@ -128,6 +165,8 @@ def _from_doc(doc: dict[str, Any]) -> KeyRecord:
             if doc.get("rate_limit")
             else None
         ),
+        bound_peers=tuple(doc.get("bound_peers") or ()),
+        disabled_at=doc.get("disabled_at"),
     )
 
 
@@ -166,6 +205,7 @@ class KeyStore:
         namespace_ids: list[str],
         expires_at: datetime | None,
         rate_limit: Limit | None = None,
+        bound_peers: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
         """The new key and its secret (returned once, never stored)."""
         now = self._now()
@@ -190,13 +230,14 @@ class KeyStore:
                 if rate_limit
                 else None
             ),
+            "bound_peers": list(bound_peers),
         }
         await self._collection.insert_one(doc)
-        return _from_doc(doc), minted.secret
+        return key_from_doc(doc), minted.secret
 
     async def find_by_digest(self, digest: str) -> KeyRecord | None:
         doc = await self._collection.find_one({"secrets.digest": digest})
-        return None if doc is None else _from_doc(doc)
+        return None if doc is None else key_from_doc(doc)
 
     @staticmethod
     def _owned(
@@ -220,7 +261,7 @@ class KeyStore:
         )
         if doc is None:
             raise NotFoundError("key not found")
-        return _from_doc(doc)
+        return key_from_doc(doc)
 
     async def list_page(
         self,
@@ -230,18 +271,24 @@ class KeyStore:
         reach: KeyReach,
         page_size: int,
         page_token: str,
+        idle_for: timedelta | None = None,
     ) -> tuple[list[KeyRecord], str]:
+        """`idle_for`: only keys unused for longer (never used: since their creation)."""
         after = decode_page_token(page_token, kind="key", id_pattern=KEY_ID_RE)
         query: dict[str, Any] = {
             "organization_id": organization_id,
             "environment": environment,
             **reach.query(),
         }
+        if idle_for is not None:
+            if idle_for < timedelta(0):
+                raise InvalidArgumentError("idle_for must not be negative")
+            query["$or"] = idle_since_before(self._now() - idle_for)
         if after is not None:
             query["_id"] = {"$gt": after}
         cursor = self._collection.find(query).sort("_id", 1).limit(page_size + 1)
         docs = [doc async for doc in cursor]
-        return page_of(docs, page_size=page_size, kind="key", key="_id", build=_from_doc)
+        return page_of(docs, page_size=page_size, kind="key", key="_id", build=key_from_doc)
 
     async def rotate(
         self,
@@ -264,13 +311,14 @@ class KeyStore:
         read = await self._collection.find_one(owned)
         if read is None:
             raise NotFoundError("key not found")
-        current = _from_doc(read)
+        current = key_from_doc(read)
         now = self._now()
-        if current.state(now) != "active":
+        state = current.state(now)
+        if state != "active":
             raise (
                 NotFoundError("key not found")
-                if current.revoked_at
-                else InvalidArgumentError("an expired key cannot be rotated")
+                if state == "revoked"
+                else InvalidArgumentError(f"a {state} key cannot be rotated")
             )
         kept, cutoff = retire_previous(
             current.secrets,
@@ -292,7 +340,32 @@ class KeyStore:
             raise FailedPreconditionError(
                 "the key was rotated concurrently; read it again and retry"
             )
-        return _from_doc(doc), minted.secret, cutoff
+        return key_from_doc(doc), minted.secret, cutoff
+
+    async def set_binding(
+        self,
+        *,
+        organization_id: str,
+        environment: str,
+        key_id: str,
+        reach: KeyReach,
+        bound_peers: tuple[str, ...],
+    ) -> tuple[KeyRecord, tuple[str, ...]]:
+        """Replace the key's workload binding (empty: any peer); the key as it is now and
+        the binding it had. A revoked key is NOT_FOUND, as for `rotate`."""
+        owned = self._owned(organization_id, environment, key_id, reach)
+        doc = await self._collection.find_one_and_update(
+            {**owned, "revoked_at": None},
+            {"$set": {"bound_peers": list(bound_peers)}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if doc is None:
+            raise NotFoundError("key not found")
+        before = key_from_doc(doc)
+        return (
+            replace(before, bound_peers=bound_peers),
+            before.bound_peers,
+        )
 
     async def revoke(
         self, *, organization_id: str, environment: str, key_id: str, reach: KeyReach
@@ -308,7 +381,7 @@ class KeyStore:
             return await self.get(
                 organization_id=organization_id, environment=environment, key_id=key_id, reach=reach
             )
-        return _from_doc(doc)
+        return key_from_doc(doc)
 
     async def touch(self, used: dict[str, datetime]) -> None:
         """Record last-used times (batched by the verifier; never on the hot path)."""

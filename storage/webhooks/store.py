@@ -40,7 +40,15 @@ __all__ = [
     "check_event_types",
 ]
 
-EVENT_TYPES = ("task.completed", "task.failed", "task.canceled", "credits.threshold", "key.revoked")
+EVENT_TYPES = (
+    "task.completed",
+    "task.failed",
+    "task.canceled",
+    "credits.threshold",
+    "key.revoked",
+    "key.expiring",
+    "key.disabled",
+)
 WILDCARD = "*"
 MAX_EVENT_TYPES = 10
 MAX_WEBHOOKS_PER_NAMESPACE = 25

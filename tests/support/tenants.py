@@ -78,17 +78,21 @@ class Tenant:
         *permissions: options_pb2.Permission.ValueType,
         namespaces: tuple[str, ...] = (),
         expire_time: Timestamp | None = None,
+        bound_peers: tuple[str, ...] = (),
+        creator: str | None = None,
     ) -> key_service_pb2.CreateKeyResponse:
-        """A key of this organization (READ when no permission is given)."""
+        """A key of this organization (READ when no permission is given), created with the
+        ADMIN key, or with `creator`."""
         request = key_service_pb2.CreateKeyRequest(
             name="test key",
             environment=ENV_PROTO[self.environment],
             permissions=list(permissions) or [options_pb2.PERMISSION_READ],
             namespaces=list(namespaces),
+            bound_peers=list(bound_peers),
         )
         if expire_time is not None:
             request.expire_time.CopyFrom(expire_time)
-        created = await self.keys.CreateKey(request, metadata=auth(self.admin))
+        created = await self.keys.CreateKey(request, metadata=auth(creator or self.admin))
         NEVER_LOGGED.add(created.secret)
         return created
 
