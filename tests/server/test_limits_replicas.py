@@ -66,6 +66,10 @@ PLANS = {
     }
 }
 GET_ORG = organization_service_pb2.GetOrganizationRequest()
+# A call waits at most the limiter's timeout (0.5 s here) and a credit top-up's (0.5 s) on
+# an unreachable Redis, against the 5 s of a call that hung; the rest is scheduling on a
+# loaded 2-core machine (a full suite beside other work saw 1.7 s)
+NO_HANG_S = 2.5
 
 
 @dataclass
@@ -270,7 +274,7 @@ async def redis_down_policy(fleet: Fleet, pki: Pki, tenant: PlanTenant) -> None:
     codes, elapsed, slowest = await hammer(replicas, pki, tenant.secret, 2.0)
     print(f"Redis down: {dict(codes)} in {elapsed:.2f}s, slowest call {slowest * 1000:.0f} ms")
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}  # answered by the local fallback limiter
-    assert slowest < 1.5  # no call hangs on the dead Redis
+    assert slowest < NO_HANG_S  # no call hangs on the dead Redis
     assert codes["OK"] <= len(replicas) * (BURST + RATE * elapsed)  # the documented fallback bound
     credit_codes = [
         await list_documents(replicas[0], pki, tenant.secret, tenant.namespace_id)
@@ -360,7 +364,7 @@ async def test_a_primary_killed_under_load(
             f" slowest {slowest * 1000:.0f} ms"
         )
         assert cluster.primary_of(bucket) != primary
-        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and slowest < 1.5
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and slowest < NO_HANG_S
         await limits_shared_again(fleet, pki, tenant)
         assert await list_documents(replicas[1], pki, tenant.secret, tenant.namespace_id) == "OK"
 
