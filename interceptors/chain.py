@@ -158,9 +158,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 if self._pages is not None and call.policy.paged
                 else None
             )
-            headers = self._send_headers(call, context)
-            if headers is not None:
-                await headers
+            # the response metadata travels in the trailers, set once (a refusal sets its own)
+            context.set_trailing_metadata(
+                ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
+            )
             response = await route.respond(request, context)
             if binding is not None:
                 binding.seal(response)
@@ -196,34 +197,21 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         current_call.set(call)
         if self._tracer is not None:
             self._start_span(call)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         if failure is None and policy is None:
             failure = _NoPolicyError("this method declares no access policy and is refused")
         return call, failure
 
-    @staticmethod
-    def _send_headers(call: CallState, context: Context) -> Awaitable[None] | None:
-        """Initial metadata, once: the request id and whatever the steps added (rate limits).
-        None when it went out already; the caller awaits what it gets."""
-        if call.headers_sent:
-            return None
-        call.headers_sent = True
-        return context.send_initial_metadata(
-            ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
-        )
-
     async def _refuse(self, call: CallState | None, exc: Exception, context: Context) -> None:
         request_id = call.request_id if call else "-"
         refusal = self._errors.refusal_for(exc, request_id=request_id)
+        response_metadata: Sequence[tuple[str, str]] = ()
         if call is not None:
             call.code = refusal.code
-            headers = self._send_headers(call, context)
-            if headers is not None:
-                await headers
+            response_metadata = call.response_metadata
         await context.abort(
             refusal.code,
             refusal.message,
-            ((REQUEST_ID_HEADER, request_id), *refusal.trailing_metadata),
+            ((REQUEST_ID_HEADER, request_id), *response_metadata, *refusal.trailing_metadata),
         )
 
     def _start_span(self, call: CallState) -> None:

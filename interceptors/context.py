@@ -43,9 +43,9 @@ class CallState:
     principal: Principal | None = None
     namespace: Namespace | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
-    # initial metadata the steps add (e.g. ratelimit-*), sent once with the request id
+    # response metadata the steps add (e.g. ratelimit-*): trailing metadata, with the request
+    # id, on success and on error (a unary call sends no initial metadata: it costs a batch)
     response_metadata: list[tuple[str, str]] = field(default_factory=list)
-    headers_sent: bool = False
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False
