@@ -9,9 +9,11 @@ does it return an awaitable, which the chain awaits. So a warm call runs the
 whole chain without a single suspension.
 The chain wraps each method handler once, runs telemetry around everything,
 the steps in order, then the servicer, and turns every refusal or error into
-`context.abort(...)` through the errors step. Which steps apply to a method is
-decided by the method's declared policy, read from the protos; a method with
-no policy is refused (fail closed).
+`context.abort(...)` through the errors step. Which steps and observers apply to
+a method is decided once, from the method's declared policy (read from the
+protos), when its handler is wrapped: its plan is the tuple of those that
+apply, so a step that does not apply never runs and no call branches on its
+policy. A method with no policy is refused (fail closed).
 
 The request message is decoded here, once every step has admitted the call
 (interceptors/decoding.py): grpc hands the chain the raw bytes, so a caller the
@@ -50,7 +52,7 @@ from interceptors.request_metadata import (
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
 from storage.core.errors import MeshgateError, PermissionDeniedError
 
-__all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
+__all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step", "plan_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -59,15 +61,32 @@ class Step(Protocol):
     """Admits or refuses a call before the servicer runs (raise a typed error to refuse).
 
     Returns None when decided, or an awaitable that finishes the check (I/O needed).
+    A step may also say which methods it applies to (`applies(policy)`, read once per
+    method); one without `applies` runs on every call.
     """
 
     def check(self, call: CallState, context: Context) -> Awaitable[None] | None: ...
 
 
 class Observer(Protocol):
-    """Sees every finished call, admitted or not: access log, usage analytics, audit."""
+    """Sees every finished call, admitted or not: access log, usage analytics, audit.
+
+    Like a step, it may say which methods it sees (`observes(policy)`, read once per
+    method); one without `observes` sees every call.
+    """
 
     def finish(self, call: CallState, duration_s: float) -> None: ...
+
+
+def plan_for[T](parts: Iterable[T], policy: Policy, *, test: str = "applies") -> tuple[T, ...]:
+    """The steps (or, with test="observes", the observers) for a method of this policy, in
+    their order: those without the test, and those whose test accepts the policy."""
+    planned = []
+    for part in parts:
+        accepts: Callable[[Policy], bool] | None = getattr(part, test, None)
+        if accepts is None or accepts(policy):
+            planned.append(part)
+    return tuple(planned)
 
 
 # the call's request metadata as grpc handed it to `intercept_service` (same task as
@@ -141,7 +160,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             call, failure = self._begin(route.method, route.policy, context)
             if failure is not None:
                 raise failure
-            for step in self._steps:
+            for step in route.steps:
                 pending = step.check(call, context)
                 if pending is not None:
                     await pending
@@ -153,11 +172,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                     request = self._malformed.decode(route.decoder, request, route.method)
             if route.keep_request:
                 call.request = request
-            binding = (
-                self._pages.open(call, request)
-                if self._pages is not None and call.policy.paged
-                else None
-            )
+            binding = route.pages.open(call, request) if route.pages is not None else None
             # the response metadata travels in the trailers, set once (a refusal sets its own)
             context.set_trailing_metadata(
                 ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
@@ -171,7 +186,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         except Exception as exc:
             await self._refuse(call, exc, context)
         finally:
-            self._finish(call, started, context)
+            self._finish(call, route.observers, started, context)
 
     def _begin(
         self, method: str, policy: Policy | None, context: Context
@@ -241,7 +256,13 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         span.end()
         otel_context.detach(call.span_token)
 
-    def _finish(self, call: CallState | None, started: float, context: Context) -> None:
+    def _finish(
+        self,
+        call: CallState | None,
+        observers: tuple[Observer, ...],
+        started: float,
+        context: Context,
+    ) -> None:
         if call is None:
             return
         if call.code is grpc.StatusCode.OK:
@@ -249,7 +270,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             if isinstance(code, grpc.StatusCode):
                 call.code = code
         duration = time.perf_counter() - started
-        for observer in self._observers:
+        for observer in observers:
             try:
                 observer.finish(call, duration)
             except Exception:  # an observer must never change the call's outcome
@@ -277,9 +298,13 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 if handler.unary_stream is not None
                 else grpc.stream_stream_rpc_method_handler
             )
+        planned = policy or _UNDECLARED
         route = _Route(
             method=method,
             policy=policy,
+            steps=plan_for(self._steps, planned),
+            observers=plan_for(self._observers, planned, test="observes"),
+            pages=self._pages if planned.paged else None,
             respond=inner,
             keep_request=handler.unary_unary is not None,
             decoder=handler.request_deserializer,
@@ -294,10 +319,15 @@ class SecurityChain(grpc.aio.ServerInterceptor):
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    """What one method's calls share: its name, its policy, and what answers them."""
+    """What one method's calls share: its name, its policy, its plan (the steps and
+    observers that apply to it, and the page-token binding of a List method), and what
+    answers them."""
 
     method: str
     policy: Policy | None
+    steps: tuple[Step, ...]
+    observers: tuple[Observer, ...]
+    pages: PageTokenBinding | None
     respond: Callable[[Any, Context], Awaitable[Any]]
     # the call state keeps the request for the observers (unary calls; streams: None)
     keep_request: bool

@@ -1,5 +1,5 @@
 """The chain's one wrapper body, for unary and streaming calls alike: the request id in
-initial and trailing metadata, refusals through the errors step, observers once per call."""
+trailing metadata, refusals through the errors step, observers once per call."""
 
 from __future__ import annotations
 
