@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -45,7 +45,7 @@ class CallState:
     code: grpc.StatusCode = grpc.StatusCode.OK
     # response metadata the steps add (e.g. ratelimit-*): trailing metadata, with the request
     # id, on success and on error (a unary call sends no initial metadata: it costs a batch)
-    response_metadata: list[tuple[str, str]] = field(default_factory=list)
+    response_metadata: tuple[tuple[str, str], ...] = ()
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False

@@ -99,7 +99,7 @@ class RateLimit:
         self._apply(call, _tightest(decisions))
 
     def _apply(self, call: CallState, decision: Decision) -> None:
-        call.response_metadata.extend(decision.headers())
+        call.response_metadata = decision.headers()
         if not decision.allowed:
             assert call.principal is not None
             plan, rate_class = call.principal.organization.plan, call.policy.rate_class
