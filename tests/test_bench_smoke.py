@@ -43,6 +43,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["workers"]["2"]["rps"] > 0
     assert data["workers"]["open_1"]["cpu_us_per_request"] > 0
     assert data["workers"]["open_2"]["cpu_us_per_request"] > 0
+    assert data["workers"]["idle_cpu_ms_per_s_2"] >= 0
     assert data["webhooks"]["deliveries"] == 3
     assert (
         0 < data["webhooks"]["p50_ms"] <= data["webhooks"]["p95_ms"] <= data["webhooks"]["max_ms"]

@@ -464,6 +464,11 @@ def workers_comparison(
     scaling: dict[str, Any] = {"rate": args.rate}
     for workers in (1, 2):
         proc = start_meshgate(env, core=None, workers=workers, log=log)
+        # what the process spends with no calls at all (its background jobs), per second
+        idle_from, idle_start = proc.cpu_seconds(), time.monotonic()
+        time.sleep(duration)
+        idle_cpu = (proc.cpu_seconds() - idle_from) / (time.monotonic() - idle_start)
+        scaling[f"idle_cpu_ms_per_s_{workers}"] = idle_cpu * 1e3
         scaling[f"open_{workers}"] = load(
             env,
             proc,
@@ -490,6 +495,11 @@ def workers_comparison(
     scaling["open_cpu_ratio"] = (
         scaling["open_2"]["cpu_us_per_request"] / scaling["open_1"]["cpu_us_per_request"]
     )
+    for workers in (1, 2):  # CPU per request less the idle background share
+        idle_per_request_us = scaling[f"idle_cpu_ms_per_s_{workers}"] * 1e3 / args.rate
+        scaling[f"open_{workers}"]["cpu_us_per_request_less_idle"] = (
+            scaling[f"open_{workers}"]["cpu_us_per_request"] - idle_per_request_us
+        )
     return scaling
 
 
@@ -648,6 +658,10 @@ def table(results: dict[str, Any]) -> str:
         f" {w['open_1']['cpu_us_per_request']:.0f} us CPU/req (p50 {w['open_1']['p50_us']:.0f} us);"
         f" 2 -> {w['open_2']['cpu_us_per_request']:.0f} us CPU/req"
         f" (p50 {w['open_2']['p50_us']:.0f} us); 2/1 = {w['open_cpu_ratio']:.2f}",
+        f"  idle (background jobs): 1 worker {w['idle_cpu_ms_per_s_1']:.0f} ms CPU/s,"
+        f" 2 workers {w['idle_cpu_ms_per_s_2']:.0f} ms CPU/s; CPU/req less idle:"
+        f" 1 -> {w['open_1']['cpu_us_per_request_less_idle']:.0f} us,"
+        f" 2 -> {w['open_2']['cpu_us_per_request_less_idle']:.0f} us",
         f"workers, closed loop: 1 -> {w['1']['rps']:.0f} req/s"
         f" at {w['1']['cpu_us_per_request']:.0f} us CPU/req;"
         f" 2 -> {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} us CPU/req"
