@@ -20,6 +20,7 @@ from __future__ import annotations
 import grpc
 
 from interceptors.context import CallState
+from interceptors.policy import Access, Policy
 from storage.audit.log import AuditLog
 
 __all__ = ["AuditTrail", "audited"]
@@ -29,17 +30,26 @@ _NOT_DENIALS = frozenset({grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED
 _RESOURCE_FIELDS = ("key_id", "document_id", "organization_id")
 
 
-def audited(call: CallState) -> bool:
-    return call.policy.audit or call.policy.permission in _ALWAYS
+def audited(policy: Policy) -> bool:
+    return policy.audit or policy.permission in _ALWAYS
 
 
 class AuditTrail:
     def __init__(self, *, log: AuditLog) -> None:
         self._log = log
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        """As a step: the audited methods, refused up front when the audit queue is full."""
+        return audited(policy)
+
+    @staticmethod
+    def observes(policy: Policy) -> bool:
+        """As an observer: API-key methods (an audited call, or any call denied)."""
+        return policy.access is Access.API_KEY
+
     def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
-        if audited(call):
-            self._log.check_room()
+        self._log.check_room()
 
     def finish(self, call: CallState, duration_s: float) -> None:
         principal = call.principal
@@ -50,7 +60,7 @@ class AuditTrail:
         else:
             return
         denied = not call.admitted and call.code not in _NOT_DENIALS
-        if not (denied or audited(call)):
+        if not (denied or audited(call.policy)):
             return
         self._log.record(
             actor_key_id=key.key_id,

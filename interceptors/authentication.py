@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 import grpc
 
 from interceptors.context import CallState
-from interceptors.policy import Access
+from interceptors.policy import Access, Policy
 from storage.core.errors import UnauthenticatedError
 from storage.tenancy.key_verifier import KeyVerifier, VerifiedKey
 
@@ -27,11 +27,13 @@ class Authentication:
     def __init__(self, *, verifier: KeyVerifier) -> None:
         self._verifier = verifier
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.access is Access.API_KEY
+
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
     ) -> Awaitable[None] | None:
-        if call.policy.access is not Access.API_KEY:
-            return None
         header = call.metadata.get("authorization")
         if header is None or len(header) > _MAX_HEADER:
             raise UnauthenticatedError()

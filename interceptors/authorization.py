@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 
 from interceptors.context import CallState
-from interceptors.policy import Access
+from interceptors.policy import Access, Policy
 from storage.core.errors import PermissionDeniedError
 
 __all__ = ["Authorization"]
@@ -19,13 +19,15 @@ class Authorization:
     def __init__(self, *, internal_peers: frozenset[str]) -> None:
         self._internal_peers = internal_peers
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.access is not Access.PUBLIC
+
     def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
         policy = call.policy
         if policy.access is Access.INTERNAL_PEER:
             if call.peer_identity is None or call.peer_identity not in self._internal_peers:
                 raise PermissionDeniedError("this method is only available to internal services")
-            return None
-        if policy.access is not Access.API_KEY:
             return None
         principal = call.require_principal()
         held = principal.key.permissions

@@ -9,9 +9,11 @@ does it return an awaitable, which the chain awaits. So a warm call runs the
 whole chain without a single suspension.
 The chain wraps each method handler once, runs telemetry around everything,
 the steps in order, then the servicer, and turns every refusal or error into
-`context.abort(...)` through the errors step. Which steps apply to a method is
-decided by the method's declared policy, read from the protos; a method with
-no policy is refused (fail closed).
+`context.abort(...)` through the errors step. Which steps and observers apply to
+a method is decided once, from the method's declared policy (read from the
+protos), when its handler is wrapped: its plan is the tuple of those that
+apply, so a step that does not apply never runs and no call branches on its
+policy. A method with no policy is refused (fail closed).
 
 The request message is decoded here, once every step has admitted the call
 (interceptors/decoding.py): grpc hands the chain the raw bytes, so a caller the
@@ -57,7 +59,7 @@ from interceptors.telemetry import (
 )
 from storage.core.errors import MeshgateError, PermissionDeniedError
 
-__all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step"]
+__all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step", "plan_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -66,15 +68,32 @@ class Step(Protocol):
     """Admits or refuses a call before the servicer runs (raise a typed error to refuse).
 
     Returns None when decided, or an awaitable that finishes the check (I/O needed).
+    A step may also say which methods it applies to (`applies(policy)`, read once per
+    method); one without `applies` runs on every call.
     """
 
     def check(self, call: CallState, context: Context) -> Awaitable[None] | None: ...
 
 
 class Observer(Protocol):
-    """Sees every finished call, admitted or not: access log, usage analytics, audit."""
+    """Sees every finished call, admitted or not: access log, usage analytics, audit.
+
+    Like a step, it may say which methods it sees (`observes(policy)`, read once per
+    method); one without `observes` sees every call.
+    """
 
     def finish(self, call: CallState, duration_s: float) -> None: ...
+
+
+def plan_for[T](parts: Iterable[T], policy: Policy, *, test: str = "applies") -> tuple[T, ...]:
+    """The steps (or, with test="observes", the observers) for a method of this policy, in
+    their order: those without the test, and those whose test accepts the policy."""
+    planned = []
+    for part in parts:
+        accepts: Callable[[Policy], bool] | None = getattr(part, test, None)
+        if accepts is None or accepts(policy):
+            planned.append(part)
+    return tuple(planned)
 
 
 # the call's request metadata as grpc handed it to `intercept_service` (same task as
@@ -148,7 +167,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             call, failure = self._begin(route.method, route.policy, context)
             if failure is not None:
                 raise failure
-            for step in self._steps:
+            for step in route.steps:
                 pending = step.check(call, context)
                 if pending is not None:
                     await pending
@@ -160,14 +179,11 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                     request = self._malformed.decode(route.decoder, request, route.method)
             if route.keep_request:
                 call.request = request
-            binding = (
-                self._pages.open(call, request)
-                if self._pages is not None and call.policy.paged
-                else None
+            binding = route.pages.open(call, request) if route.pages is not None else None
+            # the response metadata travels in the trailers, set once (a refusal sets its own)
+            context.set_trailing_metadata(
+                ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
             )
-            headers = self._send_headers(call, context)
-            if headers is not None:
-                await headers
             response = await route.respond(request, context)
             if binding is not None:
                 binding.seal(response)
@@ -177,7 +193,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         except Exception as exc:
             await self._refuse(call, exc, context)
         finally:
-            self._finish(call, started, context)
+            self._finish(call, route.observers, started, context)
 
     def _begin(
         self, method: str, policy: Policy | None, context: Context
@@ -206,34 +222,21 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         elif TRACEPARENT_HEADER in metadata:
             # not tracing, but what the call starts (a task, its webhooks) joins the caller's trace
             call.span_token = otel_context.attach(extract(metadata))
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         if failure is None and policy is None:
             failure = _NoPolicyError("this method declares no access policy and is refused")
         return call, failure
 
-    @staticmethod
-    def _send_headers(call: CallState, context: Context) -> Awaitable[None] | None:
-        """Initial metadata, once: the request id and whatever the steps added (rate limits).
-        None when it went out already; the caller awaits what it gets."""
-        if call.headers_sent:
-            return None
-        call.headers_sent = True
-        return context.send_initial_metadata(
-            ((REQUEST_ID_HEADER, call.request_id), *call.response_metadata)
-        )
-
     async def _refuse(self, call: CallState | None, exc: Exception, context: Context) -> None:
         request_id = call.request_id if call else "-"
         refusal = self._errors.refusal_for(exc, request_id=request_id)
+        response_metadata: Sequence[tuple[str, str]] = ()
         if call is not None:
             call.code = refusal.code
-            headers = self._send_headers(call, context)
-            if headers is not None:
-                await headers
+            response_metadata = call.response_metadata
         await context.abort(
             refusal.code,
             refusal.message,
-            ((REQUEST_ID_HEADER, request_id), *refusal.trailing_metadata),
+            ((REQUEST_ID_HEADER, request_id), *response_metadata, *refusal.trailing_metadata),
         )
 
     def _start_span(self, call: CallState) -> None:
@@ -272,7 +275,13 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         span.end()
         otel_context.detach(call.span_token)
 
-    def _finish(self, call: CallState | None, started: float, context: Context) -> None:
+    def _finish(
+        self,
+        call: CallState | None,
+        observers: tuple[Observer, ...],
+        started: float,
+        context: Context,
+    ) -> None:
         if call is None:
             return
         if call.code is grpc.StatusCode.OK:
@@ -280,7 +289,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             if isinstance(code, grpc.StatusCode):
                 call.code = code
         duration = time.perf_counter() - started
-        for observer in self._observers:
+        for observer in observers:
             try:
                 observer.finish(call, duration)
             except Exception:  # an observer must never change the call's outcome
@@ -310,9 +319,13 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 if handler.unary_stream is not None
                 else grpc.stream_stream_rpc_method_handler
             )
+        planned = policy or _UNDECLARED
         route = _Route(
             method=method,
             policy=policy,
+            steps=plan_for(self._steps, planned),
+            observers=plan_for(self._observers, planned, test="observes"),
+            pages=self._pages if planned.paged else None,
             respond=inner,
             keep_request=handler.unary_unary is not None,
             decoder=handler.request_deserializer,
@@ -327,10 +340,15 @@ class SecurityChain(grpc.aio.ServerInterceptor):
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    """What one method's calls share: its name, its policy, and what answers them."""
+    """What one method's calls share: its name, its policy, its plan (the steps and
+    observers that apply to it, and the page-token binding of a List method), and what
+    answers them."""
 
     method: str
     policy: Policy | None
+    steps: tuple[Step, ...]
+    observers: tuple[Observer, ...]
+    pages: PageTokenBinding | None
     respond: Callable[[Any, Context], Awaitable[Any]]
     # the call state keeps the request for the observers (unary calls; streams: None)
     keep_request: bool

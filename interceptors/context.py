@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -45,9 +45,9 @@ class CallState:
     principal: Principal | None = None
     namespace: Namespace | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
-    # initial metadata the steps add (e.g. ratelimit-*), sent once with the request id
-    response_metadata: list[tuple[str, str]] = field(default_factory=list)
-    headers_sent: bool = False
+    # response metadata the steps add (e.g. ratelimit-*): trailing metadata, with the request
+    # id, on success and on error (a unary call sends no initial metadata: it costs a batch)
+    response_metadata: tuple[tuple[str, str], ...] = ()
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False

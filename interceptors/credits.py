@@ -9,6 +9,7 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
+from interceptors.policy import Access, Policy
 from storage.core.plans import Plan
 from storage.metering.credits import CreditAccounts
 from storage.tenancy.organizations import Organization
@@ -29,13 +30,15 @@ class Credits:
         self._metrics = metrics
         self._counters: dict[str, Any] = {}  # plan -> its labelled counter
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.cost > 0 and policy.access is Access.API_KEY
+
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
     ) -> Awaitable[None] | None:
         cost = call.policy.cost
-        if cost <= 0 or call.principal is None:
-            return None
-        organization = call.principal.organization
+        organization = call.require_principal().organization
         if not self._accounts.try_debit(organization.organization_id, cost, at=call.started_at):
             return self._debit(call, organization, cost)
         self._debited(call, organization, cost)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 import grpc
 
 from interceptors.context import CallState, Principal
+from interceptors.policy import Access, Policy
 from storage.core.errors import NotFoundError, UnauthenticatedError
 from storage.tenancy.key_verifier import VerifiedKey
 from storage.tenancy.organizations import OrganizationStore
@@ -17,6 +18,10 @@ __all__ = ["OrganizationIdentity"]
 class OrganizationIdentity:
     def __init__(self, *, organizations: OrganizationStore) -> None:
         self._organizations = organizations
+
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.access is Access.API_KEY  # the methods with a key to resolve
 
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]

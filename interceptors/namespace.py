@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 import grpc
 
 from interceptors.context import CallState, Principal
+from interceptors.policy import Policy
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.tenancy.namespaces import Namespace, NamespaceStore
 
@@ -25,11 +26,13 @@ class NamespaceScope:
     def __init__(self, *, namespaces: NamespaceStore) -> None:
         self._namespaces = namespaces
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.namespaced
+
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
     ) -> Awaitable[None] | None:
-        if not call.policy.namespaced:
-            return None
         principal = call.require_principal()
         reference = call.metadata.get(NAMESPACE_HEADER, "").strip()
         if not reference:

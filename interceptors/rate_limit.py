@@ -20,7 +20,7 @@ import grpc
 
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
-from interceptors.policy import Access
+from interceptors.policy import Access, Policy
 from storage.backends.redis_keys import organization_key
 from storage.core.errors import ResourceExhaustedError
 from storage.core.plans import Limit, Plan
@@ -42,12 +42,14 @@ class RateLimit:
         self._plan_of = plan_of
         self._buckets: dict[tuple[str, str, str], str] = {}
 
+    @staticmethod
+    def applies(policy: Policy) -> bool:
+        return policy.access is Access.API_KEY
+
     def check(
         self, call: CallState, context: grpc.aio.ServicerContext[object, object]
     ) -> Awaitable[None] | None:
-        if call.policy.access is not Access.API_KEY or call.principal is None:
-            return None
-        principal = call.principal
+        principal = call.require_principal()
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
         plan_limit = self._plan_of(principal.organization.plan).limits[rate_class]
@@ -97,7 +99,7 @@ class RateLimit:
         self._apply(call, _tightest(decisions))
 
     def _apply(self, call: CallState, decision: Decision) -> None:
-        call.response_metadata.extend(decision.headers())
+        call.response_metadata = decision.headers()
         if not decision.allowed:
             assert call.principal is not None
             plan, rate_class = call.principal.organization.plan, call.policy.rate_class

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
 import grpc
 
+from interceptors.access_log import AccessRecord
 from interceptors.context import CallState
 from interceptors.metrics import Metrics
 
@@ -115,20 +117,5 @@ class Telemetry:
                     call.peer_identity or "unknown",
                     call.key.key_id if call.key else "",
                 ).inc()
-        if not self._log.isEnabledFor(logging.INFO):
-            return
-        principal = call.principal
-        self._log.info(
-            "call",
-            extra={
-                "request_id": call.request_id,
-                "method": call.method,
-                "status": call.code.name,
-                "duration_ms": round(duration_s * 1000, 3),
-                "organization_id": principal.organization.organization_id if principal else None,
-                "namespace_id": call.namespace.namespace_id if call.namespace else None,
-                "key_id": call.key.key_id if call.key else None,
-                "peer": call.peer_identity,
-                "peer_address": call.peer_address,
-            },
-        )
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.handle(AccessRecord(self._log.name, time.time(), call, duration_s))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from interceptors.context import CallState
+from interceptors.policy import Access, Policy
 from storage.metering.credits import CreditAccounts
 from storage.metering.usage import UsageRecorder
 
@@ -21,6 +22,10 @@ class UsageObserver:
     def __init__(self, *, usage: UsageRecorder, accounts: CreditAccounts) -> None:
         self._usage = usage
         self._accounts = accounts
+
+    @staticmethod
+    def observes(policy: Policy) -> bool:
+        return policy.access is Access.API_KEY  # the calls with a caller to count
 
     def finish(self, call: CallState, duration_s: float) -> None:
         principal = call.principal

@@ -3,6 +3,10 @@
 The guard drops fields that must never be logged (internal_id, secrets,
 credentials) and redacts anything shaped like an API key, a webhook secret or
 a UUID (the form of internal ids) from every message and value.
+
+An access line (interceptors/access_log.py) takes a shorter way: its fields
+that no caller chooses arrive as ready JSON, and only the request id and the
+peer identity are redacted and escaped here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
+
+from interceptors.access_log import AccessRecord
 
 __all__ = ["FORBIDDEN_FIELDS", "GuardedJsonFormatter", "configure_logging", "redact"]
 
@@ -46,10 +52,54 @@ def _clean(value: Any) -> Any:
     return redact(str(value))
 
 
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else json.dumps(redact(value))
+
+
 class GuardedJsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+        # peer identities repeat (one per connection or client): redacted and escaped once
+        self._peers: dict[str | None, str] = {}
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 with milliseconds; the date and time to the second made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+
+    def _access(self, record: AccessRecord) -> str:
+        request_id = record.request_id
+        # a request id is [A-Za-z0-9._:-] (interceptors/telemetry.py): of the sensitive
+        # shapes only a UUID fits, and it has hyphens; nothing in it needs escaping
+        rid = json.dumps(redact(request_id)) if "-" in request_id else f'"{request_id}"'
+        peer = self._peers.get(record.peer)
+        if peer is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            peer = self._peers[record.peer] = _json_text(record.peer)
+        trace_members = ""
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            trace_members = (
+                f',"trace_id":"{span_context.trace_id:032x}"'
+                f',"span_id":"{span_context.span_id:016x}"'
+            )
+        return (
+            f'{{"time":"{self._time(record.created)}","level":"INFO",'
+            f'"logger":{json.dumps(record.name)},"message":"call"{trace_members},'
+            f'"request_id":{rid},{record.trusted},"peer":{peer}}}'
+        )
+
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record, AccessRecord):
+            return self._access(record)
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": redact(record.getMessage()),

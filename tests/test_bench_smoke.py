@@ -27,22 +27,29 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert set(data["loaded"]["median"]) == {
         "bare",
-        "bare_headers",
         "meshgate",
+        "meshgate_log_off",
         "ratio",
-        "ratio_headers",
+        "ratio_log_off",
     }
-    assert data["loaded"]["median"]["bare_headers"]["rps"] > 0
+    assert data["loaded"]["median"]["meshgate_log_off"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["cpu_us_per_request"] > 0
+    # the default configuration writes its access log to a file
+    assert data["loaded"]["access_log_bytes"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0
+    assert data["unloaded"]["meshgate_log_off_p50_us"] > 0
     assert data["cold"]["revocation_samples"] == 3
     assert data["workers"]["2"]["rps"] > 0
+    assert data["workers"]["open_1"]["cpu_us_per_request"] > 0
+    assert data["workers"]["open_2"]["cpu_us_per_request"] > 0
+    assert data["workers"]["idle_cpu_ms_per_s_2"] >= 0
     assert data["webhooks"]["deliveries"] == 3
     assert (
         0 < data["webhooks"]["p50_ms"] <= data["webhooks"]["p95_ms"] <= data["webhooks"]["max_ms"]
     )
     assert "requests/s" in result.stdout and "revocation propagation" in result.stdout
+    assert "log off" in result.stdout and "open loop" in result.stdout
     assert "webhook delivery submit -> delivered over 3 tasks" in result.stdout
     assert data["load"]["documents"] == 500
     assert data["load"]["per_document_first_batches_ms"] > 0

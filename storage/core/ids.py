@@ -54,8 +54,10 @@ def check_client_id(value: str, *, what: str) -> str:
 
 
 def random_base62(length: int) -> str:
-    """`length` characters from a CSPRNG, uniformly over base62."""
-    return "".join(secrets.choice(BASE62) for _ in range(length))
+    """`length` characters from a CSPRNG, uniformly over base62: one number below 62**length
+    in base62, so one draw from the OS per id rather than one per character (`secrets.choice`
+    per character meant about 20 `getrandom` calls for an audit event id)."""
+    return base62_fixed(secrets.randbelow(62**length), length)
 
 
 def new_organization_id() -> str:

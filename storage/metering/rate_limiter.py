@@ -105,12 +105,12 @@ class Decision:
     reset_s: float
     retry_after_s: float = 0.0
 
-    def headers(self) -> list[tuple[str, str]]:
-        return [
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (
             ("ratelimit-limit", str(self.limit)),
             ("ratelimit-remaining", str(self.remaining)),
             ("ratelimit-reset", str(math.ceil(self.reset_s))),
-        ]
+        )
 
 
 def lease_size(limit: Limit, window_s: float = 0.05) -> int:

@@ -4,19 +4,25 @@ Everything runs in one go on this machine, so the figures that matter are
 ratios measured in the same run (the machine is noisy):
 
 1. Rounds, alternating: a bare grpc.aio echo server (same grpcio, same mTLS
-   settings), the same echo sending a request id in initial metadata first
-   (the wire contract meshgate keeps: a batch of its own in grpc.aio), and
-   `meshgate serve`, each pinned to core 0 when `taskset` exists, driven by a
-   load generator in its own process on core 1. The
+   settings); `meshgate serve` in its default configuration (access log at
+   INFO, written to a file rather than a terminal; metrics on; tracing off),
+   as users run it; and `meshgate serve` with the access log off
+   (`MESHGATE_LOG_LEVEL=WARNING`). Each is pinned to core 0 when `taskset`
+   exists, driven by a load generator in its own process on core 1. The
    meshgate call is `NamespaceService/GetNamespace`: namespaced, READ, cost 1,
    so it passes every step (mTLS, authentication, identity, permission,
    namespace, rate limit, credits, usage) and does no storage I/O of its own.
    Reported: requests/s, p50/p99 latency, server CPU time per request, and
-   meshgate/bare ratios (also against the echo with initial metadata); then
-   the same with one call in flight (p50 overhead).
+   each meshgate row's ratio to the bare echo of the same run; then the same
+   with one call in flight (p50 overhead).
 2. Cold paths: the first call with a key no replica has cached; revocation
    propagation between two replicas sharing Redis (p50/p99).
-3. `meshgate serve --workers N` for N = 1, 2: throughput and CPU per request.
+3. `meshgate serve --workers N` for N = 1, 2 (default configuration): server
+   CPU per request at a fixed open-loop offered rate below saturation
+   (`--rate`, 500 calls/s: below what one worker answers on a
+   busy 2-core machine), where equal figures mean the workers do not
+   contend; and, for reference, closed-loop throughput (on 2 cores shared with
+   the load generator it cannot show scaling).
 4. Webhook delivery: for N tasks submitted one after another, the time from
    `SubmitIngestion` to the signed `task.completed` event arriving at a
    receiver on loopback (p50/p95/max); the task and webhook workers of one
@@ -148,7 +154,6 @@ def meshgate_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
         MESHGATE_REDIS_URL=settings.redis_url.reveal(),
         MESHGATE_QDRANT_URL=":memory:",
         MESHGATE_DATA_DIR=str(settings.data_dir),
-        MESHGATE_LOG_LEVEL="WARNING",  # the access log is measured in make run, not here
         MESHGATE_METRICS_LISTEN="127.0.0.1:0",
     )
     env.update(extra)
@@ -181,23 +186,32 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         )
 
 
-def start_meshgate(env: Env, *, core: int | None, workers: int = 1, **extra: str) -> Proc:
+def start_meshgate(
+    env: Env, *, core: int | None, workers: int = 1, log: Path | None = None, **extra: str
+) -> Proc:
+    """`meshgate serve`; its log (the access log at INFO) goes to the file `log`, else to
+    this process's stderr."""
     port = free_port()
     command = [*env.pin(core), sys.executable, "-m", "server.cli", "serve"]
     if workers != 1:
         command += ["--workers", str(workers)]
-    process = subprocess.Popen(command, cwd=ROOT, env=meshgate_env(env.settings, port, **extra))
+    stderr = log.open("ab") if log is not None else None
+    try:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=meshgate_env(env.settings, port, **extra), stderr=stderr
+        )
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child has its own descriptor
     proc = Proc(process, port)
     env.procs.append(proc)
     wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
     return proc
 
 
-def start_echo(env: Env, *, core: int | None, initial_metadata: bool = False) -> Proc:
+def start_echo(env: Env, *, core: int | None) -> Proc:
     port = free_port()
     command = [*env.pin(core), sys.executable, "-m", "tests.bench.echo_server", "--port", str(port)]
-    if initial_metadata:
-        command.append("--initial-metadata")
     process = subprocess.Popen(
         [*command, "--certs", str(env.certs)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
@@ -217,8 +231,10 @@ def load(
     warmup: float,
     duration: float,
     core: int | None,
+    rate: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the load generator against `proc`; server CPU is sampled on the measured window."""
+    """Run the load generator against `proc` (open loop at `rate` calls/s when given);
+    server CPU is sampled on the measured window."""
     command = [
         *env.pin(core),
         sys.executable,
@@ -236,6 +252,8 @@ def load(
         str(warmup),
         "--duration",
         str(duration),
+        "--rate",
+        str(rate),
     ]
     if meshgate:
         request = namespace_service_pb2.GetNamespaceRequest().SerializeToString().hex()
@@ -437,6 +455,54 @@ def webhook_delivery(env: Env, proc: Proc, tasks: int) -> dict[str, float]:
     }
 
 
+def workers_comparison(
+    env: Env, args: argparse.Namespace, log: Path, warmup: float, duration: float
+) -> dict[str, Any]:
+    """`--workers 1` and `--workers 2` (default configuration, unpinned): server CPU per
+    request at a fixed open-loop rate below saturation (equal figures: the workers do not
+    contend), then closed-loop throughput for reference."""
+    scaling: dict[str, Any] = {"rate": args.rate}
+    for workers in (1, 2):
+        proc = start_meshgate(env, core=None, workers=workers, log=log)
+        # what the process spends with no calls at all (its background jobs), per second
+        idle_from, idle_start = proc.cpu_seconds(), time.monotonic()
+        time.sleep(duration)
+        idle_cpu = (proc.cpu_seconds() - idle_from) / (time.monotonic() - idle_start)
+        scaling[f"idle_cpu_ms_per_s_{workers}"] = idle_cpu * 1e3
+        scaling[f"open_{workers}"] = load(
+            env,
+            proc,
+            meshgate=True,
+            inflight=1,
+            channels=2,
+            warmup=warmup,
+            duration=duration,
+            core=None,
+            rate=args.rate,
+        )
+        scaling[str(workers)] = load(
+            env,
+            proc,
+            meshgate=True,
+            inflight=args.inflight * workers,
+            channels=args.channels * 2,
+            warmup=warmup,
+            duration=duration,
+            core=None,
+        )
+        proc.stop()
+    scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
+    scaling["open_cpu_ratio"] = (
+        scaling["open_2"]["cpu_us_per_request"] / scaling["open_1"]["cpu_us_per_request"]
+    )
+    for workers in (1, 2):  # CPU per request less the idle background share
+        idle_per_request_us = scaling[f"idle_cpu_ms_per_s_{workers}"] * 1e3 / args.rate
+        scaling[f"open_{workers}"]["cpu_us_per_request_less_idle"] = (
+            scaling[f"open_{workers}"]["cpu_us_per_request"] - idle_per_request_us
+        )
+    return scaling
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     smoke = args.smoke
     warmup, duration = (0.2, 0.3) if smoke else (args.warmup, args.duration)
@@ -457,10 +523,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "pinned": bool(env.taskset),
                 "smoke": smoke,
             }
+            access_log = workdir / "meshgate.log"
             bare = start_echo(env, core=0)
-            bare_headers = start_echo(env, core=0, initial_metadata=True)
-            mesh = start_meshgate(env, core=0)
-            arms = (("bare", bare), ("bare_headers", bare_headers), ("meshgate", mesh))
+            mesh = start_meshgate(env, core=0, log=access_log)
+            quiet = start_meshgate(env, core=0, MESHGATE_LOG_LEVEL="WARNING")
+            arms = (("bare", bare), ("meshgate", mesh), ("meshgate_log_off", quiet))
             loaded: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
             for _ in range(rounds):  # A/B/C/A/B/C
                 for name, proc in arms:
@@ -468,7 +535,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                         load(
                             env,
                             proc,
-                            meshgate=name == "meshgate",
+                            meshgate=name != "bare",
                             inflight=args.inflight,
                             channels=args.channels,
                             warmup=warmup,
@@ -480,7 +547,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 name: load(
                     env,
                     proc,
-                    meshgate=name == "meshgate",
+                    meshgate=name != "bare",
                     inflight=1,
                     channels=1,
                     warmup=warmup,
@@ -500,49 +567,34 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 for name in loaded
             }
-            for baseline, ratio in (("bare", "ratio"), ("bare_headers", "ratio_headers")):
+            for arm, ratio in (("meshgate", "ratio"), ("meshgate_log_off", "ratio_log_off")):
                 summary[ratio] = {
-                    key: summary["meshgate"][key] / summary[baseline][key]
-                    for key in summary[baseline]
+                    key: summary[arm][key] / summary["bare"][key] for key in summary["bare"]
                 }
             results["loaded"] = {
                 "inflight": args.inflight,
                 "channels": args.channels,
+                "access_log_bytes": access_log.stat().st_size if access_log.exists() else 0,
                 "rounds": loaded,
                 "median": summary,
             }
             results["unloaded"] = {
                 "bare_p50_us": unloaded["bare"]["p50_us"],
-                "bare_headers_p50_us": unloaded["bare_headers"]["p50_us"],
                 "meshgate_p50_us": unloaded["meshgate"]["p50_us"],
+                "meshgate_log_off_p50_us": unloaded["meshgate_log_off"]["p50_us"],
                 "overhead_p50_us": unloaded["meshgate"]["p50_us"] - unloaded["bare"]["p50_us"],
+                "overhead_log_off_p50_us": unloaded["meshgate_log_off"]["p50_us"]
+                - unloaded["bare"]["p50_us"],
             }
             bare.stop()
-            bare_headers.stop()
-            second = start_meshgate(env, core=None)
+            quiet.stop()
+            second = start_meshgate(env, core=None, MESHGATE_LOG_LEVEL="WARNING")
             results["cold"] = cold_and_revocation(
                 env, mesh, second, 3 if smoke else args.revocations
             )
             mesh.stop()
             second.stop()
-            scaling: dict[str, Any] = {}
-            if smoke:  # the one-worker figure is only a comparison point
-                scaling["1"] = loaded["meshgate"][0]
-            for workers in (2,) if smoke else (1, 2):
-                proc = start_meshgate(env, core=None, workers=workers)
-                scaling[str(workers)] = load(
-                    env,
-                    proc,
-                    meshgate=True,
-                    inflight=args.inflight * workers,
-                    channels=args.channels * 2,
-                    warmup=warmup,
-                    duration=duration,
-                    core=None,
-                )
-                proc.stop()
-            scaling["throughput_ratio"] = {"rps": scaling["2"]["rps"] / scaling["1"]["rps"]}
-            results["workers"] = scaling
+            results["workers"] = workers_comparison(env, args, access_log, warmup, duration)
             hooks = start_meshgate(
                 env,
                 core=None,
@@ -576,8 +628,10 @@ def table(results: dict[str, Any]) -> str:
         f" pinned={results['pinned']}{smoke}",
         "",
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
-        f" median of {len(m['rounds']['bare'])} rounds",
-        f"{'':22}{'bare mTLS':>11}{'+init md':>10}{'meshgate':>10}{'ratio':>8}{'vs +md':>8}",
+        f" median of {len(m['rounds']['bare'])} rounds; meshgate = default configuration"
+        f" (access log at INFO to a file, {m['access_log_bytes'] / 1e6:.1f} MB written;"
+        " metrics on; tracing off)",
+        f"{'':22}{'bare mTLS':>11}{'meshgate':>10}{'ratio':>8}{'log off':>10}{'ratio':>8}",
     ]
     for key, label in (
         ("rps", "requests/s"),
@@ -585,21 +639,31 @@ def table(results: dict[str, Any]) -> str:
         ("p99_us", "p99 latency us"),
         ("cpu_us_per_request", "server CPU us/req"),
     ):
-        bare, headers, mesh = med["bare"][key], med["bare_headers"][key], med["meshgate"][key]
-        ratio, ratio_headers = med["ratio"][key], med["ratio_headers"][key]
+        bare, mesh, quiet = (med[arm][key] for arm in ("bare", "meshgate", "meshgate_log_off"))
         lines.append(
-            f"{label:22}{bare:>11.0f}{headers:>10.0f}{mesh:>10.0f}{ratio:>8.2f}{ratio_headers:>8.2f}"
+            f"{label:22}{bare:>11.0f}{mesh:>10.0f}{med['ratio'][key]:>8.2f}"
+            f"{quiet:>10.0f}{med['ratio_log_off'][key]:>8.2f}"
         )
     lines += [
         "",
         f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} us,"
-        f" +init md {u['bare_headers_p50_us']:.0f} us,"
-        f" meshgate {u['meshgate_p50_us']:.0f} us, overhead {u['overhead_p50_us']:.0f} us",
+        f" meshgate {u['meshgate_p50_us']:.0f} us (overhead {u['overhead_p50_us']:.0f} us),"
+        f" log off {u['meshgate_log_off_p50_us']:.0f} us"
+        f" (overhead {u['overhead_log_off_p50_us']:.0f} us)",
         f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
         f" (warm {c['warm_call_p50_us']:.0f} us)",
         f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms,"
         f" p99 {c['revocation_p99_ms']:.1f} ms ({c['revocation_samples']:.0f} revocations)",
-        f"workers: 1 -> {w['1']['rps']:.0f} req/s at {w['1']['cpu_us_per_request']:.0f} us CPU/req;"
+        f"workers at {w['rate']:.0f} calls/s offered (open loop): 1 ->"
+        f" {w['open_1']['cpu_us_per_request']:.0f} us CPU/req (p50 {w['open_1']['p50_us']:.0f} us);"
+        f" 2 -> {w['open_2']['cpu_us_per_request']:.0f} us CPU/req"
+        f" (p50 {w['open_2']['p50_us']:.0f} us); 2/1 = {w['open_cpu_ratio']:.2f}",
+        f"  idle (background jobs): 1 worker {w['idle_cpu_ms_per_s_1']:.0f} ms CPU/s,"
+        f" 2 workers {w['idle_cpu_ms_per_s_2']:.0f} ms CPU/s; CPU/req less idle:"
+        f" 1 -> {w['open_1']['cpu_us_per_request_less_idle']:.0f} us,"
+        f" 2 -> {w['open_2']['cpu_us_per_request_less_idle']:.0f} us",
+        f"workers, closed loop: 1 -> {w['1']['rps']:.0f} req/s"
+        f" at {w['1']['cpu_us_per_request']:.0f} us CPU/req;"
         f" 2 -> {w['2']['rps']:.0f} req/s at {w['2']['cpu_us_per_request']:.0f} us CPU/req"
         f" ({w['throughput_ratio']['rps']:.2f}x)",
         f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
@@ -620,6 +684,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument(
+        "--rate", type=float, default=500.0, help="the workers' open-loop offered calls/s"
+    )
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument(
         "--deliveries", type=int, default=50, help="tasks whose webhook delivery is timed"

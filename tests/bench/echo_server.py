@@ -1,17 +1,10 @@
 """The baseline: a bare grpc.aio server with the same grpcio, TLS and client-certificate
-settings as meshgate, answering one unary method with its request bytes.
-
-With `--initial-metadata` it also sends a request id in initial metadata before
-answering, as meshgate's contract requires (DESIGN: `x-request-id` is always
-sent back in initial metadata). grpc.aio cannot attach initial metadata to a
-unary response's final batch, so this costs a batch of its own on any server.
-"""
+settings as meshgate, answering one unary method with its request bytes."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import signal
 from pathlib import Path
 
@@ -24,16 +17,9 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes])
     return request
 
 
-async def _echo_with_headers(
-    request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
-) -> bytes:
-    await context.send_initial_metadata((("x-request-id", f"{random.getrandbits(96):024x}"),))
-    return request
-
-
-async def serve(port: int, certs: Path, *, initial_metadata: bool) -> None:
+async def serve(port: int, certs: Path) -> None:
     server = grpc.aio.server()
-    handler = _echo_with_headers if initial_metadata else _echo
+    handler = _echo
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -59,9 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--certs", type=Path, required=True)
-    parser.add_argument("--initial-metadata", action="store_true")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.certs, initial_metadata=args.initial_metadata))
+    asyncio.run(serve(args.port, args.certs))
 
 
 if __name__ == "__main__":

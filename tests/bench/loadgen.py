@@ -1,6 +1,8 @@
-"""Closed-loop load generator (separate process): `inflight` concurrent callers over
-`channels` channels, a warm-up, then a measured window. Prints MEASURE_START /
-MEASURE_END lines (the harness samples server CPU time on them) and a JSON result."""
+"""Load generator (separate process): closed loop, `inflight` concurrent callers over
+`channels` channels; or open loop with `--rate`, calls started at a fixed rate whatever
+the answers (a fixed offered load, for CPU per request below saturation). A warm-up,
+then a measured window. Prints MEASURE_START / MEASURE_END lines (the harness samples
+server CPU time on them) and a JSON result."""
 
 from __future__ import annotations
 
@@ -64,7 +66,35 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         print("MEASURE_END", flush=True)
         return time.perf_counter() - started
 
-    tasks = [asyncio.create_task(caller(i)) for i in range(args.inflight)]
+    async def one(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
+        t0 = time.perf_counter()
+        counted = measuring
+        try:
+            await call(request, metadata=metadata, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            errors[error.code().name] = errors.get(error.code().name, 0) + 1
+            return
+        if counted:
+            latencies.append(time.perf_counter() - t0)
+
+    async def ticker() -> None:
+        """Start calls on schedule (`rate` a second), not when earlier ones answered."""
+        started, launched = time.monotonic(), 0
+        pending: set[asyncio.Task[None]] = set()
+        while (now := time.monotonic()) < stop_at:
+            due = int((now - started) * args.rate)
+            for _ in range(due - launched):
+                task = asyncio.create_task(one(calls[launched % len(calls)]))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                launched += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*pending)
+
+    if args.rate:
+        tasks = [asyncio.create_task(ticker())]
+    else:
+        tasks = [asyncio.create_task(caller(i)) for i in range(args.inflight)]
     window = await clock()
     await asyncio.gather(*tasks)
     for channel in channels:
@@ -95,6 +125,9 @@ def main() -> None:
     parser.add_argument("--request-hex", default="")
     parser.add_argument("--inflight", type=int, default=32)
     parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: calls started per second"
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=3.0)
     args = parser.parse_args()

@@ -57,7 +57,8 @@ async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant)
     tenant: Tenant = await make_tenant(plan="free")
     call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(tenant.admin))
     await call
-    headers = dict(await call.initial_metadata())
+    assert tuple(await call.initial_metadata()) == ()  # a unary call: all of it in the trailers
+    headers = dict(await call.trailing_metadata())
     # free plan, metadata class: 20/s, burst 40; the organization's first call of that class
     assert (headers["ratelimit-limit"], headers["ratelimit-remaining"]) == ("40", "39")
     assert headers["ratelimit-reset"] == "1"  # one token short of full: 1/20 s, in whole seconds
@@ -71,7 +72,8 @@ async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await refused
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "ratelimit-remaining" in dict(await refused.initial_metadata())
+    assert "ratelimit-remaining" in dict(await refused.trailing_metadata())
+    assert tuple(await refused.initial_metadata()) == ()
 
 
 async def test_remaining_falls_by_one_per_call_and_reset_is_the_time_to_refill(
@@ -93,7 +95,7 @@ async def test_remaining_falls_by_one_per_call_and_reset_is_the_time_to_refill(
     for _ in range(5):
         call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(slow.secret))
         await call
-        headers = dict(await call.initial_metadata())
+        headers = dict(await call.trailing_metadata())
         assert headers["ratelimit-limit"] == str(burst)
         left, reset = int(headers["ratelimit-remaining"]), int(headers["ratelimit-reset"])
         refill_s = (burst - left) / rate
@@ -125,7 +127,7 @@ async def test_exhausted_limit_is_resource_exhausted_with_retry_info(
     assert status.details[0].Unpack(info)
     assert 0 < info.retry_delay.ToNanoseconds() <= 1_000_000_000
     assert "rate limit exceeded for metadata calls" in (await refused[0].details() or "")
-    assert dict(await refused[0].initial_metadata())["ratelimit-remaining"] == "0"
+    assert trailers["ratelimit-remaining"] == "0"
     # other route classes have their own buckets
     await tenant.keys.ListKeys(key_service_pb2.ListKeysRequest(), metadata=auth(tenant.admin))
 
@@ -334,7 +336,7 @@ async def test_a_keys_own_limit_only_narrows_the_plan(make_tenant: MakeTenant) -
     started = time.monotonic()  # before the first call: it takes a token too
     first = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secrets[0]))
     await first
-    assert dict(await first.initial_metadata())["ratelimit-limit"] == "40"  # not 1000
+    assert dict(await first.trailing_metadata())["ratelimit-limit"] == "40"  # not 1000
     codes = [await first.code()]
     for i in range(119):
         call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secrets[i % 2]))

@@ -95,18 +95,20 @@ async def test_request_id_is_echoed_or_generated(tenant: Tenant) -> None:
         GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "trace-123"})
     )
     await call
-    assert ("x-request-id", "trace-123") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "trace-123") in tuple(await call.trailing_metadata())
+    assert tuple(await call.initial_metadata()) == ()  # a unary call sends no initial metadata
     call = stub.GetOrganization(
         GET_ORG, metadata=auth(tenant.admin, **{"x-request-id": "bad id; with {braces}" * 20})
     )
     await call
-    generated = dict(await call.initial_metadata())["x-request-id"]
+    generated = dict(await call.trailing_metadata())["x-request-id"]
     assert len(generated) == 24 and generated.isalnum()
     # refused calls carry one too
     call = stub.GetOrganization(GET_ORG)
     with pytest.raises(grpc.aio.AioRpcError):
         await call
-    assert dict(await call.initial_metadata()).get("x-request-id")
+    assert dict(await call.trailing_metadata()).get("x-request-id")
+    assert tuple(await call.initial_metadata()) == ()
 
 
 async def test_generated_request_ids_do_not_repeat(tenant: Tenant) -> None:
@@ -115,7 +117,7 @@ async def test_generated_request_ids_do_not_repeat(tenant: Tenant) -> None:
     for _ in range(200):
         call = stub.GetOrganization(GET_ORG, metadata=auth(tenant.admin))
         await call
-        ids.add(dict(await call.initial_metadata())["x-request-id"])
+        ids.add(dict(await call.trailing_metadata())["x-request-id"])
     assert len(ids) == 200
 
 

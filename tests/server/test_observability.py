@@ -66,6 +66,33 @@ async def test_one_access_log_line_per_call(
     assert tenant.admin not in json.dumps(line)
 
 
+async def test_access_line_redacts_what_a_caller_chooses(
+    tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access line is built from ready parts; the request id a caller sends is still
+    redacted when it has the shape of an internal id (a UUID), and the line is valid JSON."""
+    ns = await tenant.namespace()
+    caplog.set_level(logging.INFO, logger="meshgate.access")
+    caplog.clear()
+    uuid_shaped = "9b2f4a9e-1c1d-4e0f-8a43-3f2d1f0c9e11"
+    await tenant.namespaces.GetNamespace(
+        GET_NS, metadata=auth(tenant.admin, ns.name, **{"x-request-id": uuid_shaped})
+    )
+    records = [
+        r
+        for r in caplog.records
+        if r.name == "meshgate.access" and getattr(r, "request_id", "") == uuid_shaped
+    ]
+    assert len(records) == 1
+    text = GuardedJsonFormatter().format(records[0])
+    assert "9b2f4a9e" not in text
+    line = json.loads(text)
+    assert line["request_id"] == "[redacted]" and line["message"] == "call"
+    assert line["level"] == "INFO" and line["logger"] == "meshgate.access"
+    assert line["namespace_id"] == ns.namespace_id and line["status"] == "OK"
+    assert line["time"].endswith("+00:00") and line["peer_address"].startswith("ipv")
+
+
 async def test_spans_follow_rpc_conventions_with_store_children(
     settings: Settings,
     backends: Backends,

@@ -8,6 +8,7 @@ import pytest
 
 from storage.core.errors import InvalidArgumentError
 from storage.core.ids import (
+    BASE62,
     KEY_ID_RE,
     NAMESPACE_ID_RE,
     ORGANIZATION_ID_RE,
@@ -17,6 +18,7 @@ from storage.core.ids import (
     new_namespace_id,
     new_organization_id,
     prefixed_id_re,
+    random_base62,
     time_ordered_id,
 )
 
@@ -28,6 +30,17 @@ def test_minted_ids_match_their_patterns() -> None:
     assert not KEY_ID_RE.match(new_namespace_id())
     task_id = time_ordered_id("task", datetime.now(UTC))
     assert prefixed_id_re("task", length=TIME_ORDERED_BODY).match(task_id)
+
+
+def test_random_base62_uses_every_character_in_every_position() -> None:
+    """One random number per id, written in base62: each position, the first included,
+    ranges over the whole alphabet (a short draw would pin the leading characters)."""
+    ids = [random_base62(20) for _ in range(3000)]
+    assert all(len(i) == 20 and set(i) <= set(BASE62) for i in ids)
+    for position in (0, 10, 19):
+        assert len({i[position] for i in ids}) == len(BASE62)
+    assert len(set(ids)) == len(ids)
+    assert {len(random_base62(n)) for n in (1, 8, 12)} == {1, 8, 12}
 
 
 @pytest.mark.parametrize("value", ["a", "doc_1", "A.b:c-d_e", "x" * 128])
