@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import grpc
 
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from storage.audit.log import AuditLog
 
 __all__ = ["AuditTrail", "audited"]
@@ -34,7 +34,7 @@ class AuditTrail:
     def __init__(self, *, log: AuditLog) -> None:
         self._log = log
 
-    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    def check(self, call: CallState, context: PeerContext) -> None:
         if audited(call):
             self._log.check_room()
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.policy import Access
 from storage.core.errors import UnauthenticatedError
 from storage.tenancy.key_verifier import KeyVerifier
@@ -24,9 +22,7 @@ class Authentication:
     def __init__(self, *, verifier: KeyVerifier) -> None:
         self._verifier = verifier
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         if call.policy.access is not Access.API_KEY:
             return None
         header = call.metadata.get("authorization")

@@ -37,7 +37,7 @@ from grpc.aio import AbortError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from interceptors.context import CallState, current_call
+from interceptors.context import CallState, PeerContext, current_call
 from interceptors.decoding import Decoder, MalformedRequests
 from interceptors.errors import ErrorMapper
 from interceptors.page_tokens import PageTokenBinding
@@ -61,7 +61,7 @@ class Step(Protocol):
     Returns None when decided, or an awaitable that finishes the check (I/O needed).
     """
 
-    def check(self, call: CallState, context: Context) -> Awaitable[None] | None: ...
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None: ...
 
 
 class Observer(Protocol):

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.metrics import Metrics
 from storage.core.plans import Plan
 from storage.metering.credits import CreditAccounts
@@ -29,9 +27,7 @@ class Credits:
         self._metrics = metrics
         self._counters: dict[str, Any] = {}  # plan -> its labelled counter
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         cost = call.policy.cost
         if cost <= 0 or call.principal is None:
             return None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState, Principal
+from interceptors.context import CallState, PeerContext, Principal
 from storage.core.errors import NotFoundError, UnauthenticatedError
 from storage.tenancy.key_verifier import VerifiedKey
 from storage.tenancy.organizations import OrganizationStore
@@ -18,9 +16,7 @@ class OrganizationIdentity:
     def __init__(self, *, organizations: OrganizationStore) -> None:
         self._organizations = organizations
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         key = call.key
         if key is None:
             return None

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState, Principal
+from interceptors.context import CallState, PeerContext, Principal
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.tenancy.namespaces import Namespace, NamespaceStore
 
@@ -25,9 +23,7 @@ class NamespaceScope:
     def __init__(self, *, namespaces: NamespaceStore) -> None:
         self._namespaces = namespaces
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         if not call.policy.namespaced:
             return None
         principal = call.require_principal()

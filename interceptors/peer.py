@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.policy import Access
 from storage.core.errors import PermissionDeniedError
 
@@ -55,6 +53,9 @@ def parse_xfcc(header: str) -> str | None:
     return None
 
 
+# methods whose admission depends on the peer: its identity is read at once
+_DECIDED_BY_PEER = frozenset({Access.INTERNAL_PEER, Access.SIDECAR})
+
 AuthContext = Mapping[str, Iterable[bytes]]
 
 
@@ -88,11 +89,11 @@ class PeerIdentity:
     def __init__(self, *, trusted_proxies: frozenset[str]) -> None:
         self._trusted = trusted_proxies
 
-    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    def check(self, call: CallState, context: PeerContext) -> None:
         forwarded_xfcc = call.metadata.get(XFCC)
         forwarded_l5d = call.metadata.get(L5D)
         if forwarded_xfcc is None and forwarded_l5d is None:
-            if call.policy.access is Access.INTERNAL_PEER:
+            if call.policy.access in _DECIDED_BY_PEER:
                 call.set_peer_identity(tls_identity(context.auth_context() or {}))
             else:
                 call.set_peer_identity(resolve=lambda: tls_identity(context.auth_context() or {}))
