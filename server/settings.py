@@ -353,6 +353,9 @@ class Settings:
     webhook_ca_file: Path | None = None
     # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
     page_token_keys: Secret | None = None
+    # a second port of the same server (same mTLS, same services) for the sidecars' questions,
+    # for meshes that must reach meshgate on a port they do not intercept; None: none
+    sidecar_listen: str | None = None
     # who may ask ext_authz Check and ShouldRateLimit (the sidecars' mTLS identities)
     ext_authz_peers: frozenset[str] = frozenset()
     # the routes ext_authz Check judges (none: every Check is denied)
@@ -450,6 +453,7 @@ class Settings:
             webhook_secret_key=_sealing_key(env),
             webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=_page_token_keys(env),
+            sidecar_listen=_listen(env, "MESHGATE_SIDECAR_LISTEN", "off"),
             ext_authz_peers=_list(env, "MESHGATE_EXT_AUTHZ_PEERS"),
             routes=(
                 load_routes(Path(env["MESHGATE_ROUTE_POLICY_FILE"]))

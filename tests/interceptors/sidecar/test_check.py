@@ -8,16 +8,19 @@ certificate), sent over mTLS by the sidecar's own identity.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
 from meshgate.v1 import key_service_pb2, options_pb2
 
+from server.app import create_server
 from server.backends import Backends
-from tests.support.clients import auth, raw_unary, rpc_error
+from server.settings import Settings
+from tests.support.clients import auth, client_credentials, raw_unary, rpc_error
 from tests.support.envoy import Check, check_request, denied_headers, ok_headers
-from tests.support.pki import PROXY_ID
+from tests.support.pki import PROXY_ID, Pki
+from tests.support.processes import free_port
 from tests.support.tenants import MakeTenant, Tenant, admin_of_environment, internal_id_of
 
 GET_CART = "/shop.v1.CartService/GetCart"
@@ -263,3 +266,30 @@ async def test_rate_limits_are_429_with_retry_after_and_ratelimit_headers(
     assert int(headers["retry-after"]) >= 1
     assert headers["ratelimit-remaining"] == "0"
     assert headers["grpc-status"] == "8"
+
+
+async def test_the_sidecar_port_serves_the_same_server_with_the_same_mtls(
+    settings: Settings, backends: Backends, pki: Pki
+) -> None:
+    """MESHGATE_SIDECAR_LISTEN: a second port for meshes that must not intercept the one the
+    sidecars ask on; the same services, the same allow-list, the same client certificates."""
+    port = free_port()
+    own = replace(
+        settings,
+        sidecar_listen=f"127.0.0.1:{port}",
+        ext_authz_peers=frozenset({PROXY_ID}),
+        metrics_listen=None,
+    )
+    running = await create_server(own, backends)
+    try:
+        async with grpc.aio.secure_channel(
+            f"localhost:{port}", client_credentials(pki, "proxy")
+        ) as sidecar:
+            # no route policy file: every route is denied (fail closed)
+            response = await Check(sidecar)(check_request(GET_CART))
+            assert response.denied_response.status.code == 403
+        async with grpc.aio.secure_channel(f"localhost:{port}", client_credentials(pki)) as client:
+            error = await rpc_error(Check(client)(check_request(GET_CART)))
+            assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await running.stop(1.0)
