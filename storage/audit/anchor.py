@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import organization_key
 
 __all__ = ["Anchor", "AuditAnchor"]
@@ -55,7 +55,7 @@ class AuditAnchor:
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         timeout_s: float = 1.0,
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,

@@ -90,7 +90,8 @@ def test_a_route_declared_twice_and_a_bad_shape_are_refused() -> None:
     twice = {"grpc": "/a.B/C", "permission": "read"}
     with pytest.raises(RouteError, match=r"routes\[1\]: /a.B/C is declared twice"):
         parse_routes({"routes": [twice, twice]})
-    for document in ([], {"route": []}, {"routes": {}}):
+    documents: list[Any] = [[], {"route": []}, {"routes": {}}]
+    for document in documents:
         with pytest.raises(RouteError):
             parse_routes(document)
 
