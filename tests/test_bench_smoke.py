@@ -31,11 +31,15 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "meshgate",
         "ratio",
         "ratio_headers",
+        "check",
+        "ratio_check",
+        "check_vs_direct",
     }
     assert data["loaded"]["median"]["bare_headers"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["cpu_us_per_request"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0
+    assert data["loaded"]["median"]["check"]["cpu_us_per_request"] > 0
     assert data["cold"]["revocation_samples"] == 3
     assert data["workers"]["2"]["rps"] > 0
     assert data["webhooks"]["deliveries"] == 3
