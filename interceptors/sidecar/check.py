@@ -133,7 +133,9 @@ class CheckDecider:
                 raise _NoRouteError(
                     "this route has no policy in meshgate's route policy file and is refused"
                 )
-            call.method, call.policy = route.name, route.policy
+            # logs, usage and metrics name the route (a bounded set); the audit trail also
+            # records the path itself
+            call.method, call.policy, call.resource = route.name, route.policy, call.method
             peer = SourcePeer(attributes.source.principal)
             for step in self._steps:
                 pending = step.check(call, peer)

@@ -12,16 +12,17 @@ from dataclasses import dataclass, replace
 
 import grpc
 import pytest
-from meshgate.v1 import key_service_pb2, options_pb2
+from meshgate.v1 import audit_service_pb2, audit_service_pb2_grpc, key_service_pb2, options_pb2
 
 from server.app import create_server
 from server.backends import Backends
 from server.settings import Settings
 from tests.support.clients import auth, client_credentials, raw_unary, rpc_error
-from tests.support.envoy import Check, check_request, denied_headers, ok_headers
+from tests.support.envoy import CLIENT_PRINCIPAL, Check, check_request, denied_headers, ok_headers
 from tests.support.pki import PROXY_ID, Pki
 from tests.support.processes import free_port
 from tests.support.tenants import MakeTenant, Tenant, admin_of_environment, internal_id_of
+from tests.support.waiting import eventually
 
 GET_CART = "/shop.v1.CartService/GetCart"
 
@@ -293,3 +294,39 @@ async def test_the_sidecar_port_serves_the_same_server_with_the_same_mtls(
             assert error.code() is grpc.StatusCode.PERMISSION_DENIED
     finally:
         await running.stop(1.0)
+
+
+async def test_judged_calls_join_the_organizations_audit_trail(
+    sidecar_channel: grpc.aio.Channel, tenant_with_reader: TenantKey
+) -> None:
+    """An audited route's allowed call and an authenticated caller's denial are audit events,
+    as on meshgate's own methods: the route as the method, the path as the resource, the
+    source principal as the peer."""
+    tenant = tenant_with_reader.tenant
+    check = Check(sidecar_channel)
+    path = "/shop.v1.CartService/AddItem"
+    for secret in (tenant.admin, tenant_with_reader.secret):
+        await check(
+            check_request(path, {"authorization": bearer(secret),
+                                 "x-namespace": tenant_with_reader.namespace})
+        )  # fmt: skip
+    audit = audit_service_pb2_grpc.AuditServiceStub(tenant.channel)
+
+    async def recorded() -> bool:
+        page = await audit.ListAuditEvents(
+            audit_service_pb2.ListAuditEventsRequest(page_size=50), metadata=auth(tenant.admin)
+        )
+        found = {
+            (e.actor_key_id, e.outcome, e.namespace_id)
+            for e in page.events
+            if e.method == "/shop.v1.CartService/*"
+            and e.resource == path
+            and e.actor_peer == CLIENT_PRINCIPAL
+        }
+        # the reader is refused by the permission step, before the namespace is resolved
+        return found == {
+            (tenant.admin_key_id, "OK", tenant_with_reader.namespace_id),
+            (tenant_with_reader.key_id, "PERMISSION_DENIED", ""),
+        }
+
+    await eventually(recorded)
