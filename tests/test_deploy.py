@@ -45,7 +45,10 @@ CRD_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("cert-manager.io/v1", "Certificate"): ("spec.secretName", "spec.issuerRef.name", "spec.uris"),
     ("security.istio.io/v1", "PeerAuthentication"): ("spec.mtls.mode",),
     ("security.istio.io/v1", "AuthorizationPolicy"): ("spec.action", "spec.provider.name"),
-    ("networking.istio.io/v1", "DestinationRule"): ("spec.host", "spec.trafficPolicy.portLevelSettings"),
+    ("networking.istio.io/v1", "DestinationRule"): (
+        "spec.host",
+        "spec.trafficPolicy.portLevelSettings",
+    ),
 }
 
 Doc = dict[str, Any]

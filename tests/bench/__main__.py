@@ -299,7 +299,8 @@ def check_request(env: Env) -> bytes:
             "x-namespace": env.namespace_id,
         }
     )
-    return request.SerializeToString()
+    encoded: bytes = request.SerializeToString()
+    return encoded
 
 
 def check_allows(env: Env, proc: Proc) -> None:
