@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import grpc
 
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.policy import Access, Policy
 from storage.audit.log import AuditLog
 
@@ -48,7 +48,7 @@ class AuditTrail:
         """As an observer: API-key methods (an audited call, or any call denied)."""
         return policy.access is Access.API_KEY
 
-    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    def check(self, call: CallState, context: PeerContext) -> None:
         self._log.check_room()
 
     def finish(self, call: CallState, duration_s: float) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.policy import Access, Policy
 from storage.core.errors import UnauthenticatedError
 from storage.tenancy.key_verifier import KeyVerifier, VerifiedKey
@@ -31,9 +29,7 @@ class Authentication:
     def applies(policy: Policy) -> bool:
         return policy.access is Access.API_KEY
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         header = call.metadata.get("authorization")
         if header is None or len(header) > _MAX_HEADER:
             raise UnauthenticatedError()

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from storage.backends.breaker import StoreBreaker
 from storage.core.errors import UnavailableError
 
@@ -28,7 +26,7 @@ class StoreAvailability:
         # method -> the breakers of the stores it needs (methods needing none are absent)
         self._needs = {method: tuple(b) for method, b in needs.items() if b}
 
-    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    def check(self, call: CallState, context: PeerContext) -> None:
         breakers = self._needs.get(call.method)
         if breakers is None:
             return None

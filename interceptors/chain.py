@@ -40,7 +40,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from interceptors.context import CallState, current_call
+from interceptors.context import CallState, PeerContext, current_call
 from interceptors.decoding import Decoder, MalformedRequests
 from interceptors.errors import ErrorMapper
 from interceptors.page_tokens import PageTokenBinding
@@ -72,7 +72,7 @@ class Step(Protocol):
     method); one without `applies` runs on every call.
     """
 
-    def check(self, call: CallState, context: Context) -> Awaitable[None] | None: ...
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None: ...
 
 
 class Observer(Protocol):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -16,7 +16,17 @@ from storage.tenancy.key_verifier import VerifiedKey
 from storage.tenancy.namespaces import Namespace
 from storage.tenancy.organizations import Organization
 
-__all__ = ["CallState", "Principal", "current_call"]
+__all__ = ["CallState", "PeerContext", "Principal", "current_call"]
+
+
+class PeerContext(Protocol):
+    """What the steps need from a call's grpc context: the TLS peer's certificate fields.
+
+    A grpc `ServicerContext` is one; a sidecar's question (ext_authz `Check`) supplies the
+    identity its proxy verified instead, so the same steps judge both (interceptors/sidecar).
+    """
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.metrics import Metrics
 from interceptors.policy import Access, Policy
 from storage.core.plans import Plan
@@ -34,9 +32,7 @@ class Credits:
     def applies(policy: Policy) -> bool:
         return policy.cost > 0 and policy.access is Access.API_KEY
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         cost = call.policy.cost
         organization = call.require_principal().organization
         if not self._accounts.try_debit(organization.organization_id, cost, at=call.started_at):

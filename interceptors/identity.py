@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState, Principal
+from interceptors.context import CallState, PeerContext, Principal
 from interceptors.policy import Access, Policy
 from storage.core.errors import NotFoundError, UnauthenticatedError
 from storage.tenancy.key_verifier import VerifiedKey
@@ -23,9 +21,7 @@ class OrganizationIdentity:
     def applies(policy: Policy) -> bool:
         return policy.access is Access.API_KEY  # the methods with a key to resolve
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         key = call.key
         if key is None:
             return None

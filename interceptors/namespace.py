@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-import grpc
-
-from interceptors.context import CallState, Principal
+from interceptors.context import CallState, PeerContext, Principal
 from interceptors.policy import Policy
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.tenancy.namespaces import Namespace, NamespaceStore
@@ -30,9 +28,7 @@ class NamespaceScope:
     def applies(policy: Policy) -> bool:
         return policy.namespaced
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         principal = call.require_principal()
         reference = call.metadata.get(NAMESPACE_HEADER, "").strip()
         if not reference:

@@ -23,10 +23,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote
 
-import grpc
 from cryptography import x509
 
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.policy import Access
 from storage.core.errors import PermissionDeniedError
 
@@ -126,6 +125,9 @@ class ForwardedCertificates:
         return identity
 
 
+# methods whose admission depends on the peer: its identity is read at once
+_DECIDED_BY_PEER = frozenset({Access.INTERNAL_PEER, Access.SIDECAR})
+
 AuthContext = Mapping[str, Iterable[bytes]]
 
 
@@ -165,11 +167,11 @@ class PeerIdentity:
         self._trusted = trusted_proxies
         self._certificates = ForwardedCertificates() if certificates is None else certificates
 
-    def check(self, call: CallState, context: grpc.aio.ServicerContext[object, object]) -> None:
+    def check(self, call: CallState, context: PeerContext) -> None:
         forwarded_xfcc = call.metadata.get(XFCC)
         forwarded_l5d = call.metadata.get(L5D)
         if forwarded_xfcc is None and forwarded_l5d is None:
-            if call.policy.access is Access.INTERNAL_PEER:
+            if call.policy.access in _DECIDED_BY_PEER:
                 call.set_peer_identity(tls_identity(context.auth_context() or {}))
             else:
                 call.set_peer_identity(resolve=lambda: tls_identity(context.auth_context() or {}))

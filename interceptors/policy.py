@@ -12,6 +12,8 @@ class Access(StrEnum):
     API_KEY = "api_key"
     INTERNAL_PEER = "internal_peer"
     PUBLIC = "public"
+    # the sidecar-facing services (ext_authz Check, ShouldRateLimit): trusted proxies only
+    SIDECAR = "sidecar"
 
 
 @dataclass(frozen=True, slots=True)

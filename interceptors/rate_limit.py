@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-from interceptors.context import CallState
+from interceptors.context import CallState, PeerContext
 from interceptors.metrics import Metrics
 from interceptors.policy import Access, Policy
 from storage.backends.redis_keys import organization_key
@@ -46,9 +44,7 @@ class RateLimit:
     def applies(policy: Policy) -> bool:
         return policy.access is Access.API_KEY
 
-    def check(
-        self, call: CallState, context: grpc.aio.ServicerContext[object, object]
-    ) -> Awaitable[None] | None:
+    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None:
         principal = call.require_principal()
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
@@ -78,6 +74,15 @@ class RateLimit:
             decisions.append(decision)
         self._apply(call, _tightest(decisions))
         return None
+
+    def bucket_name(self, organization_id: str, owner: str, rate_class: str) -> str:
+        """The Redis bucket of an organization's route class, or of one owner inside it (a
+        key, a namespace): the rate-limit service draws from the very same buckets."""
+        return self._bucket(organization_id, owner, rate_class)
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
 
     def _bucket(self, organization_id: str, owner: str, rate_class: str) -> str:
         name = self._buckets.get((organization_id, owner, rate_class))

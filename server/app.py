@@ -24,7 +24,7 @@ from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
 from interceptors.availability import StoreAvailability
-from interceptors.chain import SecurityChain
+from interceptors.chain import Observer, SecurityChain, Step
 from interceptors.credits import Credits
 from interceptors.decoding import MalformedRequests
 from interceptors.errors import ErrorMapper
@@ -33,6 +33,8 @@ from interceptors.namespace import NamespaceScope
 from interceptors.page_tokens import PageTokenBinding
 from interceptors.peer import PeerIdentity
 from interceptors.request_metadata import MAX_METADATA_BYTES, UndecodableHeaders
+from interceptors.sidecar.check import CheckDecider
+from interceptors.sidecar.rate_limits import RateLimitDecider
 from interceptors.telemetry import Telemetry
 from interceptors.usage import UsageObserver
 from server.backends import Backends
@@ -50,12 +52,13 @@ from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.registry import SERVICES, add_servicers, descriptors, method_needs
 from server.settings import Settings
+from server.sidecars import SIDECAR_SERVICES, add_sidecar_services
 from server.tls import ReloadingServerCredentials, bind
 from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["RunningServer", "build_chain", "create_server"]
+__all__ = ["RequestPath", "RunningServer", "build_chain", "build_request_path", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
 
@@ -114,30 +117,32 @@ class RunningServer:
             self.metrics_server.server_close()
 
 
-def build_chain(
-    settings: Settings, c: Components, tracer: trace.Tracer | None = None
-) -> SecurityChain:
-    """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
-    policies = build_policy_table(descriptors())
+@dataclass(frozen=True, slots=True)
+class RequestPath:
+    """The steps and observers of DESIGN.md's request path, built once: the chain runs them
+    for meshgate's own methods, the ext_authz decider for the sidecars' questions."""
+
+    steps: tuple[Step, ...]
+    observers: tuple[Observer, ...]
+    errors: ErrorMapper
+
+
+def build_request_path(settings: Settings, c: Components) -> RequestPath:
     audit = AuditTrail(log=c.audit)
-    for method in undeclared_methods(descriptors(), policies):
-        _LOG.warning("method %s declares no policy and will refuse every call", method)
     breakers = c.breakers.breakers
     needs = {
         method: tuple(breakers[store] for store in stores if store in breakers)
         for method, stores in method_needs().items()
     }
-    return SecurityChain(
-        policies=policies,
-        errors=ErrorMapper(
-            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
-        ),
+    return RequestPath(
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
             StoreAvailability(needs=needs),
             Authentication(verifier=c.verifier),
             OrganizationIdentity(organizations=c.organizations),
-            Authorization(internal_peers=settings.internal_peers),
+            Authorization(
+                internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers
+            ),
             NamespaceScope(namespaces=c.namespaces),
             c.rate_limit,
             Credits(accounts=c.accounts, plan_of=c.plan_of, metrics=c.metrics),
@@ -148,6 +153,29 @@ def build_chain(
             UsageObserver(usage=c.usage, accounts=c.accounts),
             audit,
         ),
+        errors=ErrorMapper(
+            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
+        ),
+    )
+
+
+def build_chain(
+    settings: Settings,
+    c: Components,
+    tracer: trace.Tracer | None = None,
+    *,
+    path: RequestPath | None = None,
+) -> SecurityChain:
+    """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
+    policies = build_policy_table(descriptors())
+    for method in undeclared_methods(descriptors(), policies):
+        _LOG.warning("method %s declares no policy and will refuse every call", method)
+    path = path or build_request_path(settings, c)
+    return SecurityChain(
+        policies=policies,
+        errors=path.errors,
+        steps=path.steps,
+        observers=path.observers,
         logger=_LOG,
         tracer=tracer,
         malformed=MalformedRequests(metrics=c.metrics, logger=logging.getLogger("meshgate.input")),
@@ -169,8 +197,9 @@ async def create_server(
     # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()
+    path = build_request_path(settings, c)
     server = grpc.aio.server(
-        interceptors=(build_chain(settings, c, server_tracer(tracer)),),
+        interceptors=(build_chain(settings, c, server_tracer(tracer), path=path),),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -184,8 +213,25 @@ async def create_server(
     background = build_background(settings, c)
     export_work_metrics(c.metrics, background)
     add_servicers(server, c, monitor)
+    add_sidecar_services(
+        server,
+        check=CheckDecider(
+            routes=settings.routes,
+            steps=path.steps,
+            observers=path.observers,
+            errors=path.errors,
+            remove_authorization=settings.ext_authz_remove_authorization,
+        ),
+        rate_limits=RateLimitDecider(
+            rate_limit=c.rate_limit,
+            plan_of=c.plan_of,
+            organizations=c.organizations,
+            keys=c.keys,
+            key_cache_ttl_s=settings.key_cache_ttl_s,
+        ),
+    )
     await monitor.check_once()
-    enable_reflection((*(s.name for s in SERVICES), HEALTH_SERVICE), server)
+    enable_reflection((*(s.name for s in SERVICES), *SIDECAR_SERVICES, HEALTH_SERVICE), server)
     port, tls = bind(server, settings, address)
     metrics_server, metrics_port = (
         serve_metrics(

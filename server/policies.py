@@ -30,6 +30,9 @@ PUBLIC_METHODS = {
     "/grpc.health.v1.Health/Watch": Policy(access=Access.PUBLIC),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Policy(access=Access.PUBLIC),
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Policy(access=Access.PUBLIC),
+    # Envoy's ext_authz and rate-limit services (server/sidecars.py): trusted sidecars only
+    "/envoy.service.auth.v3.Authorization/Check": Policy(access=Access.SIDECAR),
+    "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit": Policy(access=Access.SIDECAR),
 }
 
 

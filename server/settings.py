@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import yaml
+
+from interceptors.sidecar.routes import RouteError, RoutePolicies, parse_routes
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
@@ -30,6 +33,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "load_plans",
+    "load_routes",
     "parse_durations",
 ]
 
@@ -142,6 +146,23 @@ def load_plans(path: Path) -> dict[str, Plan]:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path} is not JSON: {exc}") from None
     except PlanError as exc:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path}: {exc}") from None
+
+
+def load_routes(path: Path) -> RoutePolicies:
+    """The route policy file (JSON when it ends in .json, else YAML), validated now: a bad
+    file stops the server with a message naming the route and the field."""
+    name = "MESHGATE_ROUTE_POLICY_FILE"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return parse_routes(document)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{name}: {path} does not parse: {exc}") from None
+    except RouteError as exc:
+        raise SettingsError(f"{name}: {path}: {exc}") from None
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -336,6 +357,15 @@ class Settings:
     webhook_ca_file: Path | None = None
     # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
     page_token_keys: Secret | None = None
+    # a second port of the same server (same mTLS, same services) for the sidecars' questions,
+    # for meshes that must reach meshgate on a port they do not intercept; None: none
+    sidecar_listen: str | None = None
+    # who may ask ext_authz Check and ShouldRateLimit (the sidecars' mTLS identities)
+    ext_authz_peers: frozenset[str] = frozenset()
+    # the routes ext_authz Check judges (none: every Check is denied)
+    routes: RoutePolicies = field(default_factory=RoutePolicies)
+    # an allowed Check removes the client's authorization header before the upstream
+    ext_authz_remove_authorization: bool = True
 
     def webhook_sealing_key(self) -> bytes | None:
         if self.webhook_secret_key is None:
@@ -429,4 +459,12 @@ class Settings:
             webhook_secret_key=_sealing_key(env),
             webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=_page_token_keys(env),
+            sidecar_listen=_listen(env, "MESHGATE_SIDECAR_LISTEN", "off"),
+            ext_authz_peers=_list(env, "MESHGATE_EXT_AUTHZ_PEERS"),
+            routes=(
+                load_routes(Path(env["MESHGATE_ROUTE_POLICY_FILE"]))
+                if env.get("MESHGATE_ROUTE_POLICY_FILE")
+                else RoutePolicies()
+            ),
+            ext_authz_remove_authorization=not _bool(env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"),
         )

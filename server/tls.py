@@ -4,7 +4,8 @@ Uses grpc's dynamic server credentials: before each new handshake grpc asks
 for a fresh configuration; we stat the files at most once a second and hand
 over a new configuration only when one of them changed (and loads cleanly),
 so certificate rotation needs no restart. `bind` opens the server's port with
-them (or without TLS, for local debugging only).
+them (or without TLS, for local debugging only), and the sidecar port
+(MESHGATE_SIDECAR_LISTEN) with the same credentials when one is set.
 """
 
 from __future__ import annotations
@@ -83,4 +84,13 @@ def bind(
         port = server.add_secure_port(where, tls.credentials())
     if port == 0:
         raise OSError(f"could not bind {where}")
+    if settings.sidecar_listen is not None:
+        # the same server on a second port: sidecars reach it where the mesh does not intercept
+        extra = (
+            server.add_insecure_port(settings.sidecar_listen)
+            if tls is None
+            else server.add_secure_port(settings.sidecar_listen, tls.credentials())
+        )
+        if extra == 0:
+            raise OSError(f"could not bind {settings.sidecar_listen}")
     return port, tls

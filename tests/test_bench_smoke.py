@@ -31,6 +31,9 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         "meshgate_log_off",
         "ratio",
         "ratio_log_off",
+        "check",
+        "ratio_check",
+        "check_vs_direct",
     }
     assert data["loaded"]["median"]["meshgate_log_off"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["rps"] > 0
@@ -39,6 +42,7 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["loaded"]["access_log_bytes"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0
     assert data["unloaded"]["meshgate_log_off_p50_us"] > 0
+    assert data["loaded"]["median"]["check"]["cpu_us_per_request"] > 0
     assert data["cold"]["revocation_samples"] == 3
     assert data["workers"]["2"]["rps"] > 0
     assert data["workers"]["open_1"]["cpu_us_per_request"] > 0

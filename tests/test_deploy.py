@@ -30,7 +30,13 @@ from tests.support.processes import ROOT
 
 DEPLOY = ROOT / "deploy"
 KUSTOMIZATIONS = sorted(DEPLOY.rglob("kustomization.yaml"))
-MANIFESTS = sorted(p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml")
+# deploy/envoy/ holds Envoy's configuration and meshgate's route policy file, not Kubernetes
+# manifests (tests/deploy/test_envoy.py checks them)
+MANIFESTS = sorted(
+    p
+    for p in DEPLOY.rglob("*.yaml")
+    if p.name != "kustomization.yaml" and "envoy" not in p.relative_to(DEPLOY).parts
+)
 OVERLAYS = sorted(p.parent for p in KUSTOMIZATIONS if p.parent.parent.name == "overlays")
 # the oldest and the newest Kubernetes the manifests are checked against
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
@@ -39,6 +45,10 @@ CRD_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("cert-manager.io/v1", "Certificate"): ("spec.secretName", "spec.issuerRef.name", "spec.uris"),
     ("security.istio.io/v1", "PeerAuthentication"): ("spec.mtls.mode",),
     ("security.istio.io/v1", "AuthorizationPolicy"): ("spec.action", "spec.provider.name"),
+    ("networking.istio.io/v1", "DestinationRule"): (
+        "spec.host",
+        "spec.trafficPolicy.portLevelSettings",
+    ),
 }
 
 Doc = dict[str, Any]

@@ -263,6 +263,19 @@ class KeyStore:
             raise NotFoundError("key not found")
         return key_from_doc(doc)
 
+    async def active_in(self, *, organization_id: str, key_id: str) -> KeyRecord:
+        """A key of the organization that is neither revoked nor expired (any environment):
+        how the rate-limit service finds a key named in a descriptor. NotFoundError else."""
+        if not KEY_ID_RE.match(key_id):
+            raise NotFoundError("key not found")
+        doc = await self._collection.find_one({"_id": key_id, "organization_id": organization_id})
+        if doc is None:
+            raise NotFoundError("key not found")
+        record = key_from_doc(doc)
+        if record.state(self._now()) != "active":
+            raise NotFoundError("key not found")
+        return record
+
     async def list_page(
         self,
         *,

@@ -15,6 +15,10 @@ ratios measured in the same run (the machine is noisy):
    Reported: requests/s, p50/p99 latency, server CPU time per request, and
    each meshgate row's ratio to the bare echo of the same run; then the same
    with one call in flight (p50 overhead).
+   The default-configuration meshgate also answers Envoy's ext_authz `Check`
+   for a route whose policy is GetNamespace's (the route policy file): the
+   per-Check figures sit next to the direct call's, with their ratios to the
+   bare echo.
 2. Cold paths: the first call with a key no replica has cached; revocation
    propagation between two replicas sharing Redis (p50/p99).
 3. `meshgate serve --workers N` for N = 1, 2 (default configuration): server
@@ -61,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from meshgate.v1 import (
     common_pb2,
     document_service_pb2,
@@ -74,7 +79,7 @@ from meshgate.v1 import (
     webhook_service_pb2_grpc,
 )
 
-from certs.dev_pki import issue_pki
+from certs.dev_pki import CLIENT_ID, issue_pki
 from server.backends import open_backends
 from server.bootstrap import bootstrap
 from server.embedded import EmbeddedMongo
@@ -87,6 +92,15 @@ from tests.support.waiting import wait_until
 from tests.support.webhooks import Received, Receiver
 
 GET_NAMESPACE = "/meshgate.v1.NamespaceService/GetNamespace"
+CHECK = "/envoy.service.auth.v3.Authorization/Check"
+# the route a sidecar asks about: GetNamespace's policy, read from the protos' option
+UPSTREAM = "/bench.v1.Upstream/Get"
+ROUTES = {
+    "routes": [
+        {"grpc": UPSTREAM, "permission": "read", "namespaced": True, "cost": 1,
+         "rate_class": "metadata"}
+    ]
+}  # fmt: skip
 ECHO = "/bench.Echo/Echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -226,6 +240,7 @@ def load(
     proc: Proc,
     *,
     meshgate: bool,
+    check: bool = False,
     inflight: int,
     channels: int,
     warmup: float,
@@ -255,7 +270,9 @@ def load(
         "--rate",
         str(rate),
     ]
-    if meshgate:
+    if check:
+        command += ["--method", CHECK, "--request-hex", check_request(env).hex()]
+    elif meshgate:
         request = namespace_service_pb2.GetNamespaceRequest().SerializeToString().hex()
         command += ["--method", GET_NAMESPACE, "--request-hex", request]
         command += [
@@ -285,6 +302,33 @@ def load(
     requests = max(1, int(result["requests"]))
     result["cpu_us_per_request"] = (cpu_end - cpu_start) / requests * 1e6
     return result
+
+
+def check_request(env: Env) -> bytes:
+    """A CheckRequest as Envoy's ext_authz filter sends it for a gRPC call to UPSTREAM."""
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.source.principal = CLIENT_ID
+    http = request.attributes.request.http
+    http.method, http.path, http.protocol = "POST", UPSTREAM, "HTTP/2"
+    http.headers.update(
+        {
+            ":path": UPSTREAM,
+            "content-type": "application/grpc",
+            "authorization": f"Bearer {env.reader}",
+            "x-namespace": env.namespace_id,
+        }
+    )
+    encoded: bytes = request.SerializeToString()
+    return encoded
+
+
+def check_allows(env: Env, proc: Proc) -> None:
+    """The Check arm measures admissions, not refusals."""
+    with client_channel(env, proc.target) as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(CHECK)
+        response = external_auth_pb2.CheckResponse.FromString(call(check_request(env), timeout=10))
+    if not response.HasField("ok_response"):
+        raise RuntimeError(f"the bench's Check is refused: {response.status.message}")
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
@@ -525,9 +569,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             }
             access_log = workdir / "meshgate.log"
             bare = start_echo(env, core=0)
-            mesh = start_meshgate(env, core=0, log=access_log)
+            routes = workdir / "routes.json"
+            routes.write_text(json.dumps(ROUTES))
+            mesh = start_meshgate(
+                env,
+                core=0,
+                log=access_log,
+                MESHGATE_EXT_AUTHZ_PEERS=CLIENT_ID,
+                MESHGATE_ROUTE_POLICY_FILE=str(routes),
+            )
+            check_allows(env, mesh)
             quiet = start_meshgate(env, core=0, MESHGATE_LOG_LEVEL="WARNING")
-            arms = (("bare", bare), ("meshgate", mesh), ("meshgate_log_off", quiet))
+            arms = (
+                ("bare", bare),
+                ("meshgate", mesh),
+                ("meshgate_log_off", quiet),
+                ("check", mesh),
+            )
             loaded: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
             for _ in range(rounds):  # A/B/C/A/B/C
                 for name, proc in arms:
@@ -535,7 +593,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                         load(
                             env,
                             proc,
-                            meshgate=name != "bare",
+                            meshgate=name in ("meshgate", "meshgate_log_off"),
+                            check=name == "check",
                             inflight=args.inflight,
                             channels=args.channels,
                             warmup=warmup,
@@ -547,7 +606,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 name: load(
                     env,
                     proc,
-                    meshgate=name != "bare",
+                    meshgate=name in ("meshgate", "meshgate_log_off"),
+                    check=name == "check",
                     inflight=1,
                     channels=1,
                     warmup=warmup,
@@ -571,6 +631,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 summary[ratio] = {
                     key: summary[arm][key] / summary["bare"][key] for key in summary["bare"]
                 }
+            summary["ratio_check"] = {
+                key: summary["check"][key] / summary["bare"][key] for key in summary["bare"]
+            }
+            summary["check_vs_direct"] = {
+                key: summary["check"][key] / summary["meshgate"][key] for key in summary["bare"]
+            }
             results["loaded"] = {
                 "inflight": args.inflight,
                 "channels": args.channels,
@@ -585,6 +651,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "overhead_p50_us": unloaded["meshgate"]["p50_us"] - unloaded["bare"]["p50_us"],
                 "overhead_log_off_p50_us": unloaded["meshgate_log_off"]["p50_us"]
                 - unloaded["bare"]["p50_us"],
+                "check_p50_us": unloaded["check"]["p50_us"],
             }
             bare.stop()
             quiet.stop()
@@ -644,12 +711,28 @@ def table(results: dict[str, Any]) -> str:
             f"{label:22}{bare:>11.0f}{mesh:>10.0f}{med['ratio'][key]:>8.2f}"
             f"{quiet:>10.0f}{med['ratio_log_off'][key]:>8.2f}"
         )
+    check, direct = med["check"], med["meshgate"]
+    lines += [
+        "",
+        "ext_authz Check (same server; a route with GetNamespace's policy) vs the direct call:",
+        f"{'':22}{'direct':>11}{'Check':>10}{'Check/bare':>12}{'Check/direct':>14}",
+    ]
+    for key, label in (
+        ("rps", "requests/s"),
+        ("p50_us", "p50 latency us"),
+        ("cpu_us_per_request", "server CPU us/req"),
+    ):
+        lines.append(
+            f"{label:22}{direct[key]:>11.0f}{check[key]:>10.0f}"
+            f"{med['ratio_check'][key]:>12.2f}{med['check_vs_direct'][key]:>14.2f}"
+        )
     lines += [
         "",
         f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} us,"
         f" meshgate {u['meshgate_p50_us']:.0f} us (overhead {u['overhead_p50_us']:.0f} us),"
         f" log off {u['meshgate_log_off_p50_us']:.0f} us"
-        f" (overhead {u['overhead_log_off_p50_us']:.0f} us)",
+        f" (overhead {u['overhead_log_off_p50_us']:.0f} us),"
+        f" Check {u['check_p50_us']:.0f} us",
         f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
         f" (warm {c['warm_call_p50_us']:.0f} us)",
         f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms,"

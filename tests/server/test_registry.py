@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from server.app import RunningServer
 from server.policies import PUBLIC_METHODS, build_policy_table, undeclared_methods
 from server.registry import SERVICES, descriptors
+from server.sidecars import SIDECAR_SERVICES
 from tests.support.clients import health_check, raw_unary, reflection_info
 
 NAMES = {s.name for s in SERVICES}
@@ -56,7 +57,7 @@ async def test_reflection_lists_the_registry(channel: grpc.aio.Channel) -> None:
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
     listed = {s.name async for r in responses for s in r.list_services_response.service}
-    assert listed == NAMES | {
+    assert listed == NAMES | set(SIDECAR_SERVICES) | {
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -1,0 +1,261 @@
+"""Envoy ext_authz v3 `Check`: another service's request, judged by meshgate's own steps.
+
+The sidecar in front of a service asks before every call. The request is rebuilt as a
+`CallState` from the CheckRequest's attributes (the `authorization`, `x-namespace` and
+`x-request-id` headers, `:path` and the HTTP method through the route policy file, the
+source principal Envoy verified on the downstream certificate as the peer) and run
+through the very same step objects as meshgate's own calls: authentication, identity,
+permission, namespace, rate limit, credits, audit. The observers see it finish too
+(access line, usage, audit trail), so a judged call counts like a direct one.
+
+Allowed: the upstream receives `x-meshgate-organization-id`, `-namespace-id`, `-key-id`
+and `-request-id` (never internal_id); any `x-meshgate-*` header the client sent is
+removed, and its `authorization` too unless configured otherwise; the client receives
+`ratelimit-*`. Denied: the HTTP status of the gRPC code (401, 403, 404, 429, 503...),
+the same message meshgate gives, `grpc-status`/`grpc-message` for gRPC callers,
+`retry-after` on limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import status_pb2
+
+from interceptors.chain import Observer, Step, plan_for
+from interceptors.context import CallState
+from interceptors.errors import ErrorMapper, Refusal
+from interceptors.namespace import NAMESPACE_HEADER
+from interceptors.policy import Access, Policy
+from interceptors.request_metadata import read_metadata
+from interceptors.sidecar.routes import RoutePolicies
+from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+
+__all__ = ["HTTP_STATUS", "UPSTREAM_HEADERS", "CheckDecider", "SourcePeer"]
+
+ORGANIZATION_HEADER = "x-meshgate-organization-id"
+NAMESPACE_ID_HEADER = "x-meshgate-namespace-id"
+KEY_HEADER = "x-meshgate-key-id"
+UPSTREAM_REQUEST_ID_HEADER = "x-meshgate-request-id"
+UPSTREAM_HEADERS = (
+    ORGANIZATION_HEADER,
+    NAMESPACE_ID_HEADER,
+    KEY_HEADER,
+    UPSTREAM_REQUEST_ID_HEADER,
+)
+_OURS = "x-meshgate-"
+# the headers the steps decide on; each may appear once (Envoy joins repeats with commas)
+_SECURITY_HEADERS = ("authorization", NAMESPACE_HEADER, REQUEST_ID_HEADER)
+
+# gRPC code -> the HTTP status of the denied response
+HTTP_STATUS: Mapping[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+class _NoRouteError(PermissionDeniedError):
+    """A route the policy file does not name: refused (fail closed)."""
+
+
+class SourcePeer:
+    """The downstream's identity as Envoy verified it (`attributes.source.principal`: the
+    certificate's URI SAN, else DNS SAN, else subject), in the shape the peer step reads
+    from a TLS connection; the sidecar's own TLS identity plays no part in the decision."""
+
+    def __init__(self, principal: str) -> None:
+        self._auth = {"peer_spiffe_id": [principal.encode()]} if principal else {}
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]:
+        return self._auth
+
+
+class CheckDecider:
+    """Answers CheckRequests with the request path's steps and the route policy file."""
+
+    def __init__(
+        self,
+        *,
+        routes: RoutePolicies,
+        steps: Sequence[Step],
+        observers: Sequence[Observer],
+        errors: ErrorMapper,
+        remove_authorization: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._routes = routes
+        self._steps = tuple(steps)
+        self._observers = tuple(observers)
+        # per policy, the steps and observers that apply (as the chain plans per method)
+        self._plans: dict[Policy, tuple[tuple[Step, ...], tuple[Observer, ...]]] = {}
+        self._errors = errors
+        self._remove_authorization = remove_authorization
+        self._logger = logger or logging.getLogger("meshgate.ext_authz")
+
+    async def check(
+        self, request: external_auth_pb2.CheckRequest
+    ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        attributes = request.attributes
+        http = attributes.request.http
+        headers = _header_names(http)
+        call = CallState(
+            method=http.path.partition("?")[0] or "-",
+            policy=_UNROUTED,
+            request_id="-",
+            metadata={},
+            peer_address=_address(attributes.source.address),
+            started_at=time.time(),
+        )
+        try:
+            call.metadata = read_metadata(_security_headers(http))
+            call.request_id = Telemetry.request_id(call.metadata)
+            route = self._routes.match(http.path, http.method)
+            if route is None:
+                raise _NoRouteError(
+                    "this route has no policy in meshgate's route policy file and is refused"
+                )
+            # logs, usage and metrics name the route (a bounded set); the audit trail also
+            # records the path itself
+            call.method, call.policy, call.resource = route.name, route.policy, call.method
+            peer = SourcePeer(attributes.source.principal)
+            for step in self._plan(route.policy)[0]:
+                pending = step.check(call, peer)
+                if pending is not None:
+                    await pending
+            call.admitted = True
+            return self._allowed(call, headers)
+        except Exception as exc:
+            refusal = self._errors.refusal_for(exc, request_id=call.request_id)
+            call.code = refusal.code
+            return self._denied(call, refusal, grpc_caller=_is_grpc(headers))
+        finally:
+            self._finish(call, started)
+
+    def _allowed(
+        self, call: CallState, headers: Mapping[str, str]
+    ) -> external_auth_pb2.CheckResponse:
+        upstream = {UPSTREAM_REQUEST_ID_HEADER: call.request_id}
+        if call.principal is not None:
+            upstream[ORGANIZATION_HEADER] = call.principal.organization.organization_id
+            upstream[KEY_HEADER] = call.principal.key.key_id
+        if call.namespace is not None:
+            upstream[NAMESPACE_ID_HEADER] = call.namespace.namespace_id
+        remove = sorted(k for k in headers if k.startswith(_OURS) and k not in upstream)
+        if self._remove_authorization and "authorization" in headers:
+            remove.append("authorization")
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=grpc.StatusCode.OK.value[0]),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=list(_options(upstream.items())),
+                headers_to_remove=remove,
+                response_headers_to_add=list(_options(call.response_metadata)),
+            ),
+        )
+
+    @staticmethod
+    def _denied(
+        call: CallState, refusal: Refusal, *, grpc_caller: bool
+    ) -> external_auth_pb2.CheckResponse:
+        code = refusal.code.value[0]
+        sent: list[tuple[str, str]] = [(REQUEST_ID_HEADER, call.request_id)]
+        sent.extend(call.response_metadata)
+        sent.extend((k, v) for k, v in refusal.trailing_metadata if isinstance(v, str))
+        if grpc_caller:
+            sent.append(("grpc-status", str(code)))
+            sent.append(("grpc-message", quote(refusal.message, safe=" ")))
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code, message=refusal.message),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=HTTP_STATUS.get(refusal.code, 500)),
+                headers=list(_options(sent)),
+                body=refusal.message,
+            ),
+        )
+
+    def _plan(self, policy: Policy) -> tuple[tuple[Step, ...], tuple[Observer, ...]]:
+        plan = self._plans.get(policy)
+        if plan is None:
+            plan = self._plans[policy] = (
+                plan_for(self._steps, policy),
+                plan_for(self._observers, policy, test="observes"),
+            )
+        return plan
+
+    def _finish(self, call: CallState, started: float) -> None:
+        duration = time.perf_counter() - started
+        for observer in self._plan(call.policy)[1]:
+            try:
+                observer.finish(call, duration)
+            except Exception:  # an observer must never change the decision
+                self._logger.exception("observer %s failed", type(observer).__name__)
+        call.close()
+
+
+def _header_names(http: Any) -> dict[str, str]:
+    """Every request header (lowercased name -> a value), from whichever form Envoy sent."""
+    entries = http.header_map.headers
+    if entries:
+        return {e.key.lower(): e.value or e.raw_value.decode(errors="replace") for e in entries}
+    return dict(http.headers)
+
+
+def _security_headers(http: Any) -> Iterator[tuple[str, str]]:
+    """The headers the steps read, as repeated pairs: from `header_map` (Envoy's
+    `encode_raw_headers`, one entry per value) when present, else from `headers`, where
+    Envoy joined a repeated header's values with commas, so a comma means a repeat."""
+    entries = http.header_map.headers
+    if entries:
+        for entry in entries:
+            key = entry.key.lower()
+            if key in _SECURITY_HEADERS:
+                try:
+                    yield key, entry.value or entry.raw_value.decode()
+                except UnicodeDecodeError:
+                    raise InvalidArgumentError(f"the {key} header is not valid UTF-8") from None
+        return
+    for key in _SECURITY_HEADERS:
+        value = http.headers.get(key)
+        if value is not None:
+            for part in value.split(","):
+                yield key, part
+
+
+def _options(pairs: Iterable[tuple[str, str]]) -> Iterator[base_pb2.HeaderValueOption]:
+    for key, value in pairs:
+        yield base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+        )
+
+
+def _is_grpc(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").startswith("application/grpc")
+
+
+def _address(address: Any) -> str:
+    socket = address.socket_address
+    return f"{socket.address}:{socket.port_value}" if socket.address else "-"
+
+
+# stands in until the route is known (a call refused before that reaches no step)
+_UNROUTED = Policy(access=Access.PUBLIC)

@@ -1,0 +1,207 @@
+"""Envoy rate-limit service v3 `ShouldRateLimit`: descriptors drawn from meshgate's own buckets.
+
+A descriptor is a list of entries; meshgate reads these keys (any other key is a
+configuration error, INVALID_ARGUMENT, so a typo never silently turns a limit off):
+
+- `organization_id` (required): the organization's bucket of the route class, the one
+  its direct calls draw from, with its plan's limit;
+- `rate_class` (default `metadata`): metadata, data, search or admin;
+- `namespace_id`: a bucket of that namespace inside the organization (the plan's limit);
+- `key_id`: the key's own bucket, its own limit narrowed by the plan's (as on direct calls).
+
+`namespace_id` and `key_id` exclude each other. Every descriptor draws `hits_addend`
+tokens (the descriptor's own, else the request's, 0 meaning 1, at most MAX_HITS) from
+the same leased Redis buckets (storage/metering/rate_limiter.py) and the same plan
+table as meshgate's rate-limit step. A descriptor naming an unknown organization, or a
+key that is unknown, revoked or expired, is OVER_LIMIT (fail closed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf import duration_pb2
+
+from interceptors.rate_limit import RateLimit
+from storage.core.cache import TTLCache
+from storage.core.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
+from storage.core.ids import KEY_ID_RE, NAMESPACE_ID_RE, ORGANIZATION_ID_RE
+from storage.core.plans import RATE_CLASSES, Limit, Plan
+from storage.metering.rate_limiter import Decision
+from storage.tenancy.keys import KeyStore
+from storage.tenancy.organizations import Organization, OrganizationStore
+
+__all__ = ["DESCRIPTOR_KEYS", "MAX_HITS", "RateLimitDecider"]
+
+DESCRIPTOR_KEYS = ("organization_id", "rate_class", "namespace_id", "key_id")
+MAX_HITS = 100
+MAX_DESCRIPTORS = 16
+_OK = rls_pb2.RateLimitResponse.OK
+_OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
+_UNITS = (
+    (rls_pb2.RateLimitResponse.RateLimit.SECOND, 1),
+    (rls_pb2.RateLimitResponse.RateLimit.MINUTE, 60),
+    (rls_pb2.RateLimitResponse.RateLimit.HOUR, 3600),
+    (rls_pb2.RateLimitResponse.RateLimit.DAY, 86400),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Descriptor:
+    organization_id: str
+    rate_class: str
+    owner: str  # "" (the organization), a namespace_id or a key_id
+    hits: int
+
+
+class RateLimitDecider:
+    """Answers RateLimitRequests from the rate-limit step's buckets and limits."""
+
+    def __init__(
+        self,
+        *,
+        rate_limit: RateLimit,
+        plan_of: Callable[[str], Plan],
+        organizations: OrganizationStore,
+        keys: KeyStore,
+        key_cache_ttl_s: float = 10.0,
+    ) -> None:
+        self._rate_limit = rate_limit
+        self._plan_of = plan_of
+        self._organizations = organizations
+        self._keys = keys
+        # key_id -> its own limit (None: the plan's); revocations reach it within the TTL
+        self._key_limits: TTLCache[tuple[str, str], tuple[Limit | None]] = TTLCache(
+            ttl_s=min(key_cache_ttl_s, 10.0), max_entries=10_000
+        )
+
+    async def should_rate_limit(
+        self, request: rls_pb2.RateLimitRequest
+    ) -> rls_pb2.RateLimitResponse:
+        if not request.descriptors:
+            raise InvalidArgumentError("a rate limit request needs at least one descriptor")
+        if len(request.descriptors) > MAX_DESCRIPTORS:
+            raise InvalidArgumentError(f"at most {MAX_DESCRIPTORS} descriptors per request")
+        parsed = [
+            _parse(d, default_hits=request.hits_addend, where=f"descriptors[{i}]")
+            for i, d in enumerate(request.descriptors)
+        ]
+        statuses: list[Any] = []
+        decisions: list[Decision] = []
+        for descriptor in parsed:
+            decision, limit = await self._decide(descriptor)
+            decisions.append(decision)
+            statuses.append(_status(decision, limit))
+        over = any(not d.allowed for d in decisions)
+        tightest = min(decisions, key=lambda d: (d.allowed, d.remaining, -d.reset_s))
+        headers = list(tightest.headers())
+        if over:
+            retry = max(d.retry_after_s for d in decisions if not d.allowed)
+            headers.append(("retry-after", str(max(1, math.ceil(retry)))))
+        return rls_pb2.RateLimitResponse(
+            overall_code=_OVER if over else _OK,
+            statuses=statuses,
+            response_headers_to_add=[base_pb2.HeaderValue(key=k, value=v) for k, v in headers],
+        )
+
+    async def _decide(self, descriptor: _Descriptor) -> tuple[Decision, Limit | None]:
+        try:
+            organization = await self._organization(descriptor.organization_id)
+            limit = self._plan_of(organization.plan).limits[descriptor.rate_class]
+            if descriptor.owner.startswith("key_"):
+                limit = await self._key_limit(descriptor.organization_id, descriptor.owner, limit)
+        except (NotFoundError, UnauthenticatedError):
+            return Decision(False, 0, 0, 0.0, retry_after_s=60.0), None
+        bucket = self._rate_limit.bucket_name(
+            descriptor.organization_id, descriptor.owner, descriptor.rate_class
+        )
+        limiter = self._rate_limit.limiter
+        decision = await limiter.acquire(bucket, limit)
+        for _ in range(descriptor.hits - 1):
+            if not decision.allowed:
+                break
+            decision = await limiter.acquire(bucket, limit)
+        return decision, limit
+
+    async def _organization(self, organization_id: str) -> Organization:
+        return self._organizations.cached(organization_id) or await self._organizations.get(
+            organization_id
+        )
+
+    async def _key_limit(self, organization_id: str, key_id: str, plan: Limit) -> Limit:
+        cache_key = (organization_id, key_id)
+        cached = self._key_limits.get(cache_key)
+        if cached is None:
+            record = await self._keys.active_in(organization_id=organization_id, key_id=key_id)
+            cached = (record.rate_limit,)
+            self._key_limits.put(cache_key, cached)
+        own = cached[0]
+        return plan if own is None else own.narrowed(plan)
+
+
+def _parse(descriptor: Any, *, default_hits: int, where: str) -> _Descriptor:
+    entries: dict[str, str] = {}
+    for entry in descriptor.entries:
+        if entry.key not in DESCRIPTOR_KEYS:
+            raise InvalidArgumentError(
+                f"{where}: unknown descriptor key {entry.key[:64]!r}"
+                f" (meshgate reads {', '.join(DESCRIPTOR_KEYS)})"
+            )
+        if entry.key in entries:
+            raise InvalidArgumentError(f"{where}: the {entry.key} entry may appear only once")
+        entries[entry.key] = entry.value
+    organization_id = entries.get("organization_id", "")
+    if not ORGANIZATION_ID_RE.match(organization_id):
+        raise InvalidArgumentError(f"{where}: an organization_id entry (org_...) is required")
+    rate_class = entries.get("rate_class", "metadata")
+    if rate_class not in RATE_CLASSES:
+        raise InvalidArgumentError(f"{where}: rate_class must be one of {', '.join(RATE_CLASSES)}")
+    namespace_id, key_id = entries.get("namespace_id", ""), entries.get("key_id", "")
+    if namespace_id and key_id:
+        raise InvalidArgumentError(f"{where}: give namespace_id or key_id, not both")
+    if namespace_id and not NAMESPACE_ID_RE.match(namespace_id):
+        raise InvalidArgumentError(f"{where}: namespace_id is malformed (expected ns_...)")
+    if key_id and not KEY_ID_RE.match(key_id):
+        raise InvalidArgumentError(f"{where}: key_id is malformed (expected key_...)")
+    hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else default_hits
+    hits = hits or 1
+    if hits > MAX_HITS:
+        raise InvalidArgumentError(f"{where}: hits_addend may be at most {MAX_HITS}")
+    return _Descriptor(organization_id, rate_class, namespace_id or key_id, hits)
+
+
+def _status(decision: Decision, limit: Limit | None) -> Any:
+    status = rls_pb2.RateLimitResponse.DescriptorStatus(
+        code=_OK if decision.allowed else _OVER,
+        limit_remaining=max(0, decision.remaining),
+        duration_until_reset=_duration(
+            decision.reset_s if decision.allowed else decision.retry_after_s
+        ),
+    )
+    if limit is not None:
+        status.current_limit.CopyFrom(_as_unit(limit))
+    return status
+
+
+def _as_unit(limit: Limit) -> Any:
+    """The limit's sustained rate in the smallest unit where it is a whole number (Envoy's
+    RateLimit has no fractions): 0.5/s is 30 per MINUTE."""
+    for unit, seconds in _UNITS:
+        per_unit = limit.per_second * seconds
+        if per_unit >= 1 and abs(per_unit - round(per_unit)) < 1e-9:
+            return rls_pb2.RateLimitResponse.RateLimit(requests_per_unit=round(per_unit), unit=unit)
+    return rls_pb2.RateLimitResponse.RateLimit(
+        requests_per_unit=max(1, round(limit.per_second * 86400)),
+        unit=rls_pb2.RateLimitResponse.RateLimit.DAY,
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    return duration

@@ -1,0 +1,181 @@
+"""The route policy file: other services' routes mapped to the policy fields the protos declare.
+
+A sidecar asks about calls to *its* service, whose protos meshgate has never seen, so
+the policy (access, permission, namespaced, cost, rate class, audit) comes from this
+file instead of a method option. Routes are gRPC methods (`/pkg.Service/Method`, or
+`/pkg.Service/*` for every method of a service) or HTTP path prefixes with optional
+methods. The file is validated once at start-up; a route it does not name is refused
+(fail closed), exactly like a meshgate method without a policy.
+
+Matching: an exact gRPC method first, then its service's `*`, then the longest HTTP
+prefix whose methods include the request's (a prefix matches at a `/` boundary or
+exactly). Paths that are not normalized (dot segments, encoded slashes or dots,
+backslashes, empty segments) match nothing: a prefix must not be escapable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from interceptors.policy import Access, Policy
+from storage.core.plans import RATE_CLASSES
+
+__all__ = ["Route", "RouteError", "RoutePolicies", "parse_routes"]
+
+_PERMISSIONS = ("read", "write", "delete", "admin")
+_ACCESS = {
+    "api_key": Access.API_KEY,
+    "public": Access.PUBLIC,
+    "internal_peer": Access.INTERNAL_PEER,
+}
+_GRPC_METHOD = re.compile(r"^/[A-Za-z_][\w.]*\.[A-Za-z_]\w*/(?:[A-Za-z_]\w*|\*)$")
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_FIELDS = frozenset(
+    {"grpc", "http_prefix", "methods", "access", "permission", "namespaced", "cost"}
+    | {"rate_class", "audit"}
+)
+_UNNORMALIZED = re.compile(r"(^|/)\.\.?(/|$)|//|%2[ef]|%5c|\\", re.IGNORECASE)
+MAX_COST = 1_000_000
+
+
+class RouteError(ValueError):
+    """The route policy file is invalid; the message names the route and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route and its policy; `name` is what logs, usage and audit record as the method."""
+
+    name: str
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    prefix: str
+    methods: frozenset[str]  # empty: any method
+    route: Route
+
+
+class RoutePolicies:
+    """Route -> policy for the sidecars' questions; None for a route without a policy."""
+
+    def __init__(self, routes: Sequence[tuple[str, frozenset[str], Route, bool]] = ()) -> None:
+        self._methods: dict[str, Route] = {}
+        prefixes: list[_Prefix] = []
+        for key, methods, route, grpc_route in routes:
+            if grpc_route:
+                self._methods[key] = route
+            else:
+                prefixes.append(_Prefix(key, methods, route))
+        self._prefixes = tuple(sorted(prefixes, key=lambda p: -len(p.prefix)))
+
+    def __len__(self) -> int:
+        return len(self._methods) + len(self._prefixes)
+
+    def match(self, path: str, method: str) -> Route | None:
+        """The route of a request (`:path` with any query string, HTTP method)."""
+        path = path.partition("?")[0]
+        if not path.startswith("/") or _UNNORMALIZED.search(path):
+            return None
+        route = self._methods.get(path)
+        if route is not None:
+            return route
+        service, slash, _ = path.rpartition("/")
+        if slash and service:
+            route = self._methods.get(f"{service}/*")
+            if route is not None:
+                return route
+        for prefix in self._prefixes:
+            if prefix.methods and method.upper() not in prefix.methods:
+                continue
+            if path == prefix.prefix or path.startswith(prefix.prefix.rstrip("/") + "/"):
+                return prefix.route
+        return None
+
+
+def parse_routes(document: Any) -> RoutePolicies:
+    """The policies of a parsed route policy file (`{"routes": [...]}`); RouteError names
+    the first problem."""
+    if not isinstance(document, Mapping) or set(document) != {"routes"}:
+        raise RouteError('the file must be a mapping with one key, "routes" (a list)')
+    entries = document["routes"]
+    if not isinstance(entries, list):
+        raise RouteError('"routes" must be a list')
+    parsed: list[tuple[str, frozenset[str], Route, bool]] = []
+    seen: set[tuple[str, frozenset[str]]] = set()
+    for index, entry in enumerate(entries):
+        where = f"routes[{index}]"
+        key, methods, route, grpc_route = _route(entry, where)
+        if (key, methods) in seen:
+            raise RouteError(f"{where}: {key} is declared twice")
+        seen.add((key, methods))
+        parsed.append((key, methods, route, grpc_route))
+    return RoutePolicies(parsed)
+
+
+def _route(entry: Any, where: str) -> tuple[str, frozenset[str], Route, bool]:
+    if not isinstance(entry, Mapping):
+        raise RouteError(f"{where} must be a mapping")
+    unknown = set(entry) - _FIELDS
+    if unknown:
+        raise RouteError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    if ("grpc" in entry) == ("http_prefix" in entry):
+        raise RouteError(f"{where}: give exactly one of grpc or http_prefix")
+    if "grpc" in entry:
+        key = entry["grpc"]
+        if not isinstance(key, str) or not _GRPC_METHOD.match(key):
+            raise RouteError(f"{where}: grpc must be /pkg.Service/Method or /pkg.Service/*")
+        if "methods" in entry:
+            raise RouteError(f"{where}: methods apply to http_prefix routes only")
+        methods: frozenset[str] = frozenset()
+        name = key
+    else:
+        key = entry["http_prefix"]
+        if not isinstance(key, str) or not key.startswith("/") or _UNNORMALIZED.search(key):
+            raise RouteError(f"{where}: http_prefix must be a normalized path starting with /")
+        methods = _methods(entry.get("methods", []), where)
+        name = f"{','.join(sorted(methods)) or '*'} {key}"
+    return key, methods, Route(name=name, policy=_policy(entry, where)), "grpc" in entry
+
+
+def _methods(raw: Any, where: str) -> frozenset[str]:
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        raise RouteError(f"{where}: methods must be a list of HTTP methods")
+    methods = frozenset(m.upper() for m in raw)
+    if not methods <= _HTTP_METHODS:
+        raise RouteError(f"{where}: unknown HTTP method {sorted(methods - _HTTP_METHODS)[0]!r}")
+    return methods
+
+
+def _policy(entry: Mapping[str, Any], where: str) -> Policy:
+    access = _ACCESS.get(entry.get("access", "api_key"))
+    if access is None:
+        raise RouteError(f"{where}: access must be one of {', '.join(_ACCESS)}")
+    permission = entry.get("permission")
+    if access is Access.API_KEY and permission not in _PERMISSIONS:
+        raise RouteError(f"{where}: permission must be one of {', '.join(_PERMISSIONS)}")
+    if access is not Access.API_KEY and permission is not None:
+        raise RouteError(f"{where}: permission applies to api_key routes only")
+    namespaced, audit = entry.get("namespaced", False), entry.get("audit", False)
+    if not isinstance(namespaced, bool) or not isinstance(audit, bool):
+        raise RouteError(f"{where}: namespaced and audit must be true or false")
+    cost = entry.get("cost", 0)
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 0 <= cost <= MAX_COST:
+        raise RouteError(f"{where}: cost must be a whole number from 0 to {MAX_COST}")
+    rate_class = entry.get("rate_class", "metadata")
+    if rate_class not in RATE_CLASSES:
+        raise RouteError(f"{where}: rate_class must be one of {', '.join(RATE_CLASSES)}")
+    if access is not Access.API_KEY and (namespaced or cost):
+        raise RouteError(f"{where}: namespaced and cost need an api_key route")
+    return Policy(
+        access=access,
+        permission=permission,
+        namespaced=namespaced,
+        cost=cost,
+        rate_class=rate_class,
+        audit=audit,
+    )
