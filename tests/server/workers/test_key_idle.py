@@ -22,7 +22,7 @@ from storage.tenancy.keys import KeyRecord, KeyStore
 from tests.support.clients import auth, rpc_error
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.namespace_clients import Hooks
-from tests.support.tenants import MakeTenant, Tenant
+from tests.support.tenants import MakeTenant, Tenant, admin_of_environment
 from tests.support.waiting import eventually
 from tests.support.webhooks import Receiver, new_endpoint_path
 
@@ -226,8 +226,13 @@ async def test_the_policy_is_off_by_default_and_per_environment(
     await pb_grpc.OrganizationServiceStub(tenant.channel).GetOrganization(
         pb.GetOrganizationRequest(), metadata=auth(secret)
     )
-    # set, then turned off again
+    # set for the caller's environment only, then turned off again
     await set_policy(tenant, 10, 3)
+    staging = await admin_of_environment(tenant, backends, "staging")
+    there = await policies(tenant).GetKeyIdlePolicy(
+        pb.GetKeyIdlePolicyRequest(), metadata=auth(staging)
+    )
+    assert there.policy == pb.KeyIdlePolicy(environment=common_pb2.ENVIRONMENT_STAGING)
     assert await set_policy(tenant, 0) == pb.KeyIdlePolicy(
         environment=common_pb2.ENVIRONMENT_DEVELOPMENT
     )
