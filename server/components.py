@@ -8,6 +8,7 @@ credit events that publish through them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -26,6 +27,7 @@ from storage.backends.server_secrets import shared_secret
 from storage.backends.work_queue import WorkQueue
 from storage.core.page_tokens import PageTokens
 from storage.core.plans import PlanLookup
+from storage.data.backup import NamespaceBackup
 from storage.data.cascade import NamespacePurger
 from storage.data.documents import DocumentStore
 from storage.data.tasks import TaskStore
@@ -62,6 +64,8 @@ class Components:
     documents: DocumentStore
     vectors: VectorStore
     purger: NamespacePurger
+    # namespace export and import (docs/backup.md)
+    backups: NamespaceBackup
     invalidation: InvalidationBus
     limiter: RateLimiter
     accounts: CreditAccounts
@@ -162,13 +166,24 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     usage = UsageRecorder(mongo=mongo, replica=replica)
     await usage.ensure_indexes()
     page_keys = settings.page_token_key_list() or (await shared_secret(mongo, "page_tokens"),)
+    documents = DocumentStore(mongo=mongo)
+    sender = _sender(settings)
+    backups = NamespaceBackup(
+        mongo=mongo,
+        documents=documents,
+        vectors=vectors,
+        webhooks=webhooks,
+        vet_url=sender.vet,
+        meshgate_version=importlib.metadata.version("meshgate"),
+    )
     return Components(
         organizations=organizations,
         keys=keys,
         namespaces=namespaces,
         verifier=verifier,
-        documents=DocumentStore(mongo=mongo),
+        documents=documents,
         vectors=vectors,
+        backups=backups,
         purger=NamespacePurger(
             mongo=mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
         ),
@@ -198,7 +213,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         deliveries=deliveries,
         outbox=outbox,
         events=events,
-        sender=_sender(settings),
+        sender=sender,
         task_due=task_due,
         delivery_due=delivery_due,
         page_tokens=PageTokens(page_keys),

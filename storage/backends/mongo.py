@@ -39,6 +39,8 @@ NAMESPACED_COLLECTIONS = (
     "webhooks",
     "events",
     "deliveries",
+    # the marker of a namespace's restore from a backup (storage/data/backup.py)
+    "restores",
 )
 
 Document = dict[str, Any]
@@ -107,6 +109,7 @@ class MongoStore:
         # UpdateDocument's and ingestion's compare-and-set filter (document_id, revision)
         await self._db["documents"].create_index(scoped("document_id", "revision"))
         await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
+        await self._db["restores"].create_index(scope, unique=True)
         for name, field in (
             ("tasks", "task_id"),
             ("webhooks", "webhook_id"),

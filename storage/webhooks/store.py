@@ -48,7 +48,9 @@ __all__ = [
     "DeliveryStore",
     "WebhookRecord",
     "WebhookStore",
+    "check_description",
     "check_event_types",
+    "check_webhook_id",
     "delivery_id_for",
 ]
 
@@ -91,7 +93,7 @@ def check_description(value: str) -> str:
     return value
 
 
-def _webhook_id(webhook_id: str) -> str:
+def check_webhook_id(webhook_id: str) -> str:
     if not WEBHOOK_ID_RE.match(webhook_id):
         raise InvalidArgumentError("webhook_id is malformed (expected wh_...)")
     return webhook_id
@@ -185,7 +187,7 @@ class WebhookStore:
 
     async def get(self, scope: Scope, webhook_id: str) -> WebhookRecord:
         doc = await self._collection(scope).find_one(
-            {"webhook_id": _webhook_id(webhook_id)}, projection=_NO_SECRETS
+            {"webhook_id": check_webhook_id(webhook_id)}, projection=_NO_SECRETS
         )
         if doc is None:
             raise NotFoundError("webhook not found")
@@ -223,7 +225,7 @@ class WebhookStore:
         if changes.get("enabled") is True:
             fields["disabled_reason"] = ""
         doc = await self._collection(scope).find_one_and_update(
-            {"webhook_id": _webhook_id(webhook_id)}, {"$set": fields}, projection=_NO_SECRETS
+            {"webhook_id": check_webhook_id(webhook_id)}, {"$set": fields}, projection=_NO_SECRETS
         )
         if doc is None:
             raise NotFoundError("webhook not found")
@@ -241,7 +243,7 @@ class WebhookStore:
         """A new secret; the previous ones keep signing until now + grace."""
         check_grace(grace, maximum=MAX_GRACE)
         collection = self._collection(scope)
-        current = await collection.find_one({"webhook_id": _webhook_id(webhook_id)})
+        current = await collection.find_one({"webhook_id": check_webhook_id(webhook_id)})
         if current is None:
             raise NotFoundError("webhook not found")
         now = self._now()
@@ -286,8 +288,43 @@ class WebhookStore:
         ]
         return _webhook(doc), secrets_now
 
+    async def all(self, scope: Scope) -> list[WebhookRecord]:
+        """Every webhook of the namespace (at most MAX_WEBHOOKS_PER_NAMESPACE), no secrets."""
+        docs = await self._collection(scope).find(
+            {}, sort=[("webhook_id", 1)], projection=_NO_SECRETS
+        )
+        return [_webhook(doc) for doc in docs]
+
+    async def restore(self, scope: Scope, record: WebhookRecord) -> str:
+        """Writes a webhook read from a backup under its own id, with a new secret (a backup
+        holds none), and returns the secret. Idempotent by webhook_id: writing the same
+        webhook again replaces it, and its secret, so a retried restore ends the same."""
+        now = self._now()
+        webhook_id = check_webhook_id(record.webhook_id)
+        secret = new_secret()
+        await self._collection(scope).update_one(
+            {"webhook_id": webhook_id},
+            {
+                "$set": {
+                    "url": record.url,
+                    "event_types": list(record.event_types),
+                    "enabled": record.enabled,
+                    "description": record.description,
+                    "disabled_reason": record.disabled_reason,
+                    "created_at": record.created_at,
+                    "updated_at": now,
+                    "secret_rotated_at": None,
+                    "secrets": [self._sealed(scope, webhook_id, secret, now)],
+                }
+            },
+            upsert=True,
+        )
+        return secret
+
     async def delete(self, scope: Scope, webhook_id: str) -> None:
-        if not await self._collection(scope).delete_one({"webhook_id": _webhook_id(webhook_id)}):
+        if not await self._collection(scope).delete_one(
+            {"webhook_id": check_webhook_id(webhook_id)}
+        ):
             raise NotFoundError("webhook not found")
 
 
