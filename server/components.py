@@ -142,10 +142,11 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         timeout_s=settings.limiter_timeout_s,
         on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
     )
-    box = SecretBox(settings.webhook_sealing_key())
+    box = SecretBox(settings.webhook_sealing_keys())
     if not box.encrypts:
         _LOG.warning(
             "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+            " or MESHGATE_WEBHOOK_SECRET_KEYS"
         )
     queue = WorkQueue(mongo=mongo)
     webhooks = WebhookStore(mongo=mongo, box=box)

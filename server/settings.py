@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
+from storage.webhooks.sealing import DEFAULT_KEY_ID
 from storage.webhooks.targets import TargetPolicy
 
 __all__ = [
@@ -224,6 +226,48 @@ def _sealing_key(env: Mapping[str, str]) -> Secret | None:
     return secret
 
 
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _sealing_key_list(value: str) -> tuple[tuple[str, bytes], ...]:
+    """`kid:base64,...`: ids of 1-32 of [A-Za-z0-9_-], distinct; keys of 32 bytes."""
+    pairs: list[tuple[str, bytes]] = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        kid, _, encoded = part.strip().partition(":")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not _KEY_ID_RE.match(kid) or len(key) != 32:
+            raise ValueError
+        pairs.append((kid, key))
+    if not pairs or len({kid for kid, _ in pairs}) != len(pairs):
+        raise ValueError
+    return tuple(pairs)
+
+
+def _sealing_keys(env: Mapping[str, str]) -> Secret | None:
+    name = "MESHGATE_WEBHOOK_SECRET_KEYS"
+    secret = _secret(env, name)
+    if secret is None:
+        return None
+    if _secret(env, "MESHGATE_WEBHOOK_SECRET_KEY") is not None:
+        raise SettingsError(
+            f"{name} and MESHGATE_WEBHOOK_SECRET_KEY are both set; use {name} alone"
+        )
+    try:
+        _sealing_key_list(secret.reveal())
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be comma-separated kid:base64 entries, the primary first: distinct"
+            " ids of 1-32 characters of A-Z a-z 0-9 _ -, keys of 32 bytes"
+            " (e.g. `k2:$(openssl rand -base64 32),k1:...`)"
+        ) from None
+    return secret
+
+
 def _key_list(secret: Secret) -> tuple[bytes, ...]:
     """Comma-separated base64 keys of at least 32 bytes each, the signing key first."""
     keys = []
@@ -329,14 +373,25 @@ class Settings:
     webhook_max_response_bytes: int = 64 * 1024
     webhook_allowed_hosts: frozenset[str] = frozenset()
     webhook_secret_key: Secret | None = None
+    # sealing keys by id, the primary first (`kid:base64,...`); wins over webhook_secret_key
+    webhook_secret_keys: Secret | None = None
     webhook_ca_file: Path | None = None
     # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
     page_token_keys: Secret | None = None
 
     def webhook_sealing_key(self) -> bytes | None:
+        """The primary sealing key."""
+        keys = self.webhook_sealing_keys()
+        return keys[0][1] if keys else None
+
+    def webhook_sealing_keys(self) -> tuple[tuple[str, bytes], ...]:
+        """(key id, key) pairs, the primary first; MESHGATE_WEBHOOK_SECRET_KEY alone is the
+        key `default`; empty: secrets are stored unencrypted."""
+        if self.webhook_secret_keys is not None:
+            return _sealing_key_list(self.webhook_secret_keys.reveal())
         if self.webhook_secret_key is None:
-            return None
-        return base64.b64decode(self.webhook_secret_key.reveal())
+            return ()
+        return ((DEFAULT_KEY_ID, base64.b64decode(self.webhook_secret_key.reveal())),)
 
     def page_token_key_list(self) -> tuple[bytes, ...] | None:
         return None if self.page_token_keys is None else _key_list(self.page_token_keys)
@@ -421,6 +476,7 @@ class Settings:
             ),
             webhook_allowed_hosts=_allowed_hosts(env),
             webhook_secret_key=_sealing_key(env),
+            webhook_secret_keys=_sealing_keys(env),
             webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=_page_token_keys(env),
         )

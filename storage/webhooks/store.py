@@ -33,7 +33,7 @@ from storage.core.ids import (
 )
 from storage.core.pages import decode_page_token, page_of
 from storage.core.rotation import check_grace, in_force, retire_previous
-from storage.webhooks.sealing import SecretBox
+from storage.webhooks.sealing import SealedSecretError, SecretBox
 
 __all__ = [
     "DELIVERY_ID_RE",
@@ -181,6 +181,7 @@ class WebhookStore:
             "updated_at": now,
             "secret_rotated_at": None,
             "secrets": [self._sealed(scope, webhook_id, secret, now)],
+            "sealed_by": self._box.primary,
         }
         await collection.insert_one(doc)
         return _webhook(doc), secret
@@ -254,7 +255,12 @@ class WebhookStore:
             deadline_of=lambda s: s.get("not_after"),
             with_deadline=lambda s, not_after: {**s, "not_after": not_after},
         )
-        kept = kept[-(MAX_SECRETS - 1) :]
+        # the kept secrets move to the primary sealing key too: `sealed_by` stays true
+        context = f"{scope.namespace_id}/{webhook_id}"
+        kept = [
+            {**k, "sealed": self._box.reseal(k["sealed"], context=context)}
+            for k in kept[-(MAX_SECRETS - 1) :]
+        ]
         secret = new_secret()
         doc = await collection.find_one_and_update(
             # only if nobody rotated in between: a concurrent rotation's secret must not vanish
@@ -262,6 +268,7 @@ class WebhookStore:
             {
                 "$set": {
                     "secrets": [*kept, self._sealed(scope, webhook_id, secret, now)],
+                    "sealed_by": self._box.primary,
                     "secret_rotated_at": now,
                     "updated_at": now,
                 }
@@ -315,11 +322,56 @@ class WebhookStore:
                     "updated_at": now,
                     "secret_rotated_at": None,
                     "secrets": [self._sealed(scope, webhook_id, secret, now)],
+                    "sealed_by": self._box.primary,
                 }
             },
             upsert=True,
         )
         return secret
+
+    async def reseal_pending(self) -> tuple[int, int]:
+        """Re-seals under the primary key the secrets of every webhook sealed (even partly)
+        under another key; returns how many were re-sealed, and how many could not be
+        opened with the configured keys (left as they are, and counted every round).
+
+        Every write of a webhook's secrets records the key that sealed them all
+        (`sealed_by`), so the webhooks left to do are found by one equality. That
+        scan reads pointers across namespaces (scope and webhook_id, like the work
+        queue); each webhook is then read and written through its own scope, with
+        a compare-and-set on what was read: a rotation or another replica's
+        re-seal in between wins, and this one is skipped (the next round looks
+        again). Safe on many replicas, and idempotent."""
+        pointers = self._mongo.database[self.COLLECTION].find(
+            {"sealed_by": {"$ne": self._box.primary}},
+            {"_id": 0, "namespace_id": 1, "internal_id": 1, "webhook_id": 1},
+        )
+        resealed = unopened = 0
+        async for pointer in pointers:
+            scope = Scope(internal_id=pointer["internal_id"], namespace_id=pointer["namespace_id"])
+            try:
+                resealed += await self._reseal(scope, pointer["webhook_id"])
+            except SealedSecretError:
+                unopened += 1
+        return resealed, unopened
+
+    async def _reseal(self, scope: Scope, webhook_id: str) -> int:
+        collection = self._collection(scope)
+        current = await collection.find_one({"webhook_id": webhook_id})
+        if current is None or current.get("sealed_by") == self._box.primary:
+            return 0
+        context = f"{scope.namespace_id}/{webhook_id}"
+        secrets_now = [
+            {**s, "sealed": self._box.reseal(s["sealed"], context=context)}
+            for s in current.get("secrets", ())
+        ]
+        return await collection.update_one(
+            {
+                "webhook_id": webhook_id,
+                "secret_rotated_at": current.get("secret_rotated_at"),
+                "sealed_by": current.get("sealed_by"),
+            },
+            {"$set": {"secrets": secrets_now, "sealed_by": self._box.primary}},
+        )
 
     async def delete(self, scope: Scope, webhook_id: str) -> None:
         if not await self._collection(scope).delete_one(

@@ -66,11 +66,13 @@ def backup_restore(channel: grpc.Channel, admin: str, *, items: int) -> dict[str
         ids = range(start, min(start + 100, items))
         documents.BatchCreateDocuments(
             document_service_pb2.BatchCreateDocumentsRequest(
-                documents=[
-                    document_service_pb2.Document(
-                        document_id=f"doc-{i}",
-                        body=_struct({"text": f"document {i} " * 8}),
-                        metadata=_struct({"group": i % 10}),
+                requests=[
+                    document_service_pb2.CreateDocumentRequest(
+                        document=document_service_pb2.Document(
+                            document_id=f"doc-{i}",
+                            body=_struct({"text": f"document {i} " * 8}),
+                            metadata=_struct({"group": i % 10}),
+                        )
                     )
                     for i in ids
                 ]
