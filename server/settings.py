@@ -31,6 +31,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SettingsError",
+    "check_mongodb_uri",
     "load_plans",
     "parse_durations",
 ]
@@ -71,18 +72,29 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+def check_mongodb_uri(uri: str, *, name: str = "MESHGATE_MONGODB_URI") -> str:
+    """Its options may weaken the write and read concerns (at the operator's risk), but
+    never move reads off the primary: meshgate reads its own writes."""
+    for key, value in parse_qsl(urlsplit(uri).query):
+        if key.lower() == "readpreference" and value.lower() != "primary":
+            raise SettingsError(
+                f"{name}: readPreference must be primary (meshgate reads its own writes)"
+            )
+    return uri
+
+
 def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
-    """MESHGATE_MONGODB_URI; its options may weaken the write and read concerns (at the
-    operator's risk), but never move reads off the primary: meshgate reads its own writes."""
-    name = "MESHGATE_MONGODB_URI"
-    secret = _secret(env, name)
+    secret = _secret(env, "MESHGATE_MONGODB_URI")
     if secret is not None:
-        for key, value in parse_qsl(urlsplit(secret.reveal()).query):
-            if key.lower() == "readpreference" and value.lower() != "primary":
-                raise SettingsError(
-                    f"{name}: readPreference must be primary (meshgate reads its own writes)"
-                )
+        check_mongodb_uri(secret.reveal())
     return secret
+
+
+def _watched_file(env: Mapping[str, str], name: str) -> Path | None:
+    """The file a secret came from, when it came from one: watched for rotations
+    (server/credentials.py)."""
+    raw = env.get(name)
+    return Path(raw) if raw else None
 
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
@@ -337,6 +349,9 @@ class Settings:
     insecure: bool = False
     mongodb_uri: Secret | None = None
     mongodb_database: str = "meshgate"
+    # the files the two came from, if any: a new value in them switches connections
+    mongodb_uri_file: Path | None = None
+    redis_url_file: Path | None = None
     redis_url: Secret | None = None
     # MESHGATE_REDIS_URL names a node of a Redis Cluster
     redis_cluster: bool = False
@@ -430,6 +445,8 @@ class Settings:
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
             insecure=_bool(env, "MESHGATE_INSECURE"),
             mongodb_uri=_mongodb_uri(env),
+            mongodb_uri_file=_watched_file(env, "MESHGATE_MONGODB_URI_FILE"),
+            redis_url_file=_watched_file(env, "MESHGATE_REDIS_URL_FILE"),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
             redis_url=redis_url,
             redis_cluster=redis_cluster,

@@ -27,6 +27,7 @@ Restored webhooks get new secrets (the file holds none), returned once.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ _POINT_BATCH = 256
 _POINT_PAGE = 1000
 _FLUSH_BYTES = 64 * 1024
 _PROGRESS_EVERY = 1000
-_SPOOL_CHUNK = 1024 * 1024
+_SPOOL_CHUNK = 256 * 1024
+# decoding and checking is CPU work: other calls get the event loop this often
+_YIELD_EVERY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,8 @@ class NamespaceBackup:
             if len(out) >= _FLUSH_BYTES:
                 yield bytes(out)
                 out.clear()
+            elif sum(done.values()) % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         out += encoder.end()
         yield bytes(out)
         yield progress()
@@ -339,12 +344,16 @@ class NamespaceBackup:
     async def _check(self, chunks: AsyncIterable[bytes], spool: IO[bytes]) -> str:
         """Pass 1: the whole file is read, spooled and checked; the checksum it declares."""
         items = _Items()
+        seen = 0
         async for chunk in chunks:
             spool.write(chunk)
             for record in items.decoder.feed(chunk):
                 kind, item = items.parse(record)
                 if kind == "webhook":
                     await self._vet_url(item.url)
+                seen += 1
+                if seen % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a big chunk is CPU work: let other calls run
         items.decoder.finish()
         return items.decoder.checksum
 
@@ -385,9 +394,13 @@ class NamespaceBackup:
         points: list[tuple[str, list[float], dict[str, Any]]] = []
         webhooks: list[tuple[WebhookRecord, str]] = []
         counts = {"document": 0, "point": 0}
+        seen = 0
         while chunk := spool.read(_SPOOL_CHUNK):
             for record in items.decoder.feed(chunk):
                 kind, item = items.parse(record)
+                seen += 1
+                if seen % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 if kind == "document":
                     documents.append(item)
                     if len(documents) >= _DOCUMENT_BATCH:
