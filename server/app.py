@@ -40,6 +40,7 @@ from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
+from server.credentials import CredentialFiles
 from server.health import (
     HEALTH_SERVICE,
     TrackedHealth,
@@ -70,6 +71,8 @@ class RunningServer:
     health: TrackedHealth
     components: Components
     tls: ReloadingServerCredentials | None
+    # watches the store credential files (server/credentials.py)
+    credentials: CredentialFiles | None = None
     metrics_port: int = 0
     metrics_server: Any = None
     # counters of the background work (tasks, deliveries)
@@ -255,5 +258,9 @@ async def create_server(
         work_metrics=background.metrics,
         tasks=start_background(c, background, monitor),
     )
+    credentials = CredentialFiles(settings=settings, backends=backends)
+    if credentials.watching:
+        running.credentials = credentials
+        running.tasks.append(asyncio.create_task(credentials.run(), name="credential-files"))
     await c.invalidation.wait_live(2.0)
     return running

@@ -171,6 +171,16 @@ async def _every(
         await asyncio.sleep(every_s)
 
 
+async def _reseal(c: Components) -> None:
+    resealed, unopened = await c.webhooks.reseal_pending()
+    if resealed:
+        _LOG.info("re-sealed the secrets of %d webhooks under the primary sealing key", resealed)
+    if unopened:
+        _LOG.warning(
+            "the secrets of %d webhooks open with none of the configured sealing keys", unopened
+        )
+
+
 def start_background(
     c: Components, background: Background, monitor: DependencyMonitor
 ) -> list[asyncio.Task[None]]:
@@ -186,6 +196,11 @@ def start_background(
         # deletions a crash interrupted: at start-up, then every minute
         "namespace-deletions": _every(
             60.0, c.purger.finish_pending, failing="finish namespace deletions", first=True
+        ),
+        # webhook secrets sealed under an older key move to the primary: at start-up, then
+        # every minute (storage/webhooks/sealing.py)
+        "webhook-reseal": _every(
+            60.0, lambda: _reseal(c), failing="re-seal webhook secrets", first=True
         ),
         # kept buffered when it fails; retried next time
         "usage-flush": _every(1.0, c.flush_usage, failing="flush usage / settle credits"),

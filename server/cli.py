@@ -1,4 +1,4 @@
-"""The `meshgate` command: `serve` and `bootstrap`."""
+"""The `meshgate` command: `serve`, `bootstrap`, `backup` and `restore` (server/backup_cli.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
+from server.backup_cli import add_backup_commands, run_backup_command
 from server.bootstrap import bootstrap, write_secret_file
 from server.embedded import EmbeddedEngineMissingError
 from server.logs import configure_logging
@@ -219,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         "--key-file", type=Path, help="write the secret here (0600) instead of stdout"
     )
     boot.add_argument("--another", action="store_true", help="add an organization to a used store")
+    add_backup_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("backup", "restore"):  # clients of a running server: no settings
+        return run_backup_command(args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

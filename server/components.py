@@ -8,6 +8,7 @@ credit events that publish through them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from storage.backends.server_secrets import shared_secret
 from storage.backends.work_queue import WorkQueue
 from storage.core.page_tokens import PageTokens
 from storage.core.plans import PlanLookup
+from storage.data.backup import NamespaceBackup
 from storage.data.cascade import NamespacePurger
 from storage.data.documents import DocumentStore
 from storage.data.tasks import TaskStore
@@ -67,6 +69,8 @@ class Components:
     documents: DocumentStore
     vectors: VectorStore
     purger: NamespacePurger
+    # namespace export and import (docs/backup.md)
+    backups: NamespaceBackup
     invalidation: InvalidationBus
     limiter: RateLimiter
     accounts: CreditAccounts
@@ -147,10 +151,11 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         timeout_s=settings.limiter_timeout_s,
         on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
     )
-    box = SecretBox(settings.webhook_sealing_key())
+    box = SecretBox(settings.webhook_sealing_keys())
     if not box.encrypts:
         _LOG.warning(
             "webhook signing secrets are stored unencrypted; set MESHGATE_WEBHOOK_SECRET_KEY"
+            " or MESHGATE_WEBHOOK_SECRET_KEYS"
         )
     queue = WorkQueue(mongo=mongo)
     webhooks = WebhookStore(mongo=mongo, box=box)
@@ -181,14 +186,25 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     # every stored batch of the ledger is settled by the accounts
     usage = UsageRecorder(mongo=mongo, replica=replica, on_flushed=accounts.recorded)
     await usage.ensure_indexes()
+    documents = DocumentStore(mongo=mongo)
+    sender = _sender(settings)
+    backups = NamespaceBackup(
+        mongo=mongo,
+        documents=documents,
+        vectors=vectors,
+        webhooks=webhooks,
+        vet_url=sender.vet,
+        meshgate_version=importlib.metadata.version("meshgate"),
+    )
     return Components(
         organizations=organizations,
         keys=keys,
         idle_keys=IdleKeyStore(mongo=mongo),
         namespaces=namespaces,
         verifier=verifier,
-        documents=DocumentStore(mongo=mongo),
+        documents=documents,
         vectors=vectors,
+        backups=backups,
         purger=NamespacePurger(
             mongo=mongo, redis=backends.redis, vectors=vectors, namespaces=namespaces
         ),
@@ -212,7 +228,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         deliveries=deliveries,
         outbox=outbox,
         events=events,
-        sender=_sender(settings),
+        sender=sender,
         task_due=task_due,
         delivery_due=delivery_due,
         page_tokens=PageTokens(page_keys),

@@ -103,7 +103,10 @@ SERVICES = (
         namespace_service_pb2.DESCRIPTOR.services_by_name["NamespaceService"],
         needs=("mongodb", "redis", "qdrant"),
         servicer=lambda c, _: NamespaceServicer(
-            namespaces=c.namespaces, invalidation=c.invalidation, purger=c.purger
+            namespaces=c.namespaces,
+            invalidation=c.invalidation,
+            purger=c.purger,
+            backups=c.backups,
         ),
         add=namespace_service_pb2_grpc.add_NamespaceServiceServicer_to_server,
     ),

@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
+from storage.webhooks.sealing import DEFAULT_KEY_ID
 from storage.webhooks.targets import TargetPolicy
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SettingsError",
+    "check_mongodb_uri",
     "load_plans",
     "load_routes",
     "parse_durations",
@@ -73,18 +76,29 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+def check_mongodb_uri(uri: str, *, name: str = "MESHGATE_MONGODB_URI") -> str:
+    """Its options may weaken the write and read concerns (at the operator's risk), but
+    never move reads off the primary: meshgate reads its own writes."""
+    for key, value in parse_qsl(urlsplit(uri).query):
+        if key.lower() == "readpreference" and value.lower() != "primary":
+            raise SettingsError(
+                f"{name}: readPreference must be primary (meshgate reads its own writes)"
+            )
+    return uri
+
+
 def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
-    """MESHGATE_MONGODB_URI; its options may weaken the write and read concerns (at the
-    operator's risk), but never move reads off the primary: meshgate reads its own writes."""
-    name = "MESHGATE_MONGODB_URI"
-    secret = _secret(env, name)
+    secret = _secret(env, "MESHGATE_MONGODB_URI")
     if secret is not None:
-        for key, value in parse_qsl(urlsplit(secret.reveal()).query):
-            if key.lower() == "readpreference" and value.lower() != "primary":
-                raise SettingsError(
-                    f"{name}: readPreference must be primary (meshgate reads its own writes)"
-                )
+        check_mongodb_uri(secret.reveal())
     return secret
+
+
+def _watched_file(env: Mapping[str, str], name: str) -> Path | None:
+    """The file a secret came from, when it came from one: watched for rotations
+    (server/credentials.py)."""
+    raw = env.get(name)
+    return Path(raw) if raw else None
 
 
 def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
@@ -245,6 +259,48 @@ def _sealing_key(env: Mapping[str, str]) -> Secret | None:
     return secret
 
 
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _sealing_key_list(value: str) -> tuple[tuple[str, bytes], ...]:
+    """`kid:base64,...`: ids of 1-32 of [A-Za-z0-9_-], distinct; keys of 32 bytes."""
+    pairs: list[tuple[str, bytes]] = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        kid, _, encoded = part.strip().partition(":")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not _KEY_ID_RE.match(kid) or len(key) != 32:
+            raise ValueError
+        pairs.append((kid, key))
+    if not pairs or len({kid for kid, _ in pairs}) != len(pairs):
+        raise ValueError
+    return tuple(pairs)
+
+
+def _sealing_keys(env: Mapping[str, str]) -> Secret | None:
+    name = "MESHGATE_WEBHOOK_SECRET_KEYS"
+    secret = _secret(env, name)
+    if secret is None:
+        return None
+    if _secret(env, "MESHGATE_WEBHOOK_SECRET_KEY") is not None:
+        raise SettingsError(
+            f"{name} and MESHGATE_WEBHOOK_SECRET_KEY are both set; use {name} alone"
+        )
+    try:
+        _sealing_key_list(secret.reveal())
+    except ValueError:
+        raise SettingsError(
+            f"{name} must be comma-separated kid:base64 entries, the primary first: distinct"
+            " ids of 1-32 characters of A-Z a-z 0-9 _ -, keys of 32 bytes"
+            " (e.g. `k2:$(openssl rand -base64 32),k1:...`)"
+        ) from None
+    return secret
+
+
 def _key_list(secret: Secret) -> tuple[bytes, ...]:
     """Comma-separated base64 keys of at least 32 bytes each, the signing key first."""
     keys = []
@@ -314,6 +370,9 @@ class Settings:
     insecure: bool = False
     mongodb_uri: Secret | None = None
     mongodb_database: str = "meshgate"
+    # the files the two came from, if any: a new value in them switches connections
+    mongodb_uri_file: Path | None = None
+    redis_url_file: Path | None = None
     redis_url: Secret | None = None
     # MESHGATE_REDIS_URL names a node of a Redis Cluster
     redis_cluster: bool = False
@@ -354,6 +413,8 @@ class Settings:
     webhook_max_response_bytes: int = 64 * 1024
     webhook_allowed_hosts: frozenset[str] = frozenset()
     webhook_secret_key: Secret | None = None
+    # sealing keys by id, the primary first (`kid:base64,...`); wins over webhook_secret_key
+    webhook_secret_keys: Secret | None = None
     webhook_ca_file: Path | None = None
     # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
     page_token_keys: Secret | None = None
@@ -368,9 +429,18 @@ class Settings:
     ext_authz_remove_authorization: bool = True
 
     def webhook_sealing_key(self) -> bytes | None:
+        """The primary sealing key."""
+        keys = self.webhook_sealing_keys()
+        return keys[0][1] if keys else None
+
+    def webhook_sealing_keys(self) -> tuple[tuple[str, bytes], ...]:
+        """(key id, key) pairs, the primary first; MESHGATE_WEBHOOK_SECRET_KEY alone is the
+        key `default`; empty: secrets are stored unencrypted."""
+        if self.webhook_secret_keys is not None:
+            return _sealing_key_list(self.webhook_secret_keys.reveal())
         if self.webhook_secret_key is None:
-            return None
-        return base64.b64decode(self.webhook_secret_key.reveal())
+            return ()
+        return ((DEFAULT_KEY_ID, base64.b64decode(self.webhook_secret_key.reveal())),)
 
     def page_token_key_list(self) -> tuple[bytes, ...] | None:
         return None if self.page_token_keys is None else _key_list(self.page_token_keys)
@@ -409,6 +479,8 @@ class Settings:
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
             insecure=_bool(env, "MESHGATE_INSECURE"),
             mongodb_uri=_mongodb_uri(env),
+            mongodb_uri_file=_watched_file(env, "MESHGATE_MONGODB_URI_FILE"),
+            redis_url_file=_watched_file(env, "MESHGATE_REDIS_URL_FILE"),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
             redis_url=redis_url,
             redis_cluster=redis_cluster,
@@ -457,6 +529,7 @@ class Settings:
             ),
             webhook_allowed_hosts=_allowed_hosts(env),
             webhook_secret_key=_sealing_key(env),
+            webhook_secret_keys=_sealing_keys(env),
             webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=_page_token_keys(env),
             sidecar_listen=_listen(env, "MESHGATE_SIDECAR_LISTEN", "off"),

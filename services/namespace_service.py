@@ -1,7 +1,9 @@
-"""NamespaceService: create and list namespaces; get and delete the one in `x-namespace`."""
+"""NamespaceService: create and list namespaces; get, delete, export and import the one in
+`x-namespace`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from meshgate.v1 import namespace_service_pb2 as pb
@@ -11,6 +13,7 @@ from interceptors.context import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
 from storage.core.errors import PermissionDeniedError
 from storage.core.pages import page_size
+from storage.data.backup import BackupCounts, ExportProgress, NamespaceBackup
 from storage.data.cascade import NamespacePurger
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.namespaces import Namespace, NamespaceStore
@@ -34,10 +37,12 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         namespaces: NamespaceStore,
         invalidation: InvalidationBus,
         purger: NamespacePurger,
+        backups: NamespaceBackup,
     ) -> None:
         self._namespaces = namespaces
         self._invalidation = invalidation
         self._purger = purger
+        self._backups = backups
 
     async def CreateNamespace(
         self, request: pb.CreateNamespaceRequest, context: Any
@@ -88,3 +93,40 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         await self._invalidation.namespace_deleted(scope.namespace_id)
         await self._purger.finish(scope)
         return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)
+
+    async def ExportNamespace(
+        self, request: pb.ExportNamespaceRequest, context: Any
+    ) -> AsyncIterator[pb.ExportNamespaceResponse]:
+        call = current_call.get()
+        async for item in self._backups.export(call.require_scope(), call.require_namespace()):
+            if isinstance(item, ExportProgress):
+                yield pb.ExportNamespaceResponse(
+                    progress=pb.ExportProgress(done=_counts(item.done), total=_counts(item.total))
+                )
+            else:
+                yield pb.ExportNamespaceResponse(data=item)
+
+    async def ImportNamespace(
+        self, request_iterator: AsyncIterable[pb.ImportNamespaceRequest], context: Any
+    ) -> pb.ImportNamespaceResponse:
+        scope = current_call.get().require_scope()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for request in request_iterator:
+                yield request.data
+
+        result = await self._backups.restore(scope, chunks())
+        return pb.ImportNamespaceResponse(
+            namespace_id=scope.namespace_id,
+            restored=_counts(result.restored),
+            webhooks=[
+                pb.RestoredWebhook(webhook_id=w.webhook_id, url=w.url, secret=secret)
+                for w, secret in result.webhooks
+            ],
+        )
+
+
+def _counts(counts: BackupCounts) -> pb.BackupCounts:
+    return pb.BackupCounts(
+        documents=counts.documents, points=counts.points, webhooks=counts.webhooks
+    )

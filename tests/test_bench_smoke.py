@@ -59,3 +59,6 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["load"]["per_document_first_batches_ms"] > 0
     assert data["load"]["end"]["get_ms"] > 0
     assert "load: 500 documents" in result.stdout
+    assert data["backup"]["items"] == 400
+    assert data["backup"]["export_items_per_s"] > 0 and data["backup"]["import_items_per_s"] > 0
+    assert "backup of 200 documents + 200 points" in result.stdout

@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+import gzip
+from collections.abc import AsyncIterator
+
 import grpc
 from google.protobuf import field_mask_pb2
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from meshgate.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -252,6 +256,7 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(
         "ListNamespaces": await n.ListNamespaces(
             namespace_service_pb2.ListNamespacesRequest(), metadata=md
         ),
+        **await _backup_responses(tenant, data_md, needle),
         "DeleteNamespace": await n.DeleteNamespace(
             namespace_service_pb2.DeleteNamespaceRequest(), metadata=auth(tenant.admin, ns.name)
         ),
@@ -311,3 +316,25 @@ async def _cancel_response(
     except grpc.aio.AioRpcError as error:  # finished already: the API answered without a body
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         return task_service_pb2.CancelTaskResponse()
+
+
+async def _backup_responses(tenant: Tenant, data_md: Metadata, needle: bytes) -> dict[str, Message]:
+    """ExportNamespace's last message and ImportNamespace's response; every exported message,
+    and the file they make, checked here too."""
+    n = tenant.namespaces
+    exported = [
+        m
+        async for m in n.ExportNamespace(
+            namespace_service_pb2.ExportNamespaceRequest(), metadata=data_md
+        )
+    ]
+    data = b"".join(m.data for m in exported)
+    assert needle not in gzip.decompress(data)
+    assert all(needle not in m.SerializeToString() for m in exported)
+    target = await tenant.namespace()
+
+    async def chunks() -> AsyncIterator[namespace_service_pb2.ImportNamespaceRequest]:
+        yield namespace_service_pb2.ImportNamespaceRequest(data=data)
+
+    imported = await n.ImportNamespace(chunks(), metadata=auth(tenant.admin, target.name))
+    return {"ExportNamespace": exported[-1], "ImportNamespace": imported}

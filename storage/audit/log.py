@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.audit.anchor import AuditAnchor
@@ -70,6 +71,11 @@ class _Head:
 
 
 class AuditLog:
+    @property
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.database["audit_blocks"]
+
     def __init__(
         self,
         *,
@@ -80,7 +86,7 @@ class AuditLog:
         retry_s: float = 1.0,
         gather_s: float = 0.2,
     ) -> None:
-        self._collection = mongo.database["audit_blocks"]
+        self._mongo = mongo
         self._anchor = anchor
         self._gather_s = gather_s
         self._queue: deque[dict[str, Any]] = deque()

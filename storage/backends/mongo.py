@@ -40,6 +40,8 @@ NAMESPACED_COLLECTIONS = (
     "webhooks",
     "events",
     "deliveries",
+    # the marker of a namespace's restore from a backup (storage/data/backup.py)
+    "restores",
 )
 
 Document = dict[str, Any]
@@ -108,11 +110,23 @@ class _PoolCleared(monitoring.ConnectionPoolListener):
 
 
 class MongoStore:
-    """One client, one database; owns index creation and scoped collection hand-out."""
+    """One client, one database; owns index creation and scoped collection hand-out.
+
+    The client can be replaced while serving (`switch`, when the credentials
+    file changes): stores take their collections from here at each call, never
+    keep one, so every call that starts after the switch uses the new client,
+    and a call in flight finishes on the old one, which the caller closes after
+    a grace period."""
 
     def __init__(self, *, uri: str, database: str, timeout_ms: int = 5_000) -> None:
         self._pool_cleared = _PoolCleared()
-        self._client: AsyncMongoClient[Document] = AsyncMongoClient(
+        self._database_name = database
+        self._timeout_ms = timeout_ms
+        self._use(self._connect(uri))
+
+    def _connect(self, uri: str) -> AsyncMongoClient[Document]:
+        timeout_ms = self._timeout_ms
+        return AsyncMongoClient(
             uri,
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
@@ -122,12 +136,29 @@ class MongoStore:
             event_listeners=[MongoCommandSpans(), self._pool_cleared],
             **client_options(uri),
         )
-        self._db: AsyncDatabase[Document] = self._client[database]
+
+    def _use(self, client: AsyncMongoClient[Document]) -> None:
+        self._client = client
+        self._db: AsyncDatabase[Document] = client[self._database_name]
         self.organizations: AsyncCollection[Document] = self._db["organizations"]
         self.keys: AsyncCollection[Document] = self._db["keys"]
         self.namespaces: AsyncCollection[Document] = self._db["namespaces"]
         # pointers to due work across namespaces (storage/backends/work_queue.py); never tenant data
         self.work_queue: AsyncCollection[Document] = self._db["work_queue"]
+
+    async def switch(self, uri: str) -> AsyncMongoClient[Document]:
+        """Connects with `uri` (it must answer a ping, else nothing changes) and makes it the
+        client of every call from now on; returns the previous client, for the caller to
+        close once the calls in flight on it are done."""
+        client = self._connect(uri)
+        try:
+            await client.admin.command("ping")
+        except BaseException:
+            await client.close()
+            raise
+        previous = self._client
+        self._use(client)
+        return previous
 
     async def ensure_indexes(self) -> None:
         await self.organizations.create_index([("organization_id", ASCENDING)], unique=True)
@@ -154,6 +185,7 @@ class MongoStore:
         # UpdateDocument's and ingestion's compare-and-set filter (document_id, revision)
         await self._db["documents"].create_index(scoped("document_id", "revision"))
         await self._db["vector_stores"].create_index([("namespace_id", ASCENDING)], unique=True)
+        await self._db["restores"].create_index(scope, unique=True)
         for name, field in (
             ("tasks", "task_id"),
             ("webhooks", "webhook_id"),

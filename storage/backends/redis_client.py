@@ -27,12 +27,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = [
     "ClusterClient",
     "RedisClient",
+    "adopt_connections",
     "learn_topology",
     "next_shard_message",
     "ping",
@@ -95,3 +97,19 @@ async def next_shard_message(pubsub: PubSub, *, timeout_s: float) -> dict[str, A
     else:
         message = await pubsub.get_message(timeout=timeout_s)
     return dict(message) if message is not None else None
+
+
+async def adopt_connections(client: Redis, fresh: Redis) -> ConnectionPool:
+    """`client` takes `fresh`'s connections (new credentials, after a secret rotation) and
+    returns its previous pool, for the caller to close after a grace period.
+
+    Every store holds the same client object and every command asks it for its
+    pool when it starts, so commands from now on run on the new connections;
+    a command in flight releases its connection to the pool it came from, and a
+    subscription keeps its connection until that pool is closed (then it
+    subscribes again, on the new pool). `fresh` must answer a PING first:
+    nothing changes when it cannot connect."""
+    await fresh.ping()
+    previous = client.connection_pool
+    client.connection_pool = fresh.connection_pool
+    return previous

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
@@ -61,8 +62,13 @@ def _row_id(kind: str, ref: str) -> str:
 
 
 class WorkQueue:
+    @property
+    def _rows(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.work_queue
+
     def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
-        self._rows = mongo.work_queue
+        self._mongo = mongo
         self._now = now
 
     async def reserve(self, kind: str, scope: Scope, ref: str) -> None:

@@ -247,6 +247,23 @@ class VectorStore:
             )
         return [_point(r) for r in records]
 
+    async def page(
+        self, scope: Scope, *, offset: str | None, limit: int
+    ) -> tuple[list[StoredPoint], str | None]:
+        """Points with vectors and payloads in Qdrant's id order, and where the next page
+        starts (None after the last); for backups (storage/data/backup.py)."""
+        await self.config(scope)
+        with client_span("qdrant", "scroll"):
+            records, next_offset = await self._qdrant.scroll(
+                collection_name(scope.namespace_id),
+                scroll_filter=self._namespace_filter(scope),
+                limit=limit,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+        return [_point(r) for r in records], None if next_offset is None else str(next_offset)
+
     async def count(self, scope: Scope) -> int:
         await self.config(scope)
         result = await self._qdrant.count(

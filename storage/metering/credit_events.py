@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
@@ -45,8 +46,13 @@ class ThresholdPublisher(Protocol):
 
 
 class CreditEvents:
+    @property
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.database["credit_events"]
+
     def __init__(self, *, mongo: MongoStore, publisher: ThresholdPublisher | None = None) -> None:
-        self._collection = mongo.database["credit_events"]
+        self._mongo = mongo
         # without a publisher (no webhooks wired) threshold events are only recorded
         self._publisher = publisher
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
@@ -191,8 +192,13 @@ def _retired_doc(secret: KeySecret, not_after: datetime) -> dict[str, Any]:
 class KeyStore:
     """Key documents, looked up by secret digest (unique index on `secrets.digest`)."""
 
+    @property
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.keys
+
     def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
-        self._collection = mongo.keys
+        self._mongo = mongo
         self._now = now
 
     async def create(

@@ -6,7 +6,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
@@ -48,6 +50,11 @@ def _from_doc(doc: dict[str, object]) -> Namespace:
 class NamespaceStore:
     """Namespaces of an organization; every query is filtered on its internal_id."""
 
+    @property
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.namespaces
+
     def __init__(
         self,
         *,
@@ -55,7 +62,7 @@ class NamespaceStore:
         cache_ttl_s: float = 5.0,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._collection = mongo.namespaces
+        self._mongo = mongo
         self._now = now
         # (internal_id, reference) -> Namespace; dropped on delete via the invalidation bus.
         self._cache: TTLCache[tuple[str, str], Namespace] = TTLCache(

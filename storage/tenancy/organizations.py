@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from storage.backends.mongo import MongoStore
@@ -60,6 +62,11 @@ def _from_doc(doc: dict[str, object]) -> Organization:
 class OrganizationStore:
     """Organizations by public id, with a per-process cache of the id mapping."""
 
+    @property
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
+        """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
+        return self._mongo.organizations
+
     def __init__(
         self,
         *,
@@ -67,7 +74,7 @@ class OrganizationStore:
         cache_ttl_s: float = 300.0,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
-        self._collection = mongo.organizations
+        self._mongo = mongo
         self._cache: TTLCache[str, Organization] = TTLCache(ttl_s=cache_ttl_s, max_entries=10_000)
         self._now = now
 

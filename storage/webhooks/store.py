@@ -28,7 +28,7 @@ from storage.core.ids import (
 )
 from storage.core.pages import decode_page_token, page_of
 from storage.core.rotation import check_grace, in_force, retire_previous
-from storage.webhooks.sealing import SecretBox
+from storage.webhooks.sealing import SealedSecretError, SecretBox
 
 __all__ = [
     "EVENT_TYPES",
@@ -37,7 +37,9 @@ __all__ = [
     "WILDCARD",
     "WebhookRecord",
     "WebhookStore",
+    "check_description",
     "check_event_types",
+    "check_webhook_id",
 ]
 
 EVENT_TYPES = (
@@ -84,7 +86,7 @@ def check_description(value: str) -> str:
     return value
 
 
-def _webhook_id(webhook_id: str) -> str:
+def check_webhook_id(webhook_id: str) -> str:
     if not WEBHOOK_ID_RE.match(webhook_id):
         raise InvalidArgumentError("webhook_id is malformed (expected wh_...)")
     return webhook_id
@@ -167,13 +169,14 @@ class WebhookStore:
             "updated_at": now,
             "secret_rotated_at": None,
             "secrets": [self._sealed(scope, webhook_id, secret, now)],
+            "sealed_by": self._box.primary,
         }
         await collection.insert_one(doc)
         return _webhook(doc), secret
 
     async def get(self, scope: Scope, webhook_id: str) -> WebhookRecord:
         doc = await self._collection(scope).find_one(
-            {"webhook_id": _webhook_id(webhook_id)}, projection=_NO_SECRETS
+            {"webhook_id": check_webhook_id(webhook_id)}, projection=_NO_SECRETS
         )
         if doc is None:
             raise NotFoundError("webhook not found")
@@ -211,7 +214,7 @@ class WebhookStore:
         if changes.get("enabled") is True:
             fields["disabled_reason"] = ""
         doc = await self._collection(scope).find_one_and_update(
-            {"webhook_id": _webhook_id(webhook_id)}, {"$set": fields}, projection=_NO_SECRETS
+            {"webhook_id": check_webhook_id(webhook_id)}, {"$set": fields}, projection=_NO_SECRETS
         )
         if doc is None:
             raise NotFoundError("webhook not found")
@@ -229,7 +232,7 @@ class WebhookStore:
         """A new secret; the previous ones keep signing until now + grace."""
         check_grace(grace, maximum=MAX_GRACE)
         collection = self._collection(scope)
-        current = await collection.find_one({"webhook_id": _webhook_id(webhook_id)})
+        current = await collection.find_one({"webhook_id": check_webhook_id(webhook_id)})
         if current is None:
             raise NotFoundError("webhook not found")
         now = self._now()
@@ -240,7 +243,12 @@ class WebhookStore:
             deadline_of=lambda s: s.get("not_after"),
             with_deadline=lambda s, not_after: {**s, "not_after": not_after},
         )
-        kept = kept[-(MAX_SECRETS - 1) :]
+        # the kept secrets move to the primary sealing key too: `sealed_by` stays true
+        context = f"{scope.namespace_id}/{webhook_id}"
+        kept = [
+            {**k, "sealed": self._box.reseal(k["sealed"], context=context)}
+            for k in kept[-(MAX_SECRETS - 1) :]
+        ]
         secret = new_secret()
         doc = await collection.find_one_and_update(
             # only if nobody rotated in between: a concurrent rotation's secret must not vanish
@@ -248,6 +256,7 @@ class WebhookStore:
             {
                 "$set": {
                     "secrets": [*kept, self._sealed(scope, webhook_id, secret, now)],
+                    "sealed_by": self._box.primary,
                     "secret_rotated_at": now,
                     "updated_at": now,
                 }
@@ -274,6 +283,86 @@ class WebhookStore:
         ]
         return _webhook(doc), secrets_now
 
+    async def all(self, scope: Scope) -> list[WebhookRecord]:
+        """Every webhook of the namespace (at most MAX_WEBHOOKS_PER_NAMESPACE), no secrets."""
+        docs = await self._collection(scope).find(
+            {}, sort=[("webhook_id", 1)], projection=_NO_SECRETS
+        )
+        return [_webhook(doc) for doc in docs]
+
+    async def restore(self, scope: Scope, record: WebhookRecord) -> str:
+        """Writes a webhook read from a backup under its own id, with a new secret (a backup
+        holds none), and returns the secret. Idempotent by webhook_id: writing the same
+        webhook again replaces it, and its secret, so a retried restore ends the same."""
+        now = self._now()
+        webhook_id = check_webhook_id(record.webhook_id)
+        secret = new_secret()
+        await self._collection(scope).update_one(
+            {"webhook_id": webhook_id},
+            {
+                "$set": {
+                    "url": record.url,
+                    "event_types": list(record.event_types),
+                    "enabled": record.enabled,
+                    "description": record.description,
+                    "disabled_reason": record.disabled_reason,
+                    "created_at": record.created_at,
+                    "updated_at": now,
+                    "secret_rotated_at": None,
+                    "secrets": [self._sealed(scope, webhook_id, secret, now)],
+                    "sealed_by": self._box.primary,
+                }
+            },
+            upsert=True,
+        )
+        return secret
+
+    async def reseal_pending(self) -> tuple[int, int]:
+        """Re-seals under the primary key the secrets of every webhook sealed (even partly)
+        under another key; returns how many were re-sealed, and how many could not be
+        opened with the configured keys (left as they are, and counted every round).
+
+        Every write of a webhook's secrets records the key that sealed them all
+        (`sealed_by`), so the webhooks left to do are found by one equality. That
+        scan reads pointers across namespaces (scope and webhook_id, like the work
+        queue); each webhook is then read and written through its own scope, with
+        a compare-and-set on what was read: a rotation or another replica's
+        re-seal in between wins, and this one is skipped (the next round looks
+        again). Safe on many replicas, and idempotent."""
+        pointers = self._mongo.database[self.COLLECTION].find(
+            {"sealed_by": {"$ne": self._box.primary}},
+            {"_id": 0, "namespace_id": 1, "internal_id": 1, "webhook_id": 1},
+        )
+        resealed = unopened = 0
+        async for pointer in pointers:
+            scope = Scope(internal_id=pointer["internal_id"], namespace_id=pointer["namespace_id"])
+            try:
+                resealed += await self._reseal(scope, pointer["webhook_id"])
+            except SealedSecretError:
+                unopened += 1
+        return resealed, unopened
+
+    async def _reseal(self, scope: Scope, webhook_id: str) -> int:
+        collection = self._collection(scope)
+        current = await collection.find_one({"webhook_id": webhook_id})
+        if current is None or current.get("sealed_by") == self._box.primary:
+            return 0
+        context = f"{scope.namespace_id}/{webhook_id}"
+        secrets_now = [
+            {**s, "sealed": self._box.reseal(s["sealed"], context=context)}
+            for s in current.get("secrets", ())
+        ]
+        return await collection.update_one(
+            {
+                "webhook_id": webhook_id,
+                "secret_rotated_at": current.get("secret_rotated_at"),
+                "sealed_by": current.get("sealed_by"),
+            },
+            {"$set": {"secrets": secrets_now, "sealed_by": self._box.primary}},
+        )
+
     async def delete(self, scope: Scope, webhook_id: str) -> None:
-        if not await self._collection(scope).delete_one({"webhook_id": _webhook_id(webhook_id)}):
+        if not await self._collection(scope).delete_one(
+            {"webhook_id": check_webhook_id(webhook_id)}
+        ):
             raise NotFoundError("webhook not found")

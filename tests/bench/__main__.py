@@ -31,7 +31,9 @@ ratios measured in the same run (the machine is noisy):
    `SubmitIngestion` to the signed `task.completed` event arriving at a
    receiver on loopback (p50/p95/max); the task and webhook workers of one
    `meshgate serve` with its default settings (poll interval included).
-5. The load figure (tests/bench/load_documents.py): `--documents` documents
+5. Backup and restore (tests/bench/backup_restore.py): ExportNamespace and
+   ImportNamespace of 10,000 documents and 10,000 points, items per second.
+6. The load figure (tests/bench/load_documents.py): `--documents` documents
    into one namespace through the API, BatchCreateDocuments of 100, on a
    `meshgate serve --dev` with every store embedded (as `make run`): the total
    time, the per-document cost of the first and the last batches, and single
@@ -86,7 +88,7 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
-from tests.bench import load_documents
+from tests.bench import backup_restore, load_documents
 from tests.support.processes import ROOT, RedisServer, free_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Received, Receiver
@@ -669,6 +671,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 MESHGATE_WEBHOOK_SECRET_KEY=base64.b64encode(os.urandom(32)).decode(),
             )
             results["webhooks"] = webhook_delivery(env, hooks, 3 if smoke else args.deliveries)
+            with client_channel(env, hooks.target) as channel:
+                results["backup"] = backup_restore.backup_restore(
+                    channel, env.admin, items=200 if smoke else args.backup_items
+                )
             hooks.stop()
             if args.documents:
                 results["load"] = load_documents.load_documents(
@@ -752,6 +758,7 @@ def table(results: dict[str, Any]) -> str:
         f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
         f" p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms, max {h['max_ms']:.1f} ms",
     ]
+    lines += backup_restore.table(results["backup"])
     if "load" in results:
         lines += ["", *load_documents.table(results["load"])]
     return "\n".join(lines)
@@ -771,6 +778,12 @@ def main() -> None:
         "--rate", type=float, default=500.0, help="the workers' open-loop offered calls/s"
     )
     parser.add_argument("--revocations", type=int, default=50)
+    parser.add_argument(
+        "--backup-items",
+        type=int,
+        default=10_000,
+        help="documents, and as many points, in the exported and imported namespace",
+    )
     parser.add_argument(
         "--deliveries", type=int, default=50, help="tasks whose webhook delivery is timed"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,21 @@ def test_page_token_keys_from_file_signing_key_first(tmp_path: Path) -> None:
     settings = Settings.from_env({"MESHGATE_PAGE_TOKEN_KEYS_FILE": str(keys)})
     assert settings.page_token_key_list() == (b"2" * 33, b"1" * 33)
     assert "MjIy" not in repr(settings)
+
+
+def test_sealing_keys_by_id_primary_first_and_the_single_key_as_default(tmp_path: Path) -> None:
+    k1, k2 = base64.b64encode(b"1" * 32).decode(), base64.b64encode(b"2" * 32).decode()
+    keys_file = tmp_path / "sealing"
+    keys_file.write_text(f"k2:{k2}, k1:{k1}\n")
+    settings = Settings.from_env({"MESHGATE_WEBHOOK_SECRET_KEYS_FILE": str(keys_file)})
+    assert settings.webhook_sealing_keys() == (("k2", b"2" * 32), ("k1", b"1" * 32))
+    assert k2 not in repr(settings)
+    single = Settings.from_env({"MESHGATE_WEBHOOK_SECRET_KEY": k1})
+    assert single.webhook_sealing_keys() == (("default", b"1" * 32),)
+    for bad in (f"k1:{k1},k1:{k2}", f"k1{k1}", "k1:c2hvcnQ=", f"bad id:{k1}"):
+        with pytest.raises(SettingsError, match="MESHGATE_WEBHOOK_SECRET_KEYS"):
+            Settings.from_env({"MESHGATE_WEBHOOK_SECRET_KEYS": bad})
+    with pytest.raises(SettingsError, match="both set"):
+        Settings.from_env(
+            {"MESHGATE_WEBHOOK_SECRET_KEYS": f"k1:{k1}", "MESHGATE_WEBHOOK_SECRET_KEY": k1}
+        )

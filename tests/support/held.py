@@ -20,8 +20,9 @@ from typing import Any, cast
 from pymongo.asynchronous.collection import AsyncCollection
 
 from storage.backends.mongo import MongoStore
+from storage.backends.scoped import Scope, ScopedCollection
 
-__all__ = ["HeldCollection", "Hold", "held_mongo"]
+__all__ = ["HeldCollection", "HeldScopedMongo", "Hold", "held_mongo"]
 
 Document = dict[str, Any]
 
@@ -94,3 +95,18 @@ def held_mongo(
         setattr(store, name, wrapper.as_collection())
         held[name] = wrapper
     return store, held
+
+
+class HeldScopedMongo(MongoStore):
+    """A MongoStore of its own whose scoped collections of one name are held: a namespaced
+    store built on it (documents, webhooks...) can be paused after a real write."""
+
+    def __init__(self, *, uri: str, database: str, name: str) -> None:
+        super().__init__(uri=uri, database=database)
+        self.held = HeldCollection(self.database[name])
+        self._held_name = name
+
+    def scoped(self, name: str, scope: Scope) -> ScopedCollection:
+        if name == self._held_name:
+            return ScopedCollection(self.held.as_collection(), scope)
+        return super().scoped(name, scope)

@@ -1,0 +1,83 @@
+"""Restore interrupted part-way, then retried: it ends as an uninterrupted restore does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from server.app import RunningServer
+from server.backends import Backends
+from storage.data.backup import NamespaceBackup
+from storage.data.documents import DocumentStore
+from tests.support.backups import comparable, export_namespace, file_items, fill, import_namespace
+from tests.support.clients import rpc_error
+from tests.support.held import HeldScopedMongo
+from tests.support.namespace_clients import Docs, Hooks, Vectors, doc
+from tests.support.tenants import Tenant, scope_of
+from tests.support.webhooks import Receiver
+
+
+async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 64 * 1024):
+        yield data[start : start + 64 * 1024]
+
+
+async def test_an_interrupted_restore_is_retried_to_the_same_state(
+    tenant: Tenant,
+    backends: Backends,
+    server: RunningServer,
+    receiver: Receiver,
+    mongo_uri: str,
+    database_name: str,
+) -> None:
+    source = (await tenant.namespace()).namespace_id
+    await Vectors(tenant, source).create(dimension=8)
+    await Hooks(tenant, source).create(receiver.url("/interrupted"))
+    await fill(backends, await scope_of(tenant, backends, source), documents=1600, points=600)
+    data, _ = await export_namespace(tenant, source)
+
+    # the restore stops (the process dies) right after its first batch of documents is written
+    target = (await tenant.namespace()).namespace_id
+    target_scope = await scope_of(tenant, backends, target)
+    held = HeldScopedMongo(uri=mongo_uri, database=database_name, name="documents")
+    c = server.components
+    interrupted = NamespaceBackup(
+        mongo=held,
+        documents=DocumentStore(mongo=held),
+        vectors=c.vectors,
+        webhooks=c.webhooks,
+        vet_url=c.sender.vet,
+        meshgate_version="test",
+    )
+    pause = held.held.hold("insert_many")
+    restore = asyncio.create_task(interrupted.restore(target_scope, chunks_of(data)))
+    await pause.arrived()
+    restore.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await restore
+    await held.close()
+    assert 0 < await DocumentStore(mongo=backends.mongo).count(target_scope) < 1600
+
+    # another file is not mixed into the half-restored namespace
+    other = (await tenant.namespace()).namespace_id
+    await Docs(tenant, other).create(doc("other", {"a": 1}))
+    other_data, _ = await export_namespace(tenant, other)
+    refused = await rpc_error(import_namespace(tenant, target, other_data))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # the same file again completes it; and a third namespace restored in one go is the same
+    retried = await import_namespace(tenant, target, data)
+    assert retried.restored.documents == 1600 and retried.restored.points == 600
+    clean = (await tenant.namespace()).namespace_id
+    await import_namespace(tenant, clean, data)
+    after_retry, _ = await export_namespace(tenant, target)
+    uninterrupted, _ = await export_namespace(tenant, clean)
+    assert comparable(file_items(after_retry)[1]) == comparable(file_items(uninterrupted)[1])
+    assert comparable(file_items(after_retry)[1]) == comparable(file_items(data)[1])
+    # restoring the same file once more changes nothing
+    await import_namespace(tenant, target, data)
+    again, _ = await export_namespace(tenant, target)
+    assert comparable(file_items(again)[1]) == comparable(file_items(data)[1])
