@@ -255,15 +255,13 @@ async def test_a_refused_call_is_never_decoded(decoding: Decoding) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await raw_unary(decoding.refused, "/test.Refused/Unary")(b"bad")
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
-    # written by hand: a request iterator's messages can race the refusal, and grpc then
-    # reports the failed write (INTERNAL) as the call's status instead of the server's
+    # the stream is refused on its headers, before any message: a message the client sends
+    # then races the refusal (grpc may report its failed write, INTERNAL, as the status),
+    # so the status is read first, and a message written afterwards must go nowhere
     stream = raw_stream_stream(decoding.refused, "/test.Refused/Echo")()
-    for message in (b"a", b"bad"):
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await stream.write(message)
-    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-        await stream.done_writing()
     assert await stream.code() is grpc.StatusCode.NOT_FOUND
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await stream.write(b"bad")
     assert decoding.decoder.decoded == [] and decoding.handled == []
 
 
