@@ -12,15 +12,14 @@ call behind it waits as long. A breaker per store turns that into one wait:
 - while it is open, calls that need the store are refused at once with a retry
   delay (interceptors/availability.py), and background work that needs it
   waits instead of trying (`wait_closed`);
-- while it is open, the store is probed at once and then every `probe_every_s`
-  (a ping with a short timeout, never a caller's request), and the breaker closes on the first
+- while it is open, the store is probed every `probe_every_s` (a ping with a
+  short timeout, never a caller's request), and the breaker closes on the first
   probe that answers: traffic resumes within a probe interval of the store's
   return, without waiting for the monitor's next round.
 
 One failure opens it: the failures that count are a lost connection, a refused
 connection or a server that cannot be selected, which do not happen to a
-healthy store; the first probe goes at once, so a false alarm costs the refusals
-of one ping's round trip.
+healthy store; a false alarm costs one probe interval of refusals.
 """
 
 from __future__ import annotations
@@ -78,9 +77,10 @@ class StoreBreaker:
         self.closed = False
         self.opened += 1
         self._closed_again.clear()
-        # the first probe goes at once: a false alarm (a pool cleared by a slow heartbeat on
-        # a loaded host) then costs one ping of refusals, not a probe interval
-        self._next_probe_at = self._clock()
+        # the first probe waits a probe interval: a store going down may still answer a
+        # ping at once (a full suite saw a probe at once close the breaker on a stopping
+        # MongoDB, whose calls then waited 4.6 s for the driver)
+        self._next_probe_at = self._clock() + self._every
         _LOG.error("%s is unavailable (%s): failing fast until it answers", self.name, reason)
         self._probing = asyncio.create_task(self._probe_until_up(), name=f"{self.name}-breaker")
 

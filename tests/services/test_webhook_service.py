@@ -72,6 +72,12 @@ async def test_events_are_signed_and_seen_exactly_once(tenant: Tenant, receiver:
         assert request.payload["data"]["state"] == "completed"
         assert request.headers["user-agent"].startswith("meshgate-webhooks/")
         assert abs(request.timestamp - time.time()) < 30
+
+    async def recorded() -> bool:  # the receiver answers before the sender records the answer
+        found = await hooks.deliveries(created.webhook.webhook_id)
+        return all(d.status == pb.DELIVERY_STATUS_SUCCEEDED for d in found)
+
+    await eventually(recorded, timeout_s=10)
     deliveries = await hooks.deliveries(created.webhook.webhook_id)
     assert len(deliveries) == 3
     assert {d.event_id for d in deliveries} == set(delivered)  # webhook-id is the event id
