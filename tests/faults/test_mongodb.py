@@ -12,7 +12,8 @@ import pytest
 
 from tests.support.faults import ALLOWANCE, FaultCluster, FaultRow, Traffic
 
-pytestmark = pytest.mark.slow
+# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
+pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
 
 BACKEND_TIMEOUT_S = 5.0  # MESHGATE_BACKEND_TIMEOUT_S of the replicas (the default)
 

@@ -17,7 +17,8 @@ import redis
 
 from tests.support.faults import ALLOWANCE, FaultCluster, FaultRow, Traffic
 
-pytestmark = pytest.mark.slow
+# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
+pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
 
 
 async def settled_credits(traffic: Traffic) -> int:

@@ -30,6 +30,9 @@ from tests.support.pki import Pki
 from tests.support.processes import MongoEngine
 from tests.support.tenants import create_tenant
 
+# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
+pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
+
 OUTAGE_S = 5.0
 
 
