@@ -80,7 +80,7 @@ endef
 
 test: setup test-deps ## import contracts, then the whole suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -rfER
 
 bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server, and the 100k-document load (several minutes)
 	$(PY) -m tests.bench --out bench-results.json
