@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -20,6 +19,19 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml
 
 from interceptors.sidecar.routes import RouteError, RoutePolicies, parse_routes
+from server.env_values import (
+    SettingsError,
+    boolean,
+    choice,
+    listed,
+    listen_address,
+    number,
+    optional_int,
+    parse_durations,
+    readable_file,
+    watched_file,
+    whole_number,
+)
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
@@ -43,12 +55,7 @@ __all__ = [
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
 # Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_RETRY_STEPS = 20
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,30 +101,11 @@ def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
     return secret
 
 
-def _watched_file(env: Mapping[str, str], name: str) -> Path | None:
-    """The file a secret came from, when it came from one: watched for rotations
-    (server/credentials.py)."""
-    raw = env.get(name)
-    return Path(raw) if raw else None
-
-
-def _list(env: Mapping[str, str], name: str, default: str = "") -> frozenset[str]:
-    return frozenset(p.strip() for p in env.get(name, default).split(",") if p.strip())
-
-
-def _optional_int(env: Mapping[str, str], name: str, *, maximum: int) -> int | None:
-    """A whole number from 1 to `maximum`, or None when unset."""
-    value = _parsed(env, name, int, expected="a whole number")
-    if value is not None and not 1 <= value <= maximum:
-        raise SettingsError(f"{name} must be between 1 and {maximum}, got {env[name]!r}")
-    return value
-
-
 def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
     layout = CollectionLayout(
-        shard_number=_optional_int(env, "MESHGATE_QDRANT_SHARD_NUMBER", maximum=1024),
-        replication_factor=_optional_int(env, "MESHGATE_QDRANT_REPLICATION_FACTOR", maximum=64),
-        write_consistency_factor=_optional_int(
+        shard_number=optional_int(env, "MESHGATE_QDRANT_SHARD_NUMBER", maximum=1024),
+        replication_factor=optional_int(env, "MESHGATE_QDRANT_REPLICATION_FACTOR", maximum=64),
+        write_consistency_factor=optional_int(
             env, "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR", maximum=64
         ),
     )
@@ -127,28 +115,6 @@ def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
             " MESHGATE_QDRANT_REPLICATION_FACTOR (a write cannot wait for more replicas than exist)"
         )
     return layout
-
-
-def _parsed[T](
-    env: Mapping[str, str], name: str, parse: Callable[[str], T], *, expected: str
-) -> T | None:
-    """The setting parsed (None when unset or empty); `expected` names what it must be."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return parse(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be {expected}, got {raw!r}") from None
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    value = _parsed(env, name, float, expected="a number")
-    if value is None:
-        return default
-    if not math.isfinite(value) or value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {env[name]!r}")
-    return value
 
 
 def load_plans(path: Path) -> dict[str, Plan]:
@@ -179,50 +145,6 @@ def load_routes(path: Path) -> RoutePolicies:
         raise SettingsError(f"{name}: {path}: {exc}") from None
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, default).strip().lower() or default
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _listen(env: Mapping[str, str], name: str, default: str) -> str | None:
-    value = env.get(name, default).strip()
-    if value.lower() in ("off", "none", ""):
-        return None
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"{name} must be host:port or off, got {value!r}")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
-    value = _parsed(env, name, int, expected="a whole number")
-    if value is None:
-        return default
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {env[name]!r}")
-    return value
-
-
-def parse_durations(value: str) -> tuple[float, ...]:
-    """`5s,5m,30m,2h` -> seconds. Units: ms, s, m, h, d."""
-    out: list[float] = []
-    for raw in value.split(","):
-        part = raw.strip().lower()
-        unit = next((u for u in ("ms", "s", "m", "h", "d") if part.endswith(u)), None)
-        if unit is None:
-            raise ValueError(f"{raw.strip()!r} needs a unit (ms, s, m, h or d)")
-        try:
-            number = float(part[: -len(unit)])
-        except ValueError:
-            raise ValueError(f"{raw.strip()!r} is not a duration") from None
-        if not 0 < number < float("inf"):
-            raise ValueError(f"{raw.strip()!r} must be positive")
-        out.append(number * _UNITS[unit])
-    return tuple(out)
-
-
 def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
     name = "MESHGATE_WEBHOOK_RETRY_SCHEDULE"
     raw = env.get(name) or DEFAULT_RETRY_SCHEDULE
@@ -237,7 +159,7 @@ def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
 
 def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
     name = "MESHGATE_WEBHOOK_ALLOWED_HOSTS"
-    entries = _list(env, name)
+    entries = listed(env, name)
     try:
         TargetPolicy.from_entries(entries)
     except ValueError as exc:
@@ -334,30 +256,11 @@ def _page_token_keys(env: Mapping[str, str]) -> Secret | None:
     return secret
 
 
-def _file(env: Mapping[str, str], name: str) -> Path | None:
-    raw = env.get(name)
-    if not raw:
-        return None
-    path = Path(raw)
-    if not path.is_file():
-        raise SettingsError(f"{name}: {raw} is not a readable file")
-    return path
-
-
 def _jitter(env: Mapping[str, str]) -> float:
-    value = _number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
+    value = number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
     if value >= 1:
         raise SettingsError("MESHGATE_WEBHOOK_JITTER must be below 1 (a fraction of each delay)")
     return value
-
-
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +351,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        environments = _list(env, "MESHGATE_ENVIRONMENTS", ",".join(ENVIRONMENTS))
+        environments = listed(env, "MESHGATE_ENVIRONMENTS", ",".join(ENVIRONMENTS))
         unknown = environments - set(ENVIRONMENTS)
         if unknown or not environments:
             raise SettingsError(
@@ -462,7 +365,7 @@ class Settings:
         if default_plan not in plans:
             raise SettingsError(f"MESHGATE_DEFAULT_PLAN {default_plan!r} is not one of the plans")
         redis_url = _secret(env, "MESHGATE_REDIS_URL")
-        redis_cluster = _bool(env, "MESHGATE_REDIS_CLUSTER")
+        redis_cluster = boolean(env, "MESHGATE_REDIS_CLUSTER")
         if redis_cluster and redis_url is None:
             raise SettingsError(
                 "MESHGATE_REDIS_CLUSTER needs MESHGATE_REDIS_URL (a node of the cluster):"
@@ -477,10 +380,10 @@ class Settings:
             tls_cert=Path(env.get("MESHGATE_TLS_CERT", "certs/server.pem")),
             tls_key=Path(env.get("MESHGATE_TLS_KEY", "certs/server-key.pem")),
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
-            insecure=_bool(env, "MESHGATE_INSECURE"),
+            insecure=boolean(env, "MESHGATE_INSECURE"),
             mongodb_uri=_mongodb_uri(env),
-            mongodb_uri_file=_watched_file(env, "MESHGATE_MONGODB_URI_FILE"),
-            redis_url_file=_watched_file(env, "MESHGATE_REDIS_URL_FILE"),
+            mongodb_uri_file=watched_file(env, "MESHGATE_MONGODB_URI_FILE"),
+            redis_url_file=watched_file(env, "MESHGATE_REDIS_URL_FILE"),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
             redis_url=redis_url,
             redis_cluster=redis_cluster,
@@ -488,56 +391,62 @@ class Settings:
             qdrant_api_key=_secret(env, "MESHGATE_QDRANT_API_KEY"),
             qdrant_collections=_collection_layout(env),
             environments=environments,
-            internal_peers=_list(env, "MESHGATE_INTERNAL_PEERS"),
-            trusted_proxies=_list(env, "MESHGATE_TRUSTED_PROXIES"),
-            key_cache_ttl_s=_number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
-            key_idle_check_s=_number(env, "MESHGATE_KEY_IDLE_CHECK_S", 600.0, minimum=10),
-            shutdown_grace_s=_number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
-            drain_delay_s=_number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
-            backend_timeout_s=_number(env, "MESHGATE_BACKEND_TIMEOUT_S", 5.0, minimum=0.1),
+            internal_peers=listed(env, "MESHGATE_INTERNAL_PEERS"),
+            trusted_proxies=listed(env, "MESHGATE_TRUSTED_PROXIES"),
+            key_cache_ttl_s=number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
+            key_idle_check_s=number(env, "MESHGATE_KEY_IDLE_CHECK_S", 600.0, minimum=10),
+            shutdown_grace_s=number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
+            drain_delay_s=number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
+            backend_timeout_s=number(env, "MESHGATE_BACKEND_TIMEOUT_S", 5.0, minimum=0.1),
             max_message_bytes=int(
-                _number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
+                number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
             ),
             log_level=log_level,
             plans=plans,
             default_plan=default_plan,
             rate_limit_on_redis_failure=FailureMode(
-                _choice(
+                choice(
                     env,
                     "MESHGATE_RATE_LIMIT_ON_REDIS_FAILURE",
                     "local",
                     ("local", "open", "closed"),
                 )
             ),
-            credits_fail_open=_choice(
+            credits_fail_open=choice(
                 env, "MESHGATE_CREDITS_ON_REDIS_FAILURE", "closed", ("closed", "open")
             )
             == "open",
-            limiter_timeout_s=_number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
-            metrics_listen=_listen(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
-            health_interval_s=_number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
-            task_workers=_int(env, "MESHGATE_TASK_WORKERS", 2, minimum=0, maximum=64),
-            task_lease_s=_number(env, "MESHGATE_TASK_LEASE_S", 30.0, minimum=0.5),
-            task_max_attempts=_int(env, "MESHGATE_TASK_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
-            work_poll_s=_number(env, "MESHGATE_WORK_POLL_S", 1.0, minimum=0.05),
-            webhook_workers=_int(env, "MESHGATE_WEBHOOK_WORKERS", 4, minimum=0, maximum=256),
+            limiter_timeout_s=number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
+            metrics_listen=listen_address(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
+            health_interval_s=number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
+            task_workers=whole_number(env, "MESHGATE_TASK_WORKERS", 2, minimum=0, maximum=64),
+            task_lease_s=number(env, "MESHGATE_TASK_LEASE_S", 30.0, minimum=0.5),
+            task_max_attempts=whole_number(
+                env, "MESHGATE_TASK_MAX_ATTEMPTS", 5, minimum=1, maximum=100
+            ),
+            work_poll_s=number(env, "MESHGATE_WORK_POLL_S", 1.0, minimum=0.05),
+            webhook_workers=whole_number(
+                env, "MESHGATE_WEBHOOK_WORKERS", 4, minimum=0, maximum=256
+            ),
             webhook_retry_schedule=_schedule(env),
             webhook_jitter=_jitter(env),
-            webhook_timeout_s=_number(env, "MESHGATE_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
-            webhook_max_response_bytes=_int(
+            webhook_timeout_s=number(env, "MESHGATE_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
+            webhook_max_response_bytes=whole_number(
                 env, "MESHGATE_WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0, maximum=2**24
             ),
             webhook_allowed_hosts=_allowed_hosts(env),
             webhook_secret_key=_sealing_key(env),
             webhook_secret_keys=_sealing_keys(env),
-            webhook_ca_file=_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
+            webhook_ca_file=readable_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=_page_token_keys(env),
-            sidecar_listen=_listen(env, "MESHGATE_SIDECAR_LISTEN", "off"),
-            ext_authz_peers=_list(env, "MESHGATE_EXT_AUTHZ_PEERS"),
+            sidecar_listen=listen_address(env, "MESHGATE_SIDECAR_LISTEN", "off"),
+            ext_authz_peers=listed(env, "MESHGATE_EXT_AUTHZ_PEERS"),
             routes=(
                 load_routes(Path(env["MESHGATE_ROUTE_POLICY_FILE"]))
                 if env.get("MESHGATE_ROUTE_POLICY_FILE")
                 else RoutePolicies()
             ),
-            ext_authz_remove_authorization=not _bool(env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"),
+            ext_authz_remove_authorization=not boolean(
+                env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"
+            ),
         )
