@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,15 +18,15 @@ from meshgate.v1 import organization_service_pb2_grpc as org_grpc
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from server.app import RunningServer, create_server
-from server.backends import Backends, open_backends
+from server.backends import open_backends
 from server.bootstrap import bootstrap
 from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
-from tests.support.clients import auth, client_credentials, rpc_error
+from tests.support.clients import auth, rpc_error
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.pki import Pki
 from tests.support.processes import RedisServer
+from tests.support.servers import serving
 from tests.support.tenants import create_tenant
 from tests.support.waiting import eventually
 
@@ -36,21 +34,6 @@ from tests.support.waiting import eventually
 def with_password(url: str, password: str) -> str:
     NEVER_LOGGED.add(password)
     return url.replace("redis://", f"redis://:{password}@")
-
-
-@asynccontextmanager
-async def serving(
-    settings: Settings, pki: Pki
-) -> AsyncIterator[tuple[RunningServer, Backends, grpc.aio.Channel]]:
-    backends = await open_backends(settings)
-    running = await create_server(settings, backends)
-    try:
-        target = f"localhost:{running.port}"
-        async with grpc.aio.secure_channel(target, client_credentials(pki)) as channel:
-            yield running, backends, channel
-    finally:
-        await running.stop(1.0)
-        await backends.close()
 
 
 @pytest.mark.parametrize("change", ["acl", "requirepass"])

@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import grpc
 
-from server.app import RunningServer, create_server
-from server.backends import Backends, open_backends
+from server.app import RunningServer
+from server.backends import Backends
 from server.settings import Secret, Settings
-from tests.support.clients import client_credentials
 from tests.support.namespace_clients import Hooks, Tasks, doc
 from tests.support.pki import Pki
+from tests.support.servers import serving as serving_with
 from tests.support.tenants import Tenant, create_tenant
 from tests.support.waiting import eventually
 from tests.support.webhooks import Receiver
@@ -31,16 +31,10 @@ def new_key(kid: str) -> str:
 async def serving(
     settings: Settings, pki: Pki, keys: str
 ) -> AsyncIterator[tuple[RunningServer, Backends, grpc.aio.Channel]]:
+    """A server whose webhook secrets are sealed with `keys` (primary first)."""
     configured = replace(settings, webhook_secret_key=None, webhook_secret_keys=Secret(keys))
-    backends = await open_backends(configured)
-    running = await create_server(configured, backends)
-    try:
-        target = f"localhost:{running.port}"
-        async with grpc.aio.secure_channel(target, client_credentials(pki)) as channel:
-            yield running, backends, channel
-    finally:
-        await running.stop(1.0)
-        await backends.close()
+    async with serving_with(configured, pki) as served:
+        yield served
 
 
 async def delivered(tenant: Tenant, namespace: str, receiver: Receiver, where: str, n: int) -> None:
