@@ -3,22 +3,18 @@ end, and an organization-wide view that follows the caller's environment and all
 
 from __future__ import annotations
 
-import secrets
-
 import grpc
 import pytest
 from meshgate.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
     common_pb2,
-    namespace_service_pb2,
-    options_pb2,
 )
 
 from server.backends import Backends
 from tests.support.clients import auth
-from tests.support.namespace_clients import Docs, doc
-from tests.support.tenants import Tenant, admin_of_environment
+from tests.support.namespace_clients import spread_across_environments
+from tests.support.tenants import Tenant
 
 
 async def test_verify_reports_the_chains_end_and_sees_it_deleted(
@@ -69,21 +65,9 @@ async def test_audit_views_follow_the_callers_environment_and_allow_list(
     """The review: a development ADMIN key restricted to one namespace saw a production
     CreateDocument event. Now each key lists only events of its environment (and of its
     namespaces), and only a key without an allow-list may verify the whole chain."""
-    prod = await admin_of_environment(tenant, backends, "production")
-    prod_ns = (
-        await tenant.namespaces.CreateNamespace(
-            namespace_service_pb2.CreateNamespaceRequest(
-                name=f"prod-{secrets.token_hex(3)}",
-                environment=common_pb2.ENVIRONMENT_PRODUCTION,
-            ),
-            metadata=auth(prod),
-        )
-    ).namespace
-    ns_a, ns_b = await tenant.namespace(), await tenant.namespace()
-    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(ns_a.name,))
-    await Docs(tenant, prod_ns.name, prod).create(doc("secret-plan"))
-    await Docs(tenant, ns_a.name).create(doc("in-a"))
-    await Docs(tenant, ns_b.name).create(doc("in-b"))
+    prod, _prod_ns, ns_a, _ns_b, restricted = await spread_across_environments(
+        tenant, backends, ids=("secret-plan", "in-a", "in-b")
+    )
 
     seen = await listed(tenant, restricted.secret)
     assert {e.resource for e in seen if e.method.endswith("CreateDocument")} == {"in-a"}

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
-
 from meshgate.v1 import (
-    common_pb2,
-    namespace_service_pb2,
-    options_pb2,
     usage_service_pb2,
     usage_service_pb2_grpc,
 )
 
 from server.backends import Backends
 from tests.support.clients import auth
-from tests.support.namespace_clients import Docs, doc
-from tests.support.tenants import Tenant, admin_of_environment
+from tests.support.namespace_clients import spread_across_environments
+from tests.support.tenants import Tenant
 
 
 async def test_usage_follows_the_callers_environment_and_allow_list(
@@ -23,21 +18,9 @@ async def test_usage_follows_the_callers_environment_and_allow_list(
 ) -> None:
     """The review: the same restricted development key saw production namespaces in its
     usage rows."""
-    prod = await admin_of_environment(tenant, backends, "production")
-    prod_ns = (
-        await tenant.namespaces.CreateNamespace(
-            namespace_service_pb2.CreateNamespaceRequest(
-                name=f"prod-{secrets.token_hex(3)}",
-                environment=common_pb2.ENVIRONMENT_PRODUCTION,
-            ),
-            metadata=auth(prod),
-        )
-    ).namespace
-    ns_a, ns_b = await tenant.namespace(), await tenant.namespace()
-    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(ns_a.name,))
-    await Docs(tenant, prod_ns.name, prod).create(doc("p"))
-    await Docs(tenant, ns_a.name).create(doc("a"))
-    await Docs(tenant, ns_b.name).create(doc("b"))
+    prod, prod_ns, ns_a, ns_b, restricted = await spread_across_environments(
+        tenant, backends, ids=("p", "a", "b")
+    )
     usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
 
     async def namespaces_in_usage(secret: str) -> set[str]:

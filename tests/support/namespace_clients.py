@@ -3,14 +3,17 @@ messages tests build for them (`doc`, `point`)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
+from meshgate.v1 import common_pb2, key_service_pb2, options_pb2
 from meshgate.v1 import document_service_pb2 as doc_pb
 from meshgate.v1 import document_service_pb2_grpc as doc_grpc
+from meshgate.v1 import namespace_service_pb2 as ns_pb
 from meshgate.v1 import task_service_pb2 as task_pb
 from meshgate.v1 import task_service_pb2_grpc as task_grpc
 from meshgate.v1 import vector_service_pb2 as vec_pb
@@ -18,8 +21,9 @@ from meshgate.v1 import vector_service_pb2_grpc as vec_grpc
 from meshgate.v1 import webhook_service_pb2 as hook_pb
 from meshgate.v1 import webhook_service_pb2_grpc as hook_grpc
 
+from server.backends import Backends
 from tests.support.clients import auth, rpc_error
-from tests.support.tenants import Tenant
+from tests.support.tenants import Tenant, admin_of_environment
 from tests.support.waiting import eventually
 
 __all__ = ["FINAL_TASK_STATES", "Docs", "Hooks", "Tasks", "Vectors", "doc", "point", "struct"]
@@ -213,3 +217,38 @@ class Hooks(_NamespaceCaller):
             metadata=self.md,
         )
         return response.webhook
+
+
+class Spread(NamedTuple):
+    """A development tenant's documents in two namespaces and in a production one, and a
+    development ADMIN key restricted to the first: what the views by environment and
+    allow-list are tried on."""
+
+    prod: str  # an unrestricted production ADMIN key
+    prod_ns: ns_pb.Namespace
+    ns_a: ns_pb.Namespace
+    ns_b: ns_pb.Namespace
+    restricted: key_service_pb2.CreateKeyResponse
+
+
+async def spread_across_environments(
+    tenant: Tenant, backends: Backends, *, ids: tuple[str, str, str]
+) -> Spread:
+    """One document in each of a production namespace and two development namespaces
+    (ids in that order), and the restricted key."""
+    prod = await admin_of_environment(tenant, backends, "production")
+    prod_ns = (
+        await tenant.namespaces.CreateNamespace(
+            ns_pb.CreateNamespaceRequest(
+                name=f"prod-{secrets.token_hex(3)}",
+                environment=common_pb2.ENVIRONMENT_PRODUCTION,
+            ),
+            metadata=auth(prod),
+        )
+    ).namespace
+    ns_a, ns_b = await tenant.namespace(), await tenant.namespace()
+    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(ns_a.name,))
+    await Docs(tenant, prod_ns.name, prod).create(doc(ids[0]))
+    await Docs(tenant, ns_a.name).create(doc(ids[1]))
+    await Docs(tenant, ns_b.name).create(doc(ids[2]))
+    return Spread(prod, prod_ns, ns_a, ns_b, restricted)
