@@ -20,6 +20,7 @@ COPY pyproject.toml ./
 COPY server/ server/
 COPY services/ services/
 COPY interceptors/ interceptors/
+COPY calls/ calls/
 COPY storage/ storage/
 RUN /opt/meshgate/bin/pip install --no-cache-dir . \
     && /opt/meshgate/bin/python -m compileall -q /opt/meshgate/lib

@@ -91,7 +91,7 @@ bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (num
 lint: setup protos-lint ## ruff, mypy --strict (source and tests), the import contracts (pyproject.toml), buf lint and breaking, hadolint
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check server services interceptors storage tests
+	$(VENV)/bin/ruff format --check server services interceptors calls storage tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 
-from interceptors.context import CallState
+from calls.state import CallState
 
 __all__ = ["AccessRecord"]
 

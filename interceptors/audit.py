@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import grpc
 
-from interceptors.context import CallState, PeerContext
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext
 from storage.audit.log import AuditLog
 
 __all__ = ["AuditTrail", "audited"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from interceptors.context import CallState, PeerContext
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext
 from storage.core.errors import UnauthenticatedError
 from storage.tenancy.key_verifier import KeyVerifier, VerifiedKey
 

@@ -8,8 +8,8 @@ sidecar allow-list, or anyone could probe keys through them.
 
 from __future__ import annotations
 
-from interceptors.context import CallState, PeerContext
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext
 from storage.core.errors import PermissionDeniedError
 
 __all__ = ["Authorization"]

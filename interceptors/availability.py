@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from interceptors.context import CallState, PeerContext
+from calls.state import CallState, PeerContext
 from storage.backends.breaker import StoreBreaker
 from storage.core.errors import UnavailableError
 

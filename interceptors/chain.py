@@ -40,11 +40,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from interceptors.context import CallState, PeerContext, current_call
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext, current_call
 from interceptors.decoding import Decoder, MalformedRequests
 from interceptors.errors import ErrorMapper
 from interceptors.page_tokens import PageTokenBinding
-from interceptors.policy import Access, Policy
 from interceptors.request_metadata import (
     MAX_METADATA_BYTES,
     UndecodableHeaderError,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from interceptors.context import CallState, PeerContext
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext
 from interceptors.metrics import Metrics
-from interceptors.policy import Access, Policy
 from storage.core.plans import Plan
 from storage.metering.credits import CreditAccounts
 from storage.tenancy.organizations import Organization

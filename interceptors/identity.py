@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from interceptors.context import CallState, PeerContext, Principal
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext, Principal
 from storage.core.errors import NotFoundError, UnauthenticatedError
 from storage.tenancy.key_verifier import VerifiedKey
 from storage.tenancy.organizations import OrganizationStore

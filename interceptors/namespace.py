@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from interceptors.context import CallState, PeerContext, Principal
-from interceptors.policy import Policy
+from calls.policy import Policy
+from calls.state import CallState, PeerContext, Principal
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 from storage.tenancy.namespaces import Namespace, NamespaceStore
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from interceptors.context import CallState
+from calls.state import CallState
 from storage.core.page_tokens import PageTokens
 
 __all__ = ["BoundPage", "PageTokenBinding"]

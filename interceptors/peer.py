@@ -25,8 +25,8 @@ from urllib.parse import unquote
 
 from cryptography import x509
 
-from interceptors.context import CallState, PeerContext
-from interceptors.policy import Access
+from calls.policy import Access
+from calls.state import CallState, PeerContext
 from storage.core.errors import PermissionDeniedError
 
 __all__ = ["ForwardedCertificates", "PeerIdentity", "certificate_identity", "parse_xfcc"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from interceptors.context import CallState, PeerContext
+from calls.policy import Access, Policy
+from calls.state import CallState, PeerContext
 from interceptors.metrics import Metrics
-from interceptors.policy import Access, Policy
 from storage.backends.redis_keys import organization_key
 from storage.core.errors import ResourceExhaustedError
 from storage.core.plans import Limit, Plan

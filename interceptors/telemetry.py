@@ -20,8 +20,8 @@ import time
 
 import grpc
 
+from calls.state import CallState
 from interceptors.access_log import AccessRecord
-from interceptors.context import CallState
 from interceptors.metrics import Metrics
 
 __all__ = [

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import grpc
 
-from interceptors.context import CallState
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
+from calls.state import CallState
 from storage.metering.credits import CreditAccounts
 from storage.metering.usage import UsageRecorder
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from meshgate.v1 import options_pb2
 
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
 from services.convert import PERMISSION_NAMES
 
 __all__ = ["PUBLIC_METHODS", "build_policy_table", "undeclared_methods"]

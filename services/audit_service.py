@@ -14,7 +14,7 @@ from typing import Any
 from meshgate.v1 import audit_service_pb2 as pb
 from meshgate.v1 import audit_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import environment_to_proto, from_timestamp, timestamp
 from storage.audit.log import AuditLog
 from storage.core.errors import PermissionDeniedError

@@ -7,7 +7,7 @@ from typing import Any
 from meshgate.v1 import document_service_pb2 as pb
 from meshgate.v1 import document_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import dict_to_struct, struct_to_dict, timestamp
 from storage.core.errors import InvalidArgumentError
 from storage.core.filters import check_field, parse_filter

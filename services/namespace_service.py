@@ -9,7 +9,7 @@ from typing import Any
 from meshgate.v1 import namespace_service_pb2 as pb
 from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
 from storage.core.errors import PermissionDeniedError
 from storage.core.pages import page_size

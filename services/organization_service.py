@@ -8,7 +8,7 @@ from typing import Any
 from meshgate.v1 import organization_service_pb2 as pb
 from meshgate.v1 import organization_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import environment_to_proto, timestamp
 from storage.core.errors import PermissionDeniedError
 from storage.tenancy.organizations import KeyIdlePolicy, Organization, OrganizationStore

@@ -14,7 +14,7 @@ from typing import Any
 from meshgate.v1 import task_service_pb2 as pb
 from meshgate.v1 import task_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import names_from_proto, struct_to_dict, timestamp
 from services.document_service import checked_document
 from storage.core.errors import InvalidArgumentError

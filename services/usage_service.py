@@ -9,7 +9,7 @@ from typing import Any
 from meshgate.v1 import usage_service_pb2 as pb
 from meshgate.v1 import usage_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import checked_organization_id, from_timestamp, timestamp
 from storage.core.clock import utc_now
 from storage.core.errors import InvalidArgumentError

@@ -12,7 +12,7 @@ from typing import Any
 from meshgate.v1 import webhook_service_pb2 as pb
 from meshgate.v1 import webhook_service_pb2_grpc as pb_grpc
 
-from interceptors.context import current_call
+from calls.state import current_call
 from services.convert import duration, names_from_proto, timestamp
 from storage.backends.work_queue import WorkQueue
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError

@@ -16,7 +16,7 @@ from meshgate.v1 import options_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SOURCE_DIRS = ("server", "services", "interceptors", "storage")
+SOURCE_DIRS = ("server", "services", "interceptors", "calls", "storage")
 
 _FENCE = re.compile(r"^(```|~~~)")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")

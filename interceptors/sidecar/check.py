@@ -30,11 +30,11 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
+from calls.policy import Access, Policy
+from calls.state import CallState
 from interceptors.chain import Observer, Step, plan_for
-from interceptors.context import CallState
 from interceptors.errors import ErrorMapper, Refusal
 from interceptors.namespace import NAMESPACE_HEADER
-from interceptors.policy import Access, Policy
 from interceptors.request_metadata import read_metadata
 from interceptors.sidecar.routes import RoutePolicies
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
 from storage.core.plans import RATE_CLASSES
 
 __all__ = ["Route", "RouteError", "RoutePolicies", "parse_routes"]

@@ -126,4 +126,4 @@ class InvalidationBus:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

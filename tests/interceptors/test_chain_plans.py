@@ -10,17 +10,17 @@ from typing import Any
 import grpc
 import pytest
 
+from calls.policy import Access, Policy
+from calls.state import CallState
 from interceptors.audit import AuditTrail
 from interceptors.authentication import Authentication
 from interceptors.authorization import Authorization
 from interceptors.chain import SecurityChain, plan_for
-from interceptors.context import CallState
 from interceptors.credits import Credits
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
 from interceptors.namespace import NamespaceScope
 from interceptors.peer import PeerIdentity
-from interceptors.policy import Access, Policy
 from interceptors.rate_limit import RateLimit
 from interceptors.telemetry import Telemetry
 from interceptors.usage import UsageObserver

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
+from calls.policy import Access, Policy
+from calls.state import CallState
 from interceptors.chain import SecurityChain
-from interceptors.context import CallState
 from interceptors.errors import ErrorMapper
-from interceptors.policy import Access, Policy
 from storage.core.errors import NotFoundError
 from tests.support.clients import raw_stream_stream, raw_unary, raw_unary_stream
 from tests.support.waiting import eventually

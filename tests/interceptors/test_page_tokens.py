@@ -24,10 +24,10 @@ from meshgate.v1 import (
     webhook_service_pb2,
 )
 
+from calls.policy import Access, Policy
 from interceptors.chain import SecurityChain
 from interceptors.errors import ErrorMapper
 from interceptors.page_tokens import PageTokenBinding
-from interceptors.policy import Access, Policy
 from server.app import RunningServer, create_server
 from server.backends import Backends
 from server.policies import build_policy_table

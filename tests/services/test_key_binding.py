@@ -12,10 +12,10 @@ from meshgate.v1 import audit_service_pb2, audit_service_pb2_grpc, options_pb2
 from meshgate.v1 import key_service_pb2 as pb
 from meshgate.v1 import key_service_pb2_grpc as pb_grpc
 
+from calls.policy import Access, Policy
+from calls.state import CallState
 from certs.dev_pki import CLIENT_ID, INTERNAL_ID
 from interceptors.authentication import Authentication
-from interceptors.context import CallState
-from interceptors.policy import Access, Policy
 from server.app import RunningServer
 from tests.support.clients import auth, client_credentials, rpc_error
 from tests.support.pki import Pki

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from interceptors.policy import Access, Policy
+from calls.policy import Access, Policy
 from interceptors.sidecar.routes import RouteError, parse_routes
 from server.settings import Settings, SettingsError, load_routes
 

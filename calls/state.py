@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from interceptors.policy import Policy
+from calls.policy import Policy
 from storage.backends.scoped import Scope
 from storage.core.errors import FailedPreconditionError
 from storage.tenancy.key_verifier import VerifiedKey
