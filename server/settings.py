@@ -1,20 +1,18 @@
 """One frozen settings object, read once from `MESHGATE_*` environment variables.
 
 Every secret has a `*_FILE` variant (the way container secrets are mounted);
-secrets are wrapped in `Secret`, whose repr is masked.
+secrets are wrapped in `Secret`, whose repr is masked (server/secret_values.py reads
+them); the readers of one plain variable are in server/env_values.py.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -31,6 +29,17 @@ from server.env_values import (
     readable_file,
     watched_file,
     whole_number,
+)
+from server.secret_values import (
+    Secret,
+    check_mongodb_uri,
+    key_list,
+    mongodb_uri,
+    page_token_keys,
+    read_secret,
+    sealing_key,
+    sealing_key_list,
+    sealing_keys,
 )
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
@@ -56,49 +65,6 @@ DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
 # Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
 MAX_RETRY_STEPS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Secret:
-    _value: str = field(repr=False)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('****')"
-
-    def __str__(self) -> str:
-        return "****"
-
-
-def _secret(env: Mapping[str, str], name: str) -> Secret | None:
-    path = env.get(f"{name}_FILE")
-    if path:
-        try:
-            return Secret(Path(path).read_text().strip())
-        except OSError as exc:
-            raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
-    value = env.get(name)
-    return Secret(value) if value else None
-
-
-def check_mongodb_uri(uri: str, *, name: str = "MESHGATE_MONGODB_URI") -> str:
-    """Its options may weaken the write and read concerns (at the operator's risk), but
-    never move reads off the primary: meshgate reads its own writes."""
-    for key, value in parse_qsl(urlsplit(uri).query):
-        if key.lower() == "readpreference" and value.lower() != "primary":
-            raise SettingsError(
-                f"{name}: readPreference must be primary (meshgate reads its own writes)"
-            )
-    return uri
-
-
-def _mongodb_uri(env: Mapping[str, str]) -> Secret | None:
-    secret = _secret(env, "MESHGATE_MONGODB_URI")
-    if secret is not None:
-        check_mongodb_uri(secret.reveal())
-    return secret
 
 
 def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
@@ -165,95 +131,6 @@ def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
     except ValueError as exc:
         raise SettingsError(f"{name}: {exc}") from None
     return frozenset(e.lower() for e in entries)
-
-
-def _sealing_key(env: Mapping[str, str]) -> Secret | None:
-    name = "MESHGATE_WEBHOOK_SECRET_KEY"
-    secret = _secret(env, name)
-    if secret is None:
-        return None
-    try:
-        key = base64.b64decode(secret.reveal(), validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise SettingsError(f"{name} must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)")
-    return secret
-
-
-_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-def _sealing_key_list(value: str) -> tuple[tuple[str, bytes], ...]:
-    """`kid:base64,...`: ids of 1-32 of [A-Za-z0-9_-], distinct; keys of 32 bytes."""
-    pairs: list[tuple[str, bytes]] = []
-    for part in value.split(","):
-        if not part.strip():
-            continue
-        kid, _, encoded = part.strip().partition(":")
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if not _KEY_ID_RE.match(kid) or len(key) != 32:
-            raise ValueError
-        pairs.append((kid, key))
-    if not pairs or len({kid for kid, _ in pairs}) != len(pairs):
-        raise ValueError
-    return tuple(pairs)
-
-
-def _sealing_keys(env: Mapping[str, str]) -> Secret | None:
-    name = "MESHGATE_WEBHOOK_SECRET_KEYS"
-    secret = _secret(env, name)
-    if secret is None:
-        return None
-    if _secret(env, "MESHGATE_WEBHOOK_SECRET_KEY") is not None:
-        raise SettingsError(
-            f"{name} and MESHGATE_WEBHOOK_SECRET_KEY are both set; use {name} alone"
-        )
-    try:
-        _sealing_key_list(secret.reveal())
-    except ValueError:
-        raise SettingsError(
-            f"{name} must be comma-separated kid:base64 entries, the primary first: distinct"
-            " ids of 1-32 characters of A-Z a-z 0-9 _ -, keys of 32 bytes"
-            " (e.g. `k2:$(openssl rand -base64 32),k1:...`)"
-        ) from None
-    return secret
-
-
-def _key_list(secret: Secret) -> tuple[bytes, ...]:
-    """Comma-separated base64 keys of at least 32 bytes each, the signing key first."""
-    keys = []
-    for part in secret.reveal().split(","):
-        if not part.strip():
-            continue
-        try:
-            key = base64.b64decode(part.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if len(key) < 32:
-            raise ValueError
-        keys.append(key)
-    if not keys:
-        raise ValueError
-    return tuple(keys)
-
-
-def _page_token_keys(env: Mapping[str, str]) -> Secret | None:
-    name = "MESHGATE_PAGE_TOKEN_KEYS"
-    secret = _secret(env, name)
-    if secret is None:
-        return None
-    try:
-        _key_list(secret)
-    except ValueError:
-        raise SettingsError(
-            f"{name} must be comma-separated base64 keys of at least 32 bytes each"
-            " (e.g. `openssl rand -base64 32`), the signing key first"
-        ) from None
-    return secret
 
 
 def _jitter(env: Mapping[str, str]) -> float:
@@ -340,13 +217,13 @@ class Settings:
         """(key id, key) pairs, the primary first; MESHGATE_WEBHOOK_SECRET_KEY alone is the
         key `default`; empty: secrets are stored unencrypted."""
         if self.webhook_secret_keys is not None:
-            return _sealing_key_list(self.webhook_secret_keys.reveal())
+            return sealing_key_list(self.webhook_secret_keys.reveal())
         if self.webhook_secret_key is None:
             return ()
         return ((DEFAULT_KEY_ID, base64.b64decode(self.webhook_secret_key.reveal())),)
 
     def page_token_key_list(self) -> tuple[bytes, ...] | None:
-        return None if self.page_token_keys is None else _key_list(self.page_token_keys)
+        return None if self.page_token_keys is None else key_list(self.page_token_keys)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -364,7 +241,7 @@ class Settings:
         default_plan = env.get("MESHGATE_DEFAULT_PLAN", "free")
         if default_plan not in plans:
             raise SettingsError(f"MESHGATE_DEFAULT_PLAN {default_plan!r} is not one of the plans")
-        redis_url = _secret(env, "MESHGATE_REDIS_URL")
+        redis_url = read_secret(env, "MESHGATE_REDIS_URL")
         redis_cluster = boolean(env, "MESHGATE_REDIS_CLUSTER")
         if redis_cluster and redis_url is None:
             raise SettingsError(
@@ -381,14 +258,14 @@ class Settings:
             tls_key=Path(env.get("MESHGATE_TLS_KEY", "certs/server-key.pem")),
             tls_client_ca=Path(env.get("MESHGATE_TLS_CLIENT_CA", "certs/ca.pem")),
             insecure=boolean(env, "MESHGATE_INSECURE"),
-            mongodb_uri=_mongodb_uri(env),
+            mongodb_uri=mongodb_uri(env),
             mongodb_uri_file=watched_file(env, "MESHGATE_MONGODB_URI_FILE"),
             redis_url_file=watched_file(env, "MESHGATE_REDIS_URL_FILE"),
             mongodb_database=env.get("MESHGATE_MONGODB_DATABASE", "meshgate"),
             redis_url=redis_url,
             redis_cluster=redis_cluster,
             qdrant_url=env.get("MESHGATE_QDRANT_URL") or None,
-            qdrant_api_key=_secret(env, "MESHGATE_QDRANT_API_KEY"),
+            qdrant_api_key=read_secret(env, "MESHGATE_QDRANT_API_KEY"),
             qdrant_collections=_collection_layout(env),
             environments=environments,
             internal_peers=listed(env, "MESHGATE_INTERNAL_PEERS"),
@@ -435,10 +312,10 @@ class Settings:
                 env, "MESHGATE_WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0, maximum=2**24
             ),
             webhook_allowed_hosts=_allowed_hosts(env),
-            webhook_secret_key=_sealing_key(env),
-            webhook_secret_keys=_sealing_keys(env),
+            webhook_secret_key=sealing_key(env),
+            webhook_secret_keys=sealing_keys(env),
             webhook_ca_file=readable_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
-            page_token_keys=_page_token_keys(env),
+            page_token_keys=page_token_keys(env),
             sidecar_listen=listen_address(env, "MESHGATE_SIDECAR_LISTEN", "off"),
             ext_authz_peers=listed(env, "MESHGATE_EXT_AUTHZ_PEERS"),
             routes=(
