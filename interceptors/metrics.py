@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
+# how late the event loop ran a timer (server/loop_lag.py): from a millisecond to a stall
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -104,6 +106,13 @@ class Metrics:
             "meshgate_service_serving",
             "1 when the service's health status is SERVING",
             ["service"],
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "meshgate_event_loop_lag_seconds",
+            "how much later than asked the event loop ran a timer (sampled every 100 ms):"
+            " the wait every call on this process had behind whatever held the loop",
+            buckets=LAG_BUCKETS,
             registry=r,
         )
         self._callbacks = _Callbacks()

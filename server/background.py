@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from interceptors.metrics import Metrics
 from server.components import Components
+from server.loop_lag import LoopLag
 from server.settings import Settings
 from server.workers.dispatcher import DeliveryWorker, RetrySchedule
 from server.workers.key_idle import IdleKeys
@@ -38,6 +39,8 @@ class Background:
     # the idle-key policies, applied every `idle_check_s` (server/workers/key_idle.py)
     idle_keys: IdleKeys
     idle_check_s: float
+    # how late the event loop runs (server/loop_lag.py)
+    loop_lag: LoopLag
     # rows per (kind, state), refreshed by a loop and read by metric scrapes
     queue_depth: dict[tuple[str, ...], float] = field(default_factory=dict)
 
@@ -116,6 +119,7 @@ def build_background(settings: Settings, c: Components) -> Background:
         runners=runners,
         idle_keys=idle_keys,
         idle_check_s=settings.key_idle_check_s,
+        loop_lag=LoopLag(histogram=c.metrics.loop_lag),
     )
 
 
@@ -133,6 +137,11 @@ def export_work_metrics(m: Metrics, background: Background) -> None:
             ("gone",): float(work.deliveries_failed),
         },
         ("outcome",),
+    )
+    m.gauge_from(
+        "meshgate_event_loop_lag_max_seconds",
+        "the longest event-loop lag of the last minute (see meshgate_event_loop_lag_seconds)",
+        lambda: {(): background.loop_lag.max_recent()},
     )
     m.gauge_from(
         "meshgate_work_queue_depth",
@@ -206,6 +215,7 @@ def start_background(
         "usage-flush": _every(1.0, c.flush_usage, failing="flush usage / settle credits"),
         "audit-writer": c.audit.run(),
         "dependency-monitor": monitor.run(),
+        "loop-lag": background.loop_lag.run(),
         "queue-depth": _every(
             5.0,
             lambda: _refresh_queue_depth(background),
