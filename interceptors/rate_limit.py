@@ -107,7 +107,9 @@ class RateLimit:
         call.response_metadata = decision.headers()
         if not decision.allowed:
             assert call.principal is not None
-            plan, rate_class = call.principal.organization.plan, call.policy.rate_class
+            # the plan the limit came from (a name of the plan table: a bounded label)
+            plan = self._plan_of(call.principal.organization.plan).name
+            rate_class = call.policy.rate_class
             call.rate_limited = True
             if self._metrics is not None:
                 self._metrics.rate_limited.labels(plan, rate_class).inc()
