@@ -177,6 +177,9 @@ class Settings:
     rate_limit_on_redis_failure: FailureMode = FailureMode.LOCAL
     credits_fail_open: bool = False
     limiter_timeout_s: float = 0.2
+    # rate-limit buckets one process keeps state for (leases, local fallback buckets, names);
+    # the least recently used beyond it are forgotten (docs/limits.md#rate-limits)
+    rate_limit_max_buckets: int = 10_000
     metrics_listen: str | None = "127.0.0.1:9464"
     health_interval_s: float = 2.0
     # ingestion tasks and webhooks
@@ -294,6 +297,9 @@ class Settings:
             )
             == "open",
             limiter_timeout_s=number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
+            rate_limit_max_buckets=whole_number(
+                env, "MESHGATE_RATE_LIMIT_MAX_BUCKETS", 10_000, minimum=100, maximum=10_000_000
+            ),
             metrics_listen=listen_address(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
             health_interval_s=number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
             task_workers=whole_number(env, "MESHGATE_TASK_WORKERS", 2, minimum=0, maximum=64),
