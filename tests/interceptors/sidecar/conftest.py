@@ -116,6 +116,9 @@ async def sidecar_server(
         routes=load_routes(write_route_file(tmp_path_factory.mktemp("routes"))),
         plans={**settings.plans, **parse_plans({"tiny": TINY_PLAN, "slow": SLOW_PLAN})},
         rate_limit_max_buckets=MAX_BUCKETS,
+        # the limit tests count tokens: a Redis answer slower than the 0.2 s default on a
+        # loaded machine would switch the limiter to its local fallback mid-count
+        limiter_timeout_s=1.0,
         metrics_listen="127.0.0.1:0",
     )
     running = await create_server(own, backends)
