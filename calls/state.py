@@ -65,6 +65,9 @@ class CallState:
     admitted: bool = False
     # what the call acted on, for the audit trail (servicers set it for created resources)
     resource: str = ""
+    # a sidecar's judged call (ext_authz Check): the HTTP path it asked about, for the access
+    # line only (caller-chosen: never a metric label; `method` is its route's name)
+    path: str | None = None
     request: Any = None
     # tracing (only when a tracer is configured)
     span: Any = None

@@ -9,8 +9,10 @@ were minted by meshgate in a fixed alphabet, the peer address comes from grpc.
 `AccessRecord` is still a `logging.LogRecord` (handlers, filters and pytest's
 capture see an ordinary record with the same attributes), but it is made
 without those lookups and carries its JSON members for those fields ready-made
-(`trusted`); the formatter (server/logs.py) redacts and escapes only the two
-fields a caller can choose: the request id and the peer identity.
+(`trusted`); the formatter (server/logs.py) redacts and escapes only the
+fields a caller can choose: the request id, the peer identity and, on a sidecar's
+judged call (ext_authz Check), the HTTP `path` it asked about (its `method` is the
+route's name, or NO_ROUTE).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class AccessRecord(logging.LogRecord):
         self.key_id = key.key_id if key else None
         self.peer = call.peer_identity
         self.peer_address = call.peer_address
+        self.path = call.path
         # JSON members of the fields no caller chooses: method (a registered name), status,
         # duration, the ids meshgate minted ([0-9A-Za-z_]) and grpc's peer address
         self._trusted = (

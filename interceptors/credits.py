@@ -50,7 +50,8 @@ class Credits:
     def _debited(self, call: CallState, organization: Organization, cost: int) -> None:
         call.credits = cost
         if self._metrics is not None:
-            plan = organization.plan
+            # the plan the debit followed (a name of the plan table: a bounded label)
+            plan = self._plan_of(organization.plan).name
             counter = self._counters.get(plan)
             if counter is None:
                 counter = self._counters[plan] = self._metrics.credits_debited.labels(plan)

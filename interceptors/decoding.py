@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-from interceptors.metrics import Metrics
+from interceptors.metrics import Metrics, method_label
 from storage.core.errors import InvalidArgumentError
 
 __all__ = ["MALFORMED_MESSAGE", "Decoder", "MalformedRequestError", "MalformedRequests"]
@@ -57,7 +57,7 @@ class MalformedRequests:
 
     def seen(self, method: str, part: str) -> None:
         if self._metrics is not None:
-            self._metrics.malformed_requests.labels(method, part).inc()
+            self._metrics.malformed_requests.labels(method_label(method), part).inc()
         self._unreported += 1
         now = self._clock()
         if now >= self._next_warning:

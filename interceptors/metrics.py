@@ -3,6 +3,14 @@
 The per-call cost is a dictionary lookup and a histogram observation; values
 the components already count (cache hits, invalidations, queue depths) are
 read only when scraped. `server/observability.py` exposes the registry.
+
+Every label value comes from a fixed set: a registered method (or a route name of
+the route policy file, or NO_ROUTE, for a sidecar's judged call), a status name, a
+plan of the plan table, a rate class, a store, a service, an outcome. Nothing a
+caller sends (a path, a key id, a peer identity, a namespace) is ever a label value:
+each distinct value is a series kept until the process ends. `rpc_method` has one
+form in every metric: `pkg.Service/Method`, without grpc's leading slash
+(`method_label`).
 """
 
 from __future__ import annotations
@@ -15,11 +23,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "method_label"]
 
 # how late the event loop ran a timer (server/loop_lag.py): from a millisecond to a stall
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def method_label(method: str) -> str:
+    """The `rpc_method` label of a method: grpc's `/pkg.Service/Method` without its leading
+    slash (the OpenTelemetry conventions' fully qualified name); a sidecar route's name as
+    it is (`GET,HEAD /api/orders` keeps its method list)."""
+    return method[1:] if method.startswith("/") else method
 
 
 _Labeled = tuple[str, str, Callable[[], Mapping[tuple[str, ...], float]], tuple[str, ...]]
@@ -63,10 +78,12 @@ class Metrics:
             buckets=_BUCKETS,
             registry=r,
         )
+        # neither peer nor key: the access line and the audit trail name them (a label of
+        # either would grow with keys x peers x methods)
         self.auth_failures = Counter(
             "meshgate_auth_failures_total",
-            "UNAUTHENTICATED and PERMISSION_DENIED answers by method, code, peer identity and key",
-            ["rpc_method", "code", "peer", "key_id"],
+            "UNAUTHENTICATED and PERMISSION_DENIED answers by method and code",
+            ["rpc_method", "code"],
             registry=r,
         )
         self.malformed_requests = Counter(
@@ -118,19 +135,29 @@ class Metrics:
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
         self._durations: dict[tuple[str, str], Any] = {}
+        self._refusals: dict[tuple[str, str], Any] = {}
 
     def observe_call(
         self, method: str, status: str, duration_s: float, *, error: bool = False
     ) -> None:
-        """`method` is grpc's `/pkg.Service/Method`; the label is the conventions' fully
-        qualified `pkg.Service/Method`. `error`: the status is a server error (`error_type`,
-        empty otherwise, which Prometheus treats as absent)."""
+        """`method` is grpc's `/pkg.Service/Method` (or a sidecar route's name); the label is
+        `method_label`'s. `error`: the status is a server error (`error_type`, empty
+        otherwise, which Prometheus treats as absent)."""
         child = self._durations.get((method, status))
         if child is None:
             child = self._durations[(method, status)] = self.call_duration.labels(
-                "grpc", method.lstrip("/"), status, status if error else ""
+                "grpc", method_label(method), status, status if error else ""
             )
         child.observe(duration_s)
+
+    def auth_failure(self, method: str, status: str) -> None:
+        """One UNAUTHENTICATED or PERMISSION_DENIED answer of `method`."""
+        child = self._refusals.get((method, status))
+        if child is None:
+            child = self._refusals[(method, status)] = self.auth_failures.labels(
+                method_label(method), status
+            )
+        child.inc()
 
     def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
         self._callbacks.counters.append((name, doc, read))

@@ -10,6 +10,10 @@ add up to more than the plan. Every admitted response carries
 `ratelimit-limit`, `ratelimit-remaining` and `ratelimit-reset` of the tighter of
 the two buckets; a refusal is RESOURCE_EXHAUSTED with RetryInfo and
 `retry-after`.
+
+Bucket names are kept for the `max_buckets` most recently made (the rate-limit
+service names buckets from its callers' descriptors; beyond the cap the oldest
+names are made again when next needed).
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ class RateLimit:
         limiter: RateLimiter,
         plan_of: Callable[[str], Plan],
         metrics: Metrics | None = None,
+        max_buckets: int = 10_000,
     ) -> None:
         self._limiter = limiter
         self._metrics = metrics
         self._plan_of = plan_of
+        self._max_buckets = max_buckets
+        # (organization_id, owner, rate class) -> bucket name, the oldest made dropped first
         self._buckets: dict[tuple[str, str, str], str] = {}
 
     @staticmethod
@@ -84,11 +91,19 @@ class RateLimit:
     def limiter(self) -> RateLimiter:
         return self._limiter
 
+    @property
+    def cached_bucket_names(self) -> int:
+        """Bucket names kept (at most `max_buckets`)."""
+        return len(self._buckets)
+
     def _bucket(self, organization_id: str, owner: str, rate_class: str) -> str:
-        name = self._buckets.get((organization_id, owner, rate_class))
+        names = self._buckets
+        name = names.get((organization_id, owner, rate_class))
         if name is None:
+            if len(names) >= self._max_buckets:
+                del names[next(iter(names))]
             parts = ("rl", owner, rate_class) if owner else ("rl", rate_class)
-            name = self._buckets[(organization_id, owner, rate_class)] = organization_key(
+            name = names[(organization_id, owner, rate_class)] = organization_key(
                 organization_id, *parts
             )
         return name
@@ -107,7 +122,9 @@ class RateLimit:
         call.response_metadata = decision.headers()
         if not decision.allowed:
             assert call.principal is not None
-            plan, rate_class = call.principal.organization.plan, call.policy.rate_class
+            # the plan the limit came from (a name of the plan table: a bounded label)
+            plan = self._plan_of(call.principal.organization.plan).name
+            rate_class = call.policy.rate_class
             call.rate_limited = True
             if self._metrics is not None:
                 self._metrics.rate_limited.labels(plan, rate_class).inc()

@@ -111,11 +111,6 @@ class Telemetry:
                 call.method, call.code.name, duration_s, error=call.code in SERVER_ERRORS
             )
             if call.code in _AUTH_FAILURES:
-                self._metrics.auth_failures.labels(
-                    call.method,
-                    call.code.name,
-                    call.peer_identity or "unknown",
-                    call.key.key_id if call.key else "",
-                ).inc()
+                self._metrics.auth_failure(call.method, call.code.name)
         if self._log.isEnabledFor(logging.INFO):
             self._log.handle(AccessRecord(self._log.name, time.time(), call, duration_s))

@@ -78,6 +78,8 @@ class RunningServer:
     # counters of the background work (tasks, deliveries)
     work_metrics: WorkMetrics = field(default_factory=WorkMetrics)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # the rate-limit service's decider (its caches are bounded: docs/security.md#limits)
+    rate_limits: RateLimitDecider | None = None
 
     @property
     def verifier(self) -> KeyVerifier:
@@ -216,6 +218,14 @@ async def create_server(
     background = build_background(settings, c)
     export_work_metrics(c.metrics, background)
     add_servicers(server, c, monitor)
+    rate_limits = RateLimitDecider(
+        rate_limit=c.rate_limit,
+        plan_of=c.plan_of,
+        organizations=c.organizations,
+        keys=c.keys,
+        key_cache_ttl_s=settings.key_cache_ttl_s,
+        max_key_limits=settings.rate_limit_max_buckets,
+    )
     add_sidecar_services(
         server,
         check=CheckDecider(
@@ -225,13 +235,8 @@ async def create_server(
             errors=path.errors,
             remove_authorization=settings.ext_authz_remove_authorization,
         ),
-        rate_limits=RateLimitDecider(
-            rate_limit=c.rate_limit,
-            plan_of=c.plan_of,
-            organizations=c.organizations,
-            keys=c.keys,
-            key_cache_ttl_s=settings.key_cache_ttl_s,
-        ),
+        rate_limits=rate_limits,
+        bindings=settings.ext_authz_bindings,
     )
     await monitor.check_once()
     enable_reflection((*(s.name for s in SERVICES), *SIDECAR_SERVICES, HEALTH_SERVICE), server)
@@ -257,6 +262,7 @@ async def create_server(
         metrics_server=metrics_server,
         work_metrics=background.metrics,
         tasks=start_background(c, background, monitor),
+        rate_limits=rate_limits,
     )
     credentials = CredentialFiles(settings=settings, backends=backends)
     if credentials.watching:

@@ -150,6 +150,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         failure_mode=settings.rate_limit_on_redis_failure,
         timeout_s=settings.limiter_timeout_s,
         on_fallback=lambda _bucket: metrics.limiter_fallbacks.inc(),
+        max_buckets=settings.rate_limit_max_buckets,
     )
     box = SecretBox(settings.webhook_sealing_keys())
     if not box.encrypts:
@@ -219,7 +220,12 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         credit_events=credit_events,
         usage=usage,
         plan_of=plan_of,
-        rate_limit=RateLimit(limiter=limiter, plan_of=plan_of, metrics=metrics),
+        rate_limit=RateLimit(
+            limiter=limiter,
+            plan_of=plan_of,
+            metrics=metrics,
+            max_buckets=settings.rate_limit_max_buckets,
+        ),
         metrics=metrics,
         audit=audit,
         queue=queue,

@@ -5,8 +5,8 @@ credentials) and redacts anything shaped like an API key, a webhook secret or
 a UUID (the form of internal ids) from every message and value.
 
 An access line (interceptors/access_log.py) takes a shorter way: its fields
-that no caller chooses arrive as ready JSON, and only the request id and the
-peer identity are redacted and escaped here.
+that no caller chooses arrive as ready JSON, and only the request id, the
+peer identity and a judged call's HTTP path are redacted and escaped here.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def _clean(value: Any) -> Any:
     return redact(str(value))
 
 
+_MAX_PATH = 1024
+
+
+def _shortened(path: str) -> str:
+    return path if len(path) <= _MAX_PATH else f"{path[:_MAX_PATH]}[…{len(path)} characters]"
+
+
 def _json_text(value: str | None) -> str:
     return "null" if value is None else json.dumps(redact(value))
 
@@ -89,10 +96,14 @@ class GuardedJsonFormatter(logging.Formatter):
                 f',"trace_id":"{span_context.trace_id:032x}"'
                 f',"span_id":"{span_context.span_id:016x}"'
             )
+        # a sidecar's judged call: the path it asked about (caller-chosen, at most 1 KiB)
+        path = (
+            "" if record.path is None else f',"path":{json.dumps(_shortened(redact(record.path)))}'
+        )
         return (
             f'{{"time":"{self._time(record.created)}","level":"INFO",'
             f'"logger":{json.dumps(record.name)},"message":"call"{trace_members},'
-            f'"request_id":{rid},{record.trusted},"peer":{peer}}}'
+            f'"request_id":{rid},{record.trusted},"peer":{peer}{path}}}'
         )
 
     def format(self, record: logging.LogRecord) -> str:

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from interceptors.sidecar.routes import RouteError, RoutePolicies, parse_routes
+from interceptors.sidecar.bindings import SidecarBindings
+from interceptors.sidecar.routes import RoutePolicies
 from server.env_values import (
     SettingsError,
     boolean,
@@ -41,6 +40,7 @@ from server.secret_values import (
     sealing_key_list,
     sealing_keys,
 )
+from server.sidecar_files import ext_authz_bindings, load_routes
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
@@ -92,23 +92,6 @@ def load_plans(path: Path) -> dict[str, Plan]:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path} is not JSON: {exc}") from None
     except PlanError as exc:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path}: {exc}") from None
-
-
-def load_routes(path: Path) -> RoutePolicies:
-    """The route policy file (JSON when it ends in .json, else YAML), validated now: a bad
-    file stops the server with a message naming the route and the field."""
-    name = "MESHGATE_ROUTE_POLICY_FILE"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
-    try:
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        return parse_routes(document)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SettingsError(f"{name}: {path} does not parse: {exc}") from None
-    except RouteError as exc:
-        raise SettingsError(f"{name}: {path}: {exc}") from None
 
 
 def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
@@ -177,6 +160,9 @@ class Settings:
     rate_limit_on_redis_failure: FailureMode = FailureMode.LOCAL
     credits_fail_open: bool = False
     limiter_timeout_s: float = 0.2
+    # rate-limit buckets one process keeps state for (leases, local fallback buckets, names);
+    # the least recently used beyond it are forgotten (docs/limits.md#rate-limits)
+    rate_limit_max_buckets: int = 10_000
     metrics_listen: str | None = "127.0.0.1:9464"
     health_interval_s: float = 2.0
     # ingestion tasks and webhooks
@@ -203,6 +189,8 @@ class Settings:
     sidecar_listen: str | None = None
     # who may ask ext_authz Check and ShouldRateLimit (the sidecars' mTLS identities)
     ext_authz_peers: frozenset[str] = frozenset()
+    # whom each of them may speak for: organizations and source principals (none: nobody)
+    ext_authz_bindings: SidecarBindings = field(default_factory=SidecarBindings)
     # the routes ext_authz Check judges (none: every Check is denied)
     routes: RoutePolicies = field(default_factory=RoutePolicies)
     # an allowed Check removes the client's authorization header before the upstream
@@ -294,6 +282,9 @@ class Settings:
             )
             == "open",
             limiter_timeout_s=number(env, "MESHGATE_LIMITER_TIMEOUT_S", 0.2, minimum=0.01),
+            rate_limit_max_buckets=whole_number(
+                env, "MESHGATE_RATE_LIMIT_MAX_BUCKETS", 10_000, minimum=100, maximum=10_000_000
+            ),
             metrics_listen=listen_address(env, "MESHGATE_METRICS_LISTEN", "127.0.0.1:9464"),
             health_interval_s=number(env, "MESHGATE_HEALTH_INTERVAL_S", 2.0, minimum=0.1),
             task_workers=whole_number(env, "MESHGATE_TASK_WORKERS", 2, minimum=0, maximum=64),
@@ -318,6 +309,7 @@ class Settings:
             page_token_keys=page_token_keys(env),
             sidecar_listen=listen_address(env, "MESHGATE_SIDECAR_LISTEN", "off"),
             ext_authz_peers=listed(env, "MESHGATE_EXT_AUTHZ_PEERS"),
+            ext_authz_bindings=ext_authz_bindings(env, listed(env, "MESHGATE_EXT_AUTHZ_PEERS")),
             routes=(
                 load_routes(Path(env["MESHGATE_ROUTE_POLICY_FILE"]))
                 if env.get("MESHGATE_ROUTE_POLICY_FILE")

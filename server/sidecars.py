@@ -3,7 +3,10 @@
 They share the listener, its mTLS (and certificate reloads) and the interceptor chain:
 each call gets a request id, an access line and metrics like any other, and the chain's
 authorization step admits only the sidecar identities of MESHGATE_EXT_AUTHZ_PEERS
-(otherwise anyone could probe keys through Check). The deciders
+(otherwise anyone could probe keys through Check). Each answer is then bounded by the
+asking sidecar's binding (MESHGATE_EXT_AUTHZ_BINDINGS_FILE): the organizations and
+source principals it may speak for; an allow-listed identity without one is refused
+(PERMISSION_DENIED; the settings refuse to start with one). The deciders
 (interceptors/sidecar/) run the very step objects the chain runs for meshgate's own
 methods. They are not rows of the registry: that lists meshgate's services, whose
 protos declare their policies; these two carry theirs in server/policies.py.
@@ -17,8 +20,11 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
+from calls.state import current_call
+from interceptors.sidecar.bindings import SidecarBinding, SidecarBindings
 from interceptors.sidecar.check import CheckDecider
 from interceptors.sidecar.rate_limits import RateLimitDecider
+from storage.core.errors import PermissionDeniedError
 
 __all__ = ["SIDECAR_SERVICES", "add_sidecar_services"]
 
@@ -28,24 +34,45 @@ SIDECAR_SERVICES = (
 )
 
 
+def _asking(bindings: SidecarBindings) -> SidecarBinding:
+    """The binding of the sidecar asking (the identity the chain's authorization step
+    admitted: the call's peer)."""
+    binding = bindings.of(current_call.get().peer_identity)
+    if binding is None:
+        raise PermissionDeniedError(
+            "this sidecar is bound to no organization (MESHGATE_EXT_AUTHZ_BINDINGS_FILE)"
+        )
+    return binding
+
+
 class _Authorization(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, decider: CheckDecider) -> None:
+    def __init__(self, decider: CheckDecider, bindings: SidecarBindings) -> None:
         self._decider = decider
+        self._bindings = bindings
 
     async def Check(self, request: Any, context: Any) -> Any:
-        return await self._decider.check(request)
+        return await self._decider.check(request, sidecar=_asking(self._bindings))
 
 
 class _RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    def __init__(self, decider: RateLimitDecider) -> None:
+    def __init__(self, decider: RateLimitDecider, bindings: SidecarBindings) -> None:
         self._decider = decider
+        self._bindings = bindings
 
     async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
-        return await self._decider.should_rate_limit(request)
+        return await self._decider.should_rate_limit(request, sidecar=_asking(self._bindings))
 
 
 def add_sidecar_services(
-    server: grpc.aio.Server, *, check: CheckDecider, rate_limits: RateLimitDecider
+    server: grpc.aio.Server,
+    *,
+    check: CheckDecider,
+    rate_limits: RateLimitDecider,
+    bindings: SidecarBindings,
 ) -> None:
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(_Authorization(check), server)
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(_RateLimitService(rate_limits), server)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        _Authorization(check, bindings), server
+    )
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+        _RateLimitService(rate_limits, bindings), server
+    )

@@ -8,17 +8,28 @@ through the very same step objects as meshgate's own calls: authentication, iden
 permission, namespace, rate limit, credits, audit. The observers see it finish too
 (access line, usage, audit trail), so a judged call counts like a direct one.
 
+The asking sidecar speaks only for its binding (bindings.py): a source principal outside
+it, or a key of an organization outside it, is PERMISSION_DENIED before any bucket,
+credit or namespace is touched.
+
 Allowed: the upstream receives `x-meshgate-organization-id`, `-namespace-id`, `-key-id`
-and `-request-id` (never internal_id); any `x-meshgate-*` header the client sent is
-removed, and its `authorization` too unless configured otherwise; the client receives
-`ratelimit-*`. Denied: the HTTP status of the gRPC code (401, 403, 404, 429, 503...),
-the same message meshgate gives, `grpc-status`/`grpc-message` for gRPC callers,
-`retry-after` on limits.
+and `-request-id` (never internal_id); any other header the client sent whose name is
+`x-meshgate-...` in either spelling (any mix of `-` and `_`, which WSGI/CGI upstreams read
+as one variable) is removed, and its `authorization` too unless configured otherwise; the
+client receives `ratelimit-*`. Denied: the HTTP status of the gRPC code (401, 403, 404,
+429, 503...), the same message meshgate gives, `grpc-status`/`grpc-message` for gRPC
+callers, `retry-after` on limits.
+
+What is observed: the call's method is its route's name (from the route policy file) or
+NO_ROUTE, a bounded set, so metrics never grow with paths; the path itself goes to the
+access line (`path`, redacted like other caller-chosen fields) and, for a matched route,
+the audit trail's resource.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -32,15 +43,17 @@ from google.rpc import status_pb2
 
 from calls.policy import Access, Policy
 from calls.state import CallState
+from interceptors.authentication import Authentication
 from interceptors.chain import Observer, Step, plan_for
 from interceptors.errors import ErrorMapper, Refusal
 from interceptors.namespace import NAMESPACE_HEADER
 from interceptors.request_metadata import read_metadata
+from interceptors.sidecar.bindings import SidecarBinding
 from interceptors.sidecar.routes import RoutePolicies
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError
 
-__all__ = ["HTTP_STATUS", "UPSTREAM_HEADERS", "CheckDecider", "SourcePeer"]
+__all__ = ["HTTP_STATUS", "NO_ROUTE", "UPSTREAM_HEADERS", "CheckDecider", "SourcePeer"]
 
 ORGANIZATION_HEADER = "x-meshgate-organization-id"
 NAMESPACE_ID_HEADER = "x-meshgate-namespace-id"
@@ -52,7 +65,11 @@ UPSTREAM_HEADERS = (
     KEY_HEADER,
     UPSTREAM_REQUEST_ID_HEADER,
 )
-_OURS = "x-meshgate-"
+# meshgate's own headers in either spelling: `x-meshgate-key-id`, `x_meshgate_key_id`,
+# `x-meshgate_key-id`... (WSGI/CGI upstreams read every one of them as HTTP_X_MESHGATE_...)
+_OURS = re.compile(r"x[-_]meshgate[-_]")
+# the method of a judged call no route matched (a path is never a metric label)
+NO_ROUTE = "(no route)"
 # the headers the steps decide on; each may appear once (Envoy joins repeats with commas)
 _SECURITY_HEADERS = ("authorization", NAMESPACE_HEADER, REQUEST_ID_HEADER)
 
@@ -76,6 +93,14 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 class _NoRouteError(PermissionDeniedError):
     """A route the policy file does not name: refused (fail closed)."""
+
+
+class _UnboundError(PermissionDeniedError):
+    """The asking sidecar may not speak for this caller (bindings.py)."""
+
+
+# the plan of one route's policy: the steps up to authentication, those after it, observers
+_Plan = tuple[tuple[Step, ...], tuple[Step, ...], tuple[Observer, ...]]
 
 
 class SourcePeer:
@@ -107,39 +132,56 @@ class CheckDecider:
         self._steps = tuple(steps)
         self._observers = tuple(observers)
         # per policy, the steps and observers that apply (as the chain plans per method)
-        self._plans: dict[Policy, tuple[tuple[Step, ...], tuple[Observer, ...]]] = {}
+        self._plans: dict[Policy, _Plan] = {}
         self._errors = errors
         self._remove_authorization = remove_authorization
         self._logger = logger or logging.getLogger("meshgate.ext_authz")
 
     async def check(
-        self, request: external_auth_pb2.CheckRequest
+        self, request: external_auth_pb2.CheckRequest, *, sidecar: SidecarBinding
     ) -> external_auth_pb2.CheckResponse:
+        """The decision on one CheckRequest of the sidecar bound by `sidecar`."""
         started = time.perf_counter()
         attributes = request.attributes
         http = attributes.request.http
         headers = _header_names(http)
+        path = http.path.partition("?")[0]
+        route = self._routes.match(http.path, http.method)
         call = CallState(
-            method=http.path.partition("?")[0] or "-",
+            method=NO_ROUTE if route is None else route.name,
             policy=_UNROUTED,
             request_id="-",
             metadata={},
             peer_address=_address(attributes.source.address),
             started_at=time.time(),
+            path=path,
         )
         try:
             call.metadata = read_metadata(_security_headers(http))
             call.request_id = Telemetry.request_id(call.metadata)
-            route = self._routes.match(http.path, http.method)
             if route is None:
                 raise _NoRouteError(
                     "this route has no policy in meshgate's route policy file and is refused"
                 )
             # logs, usage and metrics name the route (a bounded set); the audit trail also
             # records the path itself
-            call.method, call.policy, call.resource = route.name, route.policy, call.method
-            peer = SourcePeer(attributes.source.principal)
-            for step in self._plan(route.policy)[0]:
+            call.policy, call.resource = route.policy, path
+            principal = attributes.source.principal
+            if not sidecar.speaks_for_principal(principal):
+                call.set_peer_identity(principal or None)
+                raise _UnboundError("this sidecar may not speak for the call's source principal")
+            peer = SourcePeer(principal)
+            authenticating, after = self._plan(route.policy)[:2]
+            for step in authenticating:
+                pending = step.check(call, peer)
+                if pending is not None:
+                    await pending
+            key = call.key
+            if key is not None and not sidecar.speaks_for_organization(key.organization_id):
+                # refused for where it was presented, as a workload-bound key is: audited
+                call.key, call.refused_key = None, key
+                raise _UnboundError("this sidecar may not speak for the key's organization")
+            for step in after:
                 pending = step.check(call, peer)
                 if pending is not None:
                     await pending
@@ -161,7 +203,7 @@ class CheckDecider:
             upstream[KEY_HEADER] = call.principal.key.key_id
         if call.namespace is not None:
             upstream[NAMESPACE_ID_HEADER] = call.namespace.namespace_id
-        remove = sorted(k for k in headers if k.startswith(_OURS) and k not in upstream)
+        remove = sorted(k for k in headers if _OURS.match(k) and k not in upstream)
         if self._remove_authorization and "authorization" in headers:
             remove.append("authorization")
         return external_auth_pb2.CheckResponse(
@@ -193,18 +235,26 @@ class CheckDecider:
             ),
         )
 
-    def _plan(self, policy: Policy) -> tuple[tuple[Step, ...], tuple[Observer, ...]]:
+    def _plan(self, policy: Policy) -> _Plan:
+        """The steps that apply (split after authentication, where the key's organization
+        is known and checked against the sidecar's binding) and the observers."""
         plan = self._plans.get(policy)
         if plan is None:
+            steps = plan_for(self._steps, policy)
+            split = next(
+                (i + 1 for i, step in enumerate(steps) if isinstance(step, Authentication)),
+                len(steps),
+            )
             plan = self._plans[policy] = (
-                plan_for(self._steps, policy),
+                steps[:split],
+                steps[split:],
                 plan_for(self._observers, policy, test="observes"),
             )
         return plan
 
     def _finish(self, call: CallState, started: float) -> None:
         duration = time.perf_counter() - started
-        for observer in self._plan(call.policy)[1]:
+        for observer in self._plan(call.policy)[2]:
             try:
                 observer.finish(call, duration)
             except Exception:  # an observer must never change the decision

@@ -14,6 +14,14 @@ tokens (the descriptor's own, else the request's, 0 meaning 1, at most MAX_HITS)
 the same leased Redis buckets (storage/metering/rate_limiter.py) and the same plan
 table as meshgate's rate-limit step. A descriptor naming an unknown organization, or a
 key that is unknown, revoked or expired, is OVER_LIMIT (fail closed).
+
+A sidecar speaks only for the organizations of its binding (bindings.py): a request with
+any descriptor naming another is PERMISSION_DENIED as a whole, before any descriptor
+draws a token. A refusal, not OVER_LIMIT: the descriptor is no client's over-use but a
+sidecar asking about an organization it does not serve (a misconfiguration or a stolen
+credential), and Envoy's failure_mode_deny refuses the call either way while the error
+shows in meshgate's metrics and access line. At most MAX_DESCRIPTORS descriptors per
+request and MAX_HITS hits per descriptor: one request draws at most 1,600 tokens.
 """
 
 from __future__ import annotations
@@ -28,15 +36,21 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
 
 from interceptors.rate_limit import RateLimit
+from interceptors.sidecar.bindings import SidecarBinding
 from storage.core.cache import TTLCache
-from storage.core.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
+from storage.core.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from storage.core.ids import KEY_ID_RE, NAMESPACE_ID_RE, ORGANIZATION_ID_RE
 from storage.core.plans import RATE_CLASSES, Limit, Plan
 from storage.metering.rate_limiter import Decision
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.organizations import Organization, OrganizationStore
 
-__all__ = ["DESCRIPTOR_KEYS", "MAX_HITS", "RateLimitDecider"]
+__all__ = ["DESCRIPTOR_KEYS", "MAX_DESCRIPTORS", "MAX_HITS", "RateLimitDecider"]
 
 DESCRIPTOR_KEYS = ("organization_id", "rate_class", "namespace_id", "key_id")
 MAX_HITS = 100
@@ -70,19 +84,28 @@ class RateLimitDecider:
         organizations: OrganizationStore,
         keys: KeyStore,
         key_cache_ttl_s: float = 10.0,
+        max_key_limits: int = 10_000,
     ) -> None:
         self._rate_limit = rate_limit
         self._plan_of = plan_of
         self._organizations = organizations
         self._keys = keys
-        # key_id -> its own limit (None: the plan's); revocations reach it within the TTL
+        # key_id -> its own limit (None: the plan's); revocations reach it within the TTL;
+        # only keys that exist are kept, the least recently cached beyond the cap dropped
         self._key_limits: TTLCache[tuple[str, str], tuple[Limit | None]] = TTLCache(
-            ttl_s=min(key_cache_ttl_s, 10.0), max_entries=10_000
+            ttl_s=min(key_cache_ttl_s, 10.0), max_entries=max_key_limits
         )
 
+    @property
+    def cached_key_limits(self) -> int:
+        """Keys whose own limit is cached (at most `max_key_limits`)."""
+        return len(self._key_limits)
+
     async def should_rate_limit(
-        self, request: rls_pb2.RateLimitRequest
+        self, request: rls_pb2.RateLimitRequest, *, sidecar: SidecarBinding
     ) -> rls_pb2.RateLimitResponse:
+        """The answer to one request of the sidecar bound by `sidecar`: every descriptor is
+        checked (its form, its organization against the binding) before any draws."""
         if not request.descriptors:
             raise InvalidArgumentError("a rate limit request needs at least one descriptor")
         if len(request.descriptors) > MAX_DESCRIPTORS:
@@ -91,6 +114,12 @@ class RateLimitDecider:
             _parse(d, default_hits=request.hits_addend, where=f"descriptors[{i}]")
             for i, d in enumerate(request.descriptors)
         ]
+        for index, descriptor in enumerate(parsed):
+            if not sidecar.speaks_for_organization(descriptor.organization_id):
+                raise PermissionDeniedError(
+                    f"descriptors[{index}]: this sidecar may not speak for organization"
+                    f" {descriptor.organization_id}"
+                )
         statuses: list[Any] = []
         decisions: list[Decision] = []
         for descriptor in parsed:

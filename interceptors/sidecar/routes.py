@@ -9,8 +9,20 @@ methods. The file is validated once at start-up; a route it does not name is ref
 
 Matching: an exact gRPC method first, then its service's `*`, then the longest HTTP
 prefix whose methods include the request's (a prefix matches at a `/` boundary or
-exactly). Paths that are not normalized (dot segments, encoded slashes or dots,
-backslashes, empty segments) match nothing: a prefix must not be escapable.
+exactly). A prefix must not be escapable, whatever the upstream does with a path
+before resolving it, so these paths match nothing (and are refused):
+
+- not normalized: dot segments, empty segments, backslashes;
+- any `;` (path parameters: `/api/read/..;/admin` is `/admin` to upstreams that strip
+  them before resolving dot segments, Tomcat, Spring, Jetty);
+- any `%` escape (`/api/%61dmin`, `/api/admin%3B`): meshgate does not decode, so it
+  never judges a path other than the one it was given;
+- anything but visible ASCII (spaces, control characters, non-ASCII bytes).
+
+Prefixes compare case-sensitively. A path that would fall under a longer prefix if
+case were ignored (`/api/ADMIN/users` beside `/api/admin`) is refused rather than
+judged under the shorter one, for upstreams that ignore case. The file holds at most
+MAX_ROUTES routes; no two prefixes differ in case only.
 """
 
 from __future__ import annotations
@@ -37,8 +49,9 @@ _FIELDS = frozenset(
     {"grpc", "http_prefix", "methods", "access", "permission", "namespaced", "cost"}
     | {"rate_class", "audit"}
 )
-_UNNORMALIZED = re.compile(r"(^|/)\.\.?(/|$)|//|%2[ef]|%5c|\\", re.IGNORECASE)
+_UNNORMALIZED = re.compile(r"(^|/)\.\.?(/|$)|//|[;%\\]|[^\x21-\x7e]")
 MAX_COST = 1_000_000
+MAX_ROUTES = 1000
 
 
 class RouteError(ValueError):
@@ -58,6 +71,10 @@ class _Prefix:
     prefix: str
     methods: frozenset[str]  # empty: any method
     route: Route
+    # the prefix lowercased, and with a trailing `/` (what a path under it starts with)
+    folded: str = ""
+    under: str = ""
+    folded_under: str = ""
 
 
 class RoutePolicies:
@@ -70,7 +87,8 @@ class RoutePolicies:
             if grpc_route:
                 self._methods[key] = route
             else:
-                prefixes.append(_Prefix(key, methods, route))
+                under = key.rstrip("/") + "/"
+                prefixes.append(_Prefix(key, methods, route, key.lower(), under, under.lower()))
         self._prefixes = tuple(sorted(prefixes, key=lambda p: -len(p.prefix)))
 
     def __len__(self) -> int:
@@ -89,11 +107,15 @@ class RoutePolicies:
             route = self._methods.get(f"{service}/*")
             if route is not None:
                 return route
-        for prefix in self._prefixes:
-            if prefix.methods and method.upper() not in prefix.methods:
+        method = method.upper()
+        folded = path.lower()
+        for prefix in self._prefixes:  # the longest first
+            if prefix.methods and method not in prefix.methods:
                 continue
-            if path == prefix.prefix or path.startswith(prefix.prefix.rstrip("/") + "/"):
+            if path == prefix.prefix or path.startswith(prefix.under):
                 return prefix.route
+            if folded == prefix.folded or folded.startswith(prefix.folded_under):
+                return None  # under this longer prefix but for case: refused, not shorter
         return None
 
 
@@ -105,13 +127,20 @@ def parse_routes(document: Any) -> RoutePolicies:
     entries = document["routes"]
     if not isinstance(entries, list):
         raise RouteError('"routes" must be a list')
+    if len(entries) > MAX_ROUTES:
+        raise RouteError(f"at most {MAX_ROUTES} routes")
     parsed: list[tuple[str, frozenset[str], Route, bool]] = []
     seen: set[tuple[str, frozenset[str]]] = set()
+    prefixes: dict[str, str] = {}  # lowercased -> as declared
     for index, entry in enumerate(entries):
         where = f"routes[{index}]"
         key, methods, route, grpc_route = _route(entry, where)
         if (key, methods) in seen:
             raise RouteError(f"{where}: {key} is declared twice")
+        if not grpc_route:
+            other = prefixes.setdefault(key.lower(), key)
+            if other != key:
+                raise RouteError(f"{where}: {key} differs from {other} in case only")
         seen.add((key, methods))
         parsed.append((key, methods, route, grpc_route))
     return RoutePolicies(parsed)
@@ -136,7 +165,10 @@ def _route(entry: Any, where: str) -> tuple[str, frozenset[str], Route, bool]:
     else:
         key = entry["http_prefix"]
         if not isinstance(key, str) or not key.startswith("/") or _UNNORMALIZED.search(key):
-            raise RouteError(f"{where}: http_prefix must be a normalized path starting with /")
+            raise RouteError(
+                f"{where}: http_prefix must be a normalized path starting with / (visible"
+                " ASCII, no ';', '%', '\\', empty or dot segments)"
+            )
         methods = _methods(entry.get("methods", []), where)
         name = f"{','.join(sorted(methods)) or '*'} {key}"
     return key, methods, Route(name=name, policy=_policy(entry, where)), "grpc" in entry

@@ -29,6 +29,15 @@ once when it starts and once when Redis answers again. When Redis answers but
 the script fails for one bucket (an error reply), only that bucket uses the
 fallback for `retry_after_s`; every other bucket, and every other tenant, keeps
 its leases and its Redis.
+
+Memory: the process keeps state for at most `max_buckets` buckets of each kind
+(leases, local fallback buckets, failing buckets), the least recently used
+forgotten first, whatever names the callers make up (the rate-limit service's
+descriptors name buckets freely). Forgetting a lease drops its unspent tokens
+(never returned, as when it expires: the bucket admits less, never more) and its
+"Redis was empty" wait (the next call asks Redis again); forgetting a local bucket
+while Redis is down starts it full again, which the local fallback already
+allows per replica.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -153,8 +163,12 @@ class RateLimiter:
     lease_ttl_s: float = 1.0
     clock: Callable[[], float] = time.monotonic
     on_fallback: Callable[[str], None] = lambda bucket: None
-    _leases: dict[str, _Lease] = field(default_factory=dict)
-    _local: dict[str, _LocalBucket] = field(default_factory=dict)
+    # buckets this process keeps state for, per kind; the least recently used beyond it go
+    max_buckets: int = 10_000
+    _leases: OrderedDict[str, _Lease] = field(default_factory=OrderedDict)
+    _local: OrderedDict[str, _LocalBucket] = field(default_factory=OrderedDict)
+    # refills in flight, also of leases forgotten meanwhile (`drain` waits for them all)
+    _refilling: set[asyncio.Task[None]] = field(default_factory=set)
     _degraded_until: float = 0.0
     # when the current outage began (None: Redis answers), for one log line per outage
     _outage_since: float | None = None
@@ -171,9 +185,14 @@ class RateLimiter:
         now = self.clock()
         if now < self._degraded_until or (self._broken and now < self._broken.get(bucket, 0.0)):
             return self._fallback(bucket, limit, now)
-        lease = self._leases.get(bucket)
+        leases = self._leases
+        lease = leases.get(bucket)
         if lease is None:
-            lease = self._leases[bucket] = _Lease()
+            lease = leases[bucket] = _Lease()
+            if len(leases) > self.max_buckets:
+                leases.popitem(last=False)
+        else:
+            leases.move_to_end(bucket)
         if lease.tokens > 0 and now < lease.expires:
             lease.tokens -= 1
             if (
@@ -181,12 +200,12 @@ class RateLimiter:
                 and lease.refill is None
                 and now >= lease.empty_until
             ):
-                lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+                self._start_refill(bucket, limit, lease)
             return self._decision(True, lease, limit)
         if now < lease.empty_until:
             return self._decision(False, lease, limit, retry_after_s=lease.empty_until - now)
         if lease.refill is None:
-            lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+            self._start_refill(bucket, limit, lease)
         return None
 
     async def acquire(self, bucket: str, limit: Limit) -> Decision:
@@ -195,7 +214,8 @@ class RateLimiter:
             decision = self.try_acquire(bucket, limit)
             if decision is not None:
                 return decision
-            refill = self._leases[bucket].refill
+            lease = self._leases.get(bucket)
+            refill = lease.refill if lease is not None else None
             if refill is not None:
                 await asyncio.shield(refill)
         return self._decision(
@@ -204,8 +224,22 @@ class RateLimiter:
 
     async def drain(self) -> None:
         """Wait for the lease refills in flight (before the Redis client is closed)."""
-        pending = [lease.refill for lease in self._leases.values() if lease.refill is not None]
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self._refilling, return_exceptions=True)
+
+    @property
+    def lease_count(self) -> int:
+        """Buckets with a lease here (at most `max_buckets`)."""
+        return len(self._leases)
+
+    @property
+    def local_bucket_count(self) -> int:
+        """Local fallback buckets kept (at most `max_buckets`)."""
+        return len(self._local)
+
+    def _start_refill(self, bucket: str, limit: Limit, lease: _Lease) -> None:
+        task = lease.refill = asyncio.create_task(self._refill(bucket, limit, lease))
+        self._refilling.add(task)
+        task.add_done_callback(self._refilling.discard)
 
     async def _refill(self, bucket: str, limit: Limit, lease: _Lease) -> None:
         """Never raises: a failure degrades the limiter (the callers then use the fallback)."""
@@ -250,7 +284,14 @@ class RateLimiter:
                 type(exc).__name__,
                 f"fallback {self.failure_mode.value}",
             )
-        self._broken[bucket] = self.clock() + self.retry_after_s
+        now = self.clock()
+        broken = self._broken
+        broken[bucket] = now + self.retry_after_s
+        if len(broken) > self.max_buckets:
+            # those whose wait is over first, then the oldest
+            self._broken = broken = {k: until for k, until in broken.items() if until > now}
+            while len(broken) > self.max_buckets:
+                del broken[next(iter(broken))]
         self._leases.pop(bucket, None)
 
     def _degrade(self, exc: BaseException) -> None:
@@ -277,6 +318,9 @@ class RateLimiter:
         local = self._local.get(bucket)
         if local is None or local.limit != limit:
             local = self._local[bucket] = _LocalBucket(limit, float(limit.burst), now)
+            if len(self._local) > self.max_buckets:
+                self._local.popitem(last=False)
+        self._local.move_to_end(bucket)
         allowed, tokens = local.take(now)
         reset = (limit.burst - tokens) / limit.per_second
         retry = 0.0 if allowed else (1 - tokens) / limit.per_second

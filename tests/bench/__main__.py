@@ -103,6 +103,8 @@ ROUTES = {
          "rate_class": "metadata"}
     ]
 }  # fmt: skip
+# the bench client asks as the sidecar, for any organization and principal
+BINDINGS = {"sidecars": [{"identity": CLIENT_ID, "organizations": "*", "principals": "*"}]}
 ECHO = "/bench.Echo/Echo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -573,11 +575,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             bare = start_echo(env, core=0)
             routes = workdir / "routes.json"
             routes.write_text(json.dumps(ROUTES))
+            bindings = workdir / "bindings.json"
+            bindings.write_text(json.dumps(BINDINGS))
             mesh = start_meshgate(
                 env,
                 core=0,
                 log=access_log,
                 MESHGATE_EXT_AUTHZ_PEERS=CLIENT_ID,
+                MESHGATE_EXT_AUTHZ_BINDINGS_FILE=str(bindings),
                 MESHGATE_ROUTE_POLICY_FILE=str(routes),
             )
             check_allows(env, mesh)

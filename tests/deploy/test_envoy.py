@@ -9,54 +9,31 @@ cluster speaks mutual TLS with a client certificate.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import Any
+from pathlib import Path
 
 import yaml
-from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from google.protobuf import descriptor_pool, json_format
 
 from interceptors.sidecar.routes import parse_routes
+from server.sidecar_files import ext_authz_bindings
+from tests.support.envoy import (
+    ENVOY_CONFIG,
+    connection_manager,
+    envoy_bootstrap,
+    load_type,
+    type_urls,
+)
 from tests.support.processes import ROOT
-
-ENVOY = ROOT / "deploy" / "envoy" / "envoy.yaml"
-TYPE_PREFIX = "type.googleapis.com/"
-
-
-def type_urls(node: Any) -> set[str]:
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "@type":
-                found.add(value)
-            else:
-                found |= type_urls(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= type_urls(item)
-    return found
-
-
-def load_type(url: str) -> None:
-    """Imports the xds-protos modules of the type's package, so the pool knows it."""
-    assert url.startswith(TYPE_PREFIX), url
-    package = url.removeprefix(TYPE_PREFIX).rsplit(".", 1)[0]
-    module = importlib.import_module(package)
-    for info in pkgutil.iter_modules(module.__path__):
-        if info.name.endswith("_pb2"):
-            importlib.import_module(f"{package}.{info.name}")
-    descriptor_pool.Default().FindMessageTypeByName(url.removeprefix(TYPE_PREFIX))
 
 
 def test_every_typed_config_names_a_message_of_xds_protos() -> None:
-    document = yaml.safe_load(ENVOY.read_text())
+    document = yaml.safe_load(ENVOY_CONFIG.read_text())
     urls = type_urls(document)
     assert len(urls) >= 6
     for url in sorted(urls):
@@ -64,15 +41,8 @@ def test_every_typed_config_names_a_message_of_xds_protos() -> None:
 
 
 def test_the_configuration_parses_as_envoys_bootstrap() -> None:
-    document = yaml.safe_load(ENVOY.read_text())
-    for url in type_urls(document):
-        load_type(url)
-    bootstrap = json_format.ParseDict(document, bootstrap_pb2.Bootstrap())
-    listener = bootstrap.static_resources.listeners[0]
-    manager = listener.filter_chains[0].filters[0].typed_config
-
-    hcm = hcm_pb2.HttpConnectionManager()
-    assert manager.Unpack(hcm)
+    bootstrap = envoy_bootstrap()
+    hcm = connection_manager(bootstrap)
     names = [f.name for f in hcm.http_filters]
     assert names == [
         "envoy.filters.http.ext_authz",
@@ -102,6 +72,18 @@ def test_the_configuration_parses_as_envoys_bootstrap() -> None:
     assert upstream.common_tls_context.tls_certificates[0].certificate_chain.filename
 
 
+def test_paths_are_normalized_and_underscored_header_names_refused() -> None:
+    """What reaches meshgate's prefix matching (and the upstream) is a normalized path; a
+    header name with an underscore, which WSGI/CGI upstreams read as the dashed one
+    (x_meshgate_key_id as x-meshgate-key-id), refuses the request (issue 21, items 7, 8)."""
+    hcm = connection_manager(envoy_bootstrap())
+    assert hcm.normalize_path.value
+    assert hcm.merge_slashes
+    assert hcm.path_with_escaped_slashes_action == hcm_pb2.HttpConnectionManager.REJECT_REQUEST
+    underscores = hcm.common_http_protocol_options.headers_with_underscores_action
+    assert underscores == protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+
+
 def test_the_istio_provider_policy_and_port_agree() -> None:
     """The AuthorizationPolicy names the provider of the mesh config entry; the provider, the
     DestinationRule and the overlay's sidecar port are one port; the route policy the
@@ -126,3 +108,42 @@ def test_the_istio_provider_policy_and_port_agree() -> None:
     assert f'excludeInboundPorts\n        value: "{port}"' in overlay
     routes = yaml.safe_load((istio / "routepolicy.yaml").read_text())["data"]["route-policy.yaml"]
     assert len(parse_routes(yaml.safe_load(routes))) > 0
+
+
+def test_each_protected_workloads_sidecar_has_an_identity_of_its_own_and_a_binding(
+    tmp_path: Path,
+) -> None:
+    """Issue 21, item 4: one shared sidecar certificate let every protected workload speak
+    for every organization. Each sidecar certificate of the overlay names one identity, the
+    allow-list is exactly those identities, and the bindings mounted beside it bind each to
+    named organizations (not "*"), as the server requires at start-up."""
+    istio = ROOT / "deploy" / "overlays" / "istio"
+    overlay = yaml.safe_load((istio / "kustomization.yaml").read_text())
+    config: dict[str, str] = {}
+    mounts: dict[str, str] = {}
+    for patch in overlay["patches"]:
+        for op in yaml.safe_load(patch["patch"]):
+            if patch["target"]["kind"] == "ConfigMap":
+                config[op["path"].removeprefix("/data/")] = op["value"]
+            elif op["path"].endswith("/volumeMounts/-"):
+                mounts[op["value"]["name"]] = op["value"]["mountPath"]
+            elif op["path"].endswith("/volumes/-") and "configMap" in op["value"]:
+                mounts[op["value"]["configMap"]["name"]] = op["value"]["name"]
+    peers = {p.strip() for p in config["MESHGATE_EXT_AUTHZ_PEERS"].split(",")}
+    certificates = list(yaml.safe_load_all((istio / "sidecar-certificates.yaml").read_text()))
+    identities = [uri for c in certificates for uri in c["spec"]["uris"]]
+    assert len(identities) == len(set(identities)) == len(certificates) >= 1
+    assert set(identities) == peers
+    assert all(c["spec"]["usages"] == ["client auth", "digital signature"] for c in certificates)
+    (bindings_map,) = yaml.safe_load_all((istio / "sidecarbindings.yaml").read_text())
+    bindings_file = Path(config["MESHGATE_EXT_AUTHZ_BINDINGS_FILE"])
+    volume = mounts[bindings_map["metadata"]["name"]]
+    assert mounts[volume] == str(bindings_file.parent)
+    local = tmp_path / bindings_file.name
+    local.write_text(bindings_map["data"][bindings_file.name])
+    bindings = ext_authz_bindings(
+        {"MESHGATE_EXT_AUTHZ_BINDINGS_FILE": str(local)}, frozenset(peers)
+    )
+    for identity in peers:
+        binding = bindings.of(identity)
+        assert binding is not None and binding.organizations, identity

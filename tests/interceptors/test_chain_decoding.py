@@ -46,7 +46,8 @@ def bearer(secret: str) -> list[tuple[bytes, bytes]]:
 
 def malformed_count(server: RunningServer, method: str, part: str = "message") -> float:
     value = server.components.metrics.registry.get_sample_value(
-        "meshgate_malformed_requests_total", {"rpc_method": method, "part": part}
+        "meshgate_malformed_requests_total",
+        {"rpc_method": method.removeprefix("/"), "part": part},
     )
     return value or 0.0
 

@@ -52,6 +52,8 @@ def sidecar_fleet(
     workdir: Path = tmp_path_factory.mktemp("sidecar-fleet")
     (workdir / "plans.json").write_text(json.dumps(PLANS))
     (workdir / "routes.yaml").write_text(yaml.safe_dump(ROUTES))
+    bindings = {"sidecars": [{"identity": PROXY_ID, "organizations": "*", "principals": "*"}]}
+    (workdir / "bindings.yaml").write_text(yaml.safe_dump(bindings))
     replicas = start_replicas(
         REPLICAS,
         settings,
@@ -61,6 +63,7 @@ def sidecar_fleet(
         MESHGATE_DEFAULT_PLAN="sidecar",
         MESHGATE_ROUTE_POLICY_FILE=str(workdir / "routes.yaml"),
         MESHGATE_EXT_AUTHZ_PEERS=PROXY_ID,
+        MESHGATE_EXT_AUTHZ_BINDINGS_FILE=str(workdir / "bindings.yaml"),
         MESHGATE_LIMITER_TIMEOUT_S="0.5",
     )
     yield replicas

@@ -1,5 +1,5 @@
 """The throwaway PKI of a test session: the dev CA's server and client certificates
-(certs/dev_pki.py), a sidecar proxy's certificate, and a client from a foreign CA."""
+(certs/dev_pki.py), two sidecar proxies' certificates, and a client from a foreign CA."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from certs.dev_pki import CLIENT_ID, issue, issue_pki, make_ca
 
-__all__ = ["PROXY_ID", "Pki", "issue_test_pki"]
+__all__ = ["PROXY_ID", "SHOP_SIDECAR_ID", "Pki", "issue_test_pki"]
 
 # the identity of the sidecar proxy the test settings trust to forward client identities
 PROXY_ID = "spiffe://meshgate.local/proxy/envoy"
+# the sidecar of one protected workload (`shop`), bound to the organizations it serves
+SHOP_SIDECAR_ID = "spiffe://meshgate.local/sidecar/shop/shop"
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Pki:
 
 def issue_test_pki(root: Path) -> Pki:
     """ca.pem, server.pem, client.pem, internal.pem, edge-proxy.pem (certs/dev_pki.py),
-    plus proxy.pem (same CA, PROXY_ID) and foreign.pem (another CA, the client's
-    identity); each with its -key.pem."""
+    plus proxy.pem (same CA, PROXY_ID), shop-sidecar.pem (same CA, SHOP_SIDECAR_ID) and
+    foreign.pem (another CA, the client's identity); each with its -key.pem."""
     issue_pki(root)
     ca_cert = x509.load_pem_x509_certificate((root / "ca.pem").read_bytes())
     ca_key = load_pem_private_key((root / "ca-key.pem").read_bytes(), None)
@@ -40,6 +42,9 @@ def issue_test_pki(root: Path) -> Pki:
     proxy = issue(ca_key, ca_cert, common_name="envoy", uris=(PROXY_ID,), server=False)
     (root / "proxy.pem").write_bytes(proxy.cert_pem)
     (root / "proxy-key.pem").write_bytes(proxy.key_pem)
+    shop = issue(ca_key, ca_cert, common_name="shop-sidecar", uris=(SHOP_SIDECAR_ID,), server=False)
+    (root / "shop-sidecar.pem").write_bytes(shop.cert_pem)
+    (root / "shop-sidecar-key.pem").write_bytes(shop.key_pem)
     _, foreign_key, foreign_cert = make_ca("foreign CA")
     foreign = issue(
         foreign_key, foreign_cert, common_name="intruder", uris=(CLIENT_ID,), server=False

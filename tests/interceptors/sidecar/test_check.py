@@ -14,6 +14,7 @@ import grpc
 import pytest
 from meshgate.v1 import audit_service_pb2, audit_service_pb2_grpc, key_service_pb2, options_pb2
 
+from interceptors.sidecar.bindings import SidecarBindings
 from server.app import create_server
 from server.backends import Backends
 from server.settings import Settings
@@ -279,6 +280,7 @@ async def test_the_sidecar_port_serves_the_same_server_with_the_same_mtls(
         settings,
         sidecar_listen=f"127.0.0.1:{port}",
         ext_authz_peers=frozenset({PROXY_ID}),
+        ext_authz_bindings=SidecarBindings.any_for(frozenset({PROXY_ID})),
         metrics_listen=None,
     )
     running = await create_server(own, backends)

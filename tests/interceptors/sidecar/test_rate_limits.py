@@ -163,3 +163,16 @@ async def test_callers_not_on_the_sidecar_allow_list_cannot_ask(
     request = rate_limit_request(descriptor(("organization_id", tenant.organization_id)))
     error = await rpc_error(RateLimit(direct_channel)(request))
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_at_most_sixteen_descriptors_per_request(
+    sidecar_channel: grpc.aio.Channel, make_sidecar_tenant: MakeTenant
+) -> None:
+    """With at most 100 hits each, one request draws at most 1,600 tokens."""
+    tenant = await make_sidecar_tenant()
+    one = descriptor(("organization_id", tenant.organization_id))
+    limit = RateLimit(sidecar_channel)
+    assert (await limit(rate_limit_request(*[one] * 16))).overall_code == OK
+    error = await rpc_error(limit(rate_limit_request(*[one] * 17)))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "at most 16 descriptors per request"

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from calls.policy import Access, Policy
-from interceptors.sidecar.routes import RouteError, parse_routes
+from interceptors.sidecar.routes import MAX_ROUTES, RouteError, parse_routes
 from server.settings import Settings, SettingsError, load_routes
+from server.sidecar_files import MAX_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -55,9 +56,26 @@ def test_requests_fall_under_the_most_specific_route() -> None:
     assert policy("/api/administrators", "POST") is None
     assert policy("/grpc.health.v1.Health/Check") == Policy(access=Access.PUBLIC)
     assert policy("/shop.v1.Internal/Sync") == Policy(access=Access.INTERNAL_PEER)
-    # not normalized: matches nothing, so a prefix cannot be escaped
-    for path in ("/api/../admin/x", "/api/./x", "/api//x", "/api/%2e%2e/x", "/api\\x", "api/x"):
+    # not normalized, path parameters, escapes, not visible ASCII: matches nothing, so a
+    # prefix cannot be escaped
+    for path in (
+        "/api/../admin/x",
+        "/api/./x",
+        "/api//x",
+        "/api/%2e%2e/x",
+        "/api\\x",
+        "api/x",
+        "/api/..;/admin",
+        "/api/x;y",
+        "/api/%61",
+        "/api/x%",
+        "/api/a b",
+        "/api/\u00e9",
+    ):
         assert policy(path, "GET") is None, path
+    # case: a path under a longer prefix but for case is refused, not judged under `/api/`
+    assert policy("/api/ADMIN/users", "GET") is None
+    assert policy("/api/Orders", "GET") == Policy(access=Access.API_KEY, permission="read")
     assert routes.match("/api/admin/x", "GET") is not None
     assert routes.match("/api/admin/x", "GET").name == "* /api/admin"  # type: ignore[union-attr]
 
@@ -69,6 +87,9 @@ def test_requests_fall_under_the_most_specific_route() -> None:
         ({"grpc": "shop.v1.Cart/Get", "permission": "read"}, "routes[0]: grpc must be"),
         ({"grpc": "/Cart/Get", "permission": "read"}, "routes[0]: grpc must be"),
         ({"http_prefix": "/a/../b", "permission": "read"}, "http_prefix must be a normalized"),
+        ({"http_prefix": "/a;b", "permission": "read"}, "http_prefix must be a normalized"),
+        ({"http_prefix": "/a%62", "permission": "read"}, "http_prefix must be a normalized"),
+        ({"http_prefix": "/a b", "permission": "read"}, "http_prefix must be a normalized"),
         ({"http_prefix": "/a", "methods": ["FETCH"], "permission": "read"}, "'FETCH'"),
         ({"grpc": "/a.B/C", "http_prefix": "/x", "permission": "read"}, "exactly one of"),
         ({"grpc": "/a.B/C", "permission": "read", "cost": -1}, "cost must be"),
@@ -94,6 +115,22 @@ def test_a_route_declared_twice_and_a_bad_shape_are_refused() -> None:
     for document in documents:
         with pytest.raises(RouteError):
             parse_routes(document)
+
+
+def test_the_file_is_bounded_and_prefixes_differ_in_more_than_case(tmp_path: Path) -> None:
+    """At most MAX_ROUTES routes in at most MAX_FILE_BYTES (every Check scans the prefixes);
+    two prefixes that differ in case only would make a path's route depend on its case."""
+    many = [{"grpc": f"/a.B/M{i}", "permission": "read"} for i in range(MAX_ROUTES + 1)]
+    with pytest.raises(RouteError, match=f"at most {MAX_ROUTES} routes"):
+        parse_routes({"routes": many})
+    assert len(parse_routes({"routes": many[:MAX_ROUTES]})) == MAX_ROUTES
+    cased = [{"http_prefix": p, "permission": "read"} for p in ("/api/admin", "/api/Admin")]
+    with pytest.raises(RouteError, match=r"routes\[1\]: /api/Admin differs from /api/admin"):
+        parse_routes({"routes": cased})
+    big = tmp_path / "routes.yaml"
+    big.write_text("routes: []\n" + "#" * MAX_FILE_BYTES)
+    with pytest.raises(SettingsError, match=f"larger than {MAX_FILE_BYTES} bytes"):
+        load_routes(big)
 
 
 def test_the_file_is_read_as_yaml_or_json(tmp_path: Path) -> None:

@@ -204,3 +204,33 @@ async def test_an_outage_is_logged_once_and_its_end_once(
     finally:
         server.stop()
         await redis.aclose()
+
+
+async def test_the_state_kept_per_bucket_is_bounded(redis_server: RedisServer) -> None:
+    """Callers name buckets freely (the rate-limit service's descriptors): the leases and the
+    local fallback buckets stay at `max_buckets`, the least recently used forgotten; a
+    bucket in use keeps its lease."""
+    redis = Redis.from_url(redis_server.url)
+    # a loaded machine can take longer than the 0.2 s default: a timeout is an outage, which
+    # clears every lease, and this test is not about outages
+    limiter = RateLimiter(redis=redis, max_buckets=20, timeout_s=2.0)
+    limit = Limit(per_second=10_000, burst=10_000)
+    hot = bucket()
+    assert (await limiter.acquire(hot, limit)).allowed
+    for i in range(200):
+        assert (await limiter.acquire(f"{bucket()}:{i}", limit)).allowed
+        assert (await limiter.acquire(hot, limit)).allowed  # used all along: never forgotten
+    assert limiter.lease_count == 20
+    calls = limiter.redis_calls
+    assert (await limiter.acquire(hot, limit)).allowed
+    assert limiter.redis_calls - calls <= 1  # its lease was kept (at most a refill)
+    await limiter.drain()
+    await redis.aclose()
+    dead = open_redis(f"redis://127.0.0.1:{free_port()}/0", cluster=False, timeout_s=0.2)
+    local = RateLimiter(redis=dead, max_buckets=20)
+    for i in range(200):
+        assert (await local.acquire(f"mg:{{org_local}}:rl:{i}", limit)).allowed
+    assert local.fallbacks == 200
+    assert local.local_bucket_count == 20
+    await local.drain()
+    await dead.aclose()
