@@ -6,52 +6,103 @@ this step turns that name into a grpc code and a client-safe message.
 
 Unknown exceptions become INTERNAL with a generic message and the request id;
 their text and traceback go to the server log, never to the client. Every
-UNAVAILABLE message ends with the request id, typed or not. An error that
-knows when to retry (RESOURCE_EXHAUSTED, and UNAVAILABLE while a store is
-known to be down) carries `google.rpc.RetryInfo` in the status details and a
-`retry-after` trailer (whole seconds, at least 1). A store failure is also
+UNAVAILABLE message ends with the request id, typed or not. A store failure is also
 reported to `on_store_failure` (the circuit breakers).
+
+Every refusal carries the details of Google's AIP-193 in a `google.rpc.Status`
+(`grpc-status-details-bin` trailer): `google.rpc.ErrorInfo` with the one domain
+`meshgate` and the error's stable reason (docs/api.md lists them), and
+`google.rpc.RequestInfo` with the request id; then, as the error knows them,
+`google.rpc.BadRequest` (the request field of an INVALID_ARGUMENT),
+`google.rpc.QuotaFailure` (the limit of a RESOURCE_EXHAUSTED) and
+`google.rpc.RetryInfo` with a `retry-after` trailer (whole seconds, at least 1) when
+the caller may retry after a known delay. The details hold only what the message says
+and the reason's fixed metadata: never internal_id, never which part of a key was wrong
+(every bad key is one reason, one message).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from interceptors.metrics import Metrics
 from storage.backends.failures import status_name
-from storage.core.errors import MeshgateError
+from storage.core.errors import (
+    InvalidArgumentError,
+    MeshgateError,
+    Reason,
+    ResourceExhaustedError,
+)
 
-__all__ = ["ErrorMapper", "Refusal"]
+__all__ = ["ERROR_DOMAIN", "ErrorMapper", "Refusal"]
+
+# google.rpc.ErrorInfo.domain of every refusal: one fixed value for meshgate
+ERROR_DOMAIN = "meshgate"
 
 # status names (storage/core/errors.py, storage/backends/failures.py) -> grpc codes
 _CODES: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
+
+Trailers = tuple[tuple[str, str | bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     code: grpc.StatusCode
     message: str
-    trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+    trailing_metadata: Trailers = ()
+    # the ErrorInfo reason, also sent in ext_authz denials (interceptors/sidecar/check.py)
+    reason: str = Reason.INTERNAL_ERROR
 
 
-def _retry_trailers(
-    code: grpc.StatusCode, message: str, retry_after_s: float
-) -> tuple[tuple[str, str | bytes], ...]:
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(int(retry_after_s * 1e9))
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return (
-        ("retry-after", str(max(1, math.ceil(retry_after_s)))),
-        ("grpc-status-details-bin", status.SerializeToString()),
-    )
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def _details_trailers(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: Reason,
+    request_id: str,
+    exc: BaseException,
+) -> Trailers:
+    """`grpc-status-details-bin` (and `retry-after`) for a refusal of `exc`."""
+    metadata: Mapping[str, str] = exc.metadata if isinstance(exc, MeshgateError) else {}
+    details = [
+        _packed(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)),
+        _packed(error_details_pb2.RequestInfo(request_id=request_id)),
+    ]
+    if isinstance(exc, InvalidArgumentError) and exc.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=message, reason=reason
+        )
+        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(exc, ResourceExhaustedError) and exc.quota is not None:
+        quota = error_details_pb2.QuotaFailure.Violation(
+            subject=exc.quota.subject, description=exc.quota.description
+        )
+        details.append(_packed(error_details_pb2.QuotaFailure(violations=[quota])))
+    retry_after_s = exc.retry_after_s if isinstance(exc, MeshgateError) else None
+    trailers: list[tuple[str, str | bytes]] = []
+    if retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after_s * 1e9))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+        trailers.append(("retry-after", str(max(1, math.ceil(retry_after_s)))))
+    status = status_pb2.Status(code=code.value[0], message=message, details=details)
+    trailers.append(("grpc-status-details-bin", status.SerializeToString()))
+    return tuple(trailers)
 
 
 class ErrorMapper:
@@ -60,9 +111,12 @@ class ErrorMapper:
         *,
         logger: logging.Logger,
         on_store_failure: Callable[[BaseException], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._logger = logger
         self._on_store_failure = on_store_failure
+        self._metrics = metrics
+        self._counted: dict[tuple[str, str], Any] = {}  # (code, reason) -> its counter
 
     def refusal_for(self, exc: BaseException, *, request_id: str) -> Refusal:
         code = _CODES[status_name(exc)]
@@ -70,9 +124,7 @@ class ErrorMapper:
             message = exc.message
             if code is grpc.StatusCode.UNAVAILABLE:
                 message = f"{message} (request id {request_id})"
-            if exc.retry_after_s is not None:
-                return Refusal(code, message, _retry_trailers(code, message, exc.retry_after_s))
-            return Refusal(code, message)
+            return self._refusal(code, message, exc.reason, request_id, exc)
         if code is grpc.StatusCode.UNAVAILABLE:
             self._logger.warning(
                 "backing store unavailable: %s",
@@ -81,8 +133,26 @@ class ErrorMapper:
             )
             if self._on_store_failure is not None:
                 self._on_store_failure(exc)
-            return Refusal(
-                code, f"a backing store is unavailable; retry later (request id {request_id})"
-            )
+            message = f"a backing store is unavailable; retry later (request id {request_id})"
+            return self._refusal(code, message, Reason.STORE_UNAVAILABLE, request_id, exc)
         self._logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
-        return Refusal(code, f"internal error (request id {request_id})")
+        message = f"internal error (request id {request_id})"
+        return self._refusal(code, message, Reason.INTERNAL_ERROR, request_id, exc)
+
+    def _refusal(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: Reason,
+        request_id: str,
+        exc: BaseException,
+    ) -> Refusal:
+        if self._metrics is not None:
+            counter = self._counted.get((code.name, reason))
+            if counter is None:
+                counter = self._counted[(code.name, reason)] = self._metrics.refusals.labels(
+                    code.name, reason
+                )
+            counter.inc()
+        trailers = _details_trailers(code, message, reason=reason, request_id=request_id, exc=exc)
+        return Refusal(code, message, trailers, reason)

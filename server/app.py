@@ -157,7 +157,9 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
             audit,
         ),
         errors=ErrorMapper(
-            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
+            logger=logging.getLogger("meshgate.errors"),
+            on_store_failure=c.breakers.failed,
+            metrics=c.metrics,
         ),
     )
 
