@@ -27,15 +27,15 @@ from meshgate.v1 import (
     namespace_service_pb2,
     options_pb2,
     organization_service_pb2,
-    usage_service_pb2,
     vector_service_pb2,
 )
 
 from server.backends import Backends
 from storage.core.clock import utc_now
 from storage.core.errors import STATUS_OF
-from storage.metering.credits import CreditAccounts, period_of
+from storage.metering.credits import period_of
 from tests.support.clients import auth, raw_unary, trailers_of
+from tests.support.credits import exhaust_credits
 from tests.support.error_details import ErrorDetails, details_of
 from tests.support.processes import ROOT
 from tests.support.tenants import MakeTenant, Tenant, internal_id_of
@@ -289,14 +289,3 @@ async def test_every_refusal_carries_a_documented_reason_with_its_details(
     walked = set(walk.seen)
     assert walked.isdisjoint(ELSEWHERE)
     assert walked | set(ELSEWHERE) == set(documented_reasons())
-
-
-async def exhaust_credits(tenant: Tenant, backends: Backends) -> None:
-    """Leaves the organization no credits this month (test set-up, straight in Redis, as
-    tests/interceptors/test_rate_limit.py does)."""
-    usage = usage_service_pb2.GetCreditBalanceRequest()
-    await raw_unary(tenant.channel, "/meshgate.v1.UsageService/GetCreditBalance")(
-        usage.SerializeToString(), metadata=auth(tenant.admin)
-    )
-    key = CreditAccounts.key(tenant.organization_id, period_of(utc_now()))
-    await backends.redis.hset(key, mapping={"balance": 0, "allowance": 0})
