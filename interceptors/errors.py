@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
 
 from interceptors.metrics import Metrics
 from storage.backends.failures import status_name
@@ -63,10 +62,63 @@ class Refusal:
     reason: str = Reason.INTERNAL_ERROR
 
 
-def _packed(detail: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    return packed
+def _varint(value: int) -> bytes:
+    if value < 0x80:  # every tag here, and most lengths
+        return bytes((value,))
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+# Any.type_url (field 1) of each detail type, written once
+_TYPE_URLS = {
+    name: _field(1, f"type.googleapis.com/{name}".encode())
+    for name in (
+        "google.rpc.ErrorInfo",
+        "google.rpc.RequestInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.QuotaFailure",
+        "google.rpc.RetryInfo",
+    )
+}
+
+
+def _detail(type_name: str, value: bytes) -> bytes:
+    """One `details` entry of a google.rpc.Status (field 3): a google.protobuf.Any holding
+    `value`, a serialized message of `type_name` (Any.value is field 2)."""
+    return _field(3, _TYPE_URLS[type_name] + _field(2, value))
+
+
+# Status code, message and ErrorInfo of the refusals that repeat (a bad key, a missing
+# namespace...), written once: such a refusal costs a few concatenations, even under a
+# flood. Messages that carry a delay or a request id are not kept; the rest are bounded.
+_HEADS: dict[tuple[int, str, str, tuple[tuple[str, str], ...]], bytes] = {}
+_MAX_HEADS = 512
+
+
+def _head(code: int, message: str, reason: str, metadata: Mapping[str, str], keep: bool) -> bytes:
+    """code (field 1, a varint), message (field 2) and the ErrorInfo detail."""
+    key = (code, message, reason, tuple(sorted(metadata.items())))
+    head = _HEADS.get(key)
+    if head is None:
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+        head = (
+            b"\x08"
+            + _varint(code)
+            + _field(2, message.encode())
+            + _detail("google.rpc.ErrorInfo", info.SerializeToString(deterministic=True))
+        )
+        if keep and len(_HEADS) < _MAX_HEADS:
+            _HEADS[key] = head
+    return head
 
 
 def _details_trailers(
@@ -77,31 +129,36 @@ def _details_trailers(
     request_id: str,
     exc: BaseException,
 ) -> Trailers:
-    """`grpc-status-details-bin` (and `retry-after`) for a refusal of `exc`."""
+    """`grpc-status-details-bin` (and `retry-after`) for a refusal of `exc`: a
+    google.rpc.Status (code = 1, message = 2, details = 3), its details in this order:
+    ErrorInfo, RequestInfo, then BadRequest, QuotaFailure and RetryInfo as they apply."""
     metadata: Mapping[str, str] = exc.metadata if isinstance(exc, MeshgateError) else {}
-    details = [
-        _packed(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)),
-        _packed(error_details_pb2.RequestInfo(request_id=request_id)),
+    retry_after_s = exc.retry_after_s if isinstance(exc, MeshgateError) else None
+    keep = retry_after_s is None and code is not grpc.StatusCode.UNAVAILABLE
+    parts = [
+        _head(code.value[0], message, reason, metadata, keep),
+        _detail("google.rpc.RequestInfo", _field(1, request_id.encode())),
     ]
     if isinstance(exc, InvalidArgumentError) and exc.field:
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=exc.field, description=message, reason=reason
         )
-        details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
+        bad_request = error_details_pb2.BadRequest(field_violations=[violation])
+        parts.append(_detail("google.rpc.BadRequest", bad_request.SerializeToString()))
     if isinstance(exc, ResourceExhaustedError) and exc.quota is not None:
         quota = error_details_pb2.QuotaFailure.Violation(
             subject=exc.quota.subject, description=exc.quota.description
         )
-        details.append(_packed(error_details_pb2.QuotaFailure(violations=[quota])))
-    retry_after_s = exc.retry_after_s if isinstance(exc, MeshgateError) else None
+        failure = error_details_pb2.QuotaFailure(violations=[quota])
+        parts.append(_detail("google.rpc.QuotaFailure", failure.SerializeToString()))
     trailers: list[tuple[str, str | bytes]] = []
     if retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(retry_after_s * 1e9))
-        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+        retry = error_details_pb2.RetryInfo(retry_delay=delay)
+        parts.append(_detail("google.rpc.RetryInfo", retry.SerializeToString()))
         trailers.append(("retry-after", str(max(1, math.ceil(retry_after_s)))))
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
-    trailers.append(("grpc-status-details-bin", status.SerializeToString()))
+    trailers.append(("grpc-status-details-bin", b"".join(parts)))
     return tuple(trailers)
 
 

@@ -6,6 +6,7 @@ import logging
 
 import grpc
 import pytest
+from google.rpc import status_pb2
 from pymongo.errors import AutoReconnect
 
 from interceptors.errors import ERROR_DOMAIN, ErrorMapper
@@ -160,3 +161,26 @@ def test_anything_else_is_internal_and_generic(exc: Exception) -> None:
     details = details_of(refusal.trailing_metadata)
     assert details.reason == "INTERNAL_ERROR" and not details.error_info.metadata
     assert b"detail" not in details.status.SerializeToString()
+
+
+def test_the_details_are_the_bytes_protobuf_itself_writes() -> None:
+    """The Status and its Any wrappers are written by hand (a refusal costs concatenations,
+    not message building): protobuf reads them and writes back the very same bytes."""
+    exc = errors.ResourceExhaustedError(
+        "slow down",
+        retry_after_s=0.25,
+        reason=Reason.RATE_LIMITED,
+        quota=Quota(subject="rate_class:data", description="the data calls' limit"),
+        metadata={"rate_class": "data"},
+    )
+    for refused in (exc, errors.InvalidArgumentError("page_size: é" * 40, field="page_size")):
+        raw = dict(MAPPER.refusal_for(refused, request_id="r" * 128).trailing_metadata)[
+            "grpc-status-details-bin"
+        ]
+        assert isinstance(raw, bytes)
+        status = status_pb2.Status.FromString(raw)
+        assert status.SerializeToString() == raw
+        assert [d.type_url.rsplit("/", 1)[1] for d in status.details][:2] == [
+            "google.rpc.ErrorInfo",
+            "google.rpc.RequestInfo",
+        ]
