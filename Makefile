@@ -112,6 +112,24 @@ stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for othe
 	cd build/stubs && ../../$(PY) -m build --no-isolation --wheel --outdir ../../dist . >/dev/null
 	@ls dist/meshgate_stubs-*.whl
 
+# The TypeScript client (buf.gen.yaml): build/clients/typescript, an npm package of the
+# generated code, installed from clients/typescript/package-lock.json (pinned versions)
+.PHONY: clients
+CLIENT_TS := build/clients/typescript
+
+$(CLIENT_TS)/.installed: clients/typescript/package.json clients/typescript/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed for 'make clients' (install Node.js 20 or later)"; exit 1; }
+	mkdir -p $(CLIENT_TS)
+	cp clients/typescript/package.json clients/typescript/package-lock.json clients/typescript/README.md $(CLIENT_TS)/
+	cd $(CLIENT_TS) && npm ci --no-fund --no-audit --ignore-scripts --loglevel=error
+	@touch $@
+
+$(CLIENT_TS)/.generated: buf.gen.yaml $(PROTOS) $(wildcard clients/protos/google/rpc/*.proto) $(CLIENT_TS)/.installed $(BUF_STAMP)
+	$(BUF) generate
+	@touch $@
+
+clients: $(CLIENT_TS)/.generated ## generate the TypeScript client (buf.gen.yaml) into build/clients/typescript
+
 clean: ## remove generated files, the venv, runtime data and dev certificates
 	rm -rf $(VENV) $(GEN) var build dist .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -f certs/*.pem

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 
 __all__ = ["Authorization"]
 
@@ -30,16 +30,25 @@ class Authorization:
         policy = call.policy
         if policy.access is Access.INTERNAL_PEER:
             if call.peer_identity is None or call.peer_identity not in self._internal_peers:
-                raise PermissionDeniedError("this method is only available to internal services")
+                raise PermissionDeniedError(
+                    "this method is only available to internal services",
+                    reason=Reason.PEER_NOT_ALLOWED,
+                )
             return None
         if policy.access is Access.SIDECAR:
             if call.peer_identity is None or call.peer_identity not in self._sidecar_peers:
-                raise PermissionDeniedError("this method is only available to trusted sidecars")
+                raise PermissionDeniedError(
+                    "this method is only available to trusted sidecars",
+                    reason=Reason.PEER_NOT_ALLOWED,
+                )
             return None
         principal = call.require_principal()
         held = principal.key.permissions
         if "admin" in held or policy.permission in held:
             return None
+        needed = str(policy.permission).upper()
         raise PermissionDeniedError(
-            f"this method needs the {str(policy.permission).upper()} permission"
+            f"this method needs the {needed} permission",
+            reason=Reason.PERMISSION_DENIED_LEVEL,
+            metadata={"permission": needed},
         )

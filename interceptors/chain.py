@@ -57,7 +57,7 @@ from interceptors.telemetry import (
     Telemetry,
     peer_attributes,
 )
-from storage.core.errors import MeshgateError, PermissionDeniedError
+from storage.core.errors import MeshgateError, PermissionDeniedError, Reason
 
 __all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step", "plan_for"]
 
@@ -379,3 +379,5 @@ _UNDECLARED = Policy(access=Access.API_KEY)
 
 class _NoPolicyError(PermissionDeniedError):
     """Mapped to PERMISSION_DENIED: the server fails closed on undeclared methods."""
+
+    default_reason = Reason.METHOD_NOT_DECLARED

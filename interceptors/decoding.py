@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from interceptors.metrics import Metrics, method_label
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 
 __all__ = ["MALFORMED_MESSAGE", "Decoder", "MalformedRequestError", "MalformedRequests"]
 
@@ -31,6 +31,8 @@ Decoder = Callable[[bytes], Any]
 
 class MalformedRequestError(InvalidArgumentError):
     """The request message does not decode (corrupt, not UTF-8, nested too deeply)."""
+
+    default_reason = Reason.REQUEST_MALFORMED
 
     def __init__(self) -> None:
         super().__init__(MALFORMED_MESSAGE)

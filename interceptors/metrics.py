@@ -93,6 +93,13 @@ class Metrics:
             ["rpc_method", "part"],
             registry=r,
         )
+        self.refusals = Counter(
+            "meshgate_refusals_total",
+            "calls refused or failed, by status code and google.rpc.ErrorInfo reason"
+            " (docs/api.md), meshgate's own calls and ext_authz checks alike",
+            ["code", "reason"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "meshgate_rate_limited_total",
             "calls refused by a rate limit, by plan and route class",

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 
 from calls.policy import Policy
 from calls.state import CallState, PeerContext, Principal
-from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError, Reason
 from storage.tenancy.namespaces import Namespace, NamespaceStore
 
 __all__ = ["NAMESPACE_HEADER", "NamespaceScope"]
@@ -33,7 +33,9 @@ class NamespaceScope:
         reference = call.metadata.get(NAMESPACE_HEADER, "").strip()
         if not reference:
             raise InvalidArgumentError(
-                f"this method acts in a namespace: send the {NAMESPACE_HEADER} header (id or name)"
+                f"this method acts in a namespace: send the {NAMESPACE_HEADER} header (id or name)",
+                reason=Reason.NAMESPACE_MISSING,
+                metadata={"header": NAMESPACE_HEADER},
             )
         namespace = self._namespaces.cached(
             internal_id=principal.organization.internal_id,
@@ -57,5 +59,7 @@ class NamespaceScope:
     def _admit(call: CallState, principal: Principal, namespace: Namespace) -> None:
         allowed = principal.key.namespace_ids
         if allowed and namespace.namespace_id not in allowed:
-            raise PermissionDeniedError("this key may not act in that namespace")
+            raise PermissionDeniedError(
+                "this key may not act in that namespace", reason=Reason.NAMESPACE_NOT_ALLOWED
+            )
         call.namespace = namespace

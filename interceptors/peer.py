@@ -27,7 +27,7 @@ from cryptography import x509
 
 from calls.policy import Access
 from calls.state import CallState, PeerContext
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 
 __all__ = ["ForwardedCertificates", "PeerIdentity", "certificate_identity", "parse_xfcc"]
 
@@ -181,7 +181,8 @@ class PeerIdentity:
             # the refusal is logged and counted under whoever sent the forged headers
             call.set_peer_identity(identity)
             raise PermissionDeniedError(
-                "forwarded client identity headers are only accepted from a trusted proxy"
+                "forwarded client identity headers are only accepted from a trusted proxy",
+                reason=Reason.FORWARDED_IDENTITY_UNTRUSTED,
             )
         if forwarded_xfcc is not None:
             call.set_peer_identity(parse_xfcc(forwarded_xfcc, self._certificates))

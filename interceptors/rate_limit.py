@@ -24,7 +24,7 @@ from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
 from interceptors.metrics import Metrics
 from storage.backends.redis_keys import organization_key
-from storage.core.errors import ResourceExhaustedError
+from storage.core.errors import Quota, Reason, ResourceExhaustedError
 from storage.core.plans import Limit, Plan
 from storage.metering.rate_limiter import Decision, RateLimiter
 
@@ -132,6 +132,13 @@ class RateLimit:
                 f"rate limit exceeded for {rate_class} calls;"
                 f" retry in {decision.retry_after_s:.2f}s",
                 retry_after_s=decision.retry_after_s,
+                reason=Reason.RATE_LIMITED,
+                quota=Quota(
+                    subject=f"rate_class:{rate_class}",
+                    description=f"the rate limit of {rate_class} calls (the plan's, or the"
+                    " key's own when it has one)",
+                ),
+                metadata={"rate_class": rate_class},
             )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from interceptors.namespace import NAMESPACE_HEADER
 from interceptors.peer import L5D, XFCC
 from interceptors.telemetry import REQUEST_ID_HEADER
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 
 __all__ = [
     "GRPC_DECODING_LOGGER",
@@ -50,6 +50,8 @@ _undecodable: ContextVar[tuple[bytes, ...]] = ContextVar("meshgate_undecodable",
 
 class UndecodableHeaderError(InvalidArgumentError):
     """A header value that is not UTF-8 (counted as malformed input)."""
+
+    default_reason = Reason.METADATA_INVALID
 
 
 class UndecodableHeaders(logging.Filter):
@@ -87,13 +89,18 @@ def read_metadata(raw: Iterable[tuple[str, Any]]) -> dict[str, str]:
             out[key] = value
     if size > MAX_METADATA_BYTES:
         raise InvalidArgumentError(
-            f"request metadata is too large ({size} bytes; the limit is {MAX_METADATA_BYTES})"
+            f"request metadata is too large ({size} bytes; the limit is {MAX_METADATA_BYTES})",
+            reason=Reason.METADATA_INVALID,
         )
     undecodable = _undecodable.get()
     if undecodable:
         _refuse_undecodable(out, undecodable)
     if repeated is not None:
-        raise InvalidArgumentError(f"the {repeated} header may appear only once")
+        raise InvalidArgumentError(
+            f"the {repeated} header may appear only once",
+            reason=Reason.METADATA_INVALID,
+            metadata={"header": repeated},
+        )
     return out
 
 
@@ -102,5 +109,8 @@ def _refuse_undecodable(headers: dict[str, str], values: tuple[bytes, ...]) -> N
     as_received = {value.decode("latin-1") for value in values}
     for key, value in headers.items():
         if value in as_received:
-            raise UndecodableHeaderError(f"the {key} header is not valid UTF-8")
+            raise UndecodableHeaderError(
+                f"the {key} header is not valid UTF-8",
+                metadata={"header": key} if key in SINGLE_VALUED_HEADERS else None,
+            )
     raise UndecodableHeaderError("a request header is not valid UTF-8")

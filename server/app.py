@@ -55,6 +55,7 @@ from server.registry import SERVICES, add_servicers, descriptors, method_needs
 from server.settings import Settings
 from server.sidecars import SIDECAR_SERVICES, add_sidecar_services
 from server.tls import ReloadingServerCredentials, bind
+from server.tracing import export_tracing_metrics
 from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
@@ -159,7 +160,9 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
             audit,
         ),
         errors=ErrorMapper(
-            logger=logging.getLogger("meshgate.errors"), on_store_failure=c.breakers.failed
+            logger=logging.getLogger("meshgate.errors"),
+            on_store_failure=c.breakers.failed,
+            metrics=c.metrics,
         ),
     )
 
@@ -199,6 +202,7 @@ async def create_server(
     """A started server on `address` (else the settings' listen address); `stop` drains it."""
     c = await build_components(settings, backends)
     export_component_metrics(c)
+    export_tracing_metrics(c.metrics)
     # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()

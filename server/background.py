@@ -138,6 +138,16 @@ def export_work_metrics(m: Metrics, background: Background) -> None:
         },
         ("outcome",),
     )
+    m.counter_from(
+        "meshgate_webhook_delivery_attempts_total",
+        "webhook delivery attempts made by this process (each retry counts)",
+        lambda: work.delivery_attempts,
+    )
+    m.counter_from(
+        "meshgate_webhook_deliveries_succeeded_total",
+        "webhook deliveries that got a 2xx",
+        lambda: work.deliveries_succeeded,
+    )
     m.gauge_from(
         "meshgate_event_loop_lag_max_seconds",
         "the longest event-loop lag of the last minute (see meshgate_event_loop_lag_seconds)",

@@ -288,6 +288,13 @@ def export_component_metrics(c: Components) -> None:
         lambda: {(name,): float(b.opened) for name, b in c.breakers.breakers.items()},
         ("store",),
     )
+    m.labeled_counter_from(
+        "meshgate_credit_thresholds_crossed_total",
+        "organizations crossing 80, 95 or 100 % of a month's credits (each crossing once,"
+        " counted by the replica that recorded it)",
+        lambda: {(str(t),): float(n) for t, n in sorted(c.credit_events.crossed.items())},
+        ("threshold",),
+    )
     m.gauge_from(
         "meshgate_invalidation_channel_up",
         "1 while subscribed to the invalidation channel (key cache on)",

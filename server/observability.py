@@ -7,8 +7,8 @@ port demands: `/healthz` (liveness: the process answers and its event loop
 runs a callback within a second) and `/readyz` (readiness: the server's
 grpc.health.v1 status, 503 while MongoDB is down or once draining has
 started). Their bodies are one status word: no data, no secrets. Tracing is off unless
-`OTEL_TRACES_EXPORTER` names an exporter (`console`, or `otlp` when
-opentelemetry-exporter-otlp is installed); then every call is a SERVER span
+`OTEL_TRACES_EXPORTER` names an exporter (`console`, or `otlp`: OTLP over gRPC,
+server/tracing.py); then every call is a SERVER span
 following the rpc semantic conventions, with child spans for MongoDB commands
 (PyMongo command monitoring), Redis scripts and Qdrant calls, and log lines
 carry the trace id.
@@ -31,6 +31,7 @@ from opentelemetry import trace
 from prometheus_client import make_wsgi_app
 
 from interceptors.metrics import Metrics
+from server.tracing import TracingError, tracer_provider_from_env
 
 __all__ = ["HttpListener", "configure_tracing", "serve_metrics", "server_tracer"]
 
@@ -111,35 +112,17 @@ def serve_metrics(
 
 
 def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
-    """Install an SDK tracer provider when OTEL_TRACES_EXPORTER asks for one; True if tracing."""
+    """Install the SDK tracer provider OTEL_TRACES_EXPORTER asks for (server/tracing.py) as
+    the process's; True if tracing. RuntimeError names a variable this install cannot
+    honour (the command exits 2 with it)."""
     env = os.environ if env is None else env
-    exporter_name = env.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
-    if exporter_name in ("", "none") or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    try:
+        provider = tracer_provider_from_env(env)
+    except TracingError as exc:
+        raise RuntimeError(str(exc)) from None
+    if provider is None:
         return False
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-
-    exporter: SpanExporter
-    if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
-    elif exporter_name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-                OTLPSpanExporter,
-            )
-        except ImportError as exc:
-            raise RuntimeError(
-                "OTEL_TRACES_EXPORTER=otlp needs `pip install opentelemetry-exporter-otlp`"
-            ) from exc
-        exporter = OTLPSpanExporter()
-    else:
-        raise RuntimeError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use none, console or otlp")
-    service = env.get("OTEL_SERVICE_NAME", "meshgate")
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _LOG.info("tracing on: %s exporter", exporter_name)
     return True
 
 

@@ -24,7 +24,7 @@ from calls.state import current_call
 from interceptors.sidecar.bindings import SidecarBinding, SidecarBindings
 from interceptors.sidecar.check import CheckDecider
 from interceptors.sidecar.rate_limits import RateLimitDecider
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 
 __all__ = ["SIDECAR_SERVICES", "add_sidecar_services"]
 
@@ -40,7 +40,8 @@ def _asking(bindings: SidecarBindings) -> SidecarBinding:
     binding = bindings.of(current_call.get().peer_identity)
     if binding is None:
         raise PermissionDeniedError(
-            "this sidecar is bound to no organization (MESHGATE_EXT_AUTHZ_BINDINGS_FILE)"
+            "this sidecar is bound to no organization (MESHGATE_EXT_AUTHZ_BINDINGS_FILE)",
+            reason=Reason.PEER_NOT_ALLOWED,
         )
     return binding
 

@@ -17,7 +17,7 @@ from meshgate.v1 import audit_service_pb2_grpc as pb_grpc
 from calls.state import current_call
 from services.convert import environment_to_proto, from_timestamp, timestamp
 from storage.audit.log import AuditLog
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 from storage.core.pages import page_size
 
 __all__ = ["AuditServicer"]
@@ -79,7 +79,8 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         if principal.key.namespace_ids:
             raise PermissionDeniedError(
                 "VerifyAuditChain needs a key without a namespace allow-list:"
-                " the chain spans the whole organization"
+                " the chain spans the whole organization",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
             )
         await self._log.flush()
         report = await self._log.verify(principal.organization.organization_id)

@@ -54,7 +54,7 @@ def environment_from_proto(value: int) -> str:
     try:
         return _ENVIRONMENTS[value]  # type: ignore[index]
     except KeyError:
-        raise InvalidArgumentError(_ENVIRONMENT_REFUSAL) from None
+        raise InvalidArgumentError(_ENVIRONMENT_REFUSAL, field="environment") from None
 
 
 def environment_to_proto(value: str) -> common_pb2.Environment.ValueType:
@@ -62,24 +62,28 @@ def environment_to_proto(value: str) -> common_pb2.Environment.ValueType:
 
 
 def names_from_proto(
-    values: Iterable[int], names: Mapping[Any, str], *, refusal: str
+    values: Iterable[int], names: Mapping[Any, str], *, refusal: str, field: str
 ) -> frozenset[str]:
-    """Enum values to their names; INVALID_ARGUMENT (`refusal`) for any other value."""
+    """Enum values to their names; INVALID_ARGUMENT (`refusal`, about `field`) for any
+    other value."""
     out = set()
     for value in values:
         name = names.get(value)
         if name is None:
-            raise InvalidArgumentError(refusal)
+            raise InvalidArgumentError(refusal, field=field)
         out.add(name)
     return frozenset(out)
 
 
 def permissions_from_proto(values: list[int]) -> frozenset[str]:
     if not values:
-        raise InvalidArgumentError("permissions must name at least one permission")
+        raise InvalidArgumentError(
+            "permissions must name at least one permission", field="permissions"
+        )
     return names_from_proto(
         values,
         PERMISSION_NAMES,
+        field="permissions",
         refusal="permissions must be PERMISSION_READ, PERMISSION_WRITE, PERMISSION_DELETE"
         " or PERMISSION_ADMIN",
     )
@@ -87,7 +91,9 @@ def permissions_from_proto(values: list[int]) -> frozenset[str]:
 
 def checked_organization_id(value: str) -> str:
     if not ORGANIZATION_ID_RE.match(value):
-        raise InvalidArgumentError("organization_id is malformed (expected org_...)")
+        raise InvalidArgumentError(
+            "organization_id is malformed (expected org_...)", field="organization_id"
+        )
     return value
 
 
@@ -118,7 +124,9 @@ def from_timestamp(value: Timestamp) -> datetime:
 def validate_name(value: str, *, field: str) -> str:
     name = value.strip()
     if not name or len(name) > MAX_NAME or not name.isprintable():
-        raise InvalidArgumentError(f"{field} must be 1-{MAX_NAME} printable characters")
+        raise InvalidArgumentError(
+            f"{field} must be 1-{MAX_NAME} printable characters", field=field
+        )
     return name
 
 

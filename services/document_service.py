@@ -39,7 +39,9 @@ def document_to_proto(record: DocumentRecord) -> pb.Document:
 
 def check_size(document: pb.Document, *, what: str) -> None:
     if document.ByteSize() > MAX_DOCUMENT_BYTES:
-        raise InvalidArgumentError(f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
+        raise InvalidArgumentError(
+            f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB", field=what
+        )
 
 
 def checked_document(
@@ -81,7 +83,9 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
     ) -> pb.BatchCreateDocumentsResponse:
         scope = current_call.get().require_scope()
         if not 1 <= len(request.requests) <= MAX_BATCH:
-            raise InvalidArgumentError(f"requests must hold 1-{MAX_BATCH} documents")
+            raise InvalidArgumentError(
+                f"requests must hold 1-{MAX_BATCH} documents", field="requests"
+            )
         items = [
             checked_document(r.document, what=f"requests[{i}].document")
             for i, r in enumerate(request.requests)
@@ -114,7 +118,9 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
         scope = current_call.get().require_scope()
         paths = list(request.update_mask.paths)
         if not paths:
-            raise InvalidArgumentError("update_mask must name at least one path")
+            raise InvalidArgumentError(
+                "update_mask must name at least one path", field="update_mask"
+            )
         _, body, metadata = checked_document(request.document, what="document")
         keys: list[str] = []
         for path in paths:
@@ -123,13 +129,14 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
             head, _, key = path.partition(".")
             if head != "metadata" or not key:
                 raise InvalidArgumentError(
-                    f"update_mask path {path[:80]!r} is not one of body, metadata, metadata.<key>"
+                    f"update_mask path {path[:80]!r} is not one of body, metadata, metadata.<key>",
+                    field="update_mask",
                 )
             try:
                 keys.append(check_field(key))
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(
-                    f"update_mask path {path[:80]!r}: {exc.message}"
+                    f"update_mask path {path[:80]!r}: {exc.message}", field="update_mask"
                 ) from None
 
         def change(current: DocumentRecord) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -26,7 +26,7 @@ from services.convert import (
     validate_name,
 )
 from storage.core.clock import rfc3339
-from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError, Reason
 from storage.core.pages import page_size
 from storage.core.peer_bindings import parse_binding
 from storage.core.plans import Limit, PlanError
@@ -116,10 +116,13 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         environment = environment_from_proto(request.environment)
         permissions = permissions_from_proto(list(request.permissions))
         if environment != principal.key.environment:
-            raise PermissionDeniedError("a key can only create keys of its own environment")
+            raise PermissionDeniedError(
+                "a key can only create keys of its own environment",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
+            )
         if len(request.namespaces) > MAX_NAMESPACES_PER_KEY:
             raise InvalidArgumentError(
-                f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries"
+                f"namespaces may list at most {MAX_NAMESPACES_PER_KEY} entries", field="namespaces"
             )
         namespace_ids = await self._namespaces.ids_exist(
             internal_id=principal.organization.internal_id,
@@ -135,7 +138,8 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             raise PermissionDeniedError(
                 "a key cannot create a key that reaches further than its own"
                 " (higher permissions, namespaces it may not act in itself, or peers"
-                " outside its own binding)"
+                " outside its own binding)",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
             )
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
@@ -147,7 +151,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
                     per_second=request.rate_limit.per_second, burst=request.rate_limit.burst
                 )
             except PlanError as exc:
-                raise InvalidArgumentError(f"rate_limit: {exc}") from None
+                raise InvalidArgumentError(f"rate_limit: {exc}", field="rate_limit") from None
         record, secret = await self._keys.create(
             organization_id=principal.organization.organization_id,
             name=name,
@@ -204,7 +208,8 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             bound_peers=frozenset(bound_peers),
         ):
             raise PermissionDeniedError(
-                "a bound key can bind keys only to entries of its own binding"
+                "a bound key can bind keys only to entries of its own binding",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
             )
         record, _ = await self._keys.set_binding(
             **owner, key_id=request.key_id, bound_peers=bound_peers

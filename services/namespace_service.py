@@ -11,7 +11,7 @@ from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
 
 from calls.state import current_call
 from services.convert import environment_from_proto, environment_to_proto, timestamp
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 from storage.core.pages import page_size
 from storage.data.backup import BackupCounts, ExportProgress, NamespaceBackup
 from storage.data.cascade import NamespacePurger
@@ -50,9 +50,15 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         principal = current_call.get().require_principal()
         environment = environment_from_proto(request.environment)
         if environment != principal.key.environment:
-            raise PermissionDeniedError("a key can only create namespaces of its own environment")
+            raise PermissionDeniedError(
+                "a key can only create namespaces of its own environment",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
+            )
         if principal.key.namespace_ids:
-            raise PermissionDeniedError("a namespace-restricted key cannot create namespaces")
+            raise PermissionDeniedError(
+                "a namespace-restricted key cannot create namespaces",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
+            )
         namespace = await self._namespaces.create(
             internal_id=principal.organization.internal_id,
             name=request.name,

@@ -10,7 +10,7 @@ from meshgate.v1 import organization_service_pb2_grpc as pb_grpc
 
 from calls.state import current_call
 from services.convert import environment_to_proto, timestamp
-from storage.core.errors import PermissionDeniedError
+from storage.core.errors import PermissionDeniedError, Reason
 from storage.tenancy.organizations import KeyIdlePolicy, Organization, OrganizationStore
 
 __all__ = ["OrganizationServicer", "organization_to_proto"]
@@ -65,7 +65,8 @@ class OrganizationServicer(pb_grpc.OrganizationServiceServicer):
         if principal.key.namespace_ids or principal.key.binding is not None:
             raise PermissionDeniedError(
                 "the idle-key policy can only be set with a key without a namespace"
-                " allow-list or a workload binding"
+                " allow-list or a workload binding",
+                reason=Reason.KEY_SCOPE_INSUFFICIENT,
             )
         policy = KeyIdlePolicy(
             environment=principal.key.environment,

@@ -61,6 +61,7 @@ def _states(values: list[int]) -> frozenset[str]:
     return names_from_proto(
         values,
         _STATES_BACK,
+        field="states",
         refusal="states may only hold TASK_STATE_PENDING, TASK_STATE_IN_PROGRESS,"
         " TASK_STATE_COMPLETED, TASK_STATE_FAILED or TASK_STATE_CANCELED",
     )
@@ -73,7 +74,10 @@ def _documents(request: pb.SubmitIngestionRequest) -> list[DocumentItem]:
         document_id, body, metadata = checked_document(document, what=f"documents[{i}]")
         document_id = document_id or new_document_id()
         if document_id in seen:
-            raise InvalidArgumentError(f"documents[{i}] repeats document_id {document_id!r}")
+            raise InvalidArgumentError(
+                f"documents[{i}] repeats document_id {document_id!r}",
+                field=f"documents[{i}].document_id",
+            )
         seen.add(document_id)
         items.append(DocumentItem(document_id, body, metadata))
     return items
@@ -88,21 +92,26 @@ def _points(request: pb.SubmitIngestionRequest) -> list[PointItem]:
         try:
             point_id = check_point_id(point.id)
         except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"{what}: {exc.message}") from None
+            raise InvalidArgumentError(f"{what}: {exc.message}", field=f"{what}.id") from None
         if point_id in seen:
-            raise InvalidArgumentError(f"{what} repeats id {point_id!r}")
+            raise InvalidArgumentError(f"{what} repeats id {point_id!r}", field=f"{what}.id")
         seen.add(point_id)
         vector = list(point.vector)
         if not 1 <= len(vector) <= MAX_DIMENSION:
-            raise InvalidArgumentError(f"{what}.vector must have 1-{MAX_DIMENSION} values")
+            raise InvalidArgumentError(
+                f"{what}.vector must have 1-{MAX_DIMENSION} values", field=f"{what}.vector"
+            )
         if dimension is None:
             dimension = len(vector)
         elif len(vector) != dimension:
             raise InvalidArgumentError(
-                f"{what}.vector has {len(vector)} values; points[0] has {dimension}"
+                f"{what}.vector has {len(vector)} values; points[0] has {dimension}",
+                field=f"{what}.vector",
             )
         if not all(math.isfinite(v) for v in vector):
-            raise InvalidArgumentError(f"{what}.vector contains NaN or infinity")
+            raise InvalidArgumentError(
+                f"{what}.vector contains NaN or infinity", field=f"{what}.vector"
+            )
         payload = struct_to_dict(point.payload)
         check_metadata(payload, what=f"{what}.payload")
         items.append(PointItem(point_id, vector, payload))

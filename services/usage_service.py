@@ -67,19 +67,23 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
             else end - timedelta(days=1)
         )
         if start >= end:
-            raise InvalidArgumentError("start_time must be before end_time")
+            raise InvalidArgumentError("start_time must be before end_time", field="start_time")
         if end - start > MAX_RANGE:
-            raise InvalidArgumentError("the time range may span at most 93 days")
+            raise InvalidArgumentError(
+                "the time range may span at most 93 days", field="start_time"
+            )
         groups = []
         for value in request.group_by:
             group = _GROUPS.get(value)
             if group is None:
                 raise InvalidArgumentError(
-                    "group_by takes USAGE_GROUP_NAMESPACE, _METHOD, _DAY or _HOUR"
+                    "group_by takes USAGE_GROUP_NAMESPACE, _METHOD, _DAY or _HOUR", field="group_by"
                 )
             groups.append(group)
         if "day" in groups and "hour" in groups:
-            raise InvalidArgumentError("group by USAGE_GROUP_DAY or USAGE_GROUP_HOUR, not both")
+            raise InvalidArgumentError(
+                "group by USAGE_GROUP_DAY or USAGE_GROUP_HOUR, not both", field="group_by"
+            )
         await self._usage.flush()  # this replica's last second; others flush every second
         rows = await self._usage.query(
             organization_id=principal.organization.organization_id,
@@ -119,7 +123,9 @@ class UsageServicer(pb_grpc.UsageServiceServicer):
     ) -> pb.GrantCreditsResponse:
         checked_organization_id(request.organization_id)
         if not 1 <= request.credits <= MAX_GRANT:
-            raise InvalidArgumentError(f"credits must be between 1 and {MAX_GRANT}")
+            raise InvalidArgumentError(
+                f"credits must be between 1 and {MAX_GRANT}", field="credits"
+            )
         organization = await self._organizations.get(request.organization_id)
         period = self._accounts.current_period()
         # the ledger first: a Redis rebuilt from it has the grant, and Redis adds it once

@@ -40,7 +40,7 @@ def _point_to_proto(point: StoredPoint) -> pb.Point:
 
 def _ids(ids: list[str]) -> list[str]:
     if not 1 <= len(ids) <= MAX_POINTS:
-        raise InvalidArgumentError(f"ids must hold 1-{MAX_POINTS} ids")
+        raise InvalidArgumentError(f"ids must hold 1-{MAX_POINTS} ids", field="ids")
     return ids
 
 
@@ -55,7 +55,8 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         distance = _DISTANCES.get(request.vector_store.distance)
         if distance is None:
             raise InvalidArgumentError(
-                "distance must be DISTANCE_COSINE, DISTANCE_DOT or DISTANCE_EUCLID"
+                "distance must be DISTANCE_COSINE, DISTANCE_DOT or DISTANCE_EUCLID",
+                field="vector_store.distance",
             )
         config = await self._vectors.create(
             scope, dimension=request.vector_store.dimension, distance=distance
@@ -75,9 +76,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> pb.UpsertPointsResponse:
         scope = current_call.get().require_scope()
         if not 1 <= len(request.points) <= MAX_POINTS:
-            raise InvalidArgumentError(f"points must hold 1-{MAX_POINTS} points")
+            raise InvalidArgumentError(f"points must hold 1-{MAX_POINTS} points", field="points")
         if len({p.id for p in request.points}) != len(request.points):
-            raise InvalidArgumentError("points name the same id twice")
+            raise InvalidArgumentError("points name the same id twice", field="points")
         points = []
         for i, point in enumerate(request.points):
             payload = struct_to_dict(point.payload)
@@ -89,11 +90,15 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         scope = current_call.get().require_scope()
         limit = request.limit or DEFAULT_SEARCH_LIMIT
         if not 1 <= limit <= MAX_SEARCH_LIMIT:
-            raise InvalidArgumentError(f"limit must be between 1 and {MAX_SEARCH_LIMIT}")
+            raise InvalidArgumentError(
+                f"limit must be between 1 and {MAX_SEARCH_LIMIT}", field="limit"
+            )
         tree = parse_filter(struct_to_dict(request.filter)) if request.HasField("filter") else None
         threshold = request.score_threshold if request.HasField("score_threshold") else None
         if threshold is not None and not math.isfinite(threshold):
-            raise InvalidArgumentError("score_threshold must be a finite number")
+            raise InvalidArgumentError(
+                "score_threshold must be a finite number", field="score_threshold"
+            )
         hits = await self._vectors.search(
             scope,
             vector=list(request.vector),

@@ -77,6 +77,7 @@ def _statuses(values: list[int]) -> frozenset[str]:
     return names_from_proto(
         values,
         _STATUSES_BACK,
+        field="statuses",
         refusal="statuses may only hold DELIVERY_STATUS_PENDING, DELIVERY_STATUS_SUCCEEDED,"
         " DELIVERY_STATUS_FAILED or DELIVERY_STATUS_EXHAUSTED",
     )
@@ -138,11 +139,14 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         scope = current_call.get().require_scope()
         paths = list(request.update_mask.paths)
         if not paths:
-            raise InvalidArgumentError("update_mask must name at least one path")
+            raise InvalidArgumentError(
+                "update_mask must name at least one path", field="update_mask"
+            )
         unknown = [p for p in paths if p not in _MASK_PATHS]
         if unknown:
             raise InvalidArgumentError(
-                f"update_mask path {unknown[0][:80]!r} is not one of {', '.join(_MASK_PATHS)}"
+                f"update_mask path {unknown[0][:80]!r} is not one of {', '.join(_MASK_PATHS)}",
+                field="update_mask",
             )
         webhook = request.webhook
         await self._webhooks.get(scope, webhook.webhook_id)  # NOT_FOUND before any DNS lookup

@@ -5,7 +5,8 @@
   (kubernetes-validate, offline, strict: unknown fields are errors), for the
   oldest and the newest Kubernetes version checked. The CRDs (cert-manager's
   Certificate, Istio's PeerAuthentication and AuthorizationPolicy) have no
-  schema there: their fields that meshgate relies on are checked instead.
+  schema there: their fields that meshgate relies on are checked instead (the
+  production overlay's PodMonitor: tests/deploy/test_dashboard.py checks what it scrapes).
 - The workload keeps its promises: probes on the metrics port, a termination
   budget that covers the preStop wait, the drain and the shutdown grace,
   secrets as files, a read-only root filesystem, no root, no capabilities.
@@ -45,6 +46,10 @@ CRD_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("cert-manager.io/v1", "Certificate"): ("spec.secretName", "spec.issuerRef.name", "spec.uris"),
     ("security.istio.io/v1", "PeerAuthentication"): ("spec.mtls.mode",),
     ("security.istio.io/v1", "AuthorizationPolicy"): ("spec.action", "spec.provider.name"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): (
+        "spec.selector.matchLabels",
+        "spec.podMetricsEndpoints",
+    ),
     ("networking.istio.io/v1", "DestinationRule"): (
         "spec.host",
         "spec.trafficPolicy.portLevelSettings",

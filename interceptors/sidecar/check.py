@@ -17,8 +17,9 @@ and `-request-id` (never internal_id); any other header the client sent whose na
 `x-meshgate-...` in either spelling (any mix of `-` and `_`, which WSGI/CGI upstreams read
 as one variable) is removed, and its `authorization` too unless configured otherwise; the
 client receives `ratelimit-*`. Denied: the HTTP status of the gRPC code (401, 403, 404,
-429, 503...), the same message meshgate gives, `grpc-status`/`grpc-message` for gRPC
-callers, `retry-after` on limits.
+429, 503...), the same message meshgate gives, its ErrorInfo reason in
+`x-meshgate-error-reason`, `grpc-status`/`grpc-message` for gRPC callers, `retry-after` on
+limits.
 
 What is observed: the call's method is its route's name (from the route policy file) or
 NO_ROUTE, a bounded set, so metrics never grow with paths; the path itself goes to the
@@ -51,14 +52,23 @@ from interceptors.request_metadata import read_metadata
 from interceptors.sidecar.bindings import SidecarBinding
 from interceptors.sidecar.routes import RoutePolicies
 from interceptors.telemetry import REQUEST_ID_HEADER, Telemetry
-from storage.core.errors import InvalidArgumentError, PermissionDeniedError
+from storage.core.errors import InvalidArgumentError, PermissionDeniedError, Reason
 
-__all__ = ["HTTP_STATUS", "NO_ROUTE", "UPSTREAM_HEADERS", "CheckDecider", "SourcePeer"]
+__all__ = [
+    "ERROR_REASON_HEADER",
+    "HTTP_STATUS",
+    "NO_ROUTE",
+    "UPSTREAM_HEADERS",
+    "CheckDecider",
+    "SourcePeer",
+]
 
 ORGANIZATION_HEADER = "x-meshgate-organization-id"
 NAMESPACE_ID_HEADER = "x-meshgate-namespace-id"
 KEY_HEADER = "x-meshgate-key-id"
 UPSTREAM_REQUEST_ID_HEADER = "x-meshgate-request-id"
+# on a denied response: the google.rpc.ErrorInfo reason meshgate gives (docs/api.md)
+ERROR_REASON_HEADER = "x-meshgate-error-reason"
 UPSTREAM_HEADERS = (
     ORGANIZATION_HEADER,
     NAMESPACE_ID_HEADER,
@@ -94,9 +104,13 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 class _NoRouteError(PermissionDeniedError):
     """A route the policy file does not name: refused (fail closed)."""
 
+    default_reason = Reason.METHOD_NOT_DECLARED
+
 
 class _UnboundError(PermissionDeniedError):
     """The asking sidecar may not speak for this caller (bindings.py)."""
+
+    default_reason = Reason.PEER_NOT_ALLOWED
 
 
 # the plan of one route's policy: the steps up to authentication, those after it, observers
@@ -220,7 +234,10 @@ class CheckDecider:
         call: CallState, refusal: Refusal, *, grpc_caller: bool
     ) -> external_auth_pb2.CheckResponse:
         code = refusal.code.value[0]
-        sent: list[tuple[str, str]] = [(REQUEST_ID_HEADER, call.request_id)]
+        sent: list[tuple[str, str]] = [
+            (REQUEST_ID_HEADER, call.request_id),
+            (ERROR_REASON_HEADER, refusal.reason),
+        ]
         sent.extend(call.response_metadata)
         sent.extend((k, v) for k, v in refusal.trailing_metadata if isinstance(v, str))
         if grpc_caller:
@@ -282,7 +299,11 @@ def _security_headers(http: Any) -> Iterator[tuple[str, str]]:
                 try:
                     yield key, entry.value or entry.raw_value.decode()
                 except UnicodeDecodeError:
-                    raise InvalidArgumentError(f"the {key} header is not valid UTF-8") from None
+                    raise InvalidArgumentError(
+                        f"the {key} header is not valid UTF-8",
+                        reason=Reason.METADATA_INVALID,
+                        metadata={"header": key},
+                    ) from None
         return
     for key in _SECURITY_HEADERS:
         value = http.headers.get(key)

@@ -42,6 +42,7 @@ from storage.core.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    Reason,
     UnauthenticatedError,
 )
 from storage.core.ids import KEY_ID_RE, NAMESPACE_ID_RE, ORGANIZATION_ID_RE
@@ -118,7 +119,8 @@ class RateLimitDecider:
             if not sidecar.speaks_for_organization(descriptor.organization_id):
                 raise PermissionDeniedError(
                     f"descriptors[{index}]: this sidecar may not speak for organization"
-                    f" {descriptor.organization_id}"
+                    f" {descriptor.organization_id}",
+                    reason=Reason.PEER_NOT_ALLOWED,
                 )
         statuses: list[Any] = []
         decisions: list[Decision] = []

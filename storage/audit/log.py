@@ -297,11 +297,11 @@ class AuditLog:
             value = filters.get(name)
             if value:
                 if not isinstance(value, str) or len(value) > 200:
-                    raise InvalidArgumentError(f"{name} must be at most 200 characters")
+                    raise InvalidArgumentError(f"{name} must be at most 200 characters", field=name)
                 wanted[name] = value
         action = filters.get("action") or ""
         if action and (len(action) > 200 or not re.fullmatch(r"[A-Za-z0-9_./]+", action)):
-            raise InvalidArgumentError("action must be a method name")
+            raise InvalidArgumentError("action must be a method name", field="action")
         after = decode_page_token(page_token, kind="audit", id_pattern=_SEQ_TOKEN)
         below = int(after) if after is not None else None
         items: list[dict[str, Any]] = []

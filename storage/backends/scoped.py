@@ -87,7 +87,7 @@ MAX_DOCUMENT_NODES = 300_000
 
 
 class ScopeViolationError(InvalidArgumentError):
-    """A filter, document or update tried to name the scope or escape it."""
+    """A filter, document or update tried to name the scope or escape it (FIELD_INVALID)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 
 __all__ = [
     "FORMAT",
@@ -52,8 +52,10 @@ _PIECE_BYTES = 1024 * 1024
 class BackupFileError(InvalidArgumentError):
     """The file is not a whole, intact backup of a format this server reads."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"backup file refused: {reason}; nothing was written")
+    default_reason = Reason.BACKUP_FILE_INVALID
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"backup file refused: {problem}; nothing was written")
 
 
 def _line(record: Mapping[str, Any]) -> bytes:

@@ -74,7 +74,7 @@ class Group:
 
 
 def _bad(message: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"filter: {message}")
+    return InvalidArgumentError(f"filter: {message}", field="filter")
 
 
 def check_field(name: str) -> str:

@@ -47,9 +47,12 @@ KEY_ID_RE = prefixed_id_re("key")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
-def check_client_id(value: str, *, what: str) -> str:
+def check_client_id(value: str, *, what: str, field: str | None = None) -> str:
+    """`what` names the id in the message; `field`, the request field it came from, if known."""
     if not CLIENT_ID_RE.match(value):
-        raise InvalidArgumentError(f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        raise InvalidArgumentError(
+            f"{what} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field
+        )
     return value
 
 

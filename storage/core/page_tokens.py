@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 
 __all__ = [
     "MIN_KEY_BYTES",
@@ -51,6 +51,11 @@ _EXPIRED = "page_token has expired; list again from the first page"
 
 class PageTokenError(InvalidArgumentError):
     """A page token that is not this request's, altered, forged or expired."""
+
+    default_reason = Reason.PAGE_TOKEN_INVALID
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="page_token")
 
 
 def key_id(key: bytes) -> int:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -27,9 +27,9 @@ _MAX_TOKEN_LENGTH = 512
 def page_size(requested: int) -> int:
     """0 means the default; negative or above the maximum is refused."""
     if requested < 0:
-        raise InvalidArgumentError("page_size must not be negative")
+        raise InvalidArgumentError("page_size must not be negative", field="page_size")
     if requested > MAX_PAGE_SIZE:
-        raise InvalidArgumentError(f"page_size must be at most {MAX_PAGE_SIZE}")
+        raise InvalidArgumentError(f"page_size must be at most {MAX_PAGE_SIZE}", field="page_size")
     return requested or DEFAULT_PAGE_SIZE
 
 
@@ -54,7 +54,9 @@ def decode_page_token(token: str, *, kind: str, id_pattern: re.Pattern[str]) -> 
             raise ValueError
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise InvalidArgumentError(
-            "page_token is invalid; pass the next_page_token of a previous response"
+            "page_token is invalid; pass the next_page_token of a previous response",
+            field="page_token",
+            reason=Reason.PAGE_TOKEN_INVALID,
         ) from None
     return after
 

@@ -104,19 +104,23 @@ class PeerBinding:
 def _parse_entry(entry: str) -> _Pattern | None:
     """None for an exact entry, the pattern for one with `*`; InvalidArgumentError if bad."""
     if len(entry) > _MAX_ENTRY:
-        raise InvalidArgumentError(f"bound_peers: an entry is longer than {_MAX_ENTRY} characters")
+        raise InvalidArgumentError(
+            f"bound_peers: an entry is longer than {_MAX_ENTRY} characters", field="bound_peers"
+        )
     if not entry.startswith(_SCHEME):
         if not _NAME.fullmatch(entry):
             raise InvalidArgumentError(
                 "bound_peers: an entry must be a SPIFFE ID (spiffe://...), a pattern of one,"
-                " or a DNS name"
+                " or a DNS name",
+                field="bound_peers",
             )
         return None
     domain, _, path = entry[len(_SCHEME) :].partition("/")
     segments = tuple(path.split("/")) if path else ()
     if not _TRUST_DOMAIN.fullmatch(domain) or not segments:
         raise InvalidArgumentError(
-            "bound_peers: a SPIFFE entry needs a lowercase trust domain and a path"
+            "bound_peers: a SPIFFE entry needs a lowercase trust domain and a path",
+            field="bound_peers",
         )
     for segment in segments:
         if segment == _ANY:
@@ -124,7 +128,8 @@ def _parse_entry(entry: str) -> _Pattern | None:
         if not _SEGMENT.fullmatch(segment) or segment in (".", ".."):
             raise InvalidArgumentError(
                 "bound_peers: a path segment is either `*` or letters, digits, '.', '-', '_'"
-                " (no partial wildcards, no empty, '.' or '..' segments)"
+                " (no partial wildcards, no empty, '.' or '..' segments)",
+                field="bound_peers",
             )
     if _ANY not in segments:
         return None
@@ -137,7 +142,9 @@ def parse_binding(entries: Iterable[str]) -> PeerBinding | None:
     """The compiled binding of `entries` (duplicates dropped, order kept), None when empty."""
     unique = tuple(dict.fromkeys(entries))
     if len(unique) > MAX_BINDING_ENTRIES:
-        raise InvalidArgumentError(f"bound_peers may list at most {MAX_BINDING_ENTRIES} entries")
+        raise InvalidArgumentError(
+            f"bound_peers may list at most {MAX_BINDING_ENTRIES} entries", field="bound_peers"
+        )
     if not unique:
         return None
     patterns: list[_Pattern] = []

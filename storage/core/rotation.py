@@ -19,7 +19,9 @@ __all__ = ["check_grace", "in_force", "retire_previous"]
 def check_grace(grace: timedelta, *, maximum: timedelta) -> None:
     """INVALID_ARGUMENT unless 0 <= grace <= maximum (a whole number of days)."""
     if grace < timedelta(0) or grace > maximum:
-        raise InvalidArgumentError(f"grace_period must be between 0 and {maximum.days} days")
+        raise InvalidArgumentError(
+            f"grace_period must be between 0 and {maximum.days} days", field="grace_period"
+        )
 
 
 def in_force(not_after: datetime | None, now: datetime) -> bool:

@@ -40,7 +40,7 @@ from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope
 from storage.core.backup_format import BackupEncoder
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError
+from storage.core.errors import FailedPreconditionError, Reason
 from storage.data.backup_items import BackupItems
 from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorConfig, VectorStore
@@ -323,7 +323,10 @@ class NamespaceBackup:
             except (DuplicateKeyError, BulkWriteError):
                 continue  # another restore of this file wrote some meanwhile: look again
         else:
-            raise FailedPreconditionError("the namespace is being restored concurrently; retry")
+            raise FailedPreconditionError(
+                "the namespace is being restored concurrently; retry",
+                reason=Reason.CONCURRENT_CHANGE,
+            )
         batch.clear()
         return size
 

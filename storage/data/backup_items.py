@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from storage.core.backup_format import BackupDecoder
-from storage.core.errors import InvalidArgumentError
+from storage.core.errors import InvalidArgumentError, Reason
 from storage.data.documents import check_body, check_document_id, check_metadata
 from storage.data.vectors import (
     DISTANCES,
@@ -38,9 +38,13 @@ def _time(value: Any, what: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"backup file: {what} is not an ISO 8601 time") from None
+        raise InvalidArgumentError(
+            f"backup file: {what} is not an ISO 8601 time", reason=Reason.BACKUP_FILE_INVALID
+        ) from None
     if parsed.tzinfo is None:
-        raise InvalidArgumentError(f"backup file: {what} has no time zone")
+        raise InvalidArgumentError(
+            f"backup file: {what} has no time zone", reason=Reason.BACKUP_FILE_INVALID
+        )
     return parsed
 
 
@@ -50,11 +54,16 @@ def _document(record: Mapping[str, Any]) -> dict[str, Any]:
     document_id = check_document_id(str(record.get("document_id", "")))
     body, metadata, revision = record.get("body"), record.get("metadata"), record.get("revision")
     if not isinstance(body, dict) or not isinstance(metadata, dict):
-        raise InvalidArgumentError(f"backup file: document {document_id!r} is malformed")
+        raise InvalidArgumentError(
+            f"backup file: document {document_id!r} is malformed", reason=Reason.BACKUP_FILE_INVALID
+        )
     check_body(body)
     check_metadata(metadata)
     if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
-        raise InvalidArgumentError(f"backup file: document {document_id!r} has a bad revision")
+        raise InvalidArgumentError(
+            f"backup file: document {document_id!r} has a bad revision",
+            reason=Reason.BACKUP_FILE_INVALID,
+        )
     return {
         "document_id": document_id,
         "body": body,
@@ -73,7 +82,10 @@ def _vector_config(record: Mapping[str, Any]) -> VectorConfig:
         or not 1 <= dimension <= MAX_DIMENSION
         or distance not in DISTANCES
     ):
-        raise InvalidArgumentError("backup file: the vector store configuration is malformed")
+        raise InvalidArgumentError(
+            "backup file: the vector store configuration is malformed",
+            reason=Reason.BACKUP_FILE_INVALID,
+        )
     return VectorConfig(dimension, str(distance))
 
 
@@ -81,13 +93,19 @@ def _point(
     record: Mapping[str, Any], config: VectorConfig | None
 ) -> tuple[str, list[float], dict[str, Any]]:
     if config is None:
-        raise InvalidArgumentError("backup file: points come before a vector store")
+        raise InvalidArgumentError(
+            "backup file: points come before a vector store", reason=Reason.BACKUP_FILE_INVALID
+        )
     point_id = check_point_id(str(record.get("point_id", "")))
     vector, payload = record.get("vector"), record.get("payload")
     if not isinstance(vector, list) or not isinstance(payload, dict):
-        raise InvalidArgumentError(f"backup file: point {point_id!r} is malformed")
+        raise InvalidArgumentError(
+            f"backup file: point {point_id!r} is malformed", reason=Reason.BACKUP_FILE_INVALID
+        )
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector):
-        raise InvalidArgumentError(f"backup file: point {point_id!r} has a bad vector")
+        raise InvalidArgumentError(
+            f"backup file: point {point_id!r} has a bad vector", reason=Reason.BACKUP_FILE_INVALID
+        )
     check_metadata(payload, what="payload")
     return point_id, check_vector(vector, config.dimension, what=f"point {point_id!r}"), payload
 
@@ -97,9 +115,13 @@ def _webhook(record: Mapping[str, Any]) -> WebhookRecord:
     url, enabled = record.get("url"), record.get("enabled")
     event_types = record.get("event_types")
     if not isinstance(url, str) or not isinstance(enabled, bool):
-        raise InvalidArgumentError(f"backup file: webhook {webhook_id} is malformed")
+        raise InvalidArgumentError(
+            f"backup file: webhook {webhook_id} is malformed", reason=Reason.BACKUP_FILE_INVALID
+        )
     if not isinstance(event_types, list) or not all(isinstance(e, str) for e in event_types):
-        raise InvalidArgumentError(f"backup file: webhook {webhook_id} is malformed")
+        raise InvalidArgumentError(
+            f"backup file: webhook {webhook_id} is malformed", reason=Reason.BACKUP_FILE_INVALID
+        )
     created = _time(record.get("created_at"), "created_at")
     return WebhookRecord(
         webhook_id=webhook_id,
@@ -128,7 +150,10 @@ class BackupItems:
             return kind, _document(record)
         if kind == "vector_store":
             if self.config is not None:
-                raise InvalidArgumentError("backup file: two vector store configurations")
+                raise InvalidArgumentError(
+                    "backup file: two vector store configurations",
+                    reason=Reason.BACKUP_FILE_INVALID,
+                )
             self.config = _vector_config(record)
             return kind, self.config
         if kind == "point":
@@ -136,6 +161,7 @@ class BackupItems:
         self.webhooks += 1
         if self.webhooks > MAX_WEBHOOKS_PER_NAMESPACE:
             raise InvalidArgumentError(
-                f"backup file: more than {MAX_WEBHOOKS_PER_NAMESPACE} webhooks"
+                f"backup file: more than {MAX_WEBHOOKS_PER_NAMESPACE} webhooks",
+                reason=Reason.BACKUP_FILE_INVALID,
             )
         return kind, _webhook(record)

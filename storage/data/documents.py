@@ -23,6 +23,7 @@ from storage.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
 )
 from storage.core.filters import FIELD_RE, RESERVED_FIELDS, Group, to_mongo
 from storage.core.ids import CLIENT_ID_RE, check_client_id, random_base62
@@ -73,7 +74,7 @@ def new_document_id() -> str:
 
 
 def check_document_id(document_id: str, *, what: str = "document_id") -> str:
-    return check_client_id(document_id, what=what)
+    return check_client_id(document_id, what=what, field=what)
 
 
 def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
@@ -81,17 +82,21 @@ def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
 
     def walk(value: Any, depth: int) -> None:
         if depth > MAX_BODY_DEPTH:
-            raise InvalidArgumentError(f"{what} is nested deeper than {MAX_BODY_DEPTH} levels")
+            raise InvalidArgumentError(
+                f"{what} is nested deeper than {MAX_BODY_DEPTH} levels", field=what
+            )
         if isinstance(value, Mapping):
             for key, item in value.items():
                 if key.startswith("$") or "." in key or not key:
                     raise InvalidArgumentError(
                         f"{what} field names must be non-empty and may not start with '$'"
-                        " or contain '.'"
+                        " or contain '.'",
+                        field=what,
                     )
                 if key in RESERVED_FIELDS:
                     raise InvalidArgumentError(
-                        f"{what} may not use the reserved field name {key!r}"
+                        f"{what} may not use the reserved field name {key!r}",
+                        field=what,
                     )
                 walk(item, depth + 1)
         elif isinstance(value, list):
@@ -106,29 +111,36 @@ def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> No
     means the same on documents and points (an empty list, or a null inside a list,
     would not: Qdrant cannot tell `[]` from a missing field)."""
     if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidArgumentError(f"{what} may have at most {MAX_METADATA_KEYS} keys")
+        raise InvalidArgumentError(f"{what} may have at most {MAX_METADATA_KEYS} keys", field=what)
     for key, value in metadata.items():
         if key in RESERVED_FIELDS:
-            raise InvalidArgumentError(f"{what} may not use the reserved key {key!r}")
+            raise InvalidArgumentError(f"{what} may not use the reserved key {key!r}", field=what)
         if not FIELD_RE.match(key):
-            raise InvalidArgumentError(f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -")
+            raise InvalidArgumentError(
+                f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -", field=what
+            )
         if isinstance(value, list):
             if not 1 <= len(value) <= MAX_LIST_VALUES:
                 raise InvalidArgumentError(
-                    f"{what} lists must hold 1-{MAX_LIST_VALUES} values ({key!r})"
+                    f"{what} lists must hold 1-{MAX_LIST_VALUES} values ({key!r})",
+                    field=what,
                 )
             if any(item is None for item in value):
-                raise InvalidArgumentError(f"{what} lists may not hold null ({key!r})")
+                raise InvalidArgumentError(f"{what} lists may not hold null ({key!r})", field=what)
         for item in value if isinstance(value, list) else [value]:
             if not (item is None or isinstance(item, str | bool | int | float)):
                 raise InvalidArgumentError(
-                    f"{what} values must be strings, numbers, booleans, null or lists of those"
+                    f"{what} values must be strings, numbers, booleans, null or lists of those",
+                    field=what,
                 )
             if isinstance(item, float) and not math.isfinite(item):
-                raise InvalidArgumentError(f"{what} values must be finite numbers ({key!r})")
+                raise InvalidArgumentError(
+                    f"{what} values must be finite numbers ({key!r})", field=what
+                )
             if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
                 raise InvalidArgumentError(
-                    f"{what} strings may be at most {MAX_METADATA_STRING} characters"
+                    f"{what} strings may be at most {MAX_METADATA_STRING} characters",
+                    field=what,
                 )
 
 
@@ -180,7 +192,9 @@ class DocumentStore:
         docs = [{**self._new(i, b, m), "batch": batch} for i, b, m in items]
         ids = [d["document_id"] for d in docs]
         if len(set(ids)) != len(ids):
-            raise InvalidArgumentError("the batch names the same document_id twice")
+            raise InvalidArgumentError(
+                "the batch names the same document_id twice", field="requests"
+            )
         collection = self._collection(scope)
         taken = await collection.find({"document_id": {"$in": ids}})
         if taken:
@@ -252,7 +266,10 @@ class DocumentStore:
             )
             if matched:
                 return
-        raise FailedPreconditionError(f"document {document_id!r} is being written concurrently")
+        raise FailedPreconditionError(
+            f"document {document_id!r} is being written concurrently",
+            reason=Reason.CONCURRENT_CHANGE,
+        )
 
     async def get(self, scope: Scope, document_id: str) -> DocumentRecord:
         doc = await self._collection(scope).find_one(
@@ -309,7 +326,9 @@ class DocumentStore:
                     updated_at=now,
                     revision=current.revision + 1,
                 )
-        raise FailedPreconditionError("the document is being changed concurrently; retry")
+        raise FailedPreconditionError(
+            "the document is being changed concurrently; retry", reason=Reason.CONCURRENT_CHANGE
+        )
 
     async def delete(self, scope: Scope, document_id: str) -> None:
         if not await self._collection(scope).delete_one(

@@ -39,7 +39,7 @@ from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.tracing import trace_context
 from storage.backends.work_queue import WorkQueue
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import TIME_ORDERED_BODY, prefixed_id_re, time_ordered_id
 from storage.core.pages import decode_page_token, page_of
 from storage.webhooks.outbox import Event, new_event
@@ -204,7 +204,7 @@ Progress = Literal["ok", "cancel", "lost"]
 
 def _check_task_id(task_id: str) -> str:
     if not TASK_ID_RE.match(task_id):
-        raise InvalidArgumentError("task_id is malformed (expected task_...)")
+        raise InvalidArgumentError("task_id is malformed (expected task_...)", field="task_id")
     return task_id
 
 
@@ -299,7 +299,9 @@ class TaskStore:
                 )
                 if doc is not None:
                     return _record(doc)
-        raise FailedPreconditionError("the task is changing state concurrently; retry")
+        raise FailedPreconditionError(
+            "the task is changing state concurrently; retry", reason=Reason.CONCURRENT_CHANGE
+        )
 
     # -- the worker side ----------------------------------------------------------
 

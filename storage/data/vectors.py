@@ -93,11 +93,12 @@ class Hit:
 def check_vector(vector: Sequence[float], dimension: int, *, what: str = "vector") -> list[float]:
     if len(vector) != dimension:
         raise InvalidArgumentError(
-            f"{what} has {len(vector)} dimensions; this namespace's vector store has {dimension}"
+            f"{what} has {len(vector)} dimensions; this namespace's vector store has {dimension}",
+            field=what,
         )
     values = [float(v) for v in vector]
     if not all(math.isfinite(v) for v in values):
-        raise InvalidArgumentError(f"{what} contains NaN or infinity")
+        raise InvalidArgumentError(f"{what} contains NaN or infinity", field=what)
     return values
 
 
@@ -144,7 +145,9 @@ class VectorStore:
 
     async def create(self, scope: Scope, *, dimension: int, distance: str) -> VectorConfig:
         if not 1 <= dimension <= MAX_DIMENSION:
-            raise InvalidArgumentError(f"dimension must be between 1 and {MAX_DIMENSION}")
+            raise InvalidArgumentError(
+                f"dimension must be between 1 and {MAX_DIMENSION}", field="vector_store.dimension"
+            )
         configs = self._mongo.scoped(self.CONFIGS, scope)
         existing = await configs.find_one({})
         if existing is not None:

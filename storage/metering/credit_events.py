@@ -55,6 +55,9 @@ class CreditEvents:
         self._mongo = mongo
         # without a publisher (no webhooks wired) threshold events are only recorded
         self._publisher = publisher
+        # threshold (80, 95, 100) -> crossings this process recorded first (each crossing
+        # of an organization and period is recorded once, fleet-wide)
+        self.crossed: dict[int, int] = {}
 
     async def record(
         self, organization_id: str, period: str, threshold: int, balance: Balance
@@ -73,6 +76,7 @@ class CreditEvents:
         doc: dict[str, Any] | None = fresh
         try:
             await self._collection.insert_one(fresh)
+            self.crossed[threshold] = self.crossed.get(threshold, 0) + 1
             _LOG.info(
                 "organization %s crossed %d%% of its credits for %s",
                 organization_id,

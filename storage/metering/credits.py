@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import organization_key
 from storage.backends.tracing import client_span
-from storage.core.errors import ResourceExhaustedError, UnavailableError
+from storage.core.errors import Quota, Reason, ResourceExhaustedError, UnavailableError
 from storage.metering.credit_scripts import (
     PERIOD_TTL_MS,
     AccountState,
@@ -295,6 +295,10 @@ class CreditAccounts:
         raise self._refusal(period, outcome)
 
     def _refusal(self, period: str, outcome: _TopUp) -> ResourceExhaustedError:
+        quota = Quota(
+            subject=f"credits:{period}",
+            description=f"the organization's credits for {period} (allowance and grants)",
+        )
         if outcome.others_hold > 0 or outcome.granted > 0:
             # other replicas hand back what they hold within a settle interval or two
             delay = 2 * self.settle_interval_s
@@ -302,11 +306,17 @@ class CreditAccounts:
                 "the organization's remaining credits are reserved by other replicas;"
                 f" retry in {delay:g}s",
                 retry_after_s=delay,
+                reason=Reason.CREDITS_EXHAUSTED,
+                quota=quota,
+                metadata={"period": period},
             )
         end = period_end(period)
         return ResourceExhaustedError(
             "the organization's credits for this month are used up",
             retry_after_s=max(1.0, (end - self.now()).total_seconds()),
+            reason=Reason.CREDITS_EXHAUSTED,
+            quota=quota,
+            metadata={"period": period},
         )
 
     def _start_top_up(

@@ -12,7 +12,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import KEY_ID_RE, new_key_id
 from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
@@ -216,7 +216,7 @@ class KeyStore:
         """The new key and its secret (returned once, never stored)."""
         now = self._now()
         if expires_at is not None and expires_at <= now:
-            raise InvalidArgumentError("expire_time must lie in the future")
+            raise InvalidArgumentError("expire_time must lie in the future", field="expire_time")
         minted = mint_secret(environment)
         doc = {
             "_id": new_key_id(),
@@ -251,7 +251,7 @@ class KeyStore:
     ) -> dict[str, Any]:
         """A key is visible only to its own organization and environment, within `reach`."""
         if not KEY_ID_RE.match(key_id):
-            raise InvalidArgumentError("key_id is malformed (expected key_...)")
+            raise InvalidArgumentError("key_id is malformed (expected key_...)", field="key_id")
         return {
             "_id": key_id,
             "organization_id": organization_id,
@@ -301,7 +301,7 @@ class KeyStore:
         }
         if idle_for is not None:
             if idle_for < timedelta(0):
-                raise InvalidArgumentError("idle_for must not be negative")
+                raise InvalidArgumentError("idle_for must not be negative", field="idle_for")
             query["$or"] = idle_since_before(self._now() - idle_for)
         if after is not None:
             query["_id"] = {"$gt": after}
@@ -357,7 +357,8 @@ class KeyStore:
             if now_stored is None or now_stored.get("revoked_at") is not None:
                 raise NotFoundError("key not found")
             raise FailedPreconditionError(
-                "the key was rotated concurrently; read it again and retry"
+                "the key was rotated concurrently; read it again and retry",
+                reason=Reason.CONCURRENT_CHANGE,
             )
         return key_from_doc(doc), minted.secret, cutoff
 

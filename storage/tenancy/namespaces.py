@@ -15,11 +15,11 @@ from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope
 from storage.core.cache import TTLCache
 from storage.core.clock import utc_now
-from storage.core.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from storage.core.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import NAMESPACE_ID_RE, new_namespace_id
 from storage.core.pages import decode_page_token, page_of
 
-__all__ = ["NAMESPACE_NAME_RE", "Namespace", "NamespaceStore"]
+__all__ = ["NAMESPACE_NAME_RE", "Namespace", "NamespaceNotFoundError", "NamespaceStore"]
 
 NAMESPACE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _MAX_REF = 128
@@ -45,6 +45,16 @@ def _from_doc(doc: dict[str, object]) -> Namespace:
         environment=str(doc["environment"]),
         created_at=doc["created_at"],  # type: ignore[arg-type]
     )
+
+
+class NamespaceNotFoundError(NotFoundError):
+    """One answer for unknown, deleting, other-environment and other-organization
+    namespaces: the message and the reason never tell them apart."""
+
+    default_reason = Reason.NAMESPACE_NOT_FOUND
+
+    def __init__(self, message: str = "namespace not found") -> None:
+        super().__init__(message)
 
 
 class NamespaceStore:
@@ -78,7 +88,8 @@ class NamespaceStore:
     async def create(self, *, internal_id: str, name: str, environment: str) -> Namespace:
         if not NAMESPACE_NAME_RE.match(name):
             raise InvalidArgumentError(
-                "name must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+                "name must be 1-63 characters of a-z, 0-9 and '-', starting with a letter",
+                field="name",
             )
         doc = {
             "_id": new_namespace_id(),
@@ -98,7 +109,7 @@ class NamespaceStore:
         """`resolve` when this process has the answer cached (no I/O); else None."""
         cached = self._cache.get((internal_id, reference))
         if cached is not None and cached.environment != environment:
-            raise NotFoundError("namespace not found")
+            raise NamespaceNotFoundError()
         return cached
 
     async def resolve(self, *, internal_id: str, environment: str, reference: str) -> Namespace:
@@ -110,20 +121,24 @@ class NamespaceStore:
         cached = self.cached(internal_id=internal_id, environment=environment, reference=reference)
         if cached is None:
             if len(reference) > _MAX_REF:
-                raise InvalidArgumentError(f"x-namespace must be at most {_MAX_REF} characters")
+                raise InvalidArgumentError(
+                    f"x-namespace must be at most {_MAX_REF} characters",
+                    reason=Reason.METADATA_INVALID,
+                    metadata={"header": "x-namespace"},
+                )
             field = "_id" if NAMESPACE_ID_RE.match(reference) else "name"
             if field == "name" and not NAMESPACE_NAME_RE.match(reference):
-                raise NotFoundError("namespace not found")
+                raise NamespaceNotFoundError()
             generation = self._cache.generation  # a deletion during the read moves it
             doc = await self._collection.find_one(
                 {"internal_id": internal_id, field: reference, "state": "active"}
             )
             if doc is None:
-                raise NotFoundError("namespace not found")
+                raise NamespaceNotFoundError()
             cached = _from_doc(doc)
             self._cache.put((internal_id, reference), cached, if_generation=generation)
             if cached.environment != environment:
-                raise NotFoundError("namespace not found")
+                raise NamespaceNotFoundError()
         return cached
 
     async def ids_exist(
@@ -137,7 +152,9 @@ class NamespaceStore:
                     internal_id=internal_id, environment=environment, reference=reference
                 )
             except NotFoundError:
-                raise NotFoundError(f"namespace {reference[:_MAX_REF]!r} not found") from None
+                raise NamespaceNotFoundError(
+                    f"namespace {reference[:_MAX_REF]!r} not found"
+                ) from None
             out.append(namespace.namespace_id)
         return out
 

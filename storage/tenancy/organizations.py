@@ -32,9 +32,13 @@ class KeyIdlePolicy:
 
     def __post_init__(self) -> None:
         if not 0 <= self.idle_days <= MAX_IDLE_DAYS:
-            raise InvalidArgumentError(f"idle_days must be 0 (off) to {MAX_IDLE_DAYS}")
+            raise InvalidArgumentError(
+                f"idle_days must be 0 (off) to {MAX_IDLE_DAYS}", field="policy.idle_days"
+            )
         if self.notice_days < 0 or (self.notice_days and self.notice_days >= self.idle_days):
-            raise InvalidArgumentError("notice_days must be 0 (none) or less than idle_days")
+            raise InvalidArgumentError(
+                "notice_days must be 0 (none) or less than idle_days", field="policy.notice_days"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pymongo.errors import DuplicateKeyError
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import (
     TIME_ORDERED_BODY,
     derived_time_ordered_id,
@@ -151,7 +151,9 @@ class DeliveryStore:
 
     async def get(self, scope: Scope, delivery_id: str) -> DeliveryRecord:
         if not DELIVERY_ID_RE.match(delivery_id):
-            raise InvalidArgumentError("delivery_id is malformed (expected dlv_...)")
+            raise InvalidArgumentError(
+                "delivery_id is malformed (expected dlv_...)", field="delivery_id"
+            )
         record = await self.find(scope, delivery_id)
         if record is None:
             raise NotFoundError("delivery not found")
@@ -238,7 +240,9 @@ class DeliveryStore:
             },
         )
         if doc is None:
-            raise FailedPreconditionError("the delivery changed concurrently; retry")
+            raise FailedPreconditionError(
+                "the delivery changed concurrently; retry", reason=Reason.CONCURRENT_CHANGE
+            )
         return _delivery(doc)
 
     async def delete_for_webhook(self, scope: Scope, webhook_id: str) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import (
     TIME_ORDERED_BODY,
     prefixed_id_re,
@@ -64,14 +64,19 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 def check_event_types(values: Sequence[str]) -> tuple[str, ...]:
     """1-10 known event types, or the wildcard alone; duplicates are dropped."""
     if not values:
-        raise InvalidArgumentError("event_types must name at least one event type, or '*'")
+        raise InvalidArgumentError(
+            "event_types must name at least one event type, or '*'", field="webhook.event_types"
+        )
     if len(values) > MAX_EVENT_TYPES:
-        raise InvalidArgumentError(f"event_types may list at most {MAX_EVENT_TYPES} entries")
+        raise InvalidArgumentError(
+            f"event_types may list at most {MAX_EVENT_TYPES} entries", field="webhook.event_types"
+        )
     unknown = [v for v in values if v not in EVENT_TYPES and v != WILDCARD]
     if unknown:
         raise InvalidArgumentError(
             f"event_types: unknown event type {unknown[0][:64]!r}; known: "
-            f"{', '.join(EVENT_TYPES)} or '*'"
+            f"{', '.join(EVENT_TYPES)} or '*'",
+            field="webhook.event_types",
         )
     if WILDCARD in values:
         return (WILDCARD,)
@@ -81,14 +86,15 @@ def check_event_types(values: Sequence[str]) -> tuple[str, ...]:
 def check_description(value: str) -> str:
     if len(value) > MAX_DESCRIPTION or not value.isprintable():
         raise InvalidArgumentError(
-            f"description must be at most {MAX_DESCRIPTION} printable characters"
+            f"description must be at most {MAX_DESCRIPTION} printable characters",
+            field="webhook.description",
         )
     return value
 
 
 def check_webhook_id(webhook_id: str) -> str:
     if not WEBHOOK_ID_RE.match(webhook_id):
-        raise InvalidArgumentError("webhook_id is malformed (expected wh_...)")
+        raise InvalidArgumentError("webhook_id is malformed (expected wh_...)", field="webhook_id")
     return webhook_id
 
 
@@ -264,7 +270,10 @@ class WebhookStore:
             projection=_NO_SECRETS,
         )
         if doc is None:
-            raise FailedPreconditionError("the webhook's secret was rotated concurrently; retry")
+            raise FailedPreconditionError(
+                "the webhook's secret was rotated concurrently; retry",
+                reason=Reason.CONCURRENT_CHANGE,
+            )
         return _webhook(doc), secret, cutoff
 
     async def for_delivery(

@@ -67,6 +67,9 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 class TargetRefusedError(InvalidArgumentError):
     """The URL is malformed, or points somewhere webhooks may not go."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="webhook.url")
+
 
 def _embedded_ipv4(ip: IPAddress) -> IPAddress:
     """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4, Teredo), else itself."""

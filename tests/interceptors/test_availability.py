@@ -24,6 +24,7 @@ from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.settings import Secret, Settings
 from tests.support.clients import auth, client_credentials, trailers_of
+from tests.support.error_details import details_of
 from tests.support.load import Load
 from tests.support.namespace_clients import doc
 from tests.support.pki import Pki
@@ -116,3 +117,5 @@ async def test_calls_fail_fast_while_mongodb_is_down_and_recover_when_it_returns
     for error in fast:
         assert "request id" in (error.details() or "")
         assert dict(trailers_of(error))["retry-after"] == "1"
+        details = details_of(trailers_of(error))
+        assert details.reason == "STORE_UNAVAILABLE" and details.retry_info is not None

@@ -8,7 +8,6 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from meshgate.v1 import (
     common_pb2,
     document_service_pb2,
@@ -28,6 +27,7 @@ from storage.core.clock import utc_now
 from storage.metering.credits import CreditAccounts, period_of
 from storage.tenancy.organizations import OrganizationStore
 from tests.support.clients import auth, trailers_of
+from tests.support.error_details import details_of
 from tests.support.pki import Pki
 from tests.support.tenants import MakeTenant, Tenant
 
@@ -120,12 +120,12 @@ async def test_exhausted_limit_is_resource_exhausted_with_retry_info(
     assert refused, codes
     trailers = dict(await refused[0].trailing_metadata())
     assert int(trailers["retry-after"]) >= 1
-    details = trailers["grpc-status-details-bin"]
-    assert isinstance(details, bytes)
-    status = status_pb2.Status.FromString(details)
-    info = error_details_pb2.RetryInfo()
-    assert status.details[0].Unpack(info)
-    assert 0 < info.retry_delay.ToNanoseconds() <= 1_000_000_000
+    details = details_of(trailers.items())
+    assert details.reason == "RATE_LIMITED" and details.error_info.domain == "meshgate"
+    assert details.error_info.metadata["rate_class"] == "metadata"
+    assert details.retry_info is not None and details.quota_failure is not None
+    assert 0 < details.retry_info.retry_delay.ToNanoseconds() <= 1_000_000_000
+    assert [v.subject for v in details.quota_failure.violations] == ["rate_class:metadata"]
     assert "rate limit exceeded for metadata calls" in (await refused[0].details() or "")
     assert trailers["ratelimit-remaining"] == "0"
     # other route classes have their own buckets

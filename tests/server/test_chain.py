@@ -21,7 +21,8 @@ from server.policies import build_policy_table, undeclared_methods
 from server.registry import descriptors
 from server.settings import Settings
 from storage.tenancy.organizations import Organization, OrganizationStore
-from tests.support.clients import auth, client_credentials, raw_unary
+from tests.support.clients import auth, client_credentials, raw_unary, trailers_of
+from tests.support.error_details import details_of
 from tests.support.pki import Pki
 from tests.support.tenants import MakeTenant, Tenant
 
@@ -84,6 +85,7 @@ async def test_method_without_policy_is_refused(pki: Pki, settings: Settings) ->
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await raw_unary(channel, "/test.Undeclared/Do")(b"")
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert details_of(trailers_of(info.value)).reason == "METHOD_NOT_DECLARED"
         assert ran == []
     finally:
         await server.stop(0)

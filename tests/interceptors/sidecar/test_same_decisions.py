@@ -1,5 +1,7 @@
-"""Check decides as meshgate does: the same status code and message as a direct call, for
-the same key, namespace and policy (routes that mirror meshgate's methods, conftest.py)."""
+"""Check decides as meshgate does: the same status code, message and error reason as a direct
+call, for the same key, namespace and policy (routes that mirror meshgate's methods,
+conftest.py). The direct call's reason is in its ErrorInfo, Check's in the denied response's
+`x-meshgate-error-reason` header."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import grpc
 import pytest
 from meshgate.v1 import key_service_pb2, options_pb2
 
+from interceptors.sidecar.check import ERROR_REASON_HEADER
 from server.backends import Backends
-from tests.support.clients import raw_unary
-from tests.support.envoy import Check, check_request
+from tests.support.clients import raw_unary, trailers_of
+from tests.support.envoy import Check, check_request, denied_headers
+from tests.support.error_details import details_of
 from tests.support.tenants import MakeTenant, admin_of_environment
 
 LIST = "/meshgate.v1.DocumentService/ListDocuments"
@@ -101,12 +105,17 @@ async def test_check_gives_the_decision_of_a_direct_call(
 
         try:
             await raw_unary(direct_channel, method)(b"", metadata=tuple(headers), timeout=10)
-            direct = ("OK", "")
+            direct = ("OK", "", "")
         except grpc.aio.AioRpcError as error:
-            direct = (error.code().name, error.details() or "")
+            reason = details_of(trailers_of(error)).reason
+            direct = (error.code().name, error.details() or "", reason)
 
         response = await check(check_request(method, headers))
-        judged = (grpc.StatusCode(_code(response.status.code)).name, response.status.message)
+        judged = (
+            grpc.StatusCode(_code(response.status.code)).name,
+            response.status.message,
+            denied_headers(response).get(ERROR_REASON_HEADER, ""),
+        )
         assert direct[0] == expected, row
         assert judged == direct, row
         assert response.HasField("ok_response") == (expected == "OK"), row

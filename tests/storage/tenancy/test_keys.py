@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from storage.backends.mongo import MongoStore
-from storage.core.errors import FailedPreconditionError, UnauthenticatedError
+from storage.core.errors import FailedPreconditionError, Reason, UnauthenticatedError
 from storage.core.ids import new_organization_id
 from storage.tenancy.key_verifier import KeyVerifier
 from storage.tenancy.keys import PERMISSIONS, KeyReach, KeyStore
@@ -51,8 +51,9 @@ async def test_a_rotation_that_read_stale_secrets_loses(
         _, fresh, _ = await incident.rotate(**owner, grace=timedelta(0))
         NEVER_LOGGED.add(fresh)
         read.release()
-        with pytest.raises(FailedPreconditionError):
+        with pytest.raises(FailedPreconditionError) as refused:
             await slow
+        assert refused.value.reason is Reason.CONCURRENT_CHANGE  # read again and retry
         verifier = KeyVerifier(keys=incident, accepted_environments=frozenset({"development"}))
         with pytest.raises(UnauthenticatedError):
             await verifier.verify(leaked)
