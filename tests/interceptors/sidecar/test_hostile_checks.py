@@ -27,7 +27,8 @@ from tests.support.tenants import MakeTenant
 # (docs/operations.md#metrics); a new one must be added here with its set
 LABEL_NAMES = frozenset({
     "rpc_system_name", "rpc_method", "rpc_status_code", "error_type", "code", "part", "plan",
-    "rate_class", "dependency", "store", "service", "outcome", "kind", "state", "le",
+    "rate_class", "dependency", "store", "service", "outcome", "kind", "state", "le", "rule",
+    "reason", "file",
 })  # fmt: skip
 _LABEL = re.compile(r'([a-z_]+)="')
 
