@@ -4,8 +4,9 @@ A sidecar asks about calls to *its* service, whose protos meshgate has never see
 the policy (access, permission, namespaced, cost, rate class, audit) comes from this
 file instead of a method option. Routes are gRPC methods (`/pkg.Service/Method`, or
 `/pkg.Service/*` for every method of a service) or HTTP path prefixes with optional
-methods. The file is validated once at start-up; a route it does not name is refused
-(fail closed), exactly like a meshgate method without a policy.
+methods. The file is validated whole, at start-up and on each reload
+(server/policy_files.py); a route it does not name is refused (fail closed), exactly
+like a meshgate method without a policy.
 
 Matching: an exact gRPC method first, then its service's `*`, then the longest HTTP
 prefix whose methods include the request's (a prefix matches at a `/` boundary or
