@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from calls.dry_run import DryRunDenial
 from calls.policy import Policy
 from storage.backends.scoped import Scope
 from storage.core.errors import FailedPreconditionError
@@ -61,6 +62,8 @@ class CallState:
     # credits debited by the credits step (refunded if the call fails on the server's side)
     credits: int = 0
     rate_limited: bool = False
+    # what rules in dry run would have refused (calls/dry_run.py): recorded, never enforced
+    dry_run: tuple[DryRunDenial, ...] = ()
     # set once every step has let the call through (a failure after that is not a denial)
     admitted: bool = False
     # what the call acted on, for the audit trail (servicers set it for created resources)

@@ -12,7 +12,9 @@ without those lookups and carries its JSON members for those fields ready-made
 (`trusted`); the formatter (server/logs.py) redacts and escapes only the
 fields a caller can choose: the request id, the peer identity and, on a sidecar's
 judged call (ext_authz Check), the HTTP `path` it asked about (its `method` is the
-route's name, or NO_ROUTE).
+route's name, or NO_ROUTE). A call that a rule in dry run would have refused has
+`dry_run`: one member per rule, its kind, the reason and the rule's name (a route, a
+method, a plan: written by the operator, so JSON-escaped).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 
+from calls.dry_run import DryRunDenial
 from calls.state import CallState
 
 __all__ = ["AccessRecord"]
@@ -51,6 +54,7 @@ class AccessRecord(logging.LogRecord):
         self.peer = call.peer_identity
         self.peer_address = call.peer_address
         self.path = call.path
+        self.dry_run = [_as_dict(d) for d in call.dry_run] if call.dry_run else None
         # JSON members of the fields no caller chooses: method (a registered name), status,
         # duration, the ids meshgate minted ([0-9A-Za-z_]) and grpc's peer address
         self._trusted = (
@@ -61,10 +65,16 @@ class AccessRecord(logging.LogRecord):
             f'"key_id":{_quoted(self.key_id)},'
             f'"peer_address":{_quoted(self.peer_address)}'
         )
+        if self.dry_run is not None:
+            self._trusted += f',"dry_run":{json.dumps(self.dry_run, separators=(",", ":"))}'
 
     @property
     def trusted(self) -> str:
         return self._trusted
+
+
+def _as_dict(denial: DryRunDenial) -> dict[str, str]:
+    return {"rule": denial.rule.value, "reason": denial.reason.value, "name": denial.name}
 
 
 def _quoted(value: str | None) -> str:

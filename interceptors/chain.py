@@ -13,7 +13,8 @@ the steps in order, then the servicer, and turns every refusal or error into
 a method is decided once, from the method's declared policy (read from the
 protos), when its handler is wrapped: its plan is the tuple of those that
 apply, so a step that does not apply never runs and no call branches on its
-policy. A method with no policy is refused (fail closed).
+policy. A method with no policy is refused (fail closed). A method's policy in dry run
+(server/method_policies.py) judges it once admitted (interceptors/dry_run.py).
 
 The request message is decoded here, once every step has admitted the call
 (interceptors/decoding.py): grpc hands the chain the raw bytes, so a caller the
@@ -32,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from grpc.aio import AbortError
@@ -40,9 +41,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
+from calls.dry_run import DryRunRule
 from calls.policy import Access, Policy
-from calls.state import CallState, PeerContext, current_call
+from calls.state import CallState, current_call
 from interceptors.decoding import Decoder, MalformedRequests
+from interceptors.dry_run import DryRunJudge
 from interceptors.errors import ErrorMapper
 from interceptors.page_tokens import PageTokenBinding
 from interceptors.request_metadata import (
@@ -50,6 +53,7 @@ from interceptors.request_metadata import (
     UndecodableHeaderError,
     read_metadata,
 )
+from interceptors.steps import Observer, Step, plan_for
 from interceptors.telemetry import (
     REQUEST_ID_HEADER,
     SERVER_ERRORS,
@@ -62,38 +66,6 @@ from storage.core.errors import MeshgateError, PermissionDeniedError, Reason
 __all__ = ["MAX_METADATA_BYTES", "Observer", "SecurityChain", "Step", "plan_for"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class Step(Protocol):
-    """Admits or refuses a call before the servicer runs (raise a typed error to refuse).
-
-    Returns None when decided, or an awaitable that finishes the check (I/O needed).
-    A step may also say which methods it applies to (`applies(policy)`, read once per
-    method); one without `applies` runs on every call.
-    """
-
-    def check(self, call: CallState, context: PeerContext) -> Awaitable[None] | None: ...
-
-
-class Observer(Protocol):
-    """Sees every finished call, admitted or not: access log, usage analytics, audit.
-
-    Like a step, it may say which methods it sees (`observes(policy)`, read once per
-    method); one without `observes` sees every call.
-    """
-
-    def finish(self, call: CallState, duration_s: float) -> None: ...
-
-
-def plan_for[T](parts: Iterable[T], policy: Policy, *, test: str = "applies") -> tuple[T, ...]:
-    """The steps (or, with test="observes", the observers) for a method of this policy, in
-    their order: those without the test, and those whose test accepts the policy."""
-    planned = []
-    for part in parts:
-        accepts: Callable[[Policy], bool] | None = getattr(part, test, None)
-        if accepts is None or accepts(policy):
-            planned.append(part)
-    return tuple(planned)
 
 
 # the call's request metadata as grpc handed it to `intercept_service` (same task as
@@ -122,8 +94,11 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         tracer: trace.Tracer | None = None,
         malformed: MalformedRequests | None = None,
         page_tokens: PageTokenBinding | None = None,
+        dry_run: DryRunJudge | None = None,
     ) -> None:
         self._policies = policies
+        self._dry_run_policies: Mapping[str, Policy] = {}
+        self._dry_run = dry_run
         self._errors = errors
         self._steps = tuple(steps)
         self._observers = tuple(observers)
@@ -132,6 +107,14 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         self._malformed = malformed or MalformedRequests(metrics=None, logger=logger)
         self._pages = page_tokens
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def use_policies(
+        self, policies: Mapping[str, Policy], dry_run: Mapping[str, Policy] | None = None
+    ) -> None:
+        """The method -> policy table (and the policies in dry run) for the calls that
+        start from now on; calls in flight finish under the one they started with."""
+        self._policies, self._dry_run_policies = policies, dry_run or {}
+        self._wrapped = {}
 
     async def intercept_service(
         self,
@@ -172,6 +155,10 @@ class SecurityChain(grpc.aio.ServerInterceptor):
                 if pending is not None:
                     await pending
             call.admitted = True
+            if route.dry_run is not None and self._dry_run is not None:
+                await self._dry_run.judge(
+                    call, context, policy=route.dry_run, rule=DryRunRule.METHOD, name=route.method
+                )
             if route.decoder is not None:
                 if route.request_streaming:
                     request = self._malformed.decode_stream(route.decoder, request, route.method)
@@ -326,6 +313,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
             steps=plan_for(self._steps, planned),
             observers=plan_for(self._observers, planned, test="observes"),
             pages=self._pages if planned.paged else None,
+            dry_run=self._dry_run_policies.get(method),
             respond=inner,
             keep_request=handler.unary_unary is not None,
             decoder=handler.request_deserializer,
@@ -349,6 +337,8 @@ class _Route:
     steps: tuple[Step, ...]
     observers: tuple[Observer, ...]
     pages: PageTokenBinding | None
+    # the method's policy in dry run, if it has one (the method policy file)
+    dry_run: Policy | None
     respond: Callable[[Any, Context], Awaitable[Any]]
     # the call state keeps the request for the observers (unary calls; streams: None)
     keep_request: bool

@@ -10,7 +10,9 @@ plan of the plan table, a rate class, a store, a service, an outcome. Nothing a
 caller sends (a path, a key id, a peer identity, a namespace) is ever a label value:
 each distinct value is a series kept until the process ends. `rpc_method` has one
 form in every metric: `pkg.Service/Method`, without grpc's leading slash
-(`method_label`).
+(`method_label`). The route policy file is reloaded while the server runs, so the route
+names a process has seen may grow with each new file: at most MAX_METHOD_LABELS distinct
+`rpc_method` values are kept, later ones counted under OTHER_METHODS.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "method_label"]
+__all__ = ["MAX_METHOD_LABELS", "OTHER_METHODS", "Metrics", "method_label"]
+
+# distinct `rpc_method` values per process: meshgate's methods, and the route names of the
+# route policy files loaded (1,000 each) over a few reloads that rename routes
+MAX_METHOD_LABELS = 4096
+OTHER_METHODS = "(other)"
 
 # how late the event loop ran a timer (server/loop_lag.py): from a millisecond to a stall
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -68,6 +75,8 @@ class _Callbacks(Collector):
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # distinct `rpc_method` values kept, the later ones counted under OTHER_METHODS
+    max_method_labels: int = MAX_METHOD_LABELS
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -132,6 +141,14 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.dry_run_denials = Counter(
+            "meshgate_dry_run_denials_total",
+            "calls a rule in dry run would have refused (and that went on under the rules in"
+            " force), by method, kind of rule (route, method, plan, key) and the refusal's"
+            " reason",
+            ["rpc_method", "rule", "reason"],
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "meshgate_event_loop_lag_seconds",
             "how much later than asked the event loop ran a timer (sampled every 100 ms):"
@@ -143,6 +160,17 @@ class Metrics:
         r.register(self._callbacks)
         self._durations: dict[tuple[str, str], Any] = {}
         self._refusals: dict[tuple[str, str], Any] = {}
+        self._method_labels: dict[str, str] = {}
+
+    def _method(self, method: str) -> str:
+        """The `rpc_method` label of `method`: its `method_label`, while fewer than
+        `max_method_labels` distinct ones were seen; OTHER_METHODS beyond."""
+        label = self._method_labels.get(method)
+        if label is None:
+            if len(self._method_labels) >= self.max_method_labels:
+                return OTHER_METHODS
+            label = self._method_labels[method] = method_label(method)
+        return label
 
     def observe_call(
         self, method: str, status: str, duration_s: float, *, error: bool = False
@@ -150,21 +178,26 @@ class Metrics:
         """`method` is grpc's `/pkg.Service/Method` (or a sidecar route's name); the label is
         `method_label`'s. `error`: the status is a server error (`error_type`, empty
         otherwise, which Prometheus treats as absent)."""
-        child = self._durations.get((method, status))
+        label = self._method(method)
+        child = self._durations.get((label, status))
         if child is None:
-            child = self._durations[(method, status)] = self.call_duration.labels(
-                "grpc", method_label(method), status, status if error else ""
+            child = self._durations[(label, status)] = self.call_duration.labels(
+                "grpc", label, status, status if error else ""
             )
         child.observe(duration_s)
 
     def auth_failure(self, method: str, status: str) -> None:
         """One UNAUTHENTICATED or PERMISSION_DENIED answer of `method`."""
-        child = self._refusals.get((method, status))
+        label = self._method(method)
+        child = self._refusals.get((label, status))
         if child is None:
-            child = self._refusals[(method, status)] = self.auth_failures.labels(
-                method_label(method), status
-            )
+            child = self._refusals[(label, status)] = self.auth_failures.labels(label, status)
         child.inc()
+
+    def dry_run_denial(self, method: str, rule: str, reason: str) -> None:
+        """One call a rule in dry run would have refused (`rule`, `reason`: fixed sets of
+        calls/dry_run.py)."""
+        self.dry_run_denials.labels(self._method(method), rule, reason).inc()
 
     def counter_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
         self._callbacks.counters.append((name, doc, read))

@@ -11,6 +11,13 @@ add up to more than the plan. Every admitted response carries
 the two buckets; a refusal is RESOURCE_EXHAUSTED with RetryInfo and
 `retry-after`.
 
+Dry run (calls/dry_run.py): a plan's `dry_run` limit of the class, and a key's own
+limit marked `dry_run`, are drawn from buckets of their own (`mg:{org_…}:rl:dry:<class>`,
+`mg:{org_…}:rl:dry:key_…:<class>`) by the calls the limits in force admitted; a refusal
+there is recorded on the call (RATE_LIMITED) and refuses nothing. A key whose own limit is
+in dry run is held to the plan's alone. Nothing about dry runs touches the common call: a
+plan without dry-run limits and a key without a limit of its own take one bucket, as before.
+
 Bucket names are kept for the `max_buckets` most recently made (the rate-limit
 service names buckets from its callers' descriptors; beyond the cap the oldest
 names are made again when next needed).
@@ -20,15 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from calls.dry_run import DryRunDenial, DryRunReason, DryRunRule
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
 from interceptors.metrics import Metrics
 from storage.backends.redis_keys import organization_key
-from storage.core.errors import Quota, Reason, ResourceExhaustedError
+from storage.core.errors import MeshgateError, Quota, Reason, ResourceExhaustedError
 from storage.core.plans import Limit, Plan
 from storage.metering.rate_limiter import Decision, RateLimiter
 
-__all__ = ["RateLimit"]
+__all__ = ["RateLimit", "Shadow"]
+
+# a bucket drawn in dry run: its name, its limit, and what a refusal there records
+Shadow = tuple[str, Limit, DryRunDenial]
 
 
 class RateLimit:
@@ -55,22 +66,98 @@ class RateLimit:
         principal = call.require_principal()
         rate_class = call.policy.rate_class
         organization_id = principal.organization.organization_id
-        plan_limit = self._plan_of(principal.organization.plan).limits[rate_class]
+        plan = self._plan_of(principal.organization.plan)
+        plan_limit = plan.limits[rate_class]
         organization_bucket = self._bucket(organization_id, "", rate_class)
-        override = principal.key.rate_limit
-        if override is None:  # the common call: one bucket, nothing allocated
+        key = principal.key
+        if key.rate_limit is None and not plan.dry_run_limits:  # the common call: one bucket
             decision = self._limiter.try_acquire(organization_bucket, plan_limit)
             if decision is None:
                 return self._wait(call, [(organization_bucket, plan_limit)], [])
             self._apply(call, decision)
             return None
-        buckets = [  # the key's own bucket first: it is the narrower one
-            (
-                self._bucket(organization_id, principal.key.key_id, rate_class),
-                override.narrowed(plan_limit),
-            ),
-            (organization_bucket, plan_limit),
-        ]
+        buckets = [(organization_bucket, plan_limit)]
+        if key.rate_limit is not None and not key.rate_limit_dry_run:
+            # the key's own bucket first: it is the narrower one
+            own = self._bucket(organization_id, key.key_id, rate_class)
+            buckets.insert(0, (own, key.rate_limit.narrowed(plan_limit)))
+        shadows = self.shadows(plan=plan, organization_id=organization_id, rate_class=rate_class)
+        if key.rate_limit is not None and key.rate_limit_dry_run:
+            shadows.append(
+                self.key_shadow(
+                    organization_id=organization_id,
+                    key_id=key.key_id,
+                    rate_class=rate_class,
+                    limit=key.rate_limit.narrowed(plan_limit),
+                )
+            )
+        pending = self._draw(call, buckets)
+        if not shadows:
+            return pending
+        if pending is None:
+            return self.draw_shadows(call, shadows)
+        return self._then_shadows(pending, call=call, shadows=shadows)
+
+    def shadows(
+        self, *, plan: Plan, organization_id: str, rate_class: str, owner: str = ""
+    ) -> list[Shadow]:
+        """The plan's dry-run limit of the class, on the dry-run bucket of the organization
+        (owner "") or of one owner inside it (a namespace: the rate-limit service)."""
+        limit = plan.dry_run_limits.get(rate_class)
+        if limit is None:
+            return []
+        name = self._bucket(organization_id, f"dry:{owner}" if owner else "dry", rate_class)
+        return [(name, limit, DryRunDenial(DryRunRule.PLAN, DryRunReason.RATE_LIMITED, plan.name))]
+
+    def key_shadow(
+        self, *, organization_id: str, key_id: str, rate_class: str, limit: Limit
+    ) -> Shadow:
+        """A key's own limit in dry run (narrowed by the plan's, as when enforced)."""
+        name = self._bucket(organization_id, f"dry:{key_id}", rate_class)
+        return name, limit, DryRunDenial(DryRunRule.KEY, DryRunReason.RATE_LIMITED)
+
+    def draw_shadows(
+        self, call: CallState, shadows: list[Shadow], *, hits: int = 1
+    ) -> Awaitable[None] | None:
+        """Draw `hits` tokens from each dry-run bucket; a refusal is recorded on the call,
+        never raised, and a limiter failure only leaves the dry run undecided."""
+        for index, (name, limit, denial) in enumerate(shadows):
+            for hit in range(hits):
+                try:
+                    decision = self._limiter.try_acquire(name, limit)
+                except MeshgateError:  # the limiter's `closed` mode while Redis is down
+                    break
+                if decision is None:
+                    return self._wait_shadows(
+                        call, shadows[index:], first_hits=hits - hit, hits=hits
+                    )
+                if not decision.allowed:
+                    call.dry_run += (denial,)
+                    break
+        return None
+
+    async def _wait_shadows(
+        self, call: CallState, shadows: list[Shadow], *, first_hits: int, hits: int
+    ) -> None:
+        for index, (name, limit, denial) in enumerate(shadows):
+            for _ in range(first_hits if index == 0 else hits):
+                try:
+                    decision = await self._limiter.acquire(name, limit)
+                except MeshgateError:
+                    break
+                if not decision.allowed:
+                    call.dry_run += (denial,)
+                    break
+
+    async def _then_shadows(
+        self, pending: Awaitable[None], *, call: CallState, shadows: list[Shadow]
+    ) -> None:
+        await pending
+        waiting = self.draw_shadows(call, shadows)
+        if waiting is not None:
+            await waiting
+
+    def _draw(self, call: CallState, buckets: list[tuple[str, Limit]]) -> Awaitable[None] | None:
         decisions: list[Decision] = []
         for index, (name, limit) in enumerate(buckets):
             decision = self._limiter.try_acquire(name, limit)

@@ -2,7 +2,9 @@
 
 The access-log line carries request id, method, status, duration,
 organization_id, namespace_id, key_id and peer identity (and the trace id when
-tracing is on, added by the log formatter); never the key, never internal_id.
+tracing is on, added by the log formatter); never the key, never internal_id. What
+rules in dry run would have refused (calls/dry_run.py) is counted here, and written in
+the access line's `dry_run`.
 The span itself is opened and closed by the chain (interceptors/chain.py)
 around every step, so a refusal is traced too. Spans and the
 `rpc.server.call.duration` metric follow the OpenTelemetry RPC semantic
@@ -112,5 +114,7 @@ class Telemetry:
             )
             if call.code in _AUTH_FAILURES:
                 self._metrics.auth_failure(call.method, call.code.name)
+            for denial in call.dry_run:
+                self._metrics.dry_run_denial(call.method, denial.rule, denial.reason)
         if self._log.isEnabledFor(logging.INFO):
             self._log.handle(AccessRecord(self._log.name, time.time(), call, duration_s))

@@ -27,6 +27,7 @@ from interceptors.availability import StoreAvailability
 from interceptors.chain import Observer, SecurityChain, Step
 from interceptors.credits import Credits
 from interceptors.decoding import MalformedRequests
+from interceptors.dry_run import DryRunJudge
 from interceptors.errors import ErrorMapper
 from interceptors.identity import OrganizationIdentity
 from interceptors.namespace import NamespaceScope
@@ -48,12 +49,14 @@ from server.health import (
     dependency_monitor,
     not_serving,
 )
+from server.method_policies import method_policies_applied
 from server.observability import serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
+from server.policy_files import PolicyFiles, watched_policy_files
 from server.reflection import enable_reflection
 from server.registry import SERVICES, add_servicers, descriptors, method_needs
 from server.settings import Settings
-from server.sidecars import SIDECAR_SERVICES, add_sidecar_services
+from server.sidecars import SIDECAR_SERVICES, SidecarAnswers, add_sidecar_services
 from server.tls import ReloadingServerCredentials, bind
 from server.tracing import export_tracing_metrics
 from server.workers.metrics import WorkMetrics
@@ -74,6 +77,8 @@ class RunningServer:
     tls: ReloadingServerCredentials | None
     # watches the store credential files (server/credentials.py)
     credentials: CredentialFiles | None = None
+    # watches the route, bindings and method policy files (server/policy_files.py)
+    policy_files: PolicyFiles | None = None
     metrics_port: int = 0
     metrics_server: Any = None
     # counters of the background work (tasks, deliveries)
@@ -131,6 +136,8 @@ class RequestPath:
     steps: tuple[Step, ...]
     observers: tuple[Observer, ...]
     errors: ErrorMapper
+    # judges a call by a route's or a method's policy in dry run, with the deciding steps
+    dry_run: DryRunJudge
 
 
 def build_request_path(settings: Settings, c: Components) -> RequestPath:
@@ -140,16 +147,20 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
         method: tuple(breakers[store] for store in stores if store in breakers)
         for method, stores in method_needs().items()
     }
+    # the steps that decide who may call what (neither spending nor guarding a store)
+    deciding = (
+        Authentication(verifier=c.verifier),
+        OrganizationIdentity(organizations=c.organizations),
+        Authorization(
+            internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers
+        ),
+        NamespaceScope(namespaces=c.namespaces),
+    )
     return RequestPath(
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
             StoreAvailability(needs=needs),
-            Authentication(verifier=c.verifier),
-            OrganizationIdentity(organizations=c.organizations),
-            Authorization(
-                internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers
-            ),
-            NamespaceScope(namespaces=c.namespaces),
+            *deciding,
             c.rate_limit,
             Credits(accounts=c.accounts, plan_of=c.plan_of, metrics=c.metrics),
             audit,
@@ -164,6 +175,7 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
             on_store_failure=c.breakers.failed,
             metrics=c.metrics,
         ),
+        dry_run=DryRunJudge(steps=deciding),
     )
 
 
@@ -174,12 +186,14 @@ def build_chain(
     *,
     path: RequestPath | None = None,
 ) -> SecurityChain:
-    """The request path of DESIGN.md, in order; which steps apply comes from each policy."""
-    policies = build_policy_table(descriptors())
-    for method in undeclared_methods(descriptors(), policies):
+    """The request path of DESIGN.md, in order; which steps apply comes from each policy
+    (the protos', narrowed by the method policy file: SettingsError when it would widen)."""
+    declared = build_policy_table(descriptors())
+    for method in undeclared_methods(descriptors(), declared):
         _LOG.warning("method %s declares no policy and will refuse every call", method)
+    policies, dry_run = method_policies_applied(settings.method_policies, declared)
     path = path or build_request_path(settings, c)
-    return SecurityChain(
+    chain = SecurityChain(
         policies=policies,
         errors=path.errors,
         steps=path.steps,
@@ -188,7 +202,10 @@ def build_chain(
         tracer=tracer,
         malformed=MalformedRequests(metrics=c.metrics, logger=logging.getLogger("meshgate.input")),
         page_tokens=PageTokenBinding(tokens=c.page_tokens),
+        dry_run=path.dry_run,
     )
+    chain.use_policies(policies, dry_run)
+    return chain
 
 
 async def create_server(
@@ -207,8 +224,9 @@ async def create_server(
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()
     path = build_request_path(settings, c)
+    chain = build_chain(settings, c, server_tracer(tracer), path=path)
     server = grpc.aio.server(
-        interceptors=(build_chain(settings, c, server_tracer(tracer), path=path),),
+        interceptors=(chain,),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -230,18 +248,22 @@ async def create_server(
         key_cache_ttl_s=settings.key_cache_ttl_s,
         max_key_limits=settings.rate_limit_max_buckets,
     )
-    add_sidecar_services(
-        server,
+    answers = SidecarAnswers(
         check=CheckDecider(
             routes=settings.routes,
             steps=path.steps,
             observers=path.observers,
             errors=path.errors,
+            dry_run=path.dry_run,
             remove_authorization=settings.ext_authz_remove_authorization,
         ),
         rate_limits=rate_limits,
         bindings=settings.ext_authz_bindings,
     )
+    add_sidecar_services(server, answers)
+    policy_files = watched_policy_files(settings, chain=chain, answers=answers)
+    policy_files.export(c.metrics)
+    await policy_files.check()  # the contents in force, logged with their digests
     await monitor.check_once()
     enable_reflection((*(s.name for s in SERVICES), *SIDECAR_SERVICES, HEALTH_SERVICE), server)
     port, tls = bind(server, settings, address)
@@ -268,6 +290,9 @@ async def create_server(
         tasks=start_background(c, background, monitor),
         rate_limits=rate_limits,
     )
+    if policy_files.watching:
+        running.policy_files = policy_files
+        running.tasks.append(asyncio.create_task(policy_files.run(), name="policy-files"))
     credentials = CredentialFiles(settings=settings, backends=backends)
     if credentials.watching:
         running.credentials = credentials

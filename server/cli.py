@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "serve":
                 return asyncio.run(_serve(settings, dev=args.dev))
             return asyncio.run(_bootstrap(settings, args))
-        except EmbeddedEngineMissingError as exc:
+        # SettingsError: the method policy file checked against the protos' policies
+        except (EmbeddedEngineMissingError, SettingsError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     return 130

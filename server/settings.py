@@ -29,6 +29,7 @@ from server.env_values import (
     watched_file,
     whole_number,
 )
+from server.method_policies import MethodPolicies
 from server.secret_values import (
     Secret,
     check_mongodb_uri,
@@ -40,7 +41,7 @@ from server.secret_values import (
     sealing_key_list,
     sealing_keys,
 )
-from server.sidecar_files import ext_authz_bindings, load_routes
+from server.sidecar_files import ext_authz_bindings, load_method_policies, load_routes
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
@@ -193,6 +194,13 @@ class Settings:
     ext_authz_bindings: SidecarBindings = field(default_factory=SidecarBindings)
     # the routes ext_authz Check judges (none: every Check is denied)
     routes: RoutePolicies = field(default_factory=RoutePolicies)
+    # narrower policies of meshgate's methods, enforced or in dry run (none: the protos')
+    method_policies: MethodPolicies = field(default_factory=MethodPolicies)
+    # the files the three came from, if any: watched, a valid new content applied
+    # (server/policy_files.py)
+    route_policy_file: Path | None = None
+    ext_authz_bindings_file: Path | None = None
+    method_policy_file: Path | None = None
     # an allowed Check removes the client's authorization header before the upstream
     ext_authz_remove_authorization: bool = True
 
@@ -315,6 +323,14 @@ class Settings:
                 if env.get("MESHGATE_ROUTE_POLICY_FILE")
                 else RoutePolicies()
             ),
+            method_policies=(
+                load_method_policies(Path(env["MESHGATE_METHOD_POLICY_FILE"]))
+                if env.get("MESHGATE_METHOD_POLICY_FILE")
+                else MethodPolicies()
+            ),
+            route_policy_file=watched_file(env, "MESHGATE_ROUTE_POLICY_FILE"),
+            ext_authz_bindings_file=watched_file(env, "MESHGATE_EXT_AUTHZ_BINDINGS_FILE"),
+            method_policy_file=watched_file(env, "MESHGATE_METHOD_POLICY_FILE"),
             ext_authz_remove_authorization=not boolean(
                 env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"
             ),

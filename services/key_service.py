@@ -61,6 +61,17 @@ def binding_from_proto(entries: list[str]) -> tuple[str, ...]:
     return binding.entries if binding else ()
 
 
+def rate_limit_from_proto(request: Any) -> tuple[Limit | None, bool]:
+    """The request's `rate_limit` (None when unset) and whether it is in dry run."""
+    if not request.HasField("rate_limit"):
+        return None, False
+    try:
+        limit = Limit(per_second=request.rate_limit.per_second, burst=request.rate_limit.burst)
+    except PlanError as exc:
+        raise InvalidArgumentError(f"rate_limit: {exc}", field="rate_limit") from None
+    return limit, request.rate_limit.dry_run
+
+
 def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
     return pb.Key(
         key_id=record.key_id,
@@ -76,7 +87,11 @@ def key_to_proto(record: KeyRecord, now: datetime) -> pb.Key:
         revoke_time=timestamp(record.revoked_at),
         rotate_time=timestamp(record.rotated_at),
         rate_limit=(
-            pb.RateLimit(per_second=record.rate_limit.per_second, burst=record.rate_limit.burst)
+            pb.RateLimit(
+                per_second=record.rate_limit.per_second,
+                burst=record.rate_limit.burst,
+                dry_run=record.rate_limit_dry_run,
+            )
             if record.rate_limit
             else None
         ),
@@ -144,14 +159,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
         expires_at = (
             from_timestamp(request.expire_time) if request.HasField("expire_time") else None
         )
-        rate_limit = None
-        if request.HasField("rate_limit"):
-            try:
-                rate_limit = Limit(
-                    per_second=request.rate_limit.per_second, burst=request.rate_limit.burst
-                )
-            except PlanError as exc:
-                raise InvalidArgumentError(f"rate_limit: {exc}", field="rate_limit") from None
+        rate_limit, dry_run = rate_limit_from_proto(request)
         record, secret = await self._keys.create(
             organization_id=principal.organization.organization_id,
             name=name,
@@ -160,6 +168,7 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             namespace_ids=namespace_ids,
             expires_at=expires_at,
             rate_limit=rate_limit,
+            rate_limit_dry_run=dry_run,
             bound_peers=bound_peers,
         )
         current_call.get().resource = record.key_id
@@ -192,6 +201,19 @@ class KeyServicer(pb_grpc.KeyServiceServicer):
             secret=secret,
             previous_secret_expire_time=timestamp(cutoff),
         )
+
+    async def SetKeyRateLimit(
+        self, request: pb.SetKeyRateLimitRequest, context: Any
+    ) -> pb.SetKeyRateLimitResponse:
+        """Any limit may be set on a key within the caller's reach: a key's own limit only
+        ever narrows its plan's (interceptors/rate_limit.py), so none reaches further."""
+        rate_limit, dry_run = rate_limit_from_proto(request)
+        record = await self._keys.set_rate_limit(
+            **self._owner(), key_id=request.key_id, rate_limit=rate_limit, dry_run=dry_run
+        )
+        current_call.get().resource = record.key_id
+        await self._invalidation.key_changed(record.key_id)
+        return pb.SetKeyRateLimitResponse(key=key_to_proto(record, datetime.now(UTC)))
 
     async def SetKeyBinding(
         self, request: pb.SetKeyBindingRequest, context: Any

@@ -236,6 +236,13 @@ async def test_serialized_responses_of_every_rpc_omit_internal_id(
             ),
             metadata=md,
         ),
+        "SetKeyRateLimit": await k.SetKeyRateLimit(
+            key_service_pb2.SetKeyRateLimitRequest(
+                key_id=created.key.key_id,
+                rate_limit=key_service_pb2.RateLimit(per_second=5, burst=10, dry_run=True),
+            ),
+            metadata=md,
+        ),
         "GetKey": await k.GetKey(
             key_service_pb2.GetKeyRequest(key_id=created.key.key_id), metadata=md
         ),

@@ -21,6 +21,12 @@ client receives `ratelimit-*`. Denied: the HTTP status of the gRPC code (401, 40
 `x-meshgate-error-reason`, `grpc-status`/`grpc-message` for gRPC callers, `retry-after` on
 limits.
 
+A route with an entry in dry run (routes.py) is judged by it too, once the entry in force
+admitted the call (interceptors/dry_run.py): what it would refuse is recorded, and the
+answer is the one of the entry in force. The route policy file is reloaded while the
+server runs (server/policy_files.py): `use_routes` swaps the table, and a Check judges
+by the table it started with.
+
 What is observed: the call's method is its route's name (from the route policy file) or
 NO_ROUTE, a bounded set, so metrics never grow with paths; the path itself goes to the
 access line (`path`, redacted like other caller-chosen fields) and, for a matched route,
@@ -42,10 +48,12 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
+from calls.dry_run import DryRunRule
 from calls.policy import Access, Policy
 from calls.state import CallState
 from interceptors.authentication import Authentication
 from interceptors.chain import Observer, Step, plan_for
+from interceptors.dry_run import DryRunJudge
 from interceptors.errors import ErrorMapper, Refusal
 from interceptors.namespace import NAMESPACE_HEADER
 from interceptors.request_metadata import read_metadata
@@ -139,10 +147,12 @@ class CheckDecider:
         steps: Sequence[Step],
         observers: Sequence[Observer],
         errors: ErrorMapper,
+        dry_run: DryRunJudge | None = None,
         remove_authorization: bool = True,
         logger: logging.Logger | None = None,
     ) -> None:
         self._routes = routes
+        self._dry_run = dry_run
         self._steps = tuple(steps)
         self._observers = tuple(observers)
         # per policy, the steps and observers that apply (as the chain plans per method)
@@ -150,6 +160,10 @@ class CheckDecider:
         self._errors = errors
         self._remove_authorization = remove_authorization
         self._logger = logger or logging.getLogger("meshgate.ext_authz")
+
+    def use_routes(self, routes: RoutePolicies) -> None:
+        """Judge the Checks that start from now on by `routes` (a reloaded file)."""
+        self._routes = routes
 
     async def check(
         self, request: external_auth_pb2.CheckRequest, *, sidecar: SidecarBinding
@@ -160,7 +174,8 @@ class CheckDecider:
         http = attributes.request.http
         headers = _header_names(http)
         path = http.path.partition("?")[0]
-        route = self._routes.match(http.path, http.method)
+        routes = self._routes  # one table for the whole Check, whatever a reload does
+        route = routes.match(http.path, http.method)
         call = CallState(
             method=NO_ROUTE if route is None else route.name,
             policy=_UNROUTED,
@@ -200,6 +215,11 @@ class CheckDecider:
                 if pending is not None:
                     await pending
             call.admitted = True
+            dry_run = routes.dry_run(http.path, http.method)
+            if dry_run is not None and self._dry_run is not None:
+                await self._dry_run.judge(
+                    call, peer, policy=dry_run.policy, rule=DryRunRule.ROUTE, name=dry_run.name
+                )
             return self._allowed(call, headers)
         except Exception as exc:
             refusal = self._errors.refusal_for(exc, request_id=call.request_id)

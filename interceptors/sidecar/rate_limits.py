@@ -15,6 +15,13 @@ the same leased Redis buckets (storage/metering/rate_limiter.py) and the same pl
 table as meshgate's rate-limit step. A descriptor naming an unknown organization, or a
 key that is unknown, revoked or expired, is OVER_LIMIT (fail closed).
 
+Dry run, like envoyproxy/ratelimit's shadow mode: a plan's `dry_run` limit of the class
+(for the organization's and a namespace's buckets) and a key's own limit marked `dry_run`
+(for a key's bucket, then held to the plan's limit) are drawn, with the descriptor's hits,
+from dry-run buckets of their own (the very ones direct calls and `Check` draw in dry run)
+once the limit in force said OK. A would-be OVER_LIMIT there leaves the answer OK and is
+recorded on the call (`meshgate_dry_run_denials_total`, the access line's `dry_run`).
+
 A sidecar speaks only for the organizations of its binding (bindings.py): a request with
 any descriptor naming another is PERMISSION_DENIED as a whole, before any descriptor
 draws a token. A refusal, not OVER_LIMIT: the descriptor is no client's over-use but a
@@ -35,7 +42,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2
 
-from interceptors.rate_limit import RateLimit
+from calls.state import current_call
+from interceptors.rate_limit import RateLimit, Shadow
 from interceptors.sidecar.bindings import SidecarBinding
 from storage.core.cache import TTLCache
 from storage.core.errors import (
@@ -91,9 +99,10 @@ class RateLimitDecider:
         self._plan_of = plan_of
         self._organizations = organizations
         self._keys = keys
-        # key_id -> its own limit (None: the plan's); revocations reach it within the TTL;
-        # only keys that exist are kept, the least recently cached beyond the cap dropped
-        self._key_limits: TTLCache[tuple[str, str], tuple[Limit | None]] = TTLCache(
+        # key_id -> its own limit (None: the plan's) and whether it is in dry run; revocations
+        # reach it within the TTL; only keys that exist are kept, the least recently cached
+        # beyond the cap dropped
+        self._key_limits: TTLCache[tuple[str, str], tuple[Limit | None, bool]] = TTLCache(
             ttl_s=min(key_cache_ttl_s, 10.0), max_entries=max_key_limits
         )
 
@@ -141,11 +150,20 @@ class RateLimitDecider:
         )
 
     async def _decide(self, descriptor: _Descriptor) -> tuple[Decision, Limit | None]:
+        shadows: list[Shadow] = []
         try:
             organization = await self._organization(descriptor.organization_id)
-            limit = self._plan_of(organization.plan).limits[descriptor.rate_class]
+            plan = self._plan_of(organization.plan)
+            limit = plan.limits[descriptor.rate_class]
             if descriptor.owner.startswith("key_"):
-                limit = await self._key_limit(descriptor.organization_id, descriptor.owner, limit)
+                limit, shadows = await self._key_limit(descriptor, limit)
+            else:
+                shadows = self._rate_limit.shadows(
+                    plan=plan,
+                    organization_id=descriptor.organization_id,
+                    rate_class=descriptor.rate_class,
+                    owner=descriptor.owner,
+                )
         except (NotFoundError, UnauthenticatedError):
             return Decision(False, 0, 0, 0.0, retry_after_s=60.0), None
         bucket = self._rate_limit.bucket_name(
@@ -157,6 +175,12 @@ class RateLimitDecider:
             if not decision.allowed:
                 break
             decision = await limiter.acquire(bucket, limit)
+        if decision.allowed and shadows:
+            pending = self._rate_limit.draw_shadows(
+                current_call.get(), shadows, hits=descriptor.hits
+            )
+            if pending is not None:
+                await pending
         return decision, limit
 
     async def _organization(self, organization_id: str) -> Organization:
@@ -164,15 +188,29 @@ class RateLimitDecider:
             organization_id
         )
 
-    async def _key_limit(self, organization_id: str, key_id: str, plan: Limit) -> Limit:
-        cache_key = (organization_id, key_id)
+    async def _key_limit(self, descriptor: _Descriptor, plan: Limit) -> tuple[Limit, list[Shadow]]:
+        """The limit of a key's bucket, and its dry run: an own limit in dry run leaves the
+        bucket at the plan's and is drawn from the key's dry-run bucket."""
+        cache_key = (descriptor.organization_id, descriptor.owner)
         cached = self._key_limits.get(cache_key)
         if cached is None:
-            record = await self._keys.active_in(organization_id=organization_id, key_id=key_id)
-            cached = (record.rate_limit,)
+            record = await self._keys.active_in(
+                organization_id=descriptor.organization_id, key_id=descriptor.owner
+            )
+            cached = (record.rate_limit, record.rate_limit_dry_run)
             self._key_limits.put(cache_key, cached)
-        own = cached[0]
-        return plan if own is None else own.narrowed(plan)
+        own, dry_run = cached
+        if own is None:
+            return plan, []
+        if not dry_run:
+            return own.narrowed(plan), []
+        shadow = self._rate_limit.key_shadow(
+            organization_id=descriptor.organization_id,
+            key_id=descriptor.owner,
+            rate_class=descriptor.rate_class,
+            limit=own.narrowed(plan),
+        )
+        return plan, [shadow]
 
 
 def _parse(descriptor: Any, *, default_hits: int, where: str) -> _Descriptor:

@@ -4,8 +4,9 @@ A sidecar asks about calls to *its* service, whose protos meshgate has never see
 the policy (access, permission, namespaced, cost, rate class, audit) comes from this
 file instead of a method option. Routes are gRPC methods (`/pkg.Service/Method`, or
 `/pkg.Service/*` for every method of a service) or HTTP path prefixes with optional
-methods. The file is validated once at start-up; a route it does not name is refused
-(fail closed), exactly like a meshgate method without a policy.
+methods. The file is validated whole, at start-up and on each reload
+(server/policy_files.py); a route it does not name is refused (fail closed), exactly
+like a meshgate method without a policy.
 
 Matching: an exact gRPC method first, then its service's `*`, then the longest HTTP
 prefix whose methods include the request's (a prefix matches at a `/` boundary or
@@ -23,6 +24,12 @@ Prefixes compare case-sensitively. A path that would fall under a longer prefix 
 case were ignored (`/api/ADMIN/users` beside `/api/admin`) is refused rather than
 judged under the shorter one, for upstreams that ignore case. The file holds at most
 MAX_ROUTES routes; no two prefixes differ in case only.
+
+Dry run: an entry with `dry_run: true` is not in force. `match` ignores it; `dry_run`
+answers which dry-run entry a request would match if every dry-run entry were enforced
+(each replacing an enforced entry of the same route, if there is one), so the decider
+can judge the call by it too (interceptors/dry_run.py). A route may have one enforced
+entry and one dry-run entry.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ _GRPC_METHOD = re.compile(r"^/[A-Za-z_][\w.]*\.[A-Za-z_]\w*/(?:[A-Za-z_]\w*|\*)$
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _FIELDS = frozenset(
     {"grpc", "http_prefix", "methods", "access", "permission", "namespaced", "cost"}
-    | {"rate_class", "audit"}
+    | {"rate_class", "audit", "dry_run"}
 )
 _UNNORMALIZED = re.compile(r"(^|/)\.\.?(/|$)|//|[;%\\]|[^\x21-\x7e]")
 MAX_COST = 1_000_000
@@ -64,6 +71,13 @@ class Route:
 
     name: str
     policy: Policy
+    # not in force: judged and recorded only (interceptors/dry_run.py)
+    dry_run: bool = False
+
+
+# one entry of the file: its route key (a gRPC method, a prefix), its HTTP methods (empty:
+# any), the route, and whether it is a gRPC route
+_Entry = tuple[str, frozenset[str], Route, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,39 +91,32 @@ class _Prefix:
     folded_under: str = ""
 
 
-class RoutePolicies:
-    """Route -> policy for the sidecars' questions; None for a route without a policy."""
+class _Table:
+    """One set of routes, matched as the module says."""
 
-    def __init__(self, routes: Sequence[tuple[str, frozenset[str], Route, bool]] = ()) -> None:
-        self._methods: dict[str, Route] = {}
+    def __init__(self, routes: Sequence[_Entry]) -> None:
+        self.methods: dict[str, Route] = {}
         prefixes: list[_Prefix] = []
         for key, methods, route, grpc_route in routes:
             if grpc_route:
-                self._methods[key] = route
+                self.methods[key] = route
             else:
                 under = key.rstrip("/") + "/"
                 prefixes.append(_Prefix(key, methods, route, key.lower(), under, under.lower()))
-        self._prefixes = tuple(sorted(prefixes, key=lambda p: -len(p.prefix)))
-
-    def __len__(self) -> int:
-        return len(self._methods) + len(self._prefixes)
+        self.prefixes = tuple(sorted(prefixes, key=lambda p: -len(p.prefix)))
 
     def match(self, path: str, method: str) -> Route | None:
-        """The route of a request (`:path` with any query string, HTTP method)."""
-        path = path.partition("?")[0]
-        if not path.startswith("/") or _UNNORMALIZED.search(path):
-            return None
-        route = self._methods.get(path)
+        route = self.methods.get(path)
         if route is not None:
             return route
         service, slash, _ = path.rpartition("/")
         if slash and service:
-            route = self._methods.get(f"{service}/*")
+            route = self.methods.get(f"{service}/*")
             if route is not None:
                 return route
         method = method.upper()
         folded = path.lower()
-        for prefix in self._prefixes:  # the longest first
+        for prefix in self.prefixes:  # the longest first
             if prefix.methods and method not in prefix.methods:
                 continue
             if path == prefix.prefix or path.startswith(prefix.under):
@@ -117,6 +124,40 @@ class RoutePolicies:
             if folded == prefix.folded or folded.startswith(prefix.folded_under):
                 return None  # under this longer prefix but for case: refused, not shorter
         return None
+
+
+class RoutePolicies:
+    """Route -> policy for the sidecars' questions; None for a route without a policy."""
+
+    def __init__(self, routes: Sequence[_Entry] = ()) -> None:
+        self._count = len(routes)
+        self._in_force = _Table([e for e in routes if not e[2].dry_run])
+        # the table as it would be with the dry-run entries enforced (None: there are none)
+        dry = {(e[0], e[1]) for e in routes if e[2].dry_run}
+        self._with_dry_run = (
+            _Table([e for e in routes if e[2].dry_run or (e[0], e[1]) not in dry]) if dry else None
+        )
+
+    def __len__(self) -> int:
+        return self._count
+
+    def match(self, path: str, method: str) -> Route | None:
+        """The route in force of a request (`:path` with any query string, HTTP method)."""
+        path = path.partition("?")[0]
+        if not path.startswith("/") or _UNNORMALIZED.search(path):
+            return None
+        return self._in_force.match(path, method)
+
+    def dry_run(self, path: str, method: str) -> Route | None:
+        """The dry-run entry a request would match if the dry-run entries were enforced;
+        None when there is none (the request would be judged as it is now)."""
+        if self._with_dry_run is None:
+            return None
+        path = path.partition("?")[0]
+        if not path.startswith("/") or _UNNORMALIZED.search(path):
+            return None
+        route = self._with_dry_run.match(path, method)
+        return route if route is not None and route.dry_run else None
 
 
 def parse_routes(document: Any) -> RoutePolicies:
@@ -129,24 +170,27 @@ def parse_routes(document: Any) -> RoutePolicies:
         raise RouteError('"routes" must be a list')
     if len(entries) > MAX_ROUTES:
         raise RouteError(f"at most {MAX_ROUTES} routes")
-    parsed: list[tuple[str, frozenset[str], Route, bool]] = []
-    seen: set[tuple[str, frozenset[str]]] = set()
+    parsed: list[_Entry] = []
+    seen: set[tuple[str, frozenset[str], bool]] = set()
     prefixes: dict[str, str] = {}  # lowercased -> as declared
     for index, entry in enumerate(entries):
         where = f"routes[{index}]"
         key, methods, route, grpc_route = _route(entry, where)
-        if (key, methods) in seen:
-            raise RouteError(f"{where}: {key} is declared twice")
+        if (key, methods, route.dry_run) in seen:
+            raise RouteError(
+                f"{where}: {key} is declared twice"
+                + (" in dry run" if route.dry_run else " (one entry may add dry_run: true)")
+            )
         if not grpc_route:
             other = prefixes.setdefault(key.lower(), key)
             if other != key:
                 raise RouteError(f"{where}: {key} differs from {other} in case only")
-        seen.add((key, methods))
+        seen.add((key, methods, route.dry_run))
         parsed.append((key, methods, route, grpc_route))
     return RoutePolicies(parsed)
 
 
-def _route(entry: Any, where: str) -> tuple[str, frozenset[str], Route, bool]:
+def _route(entry: Any, where: str) -> _Entry:
     if not isinstance(entry, Mapping):
         raise RouteError(f"{where} must be a mapping")
     unknown = set(entry) - _FIELDS
@@ -171,7 +215,11 @@ def _route(entry: Any, where: str) -> tuple[str, frozenset[str], Route, bool]:
             )
         methods = _methods(entry.get("methods", []), where)
         name = f"{','.join(sorted(methods)) or '*'} {key}"
-    return key, methods, Route(name=name, policy=_policy(entry, where)), "grpc" in entry
+    dry_run = entry.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise RouteError(f"{where}: dry_run must be true or false")
+    route = Route(name=name, policy=_policy(entry, where), dry_run=dry_run)
+    return key, methods, route, "grpc" in entry
 
 
 def _methods(raw: Any, where: str) -> frozenset[str]:

@@ -4,6 +4,10 @@ Plans are configuration (a JSON file, `MESHGATE_PLANS_FILE`, default
 `server/plans.json`), validated once at start-up: a missing class, a limit
 outside the bounds every token bucket keeps (a key's own limit too), or an
 unknown field stops the server with a message naming it.
+
+A class's limit may carry a `dry_run` limit beside it: computed on buckets of its own as
+if enforced, recorded when it would refuse, never enforced (calls/dry_run.py). The limit
+in force stays: every way in (direct calls, `Check`, descriptors) shares its bucket.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -93,6 +97,8 @@ class Plan:
     name: str
     monthly_credits: int
     limits: Mapping[str, Limit]
+    # rate class -> its limit in dry run (only the classes that have one)
+    dry_run_limits: Mapping[str, Limit] = field(default_factory=dict)
 
 
 _LOG = logging.getLogger("meshgate.plans")
@@ -114,9 +120,13 @@ class PlanLookup:
         return plan
 
 
-def _limit(where: str, raw: Any) -> Limit:
-    if not isinstance(raw, Mapping) or set(raw) != {"per_second", "burst"}:
-        raise PlanError(f"{where} must be an object with per_second and burst")
+def _limit(where: str, raw: Any, *, dry_run: bool = False) -> Limit:
+    allowed = {"per_second", "burst", "dry_run"} if dry_run else {"per_second", "burst"}
+    if not isinstance(raw, Mapping) or not {"per_second", "burst"} <= set(raw) <= allowed:
+        raise PlanError(
+            f"{where} must be an object with per_second and burst"
+            + (" (and optionally dry_run, a limit of the same form)" if dry_run else "")
+        )
     try:
         return Limit(per_second=float(raw["per_second"]), burst=raw["burst"])
     except (PlanError, TypeError, ValueError) as exc:
@@ -139,6 +149,14 @@ def parse_plans(raw: Any) -> dict[str, Plan]:
         plans[name] = Plan(
             name=name,
             monthly_credits=credits,
-            limits={c: _limit(f"plan {name!r} limits.{c}", limits[c]) for c in RATE_CLASSES},
+            limits={
+                c: _limit(f"plan {name!r} limits.{c}", limits[c], dry_run=True)
+                for c in RATE_CLASSES
+            },
+            dry_run_limits={
+                c: _limit(f"plan {name!r} limits.{c}.dry_run", limits[c]["dry_run"])
+                for c in RATE_CLASSES
+                if "dry_run" in limits[c]
+            },
         )
     return plans

@@ -37,6 +37,8 @@ class VerifiedKey:
     namespace_ids: frozenset[str]
     valid_until: datetime | None
     rate_limit: Limit | None = None
+    # the own limit is in dry run: the plan's alone is enforced (interceptors/rate_limit.py)
+    rate_limit_dry_run: bool = False
     # compiled once per verification and cached with the key; None: any peer may present it
     binding: PeerBinding | None = None
 
@@ -143,6 +145,7 @@ class KeyVerifier:
             namespace_ids=record.namespace_ids,
             valid_until=valid_until,
             rate_limit=record.rate_limit,
+            rate_limit_dry_run=record.rate_limit_dry_run,
             binding=binding,
         )
 

@@ -18,6 +18,7 @@ from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
+from storage.tenancy.key_reach import PERMISSIONS, KeyReach
 
 __all__ = [
     "PERMISSIONS",
@@ -29,61 +30,7 @@ __all__ = [
     "key_from_doc",
 ]
 
-PERMISSIONS = ("read", "write", "delete", "admin")
 MAX_GRACE = timedelta(days=30)
-
-
-def _implied(permissions: frozenset[str]) -> frozenset[str]:
-    return frozenset(PERMISSIONS) if "admin" in permissions else permissions
-
-
-@dataclass(frozen=True, slots=True)
-class KeyReach:
-    """How far a key reaches: its permissions and its namespace allow-list (empty: every
-    namespace of its environment).
-
-    A key sees and manages only keys whose reach lies within its own: permissions no
-    higher (ADMIN implies all) and, when its own allow-list is restricted, a non-empty
-    allow-list inside it. Otherwise a restricted ADMIN key could rotate an unrestricted
-    one and act with its secret. One rule for creating, reading, listing, rotating and
-    revoking: `covers` for a key about to be created, `query` for keys in the store.
-    """
-
-    permissions: frozenset[str]
-    namespace_ids: frozenset[str]
-    # the key's workload binding (storage/core/peer_bindings.py); empty: any peer
-    bound_peers: frozenset[str] = frozenset()
-
-    def covers(
-        self,
-        *,
-        permissions: frozenset[str],
-        namespace_ids: frozenset[str],
-        bound_peers: frozenset[str] = frozenset(),
-    ) -> bool:
-        if not _implied(permissions) <= _implied(self.permissions):
-            return False
-        if self.namespace_ids and not (namespace_ids and namespace_ids <= self.namespace_ids):
-            return False
-        # a bound key reaches only keys bound to entries of its own binding: otherwise it
-        # could mint or rotate a key usable from anywhere and step out of its workload
-        if self.bound_peers:
-            return bool(bound_peers) and bound_peers <= self.bound_peers
-        return True
-
-    def query(self) -> dict[str, Any]:
-        """The same rule as a MongoDB filter, so a list is filtered by the store and its
-        pages stay full."""
-        query: dict[str, Any] = {}
-        if "admin" not in self.permissions:
-            query["permissions"] = {"$not": {"$elemMatch": {"$nin": sorted(self.permissions)}}}
-        if self.namespace_ids:
-            query["namespace_ids.0"] = {"$exists": True}
-            query["namespace_ids"] = {"$not": {"$elemMatch": {"$nin": sorted(self.namespace_ids)}}}
-        if self.bound_peers:
-            query["bound_peers.0"] = {"$exists": True}
-            query["bound_peers"] = {"$not": {"$elemMatch": {"$nin": sorted(self.bound_peers)}}}
-        return query
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +56,8 @@ class KeyRecord:
     last_used_at: datetime | None
     secrets: tuple[KeySecret, ...] = field(repr=False)
     rate_limit: Limit | None = None
+    # the own limit is in dry run: computed and recorded, not enforced (calls/dry_run.py)
+    rate_limit_dry_run: bool = False
     # peer identities and patterns the key is bound to (empty: any peer)
     bound_peers: tuple[str, ...] = ()
     # set by the idle-key job (server/workers/key_idle.py)
@@ -166,9 +115,16 @@ def key_from_doc(doc: dict[str, Any]) -> KeyRecord:
             if doc.get("rate_limit")
             else None
         ),
+        rate_limit_dry_run=bool((doc.get("rate_limit") or {}).get("dry_run")),
         bound_peers=tuple(doc.get("bound_peers") or ()),
         disabled_at=doc.get("disabled_at"),
     )
+
+
+def _rate_limit_doc(limit: Limit | None, dry_run: bool) -> dict[str, Any] | None:
+    if limit is None:
+        return None
+    return {"per_second": limit.per_second, "burst": limit.burst, "dry_run": dry_run}
 
 
 def _secret_doc(minted: MintedSecret, now: datetime) -> dict[str, Any]:
@@ -211,6 +167,7 @@ class KeyStore:
         namespace_ids: list[str],
         expires_at: datetime | None,
         rate_limit: Limit | None = None,
+        rate_limit_dry_run: bool = False,
         bound_peers: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
         """The new key and its secret (returned once, never stored)."""
@@ -231,11 +188,7 @@ class KeyStore:
             "rotated_at": None,
             "last_used_at": None,
             "secrets": [_secret_doc(minted, now)],
-            "rate_limit": (
-                {"per_second": rate_limit.per_second, "burst": rate_limit.burst}
-                if rate_limit
-                else None
-            ),
+            "rate_limit": _rate_limit_doc(rate_limit, rate_limit_dry_run),
             "bound_peers": list(bound_peers),
         }
         await self._collection.insert_one(doc)
@@ -386,6 +339,28 @@ class KeyStore:
             replace(before, bound_peers=bound_peers),
             before.bound_peers,
         )
+
+    async def set_rate_limit(
+        self,
+        *,
+        organization_id: str,
+        environment: str,
+        key_id: str,
+        reach: KeyReach,
+        rate_limit: Limit | None,
+        dry_run: bool,
+    ) -> KeyRecord:
+        """Replace the key's own rate limit (None: the plan's alone), enforced or in dry run.
+        A revoked key is NOT_FOUND, as for `rotate`."""
+        owned = self._owned(organization_id, environment, key_id, reach)
+        doc = await self._collection.find_one_and_update(
+            {**owned, "revoked_at": None},
+            {"$set": {"rate_limit": _rate_limit_doc(rate_limit, dry_run)}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise NotFoundError("key not found")
+        return key_from_doc(doc)
 
     async def revoke(
         self, *, organization_id: str, environment: str, key_id: str, reach: KeyReach

@@ -320,3 +320,37 @@ def test_reach_compares_permissions_with_admin_implying_all() -> None:
     admin = KeyReach(permissions=frozenset({"admin"}), namespace_ids=frozenset({"ns_a"}))
     assert admin.covers(permissions=frozenset(PERMISSIONS), namespace_ids=frozenset({"ns_a"}))
     assert not admin.covers(permissions=frozenset({"read"}), namespace_ids=frozenset())
+
+
+async def test_set_key_rate_limit_replaces_or_clears_a_limit_within_reach(tenant: Tenant) -> None:
+    target = await tenant.key(options_pb2.PERMISSION_READ)
+    key_id = target.key.key_id
+    md = auth(tenant.admin)
+    limit = pb.RateLimit(per_second=2, burst=4, dry_run=True)
+    changed = await tenant.keys.SetKeyRateLimit(
+        pb.SetKeyRateLimitRequest(key_id=key_id, rate_limit=limit), metadata=md
+    )
+    assert changed.key.rate_limit == limit
+    got = await tenant.keys.GetKey(pb.GetKeyRequest(key_id=key_id), metadata=md)
+    assert got.key.rate_limit == limit
+    message = await invalid(
+        tenant.keys.SetKeyRateLimit(
+            pb.SetKeyRateLimitRequest(key_id=key_id, rate_limit=pb.RateLimit(burst=4)),
+            metadata=md,
+        )
+    )
+    assert message.startswith("rate_limit: per_second must be between")
+    cleared = await tenant.keys.SetKeyRateLimit(
+        pb.SetKeyRateLimitRequest(key_id=key_id), metadata=md
+    )
+    assert not cleared.key.HasField("rate_limit")
+    # a key beyond the caller's reach (the organization-wide ADMIN key, for an ADMIN key
+    # restricted to a namespace) is NOT_FOUND, as for every other KeyService call
+    namespace = await tenant.namespace()
+    restricted = await tenant.key(options_pb2.PERMISSION_ADMIN, namespaces=(namespace.name,))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await tenant.keys.SetKeyRateLimit(
+            pb.SetKeyRateLimitRequest(key_id=tenant.admin_key_id, rate_limit=limit),
+            metadata=auth(restricted.secret),
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
-__all__ = ["scrape", "series"]
+__all__ = ["sample", "scrape", "series"]
 
 
 def _get(port: int) -> str:
@@ -25,3 +25,28 @@ def series(text: str) -> set[str]:
     return {
         line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")
     }
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of the series `name` with exactly `labels` (0 when it is absent, as for a
+    counter that never moved)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series_text, _, value = line.rpartition(" ")
+        metric, _, rest = series_text.partition("{")
+        if metric != name:
+            continue
+        found = dict(_labels(rest.rstrip("}"))) if rest else {}
+        if found == labels:
+            return float(value)
+    return 0.0
+
+
+def _labels(text: str) -> list[tuple[str, str]]:
+    """`a="x",b="y"` as pairs (values hold no quote: the label values of these tests)."""
+    pairs = []
+    for part in text.split('",'):
+        key, _, value = part.partition("=")
+        pairs.append((key.strip(), value.strip('"')))
+    return pairs

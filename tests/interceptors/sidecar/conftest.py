@@ -1,7 +1,8 @@
 """A server that answers sidecars: the test routes, the proxy's identity on the allow-list
 (bound to any organization and principal), a `tiny` plan (few credits, a small admin-class
 limit) and a `slow` one (a data class refilled once in 100 s) for the limit tests, a
-small cap on the rate-limit buckets kept per process, and its metrics on a port."""
+`dry` plan (the admin class's `strict` limit in dry run) and that `strict` plan, a small
+cap on the rate-limit buckets kept per process, and its metrics on a port."""
 
 from __future__ import annotations
 
@@ -54,6 +55,21 @@ SLOW_PLAN = {
         "admin": {"per_second": 100, "burst": 100},
     },
 }
+# a limit of 2 calls (refilled once in 100 s) on the admin class: in dry run, and enforced
+STRICT_ADMIN = {"per_second": 0.01, "burst": 2}
+
+
+def _with_admin(admin: dict[str, Any]) -> dict[str, Any]:
+    roomy = {"per_second": 100, "burst": 100}
+    return {
+        "monthly_credits": 1000,
+        "limits": {"metadata": roomy, "data": roomy, "search": roomy, "admin": admin},
+    }
+
+
+STRICT_PLAN = _with_admin(STRICT_ADMIN)
+DRY_PLAN = _with_admin({"per_second": 100, "burst": 100, "dry_run": STRICT_ADMIN})
+
 # rate-limit buckets the server keeps state for (MESHGATE_RATE_LIMIT_MAX_BUCKETS), small
 MAX_BUCKETS = 300
 ROUTES: list[dict[str, Any]] = [
@@ -62,6 +78,7 @@ ROUTES: list[dict[str, Any]] = [
     {"grpc": "/shop.v1.CartService/*", "permission": "write", "namespaced": True, "audit": True},
     {"grpc": "/shop.v1.CheckoutService/Pay", "permission": "read", "cost": 7},
     {"grpc": "/shop.v1.AdminService/*", "permission": "read", "rate_class": "admin"},
+    {"grpc": "/shop.v1.AdminService/Purge", "permission": "admin", "dry_run": True},
     {"grpc": "/shop.v1.StatusService/Ping", "access": "public"},
     {"http_prefix": "/api/orders", "methods": ["GET", "HEAD"], "permission": "read",
      "namespaced": True},
@@ -114,7 +131,12 @@ async def sidecar_server(
         ext_authz_peers=frozenset({PROXY_ID}),
         ext_authz_bindings=SidecarBindings.any_for(frozenset({PROXY_ID})),
         routes=load_routes(write_route_file(tmp_path_factory.mktemp("routes"))),
-        plans={**settings.plans, **parse_plans({"tiny": TINY_PLAN, "slow": SLOW_PLAN})},
+        plans={
+            **settings.plans,
+            **parse_plans(
+                {"tiny": TINY_PLAN, "slow": SLOW_PLAN, "dry": DRY_PLAN, "strict": STRICT_PLAN}
+            ),
+        },
         rate_limit_max_buckets=MAX_BUCKETS,
         # the limit tests count tokens: a Redis answer slower than the 0.2 s default on a
         # loaded machine would switch the limiter to its local fallback mid-count

@@ -175,3 +175,65 @@ def test_a_bad_file_stops_the_server_naming_the_problem(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "MESHGATE_ROUTE_POLICY_FILE" in result.stderr
     assert "routes[0]: permission must be one of" in result.stderr
+
+
+def test_a_dry_run_entry_is_judged_beside_the_route_in_force_never_instead_of_it() -> None:
+    routes = parse_routes(
+        {
+            "routes": [
+                {"http_prefix": "/api", "permission": "read"},
+                {"http_prefix": "/api/admin", "permission": "admin", "dry_run": True},
+                {"grpc": "/shop.v1.Cart/*", "permission": "read"},
+                {"grpc": "/shop.v1.Cart/*", "permission": "write", "dry_run": True},
+                {"grpc": "/shop.v1.New/Get", "permission": "read", "dry_run": True},
+            ]
+        }
+    )
+    assert len(routes) == 5
+
+    def names(path: str) -> tuple[str | None, str | None]:
+        in_force, dry_run = routes.match(path, "GET"), routes.dry_run(path, "GET")
+        return (
+            None if in_force is None else in_force.name,
+            None if dry_run is None else dry_run.name,
+        )
+
+    # a narrower prefix in dry run: the broader one decides, the new one is judged too
+    assert names("/api/admin/users") == ("* /api", "* /api/admin")
+    assert names("/api/orders") == ("* /api", None)
+    # the same route in dry run: the entry in force decides
+    assert names("/shop.v1.Cart/Put") == ("/shop.v1.Cart/*", "/shop.v1.Cart/*")
+    assert routes.dry_run("/shop.v1.Cart/Put", "GET").policy.permission == "write"  # type: ignore[union-attr]
+    # a new route only in dry run is no route yet: refused, nothing to judge beside it
+    assert names("/shop.v1.New/Get") == (None, "/shop.v1.New/Get")
+    assert routes.dry_run("/api/../api/admin", "GET") is None
+    # without dry-run entries there is nothing to judge
+    assert parse_routes(ROUTES).dry_run("/api/admin/users", "GET") is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [{"grpc": "/a.B/C", "permission": "read", "dry_run": "yes"}],
+            "routes[0]: dry_run must be true or false",
+        ),
+        (
+            [{"grpc": "/a.B/C", "permission": "read"}, {"grpc": "/a.B/C", "permission": "admin"}],
+            "routes[1]: /a.B/C is declared twice (one entry may add dry_run: true)",
+        ),
+        (
+            [
+                {"grpc": "/a.B/C", "permission": "read", "dry_run": True},
+                {"grpc": "/a.B/C", "permission": "admin", "dry_run": True},
+            ],
+            "routes[1]: /a.B/C is declared twice in dry run",
+        ),
+    ],
+)
+def test_one_entry_in_force_and_one_in_dry_run_per_route(
+    entries: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(RouteError) as refused:
+        parse_routes({"routes": entries})
+    assert str(refused.value) == message
