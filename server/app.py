@@ -48,7 +48,7 @@ from server.health import (
     dependency_monitor,
     not_serving,
 )
-from server.observability import serve_metrics, server_tracer
+from server.observability import export_build_info, serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.reflection import enable_reflection
 from server.registry import SERVICES, add_servicers, descriptors, method_needs
@@ -197,6 +197,7 @@ async def create_server(
     """A started server on `address` (else the settings' listen address); `stop` drains it."""
     c = await build_components(settings, backends)
     export_component_metrics(c)
+    export_build_info(c.metrics)
     # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()

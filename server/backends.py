@@ -1,7 +1,9 @@
-"""Connecting the stores: real servers from settings, embedded engines otherwise."""
+"""Connecting the stores: the servers the settings name, or the embedded engines when
+`--dev` chose them for a store without a URL; never an engine by default."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,11 +14,21 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.embedded import EmbeddedMongo, embedded_redis
+from server.env_values import SettingsError
 from server.settings import Settings
+from server.stores import (
+    StoreCheck,
+    mongodb_location,
+    qdrant_location,
+    redis_location,
+    require_store_urls,
+    wait_for_stores,
+)
 from storage.backends.mongo import MongoStore
 from storage.backends.redis_client import ClusterClient, RedisClient
+from storage.backends.redis_client import ping as ping_redis
 
-__all__ = ["Backends", "open_backends", "open_redis"]
+__all__ = ["Backends", "open_backends", "open_mongo", "open_redis"]
 
 _LOG = logging.getLogger("meshgate.backends")
 
@@ -27,7 +39,10 @@ class Backends:
     redis: RedisClient
     qdrant: Any
     qdrant_remote: bool = False
-    embedded: list[str] = field(default_factory=list)
+    # each store's engine and where it is, for the start-up log (no credentials)
+    engines: list[str] = field(default_factory=list)
+    # the checks `open_backends` waited for: what the start-up wait and its log name
+    checks: list[StoreCheck] = field(default_factory=list)
     _embedded_mongo: EmbeddedMongo | None = None
 
     async def close(self) -> None:
@@ -36,7 +51,7 @@ class Backends:
         if self.qdrant is not None:
             await self.qdrant.close()
         if self._embedded_mongo is not None:
-            self._embedded_mongo.close()
+            await asyncio.to_thread(self._embedded_mongo.close)
 
 
 def open_redis(url: str, *, cluster: bool, timeout_s: float) -> RedisClient:
@@ -59,51 +74,143 @@ def open_redis(url: str, *, cluster: bool, timeout_s: float) -> RedisClient:
     )
 
 
-async def open_backends(settings: Settings, *, with_qdrant: bool = True) -> Backends:
-    embedded: list[str] = []
-    embedded_mongo: EmbeddedMongo | None = None
+async def open_backends(
+    settings: Settings, *, with_qdrant: bool = True, dev: bool = False
+) -> Backends:
+    """Clients of the stores, once each answers (server/stores.py waits, with a bound), and
+    MongoDB's indexes made. Without `dev` every store needs its URL (SettingsError names
+    the missing ones); with it, a store without one is served by its embedded engine."""
+    if not dev:
+        require_store_urls(settings, with_qdrant=with_qdrant)
     timeout_s = settings.backend_timeout_s
+    engines: list[str] = []
+    checks: list[StoreCheck] = []
     # Redis first: a missing embedded engine is refused before MongoDB's is started
     redis: RedisClient
     if settings.redis_url is not None:
-        redis = open_redis(
-            settings.redis_url.reveal(), cluster=settings.redis_cluster, timeout_s=timeout_s
-        )
+        url = settings.redis_url.reveal()
+        redis = open_redis(url, cluster=settings.redis_cluster, timeout_s=timeout_s)
+        where = redis_location(url, cluster=settings.redis_cluster)
+        engines.append(f"Redis at {where}")
     else:
         redis = embedded_redis()
-        embedded.append("Redis: in-process fakeredis (single replica only)")
+        where = "this process"
+        engines.append("Redis: in-process fakeredis (--dev; this process only)")
+    checks.append(
+        StoreCheck(
+            store="Redis",
+            where=where,
+            tried="CLUSTER INFO" if settings.redis_cluster else "PING",
+            probe=lambda: ping_redis(redis),
+        )
+    )
+    embedded_mongo: EmbeddedMongo | None = None
     if settings.mongodb_uri is not None:
         mongo_uri = settings.mongodb_uri.reveal()
+        where = mongodb_location(mongo_uri)
+        engines.append(f"MongoDB at {where}, database {settings.mongodb_database}")
     else:
         path = settings.data_dir / "mongo"
         embedded_mongo = EmbeddedMongo(data_dir=path)
-        mongo_uri = embedded_mongo.start()
-        embedded.append(f"MongoDB: embedded SecantusDB engine on {mongo_uri} (data in {path})")
+        try:
+            mongo_uri = await asyncio.to_thread(embedded_mongo.start)
+        except BaseException:
+            await redis.aclose()
+            raise
+        where = mongodb_location(mongo_uri)
+        engines.append(
+            f"MongoDB: the embedded SecantusDB engine (--dev), process {embedded_mongo.pid}"
+            f" at {where}, data in {path}"
+        )
     mongo = MongoStore(
         uri=mongo_uri, database=settings.mongodb_database, timeout_ms=int(timeout_s * 1000)
     )
+    checks.append(StoreCheck(store="MongoDB", where=where, tried="ping", probe=mongo.ping))
     qdrant: Any = None
     if with_qdrant:
-        from qdrant_client import AsyncQdrantClient
-
-        if settings.qdrant_url is None:
-            path = settings.data_dir / "qdrant"
-            qdrant = AsyncQdrantClient(path=str(path))
-            embedded.append(f"Qdrant: qdrant-client local mode (data in {path})")
-        elif settings.qdrant_url == ":memory:":
-            qdrant = AsyncQdrantClient(location=":memory:")
-            embedded.append("Qdrant: qdrant-client in-memory local mode")
+        qdrant = _open_qdrant(settings, engines)
+        if settings.qdrant_url not in (None, ":memory:"):
+            where = qdrant_location(settings.qdrant_url)
         else:
-            api_key = settings.qdrant_api_key.reveal() if settings.qdrant_api_key else None
-            qdrant = AsyncQdrantClient(
-                url=settings.qdrant_url, api_key=api_key, prefer_grpc=True, timeout=int(timeout_s)
+            where = "this process"
+        checks.append(
+            StoreCheck(
+                store="Qdrant", where=where, tried="list collections", probe=qdrant.get_collections
             )
-    await mongo.ensure_indexes()
-    return Backends(
+        )
+    backends = Backends(
         mongo=mongo,
         redis=redis,
         qdrant=qdrant,
         qdrant_remote=settings.qdrant_url not in (None, ":memory:"),
-        embedded=embedded,
+        engines=engines,
+        checks=checks,
         _embedded_mongo=embedded_mongo,
+    )
+    try:
+        await wait_for_stores(
+            checks,
+            bound_s=settings.startup_wait_s,
+            log_every_s=settings.store_down_log_s,
+            attempt_timeout_s=timeout_s + 1.0,
+        )
+        await mongo.ensure_indexes()
+    except BaseException:
+        await backends.close()
+        raise
+    return backends
+
+
+async def open_mongo(settings: Settings) -> MongoStore:
+    """MongoDB alone, for `meshgate bootstrap`, which writes nowhere else: its URL is
+    required, it is waited for like the server's stores, and its indexes are made."""
+    if settings.mongodb_uri is None:
+        raise SettingsError(
+            "MESHGATE_MONGODB_URI is not set: `meshgate bootstrap` writes to the MongoDB that"
+            " `meshgate serve` uses (docs/operations.md#configuration)"
+        )
+    uri = settings.mongodb_uri.reveal()
+    mongo = MongoStore(
+        uri=uri,
+        database=settings.mongodb_database,
+        timeout_ms=int(settings.backend_timeout_s * 1000),
+    )
+    try:
+        await wait_for_stores(
+            [
+                StoreCheck(
+                    store="MongoDB", where=mongodb_location(uri), tried="ping", probe=mongo.ping
+                )
+            ],
+            bound_s=settings.startup_wait_s,
+            log_every_s=settings.store_down_log_s,
+            attempt_timeout_s=settings.backend_timeout_s + 1.0,
+        )
+        await mongo.ensure_indexes()
+    except BaseException:
+        await mongo.close()
+        raise
+    return mongo
+
+
+def _open_qdrant(settings: Settings, engines: list[str]) -> Any:
+    from qdrant_client import AsyncQdrantClient
+
+    if settings.qdrant_url is None:
+        path = settings.data_dir / "qdrant"
+        engines.append(f"Qdrant: qdrant-client's local mode (--dev), data in {path}")
+        return AsyncQdrantClient(path=str(path))
+    if settings.qdrant_url == ":memory:":
+        engines.append(
+            "Qdrant: qdrant-client's in-memory local mode (MESHGATE_QDRANT_URL=:memory:),"
+            " in this process only: vectors are lost at exit"
+        )
+        return AsyncQdrantClient(location=":memory:")
+    api_key = settings.qdrant_api_key.reveal() if settings.qdrant_api_key else None
+    engines.append(f"Qdrant at {qdrant_location(settings.qdrant_url)}")
+    return AsyncQdrantClient(
+        url=settings.qdrant_url,
+        api_key=api_key,
+        prefer_grpc=True,
+        timeout=int(settings.backend_timeout_s),
     )
