@@ -16,7 +16,7 @@ RUN mkdir -p gen \
         protos/meshgate/v1/*.proto \
     && touch gen/meshgate/__init__.py gen/meshgate/v1/__init__.py gen/meshgate/py.typed
 
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 COPY server/ server/
 COPY services/ services/
 COPY interceptors/ interceptors/
