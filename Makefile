@@ -104,10 +104,15 @@ protos-lint: $(BUF_STAMP) ## buf lint, and buf breaking against the main branch 
 	  fi; \
 	done; echo "buf breaking: skipped, none of $(BUF_AGAINST) is a git ref here"
 
-stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for other services
+stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs, versioned by protos/VERSION
 	rm -rf build/stubs && mkdir -p build/stubs dist
-	cp -r $(GEN)/meshgate build/stubs/ && cp protos/stubs-pyproject.toml build/stubs/pyproject.toml
+	cp -r $(GEN)/meshgate build/stubs/ && cp protos/VERSION LICENSE build/stubs/
 	cp protos/meshgate/v1/*.proto build/stubs/meshgate/v1/
+	@grpc=$$(sed -n "s/^GRPC_GENERATED_VERSION = '\(.*\)'/\1/p" $(GEN)/meshgate/v1/key_service_pb2_grpc.py); \
+	pb=$$(sed -n 's/^# Protobuf Python Version: //p' $(GEN)/meshgate/v1/key_service_pb2.py); \
+	test -n "$$grpc" && test -n "$$pb" || { echo "error: no generated versions in $(GEN)/"; exit 1; }; \
+	sed -e "s/@GRPCIO@/$$grpc/" -e "s/@PROTOBUF@/$$pb/" -e "s/@PROTOBUF_NEXT_MAJOR@/$$(( $${pb%%.*} + 1 ))/" \
+	  protos/stubs-pyproject.toml > build/stubs/pyproject.toml
 	find build/stubs -name '__pycache__' -prune -exec rm -rf {} +
 	cd build/stubs && ../../$(PY) -m build --no-isolation --wheel --outdir ../../dist . >/dev/null
 	@ls dist/meshgate_stubs-*.whl
