@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,7 @@ from storage.backends.mongo import MongoStore
 from storage.backends.redis_client import ClusterClient, RedisClient
 from storage.backends.redis_client import ping as ping_redis
 
-__all__ = ["Backends", "open_backends", "open_mongo", "open_redis"]
+__all__ = ["Backends", "mongo_only", "open_backends", "open_redis"]
 
 _LOG = logging.getLogger("meshgate.backends")
 
@@ -161,36 +163,45 @@ async def open_backends(
     return backends
 
 
-async def open_mongo(settings: Settings) -> MongoStore:
-    """MongoDB alone, for `meshgate bootstrap`, which writes nowhere else: its URL is
-    required, it is waited for like the server's stores, and its indexes are made."""
-    if settings.mongodb_uri is None:
+@asynccontextmanager
+async def mongo_only(settings: Settings, *, dev: bool = False) -> AsyncIterator[MongoStore]:
+    """MongoDB alone, for `meshgate bootstrap`, which writes nowhere else: the MongoDB of
+    its URL, or with `dev` and without one the embedded engine `serve --dev` uses (same
+    data directory), started for the while; waited for like the server's stores, indexes
+    made, closed (and the engine stopped) at the end."""
+    engine: EmbeddedMongo | None = None
+    if settings.mongodb_uri is not None:
+        uri = settings.mongodb_uri.reveal()
+    elif dev:
+        engine = EmbeddedMongo(data_dir=settings.data_dir / "mongo")
+        uri = await asyncio.to_thread(engine.start)
+    else:
         raise SettingsError(
             "MESHGATE_MONGODB_URI is not set: `meshgate bootstrap` writes to the MongoDB that"
-            " `meshgate serve` uses (docs/operations.md#configuration)"
+            " `meshgate serve` uses (docs/operations.md#configuration); --dev: the embedded"
+            " engine of `meshgate serve --dev`"
         )
-    uri = settings.mongodb_uri.reveal()
     mongo = MongoStore(
         uri=uri,
         database=settings.mongodb_database,
         timeout_ms=int(settings.backend_timeout_s * 1000),
     )
     try:
+        check = StoreCheck(
+            store="MongoDB", where=mongodb_location(uri), tried="ping", probe=mongo.ping
+        )
         await wait_for_stores(
-            [
-                StoreCheck(
-                    store="MongoDB", where=mongodb_location(uri), tried="ping", probe=mongo.ping
-                )
-            ],
+            [check],
             bound_s=settings.startup_wait_s,
             log_every_s=settings.store_down_log_s,
             attempt_timeout_s=settings.backend_timeout_s + 1.0,
         )
         await mongo.ensure_indexes()
-    except BaseException:
+        yield mongo
+    finally:
         await mongo.close()
-        raise
-    return mongo
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
 
 
 def _open_qdrant(settings: Settings, engines: list[str]) -> Any:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from server.backends import open_mongo
+from server.backends import mongo_only
 from server.backup_cli import add_backup_commands, run_backup_command
 from server.bootstrap import bootstrap, write_secret_file
 from server.embedded import EmbeddedEngineError, EmbeddedEngineMissingError
@@ -57,8 +57,7 @@ async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIGURATION
-    mongo = await open_mongo(settings)
-    try:
+    async with mongo_only(settings, dev=args.dev) as mongo:
         existing = await OrganizationStore(mongo=mongo).count()
         if existing and not args.another:
             print(
@@ -69,8 +68,6 @@ async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         result = await bootstrap(
             _Stores(mongo), name=args.name, plan=args.plan, environment=args.environment
         )
-    finally:
-        await mongo.close()
     if args.key_file:
         write_secret_file(args.key_file, result.secret)
         secret_line = f"secret:          written to {args.key_file}"
@@ -158,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--another",
         action="store_true",
         help="add an organization although some exist (else refused, so a rerun creates none)",
+    )
+    boot.add_argument(
+        "--dev",
+        action="store_true",
+        help="without MESHGATE_MONGODB_URI: the embedded engine of `serve --dev` (its data under"
+        " MESHGATE_DATA_DIR), started for the while",
     )
     add_backup_commands(sub)
     return parser

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from server import cli
+from server.backends import mongo_only
 from server.settings import Settings, SettingsError
 from server.stores import mongodb_location, qdrant_location, redis_location, require_store_urls
 from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
@@ -90,6 +91,12 @@ def test_every_missing_store_url_is_named_in_one_line() -> None:
     )
     with pytest.raises(SettingsError, match=r"^MESHGATE_MONGODB_URI and MESHGATE_REDIS_URL are"):
         require_store_urls(Settings(), with_qdrant=False)
+
+
+async def test_bootstrap_needs_mongodb_s_url_unless_dev() -> None:
+    with pytest.raises(SettingsError, match=r"^MESHGATE_MONGODB_URI is not set: `meshgate boot"):
+        async with mongo_only(Settings()):
+            pass
 
 
 @pytest.mark.parametrize(
