@@ -76,6 +76,43 @@ def open_redis(url: str, *, cluster: bool, timeout_s: float) -> RedisClient:
     )
 
 
+def _redis_store(settings: Settings) -> tuple[RedisClient, str, StoreCheck]:
+    """The Redis client, its start-up log line and its check."""
+    redis: RedisClient
+    if settings.redis_url is not None:
+        url = settings.redis_url.reveal()
+        redis = open_redis(
+            url, cluster=settings.redis_cluster, timeout_s=settings.backend_timeout_s
+        )
+        where = redis_location(url, cluster=settings.redis_cluster)
+        line = f"Redis at {where}"
+    else:
+        redis = embedded_redis()
+        where = "this process"
+        line = "Redis: in-process fakeredis (--dev; this process only)"
+    tried = "CLUSTER INFO" if settings.redis_cluster else "PING"
+    return redis, line, StoreCheck("Redis", where, tried, lambda: ping_redis(redis))
+
+
+async def _mongo_uri(settings: Settings) -> tuple[str, str, EmbeddedMongo | None]:
+    """MongoDB's URI and start-up log line; the embedded engine, started, if it serves."""
+    if settings.mongodb_uri is not None:
+        uri = settings.mongodb_uri.reveal()
+        return (
+            uri,
+            f"MongoDB at {mongodb_location(uri)}, database {settings.mongodb_database}",
+            None,
+        )
+    path = settings.data_dir / "mongo"
+    engine = EmbeddedMongo(data_dir=path)
+    uri = await asyncio.to_thread(engine.start)
+    line = (
+        f"MongoDB: the embedded SecantusDB engine (--dev), process {engine.pid}"
+        f" at {mongodb_location(uri)}, data in {path}"
+    )
+    return uri, line, engine
+
+
 async def open_backends(
     settings: Settings, *, with_qdrant: bool = True, dev: bool = False
 ) -> Backends:
@@ -84,62 +121,33 @@ async def open_backends(
     the missing ones); with it, a store without one is served by its embedded engine."""
     if not dev:
         require_store_urls(settings, with_qdrant=with_qdrant)
-    timeout_s = settings.backend_timeout_s
-    engines: list[str] = []
-    checks: list[StoreCheck] = []
     # Redis first: a missing embedded engine is refused before MongoDB's is started
-    redis: RedisClient
-    if settings.redis_url is not None:
-        url = settings.redis_url.reveal()
-        redis = open_redis(url, cluster=settings.redis_cluster, timeout_s=timeout_s)
-        where = redis_location(url, cluster=settings.redis_cluster)
-        engines.append(f"Redis at {where}")
-    else:
-        redis = embedded_redis()
-        where = "this process"
-        engines.append("Redis: in-process fakeredis (--dev; this process only)")
-    checks.append(
-        StoreCheck(
-            store="Redis",
-            where=where,
-            tried="CLUSTER INFO" if settings.redis_cluster else "PING",
-            probe=lambda: ping_redis(redis),
-        )
-    )
-    embedded_mongo: EmbeddedMongo | None = None
-    if settings.mongodb_uri is not None:
-        mongo_uri = settings.mongodb_uri.reveal()
-        where = mongodb_location(mongo_uri)
-        engines.append(f"MongoDB at {where}, database {settings.mongodb_database}")
-    else:
-        path = settings.data_dir / "mongo"
-        embedded_mongo = EmbeddedMongo(data_dir=path)
-        try:
-            mongo_uri = await asyncio.to_thread(embedded_mongo.start)
-        except BaseException:
-            await redis.aclose()
-            raise
-        where = mongodb_location(mongo_uri)
-        engines.append(
-            f"MongoDB: the embedded SecantusDB engine (--dev), process {embedded_mongo.pid}"
-            f" at {where}, data in {path}"
-        )
+    redis, redis_line, redis_check = _redis_store(settings)
+    try:
+        mongo_uri, mongo_line, embedded_mongo = await _mongo_uri(settings)
+    except BaseException:
+        await redis.aclose()
+        raise
     mongo = MongoStore(
-        uri=mongo_uri, database=settings.mongodb_database, timeout_ms=int(timeout_s * 1000)
+        uri=mongo_uri,
+        database=settings.mongodb_database,
+        timeout_ms=int(settings.backend_timeout_s * 1000),
     )
-    checks.append(StoreCheck(store="MongoDB", where=where, tried="ping", probe=mongo.ping))
+    engines = [redis_line, mongo_line]
+    checks = [
+        redis_check,
+        StoreCheck("MongoDB", mongodb_location(mongo_uri), "ping", mongo.ping),
+    ]
     qdrant: Any = None
     if with_qdrant:
-        qdrant = _open_qdrant(settings, engines)
-        if settings.qdrant_url not in (None, ":memory:"):
-            where = qdrant_location(settings.qdrant_url)
-        else:
-            where = "this process"
-        checks.append(
-            StoreCheck(
-                store="Qdrant", where=where, tried="list collections", probe=qdrant.get_collections
-            )
-        )
+        try:
+            qdrant = _open_qdrant(settings, engines)
+        except BaseException:
+            await Backends(mongo, redis, None, _embedded_mongo=embedded_mongo).close()
+            raise
+        remote = settings.qdrant_url not in (None, ":memory:")
+        where = qdrant_location(settings.qdrant_url or "") if remote else "this process"
+        checks.append(StoreCheck("Qdrant", where, "list collections", qdrant.get_collections))
     backends = Backends(
         mongo=mongo,
         redis=redis,
@@ -149,12 +157,16 @@ async def open_backends(
         checks=checks,
         _embedded_mongo=embedded_mongo,
     )
+    for line in engines:  # before waiting: a store that does not answer is named first
+        _LOG.info("store: %s", line)
+    if settings.qdrant_url == ":memory:" and not dev:
+        _LOG.warning("Qdrant is in this process's memory: vectors are lost at exit (tests only)")
     try:
         await wait_for_stores(
             checks,
             bound_s=settings.startup_wait_s,
             log_every_s=settings.store_down_log_s,
-            attempt_timeout_s=timeout_s + 1.0,
+            attempt_timeout_s=settings.backend_timeout_s + 1.0,
         )
         await mongo.ensure_indexes()
     except BaseException:
@@ -187,9 +199,7 @@ async def mongo_only(settings: Settings, *, dev: bool = False) -> AsyncIterator[
         timeout_ms=int(settings.backend_timeout_s * 1000),
     )
     try:
-        check = StoreCheck(
-            store="MongoDB", where=mongodb_location(uri), tried="ping", probe=mongo.ping
-        )
+        check = StoreCheck("MongoDB", mongodb_location(uri), "ping", mongo.ping)
         await wait_for_stores(
             [check],
             bound_s=settings.startup_wait_s,

@@ -84,10 +84,6 @@ def _bound(listen: str, port: int) -> str:
 async def serve(settings: Settings, *, dev: bool) -> int:
     started = time.perf_counter()
     backends = await open_backends(settings, dev=dev)
-    for line in backends.engines:
-        _LOG.info("store: %s", line)
-    if settings.qdrant_url == ":memory:" and not dev:
-        _LOG.warning("Qdrant is in this process's memory: vectors are lost at exit (tests only)")
     try:
         key_file = await _dev_key(settings, backends) if dev else None
         running = await create_server(settings, backends)

@@ -150,6 +150,7 @@ def test_an_unreachable_mongodb_is_one_line_and_exit_code_3(
     (line,) = error_lines(result.stderr)
     assert line.startswith(f"error: MongoDB at 127.0.0.1:{port} is unreachable: connection refused")
     assert "(ping, 1 attempt" in line and "MESHGATE_STARTUP_WAIT_S" in line
+    assert f"store: MongoDB at 127.0.0.1:{port}, database " in result.stderr
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
@@ -165,6 +166,8 @@ def test_a_redis_down_from_the_start_is_logged_at_once_and_again_then_exit_code_
     result = run_meshgate("serve", env=serve_env, cwd=tmp_path)
     assert result.returncode == 3, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    stores = [r["message"] for r in records if r["message"].startswith("store: ")]
+    assert f"store: Redis at 127.0.0.1:{port}" in stores  # named before waiting for it
     down = [r for r in records if r["logger"] == "meshgate.startup"]
     assert len(down) >= 2, result.stderr
     first, *again = down
