@@ -147,8 +147,14 @@ def test_the_workload_keeps_its_promises() -> None:
     assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == [mounts["/tmp"]]
     # the settings parse as the server reads them (store URLs come from the secret files)
     environment = {**config, **{e["name"]: e["value"] for e in container["env"]}}
+    # every store's URL is set (`serve` without --dev refuses to start otherwise)
+    for url in ("MESHGATE_MONGODB_URI", "MESHGATE_REDIS_URL", "MESHGATE_QDRANT_URL"):
+        assert url in environment or f"{url}_FILE" in environment, url
     environment = {k: v for k, v in environment.items() if not k.endswith("_FILE")}
-    Settings.from_env(environment)
+    settings = Settings.from_env(environment)
+    # an unreachable store stops meshgate with its own message before the kubelet kills it
+    startup = container["startupProbe"]
+    assert settings.startup_wait_s < startup["periodSeconds"] * startup["failureThreshold"]
     assert {"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= set(docs)
     assert {"ServiceAccount", "NetworkPolicy", "Certificate"} <= set(docs)
     assert docs["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
