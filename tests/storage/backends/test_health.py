@@ -32,8 +32,12 @@ async def test_a_store_down_from_the_start_is_logged_then_again_while_down(
         where={"redis": "cache:6379"},
     )
 
-    def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "meshgate.health"]
+    def lines() -> list[str]:  # this monitor's (the session server's log under the same name)
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "meshgate.health" and "cache:6379" in r.getMessage()
+        ]
 
     await monitor.check_once()  # the first check: down from the start
     assert lines() == ["dependency redis at cache:6379 is down (ConnectionRefusedError)"]
