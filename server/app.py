@@ -50,7 +50,7 @@ from server.health import (
     not_serving,
 )
 from server.method_policies import method_policies_applied
-from server.observability import serve_metrics, server_tracer
+from server.observability import export_build_info, serve_metrics, server_tracer
 from server.policies import build_policy_table, undeclared_methods
 from server.policy_files import PolicyFiles, watched_policy_files
 from server.reflection import enable_reflection
@@ -220,6 +220,7 @@ async def create_server(
     c = await build_components(settings, backends)
     export_component_metrics(c)
     export_tracing_metrics(c.metrics)
+    export_build_info(c.metrics)
     # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()

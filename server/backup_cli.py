@@ -28,20 +28,45 @@ _BAR = 30
 
 
 def add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    backup = sub.add_parser("backup", help="export a namespace to a backup file (docs/backup.md)")
+    about = (
+        "A client of a running server over mTLS, with an ADMIN key: docs/backup.md;\n"
+        "exit codes in docs/operations.md (Commands)."
+    )
+    backup = sub.add_parser(
+        "backup",
+        help="export a namespace to a backup file (docs/backup.md)",
+        description="Export a namespace to a backup file.",
+        epilog=about,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     backup.add_argument("--namespace", required=True, help="the namespace's name or id")
     backup.add_argument("--out", required=True, type=Path, help="the backup file to write")
-    restore = sub.add_parser("restore", help="restore a backup file into an empty namespace")
-    restore.add_argument("file", type=Path)
+    restore = sub.add_parser(
+        "restore",
+        help="restore a backup file into an empty namespace (docs/backup.md)",
+        description="Restore a backup file into an empty namespace.",
+        epilog=about,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    restore.add_argument("file", type=Path, help="the backup file to read")
     restore.add_argument("--namespace", required=True, help="the target namespace (name or id)")
     for parser in (backup, restore):
         parser.add_argument("--server", default="localhost:50051", help="host:port of meshgate")
         parser.add_argument(
             "--key-file", type=Path, help="file holding an ADMIN key (else MESHGATE_API_KEY)"
         )
-        parser.add_argument("--ca", type=Path, default=Path("certs/ca.pem"))
-        parser.add_argument("--cert", type=Path, default=Path("certs/client.pem"))
-        parser.add_argument("--cert-key", type=Path, default=Path("certs/client-key.pem"))
+        parser.add_argument(
+            "--ca",
+            type=Path,
+            default=Path("certs/ca.pem"),
+            help="the CA of the server's certificate",
+        )
+        parser.add_argument(
+            "--cert", type=Path, default=Path("certs/client.pem"), help="this client's certificate"
+        )
+        parser.add_argument(
+            "--cert-key", type=Path, default=Path("certs/client-key.pem"), help="its private key"
+        )
 
 
 class _Progress:

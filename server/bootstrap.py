@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from server.backends import Backends
+from storage.backends.mongo import MongoStore
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.organizations import OrganizationStore
 
@@ -23,8 +24,15 @@ class BootstrapResult:
         return f"BootstrapResult(organization_id={self.organization_id!r}, key_id={self.key_id!r})"
 
 
+class WithMongo(Protocol):
+    """What bootstrapping needs of the stores: MongoDB alone (Backends has it)."""
+
+    @property
+    def mongo(self) -> MongoStore: ...
+
+
 async def bootstrap(
-    backends: Backends, *, name: str, plan: str, environment: str
+    backends: WithMongo, *, name: str, plan: str, environment: str
 ) -> BootstrapResult:
     organization = await OrganizationStore(mongo=backends.mongo).create(name=name, plan=plan)
     record, secret = await KeyStore(mongo=backends.mongo).create(

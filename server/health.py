@@ -109,6 +109,8 @@ def dependency_monitor(
         interval_s=settings.health_interval_s,
         timeout_s=min(settings.backend_timeout_s, 2.0),
         on_change=on_change,
+        repeat_log_s=settings.store_down_log_s,
+        where={check.store.lower(): check.where for check in backends.checks},
     )
 
 

@@ -28,12 +28,20 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from opentelemetry import trace
-from prometheus_client import make_wsgi_app
+from prometheus_client import Gauge, make_wsgi_app
 
 from interceptors.metrics import Metrics
+from server.failures import ListenError
 from server.tracing import TracingError, tracer_provider_from_env
+from server.version import revision, version
 
-__all__ = ["HttpListener", "configure_tracing", "serve_metrics", "server_tracer"]
+__all__ = [
+    "HttpListener",
+    "configure_tracing",
+    "export_build_info",
+    "serve_metrics",
+    "server_tracer",
+]
 
 _LOG = logging.getLogger("meshgate.observability")
 # how long the event loop may take to run a callback before liveness fails
@@ -92,6 +100,17 @@ def probes_and_metrics(
     return app
 
 
+def export_build_info(metrics: Metrics) -> None:
+    """`meshgate_build_info{version,revision} 1`: what runs where, for dashboards and
+    alerts (the same two values as `meshgate --version`)."""
+    Gauge(
+        "meshgate_build_info",
+        "always 1; the labels name the meshgate version and the revision it was built from",
+        ["version", "revision"],
+        registry=metrics.registry,
+    ).labels(version(), revision()).set(1)
+
+
 def serve_metrics(
     metrics: Metrics, listen: str, *, ready: Callable[[], bool], loop: asyncio.AbstractEventLoop
 ) -> tuple[HttpListener, int]:
@@ -100,13 +119,18 @@ def serve_metrics(
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     server_class = _IPv6Server if ":" in host else _ThreadingServer
-    server = make_server(
-        host,
-        int(port),
-        probes_and_metrics(metrics, ready=ready, loop=loop),
-        server_class=server_class,
-        handler_class=_QuietHandler,
-    )
+    try:
+        server = make_server(
+            host,
+            int(port),
+            probes_and_metrics(metrics, ready=ready, loop=loop),
+            server_class=server_class,
+            handler_class=_QuietHandler,
+        )
+    except OSError as exc:
+        raise ListenError(
+            f"MESHGATE_METRICS_LISTEN: cannot listen on {listen}: {exc.strerror or exc}"
+        ) from None
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server, int(server.server_port)
 

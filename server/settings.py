@@ -154,6 +154,10 @@ class Settings:
     # after SIGTERM, how long health says NOT_SERVING while calls are still served
     drain_delay_s: float = 5.0
     backend_timeout_s: float = 5.0
+    # how long `serve` and `bootstrap` wait for unreachable stores at start-up (0: one try)
+    startup_wait_s: float = 30.0
+    # while a store stays unreachable, how often that is logged again
+    store_down_log_s: float = 30.0
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     plans: Mapping[str, Plan] = field(default_factory=lambda: load_plans(DEFAULT_PLANS_FILE))
@@ -271,6 +275,8 @@ class Settings:
             shutdown_grace_s=number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
             drain_delay_s=number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
             backend_timeout_s=number(env, "MESHGATE_BACKEND_TIMEOUT_S", 5.0, minimum=0.1),
+            startup_wait_s=number(env, "MESHGATE_STARTUP_WAIT_S", 30.0, minimum=0),
+            store_down_log_s=number(env, "MESHGATE_STORE_DOWN_LOG_S", 30.0, minimum=0.1),
             max_message_bytes=int(
                 number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
             ),

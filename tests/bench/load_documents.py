@@ -108,7 +108,7 @@ def load_documents(
         data_dir.mkdir()
         subprocess.run(
             [
-                *(sys.executable, "-m", "server.cli", "bootstrap", "--name", "load"),
+                *(sys.executable, "-m", "server.cli", "bootstrap", "--dev", "--name", "load"),
                 *("--plan", "enterprise", "--environment", "development"),
                 *("--key-file", str(key_file)),
             ],

@@ -13,7 +13,7 @@ from tests.support.processes import ROOT
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool not found: `make test` installs Debian's prometheus package as root")
+        pytest.fail("promtool not found: `make test-deps` installs it (Debian's packages) as root")
     return found
 
 

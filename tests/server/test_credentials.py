@@ -136,7 +136,7 @@ async def test_a_new_mongodb_uri_in_the_file_sends_new_calls_to_it(
 ) -> None:
     database = f"meshgate_switch_{secrets.token_hex(4)}"
     other = EmbeddedMongo(data_dir=None)
-    other_uri = other.start()
+    other_uri = await asyncio.to_thread(other.start)
     try:
         # an organization that exists only in the second engine
         elsewhere = await open_backends(
@@ -187,4 +187,4 @@ async def test_a_new_mongodb_uri_in_the_file_sends_new_calls_to_it(
             )
             assert again.organization.organization_id == moved.organization_id
     finally:
-        other.close()
+        await asyncio.to_thread(other.close)

@@ -29,6 +29,8 @@ from storage.core.ids import random_base62
 from storage.data.documents import DocumentStore
 from tests.support.processes import ROOT
 
+MESHGATE = Path(sys.executable).with_name("meshgate")  # the installed command
+
 DOCUMENTS = 3_000
 BATCH = 100
 # MongoDB's planner may pick another of the indexes holding the selective fields; the
@@ -176,11 +178,18 @@ def test_a_missing_engine_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> 
     assert "embedded" in str(raised.value)
 
 
-def test_serving_without_store_urls_or_the_extra_says_what_to_set(tmp_path: Path) -> None:
-    """A production install (no `embedded` extra) started without store URLs: a clear
-    error naming the setting, exit code 2, before anything is served."""
+@pytest.mark.parametrize(
+    ("shadowed", "store"), [(("secantus", "fakeredis"), "Redis"), (("secantus",), "MongoDB")]
+)
+def test_dev_without_the_extra_says_what_to_install(
+    tmp_path: Path, shadowed: tuple[str, ...], store: str
+) -> None:
+    """`serve --dev` on a production install (no `embedded` extra): a clear error naming the
+    setting and the extra, exit code 2, before anything is served. Without Redis's engine
+    it stops before MongoDB's is started; without MongoDB's, the engine's own process
+    reports it (the server never imports it)."""
     hidden = tmp_path / "no-extra"
-    for module in ("secantus", "fakeredis"):  # shadow the installed engines
+    for module in shadowed:  # shadow the installed engines
         (hidden / module).mkdir(parents=True)
         (hidden / module / "__init__.py").write_text(
             f"raise ImportError('{module} is not installed')\n"
@@ -189,20 +198,19 @@ def test_serving_without_store_urls_or_the_extra_says_what_to_set(tmp_path: Path
     env.update(
         PYTHONPATH=os.pathsep.join((str(hidden), str(ROOT), str(ROOT / "gen"))),
         MESHGATE_DATA_DIR=str(tmp_path / "data"),
-        MESHGATE_INSECURE="true",
-        MESHGATE_LISTEN="127.0.0.1:0",
         MESHGATE_METRICS_LISTEN="off",
     )
     started = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve"],
-        cwd=ROOT,
+        [str(MESHGATE), "serve", "--dev", "--insecure", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert started.returncode == 2, started.stderr
-    assert "error: the embedded Redis engine is not installed" in started.stderr
-    assert "MESHGATE_REDIS_URL" in started.stderr and "`embedded` extra" in started.stderr
+    assert f"error: the embedded {store} engine is not installed" in started.stderr
+    setting = "MESHGATE_REDIS_URL" if store == "Redis" else "MESHGATE_MONGODB_URI"
+    assert setting in started.stderr and "`embedded` extra" in started.stderr
     assert "Traceback" not in started.stderr

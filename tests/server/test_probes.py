@@ -57,7 +57,7 @@ async def own_mongo_server(
     engine = EmbeddedMongo(data_dir=None, port=free_port())
     own = replace(
         settings,
-        mongodb_uri=Secret(engine.start()),
+        mongodb_uri=Secret(await asyncio.to_thread(engine.start)),
         health_interval_s=0.2,
         data_dir=tmp_path_factory.mktemp("probes"),
     )
@@ -66,7 +66,7 @@ async def own_mongo_server(
     yield running, engine
     await running.stop(0)
     await backends.close()
-    engine.close()
+    await asyncio.to_thread(engine.close)
 
 
 async def test_readiness_follows_mongodb_and_liveness_does_not(
@@ -75,13 +75,13 @@ async def test_readiness_follows_mongodb_and_liveness_does_not(
     running, engine = own_mongo_server
     port = running.metrics_port
     assert await answers(port, "/readyz", 200)
-    engine.close()  # MongoDB is gone: the whole server is NOT_SERVING
+    await asyncio.to_thread(engine.close)  # MongoDB is gone: the whole server is NOT_SERVING
     try:
         await eventually(lambda: answers(port, "/readyz", 503), timeout_s=10, interval_s=0.1)
         assert await asyncio.to_thread(probe, port, "/readyz") == (503, b"unavailable\n")
         assert await answers(port, "/healthz", 200)  # alive: a restart would not help
     finally:
-        engine.start()  # the same port again, as a restarted MongoDB would be
+        await asyncio.to_thread(engine.start)  # the same port again, as MongoDB restarted
     await eventually(lambda: answers(port, "/readyz", 200), timeout_s=15, interval_s=0.1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +13,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from certs.dev_pki import issue_pki
+from interceptors.metrics import Metrics
 from server.app import RunningServer, create_server
 from server.backends import Backends
-from server.settings import Settings
+from server.failures import ListenError
+from server.observability import serve_metrics
+from server.settings import Settings, SettingsError
+from server.tls import ReloadingServerCredentials, bind, read_tls_files
 from tests.support.clients import client_credentials, health_check, health_watch
 from tests.support.pki import Pki
 
@@ -124,3 +129,68 @@ async def test_draining_server_reports_not_serving(
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
     ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "says"),
+    [
+        ("MESHGATE_TLS_CERT", None, "cannot read {path}: No such file or directory"),
+        ("MESHGATE_TLS_CERT", b"not a certificate\n", "{path} holds no PEM certificate"),
+        ("MESHGATE_TLS_KEY", b"not a key\n", "{path} holds no PEM private key"),
+        ("MESHGATE_TLS_KEY", "client-key.pem", "{path} is not the key of the certificate in"),
+        ("MESHGATE_TLS_CLIENT_CA", b"", "{path} holds no PEM certificate"),
+    ],
+    ids=["missing", "not PEM", "not a key", "another certificate's key", "empty CA"],
+)
+def test_a_bad_tls_file_is_named_with_its_setting(
+    pki: Pki, tmp_path: Path, setting: str, content: bytes | str | None, says: str
+) -> None:
+    """The one line `meshgate serve` prints (exit code 2; tests/server/test_startup.py runs
+    the command with a missing certificate)."""
+    files = {
+        "MESHGATE_TLS_CERT": pki.path("server.pem"),
+        "MESHGATE_TLS_KEY": pki.path("server-key.pem"),
+        "MESHGATE_TLS_CLIENT_CA": pki.path("ca.pem"),
+    }
+    path = pki.path(content) if isinstance(content, str) else tmp_path / "file.pem"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    files[setting] = path
+    with pytest.raises(SettingsError) as raised:
+        read_tls_files(
+            cert=files["MESHGATE_TLS_CERT"],
+            key=files["MESHGATE_TLS_KEY"],
+            client_ca=files["MESHGATE_TLS_CLIENT_CA"],
+        )
+    assert str(raised.value).startswith(f"{setting}: {says.format(path=path)}")
+
+
+def test_a_rotation_to_bad_files_keeps_the_current_ones(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("server.pem", "server-key.pem", "ca.pem"):
+        shutil.copy(pki.path(name), tmp_path / name)
+    reloading = ReloadingServerCredentials(
+        cert=tmp_path / "server.pem",
+        key=tmp_path / "server-key.pem",
+        client_ca=tmp_path / "ca.pem",
+        check_interval_s=0,
+    )
+    (tmp_path / "server-key.pem").write_bytes(pki.read("client-key.pem"))  # not its key
+    assert reloading._fetch() is None  # grpc keeps the configuration it has
+    assert reloading.reloads == 0
+    assert "new certificate files refused, keeping the current ones" in caplog.text
+    (tmp_path / "server-key.pem").write_bytes(pki.read("server-key.pem"))
+    assert reloading._fetch() is not None and reloading.reloads == 1
+
+
+async def test_an_address_that_cannot_be_bound_names_its_setting(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = grpc.aio.server()
+        with pytest.raises(ListenError, match=r"^MESHGATE_LISTEN \(or --listen\): cannot listen"):
+            bind(server, replace(settings, insecure=True), address)
+        with pytest.raises(ListenError, match=r"^MESHGATE_METRICS_LISTEN: cannot listen on"):
+            serve_metrics(Metrics(), address, ready=lambda: True, loop=asyncio.get_running_loop())

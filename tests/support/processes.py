@@ -21,6 +21,7 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2
 
+from server.embedded import EmbeddedMongo
 from server.settings import Settings
 from tests.support.clients import client_credentials, health_check_sync
 from tests.support.log_guard import PROCESS_LOGS
@@ -134,14 +135,14 @@ class RedisServer:
 
 @dataclass
 class MongoEngine:
-    """The embedded MongoDB engine in a process of its own on a fixed loopback port, with
-    its data in `data_dir`: `stop` (SIGTERM, a clean shutdown) and `start` again to
-    simulate an outage that loses nothing."""
+    """The embedded MongoDB engine (a process of its own, as `serve --dev` runs it) on a fixed
+    loopback port, with its data in `data_dir` and its output in `log_path`: `stop` (a clean
+    shutdown) and `start` again to simulate an outage that loses nothing."""
 
     port: int
     data_dir: Path
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    engine: EmbeddedMongo | None = None
 
     @classmethod
     def on_free_port(cls, workdir: Path) -> MongoEngine:
@@ -152,37 +153,14 @@ class MongoEngine:
         return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
 
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.support.mongo_engine",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen'}"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        process = self.process
-
-        def accepts() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"the MongoDB engine exited:\n{self.log_path.read_text()}")
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-        wait_until(accepts, timeout_s=30, failure=lambda: "the MongoDB engine did not start")
+        engine = EmbeddedMongo(data_dir=self.data_dir, port=self.port, output=self.log_path)
+        engine.start()
+        self.engine = engine
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 def wait_until_healthy(
