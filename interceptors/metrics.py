@@ -27,6 +27,24 @@ __all__ = ["Metrics", "method_label"]
 
 # how late the event loop ran a timer (server/loop_lag.py): from a millisecond to a stall
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# the authentication step: microseconds from the cache, milliseconds from the key store
+AUTH_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -84,6 +102,15 @@ class Metrics:
             "meshgate_auth_failures_total",
             "UNAUTHENTICATED and PERMISSION_DENIED answers by method and code",
             ["rpc_method", "code"],
+            registry=r,
+        )
+        self.authentication_duration = Histogram(
+            "meshgate_authentication_duration_seconds",
+            "time the authentication step took to verify a presented key, by `cache`: hit (from"
+            " this process's key cache), miss (looked up in the key store, or refused as"
+            " malformed before any lookup)",
+            ["cache"],
+            buckets=AUTH_BUCKETS,
             registry=r,
         )
         self.malformed_requests = Counter(

@@ -144,7 +144,7 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
         steps=(
             PeerIdentity(trusted_proxies=settings.trusted_proxies),
             StoreAvailability(needs=needs),
-            Authentication(verifier=c.verifier),
+            Authentication(verifier=c.verifier, metrics=c.metrics),
             OrganizationIdentity(organizations=c.organizations),
             Authorization(
                 internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers

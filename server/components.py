@@ -123,7 +123,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     mongo = backends.mongo
     organizations = OrganizationStore(mongo=mongo)
     namespaces = NamespaceStore(mongo=mongo)
-    keys = KeyStore(mongo=mongo)
+    keys = KeyStore(mongo=mongo, max_keys=settings.max_keys_per_organization)
     verifier = KeyVerifier(
         keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
     )
@@ -265,6 +265,12 @@ def export_component_metrics(c: Components) -> None:
         "meshgate_invalidations_received_total",
         "revocations, rotations and namespace deletions heard from other replicas",
         lambda: c.invalidation.received,
+    )
+    m.counter_from(
+        "meshgate_usage_calls_folded_total",
+        "refused calls counted in usage without their organization and key because the"
+        " usage counters held their most entries (MongoDB slow or down)",
+        lambda: c.usage.folded,
     )
     m.gauge_from(
         "meshgate_audit_queue_depth",

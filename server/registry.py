@@ -133,6 +133,7 @@ SERVICES = (
         needs=("mongodb", "redis"),
         servicer=lambda c, _: UsageServicer(
             usage=c.usage,
+            keys=c.keys,
             accounts=c.accounts,
             organizations=c.organizations,
             grants=c.credit_events,

@@ -45,6 +45,7 @@ from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
+from storage.tenancy.keys import MAX_KEYS_PER_ORGANIZATION
 from storage.webhooks.sealing import DEFAULT_KEY_ID
 from storage.webhooks.targets import TargetPolicy
 
@@ -147,6 +148,8 @@ class Settings:
     internal_peers: frozenset[str] = frozenset()
     trusted_proxies: frozenset[str] = frozenset()
     key_cache_ttl_s: float = 10.0
+    # keys an organization may hold that are not revoked (storage/tenancy/keys.py)
+    max_keys_per_organization: int = MAX_KEYS_PER_ORGANIZATION
     # how often each replica applies the organizations' idle-key policies
     key_idle_check_s: float = 600.0
     shutdown_grace_s: float = 10.0
@@ -259,6 +262,13 @@ class Settings:
             internal_peers=listed(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=listed(env, "MESHGATE_TRUSTED_PROXIES"),
             key_cache_ttl_s=number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
+            max_keys_per_organization=whole_number(
+                env,
+                "MESHGATE_MAX_KEYS_PER_ORGANIZATION",
+                MAX_KEYS_PER_ORGANIZATION,
+                minimum=1,
+                maximum=1_000_000,
+            ),
             key_idle_check_s=number(env, "MESHGATE_KEY_IDLE_CHECK_S", 600.0, minimum=10),
             shutdown_grace_s=number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
             drain_delay_s=number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),

@@ -18,8 +18,10 @@ from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
+from storage.tenancy.key_reach import PERMISSIONS, KeyReach
 
 __all__ = [
+    "MAX_KEYS_PER_ORGANIZATION",
     "PERMISSIONS",
     "KeyReach",
     "KeyRecord",
@@ -29,61 +31,9 @@ __all__ = [
     "key_from_doc",
 ]
 
-PERMISSIONS = ("read", "write", "delete", "admin")
 MAX_GRACE = timedelta(days=30)
-
-
-def _implied(permissions: frozenset[str]) -> frozenset[str]:
-    return frozenset(PERMISSIONS) if "admin" in permissions else permissions
-
-
-@dataclass(frozen=True, slots=True)
-class KeyReach:
-    """How far a key reaches: its permissions and its namespace allow-list (empty: every
-    namespace of its environment).
-
-    A key sees and manages only keys whose reach lies within its own: permissions no
-    higher (ADMIN implies all) and, when its own allow-list is restricted, a non-empty
-    allow-list inside it. Otherwise a restricted ADMIN key could rotate an unrestricted
-    one and act with its secret. One rule for creating, reading, listing, rotating and
-    revoking: `covers` for a key about to be created, `query` for keys in the store.
-    """
-
-    permissions: frozenset[str]
-    namespace_ids: frozenset[str]
-    # the key's workload binding (storage/core/peer_bindings.py); empty: any peer
-    bound_peers: frozenset[str] = frozenset()
-
-    def covers(
-        self,
-        *,
-        permissions: frozenset[str],
-        namespace_ids: frozenset[str],
-        bound_peers: frozenset[str] = frozenset(),
-    ) -> bool:
-        if not _implied(permissions) <= _implied(self.permissions):
-            return False
-        if self.namespace_ids and not (namespace_ids and namespace_ids <= self.namespace_ids):
-            return False
-        # a bound key reaches only keys bound to entries of its own binding: otherwise it
-        # could mint or rotate a key usable from anywhere and step out of its workload
-        if self.bound_peers:
-            return bool(bound_peers) and bound_peers <= self.bound_peers
-        return True
-
-    def query(self) -> dict[str, Any]:
-        """The same rule as a MongoDB filter, so a list is filtered by the store and its
-        pages stay full."""
-        query: dict[str, Any] = {}
-        if "admin" not in self.permissions:
-            query["permissions"] = {"$not": {"$elemMatch": {"$nin": sorted(self.permissions)}}}
-        if self.namespace_ids:
-            query["namespace_ids.0"] = {"$exists": True}
-            query["namespace_ids"] = {"$not": {"$elemMatch": {"$nin": sorted(self.namespace_ids)}}}
-        if self.bound_peers:
-            query["bound_peers.0"] = {"$exists": True}
-            query["bound_peers"] = {"$not": {"$elemMatch": {"$nin": sorted(self.bound_peers)}}}
-        return query
+# keys an organization may hold that are not revoked (MESHGATE_MAX_KEYS_PER_ORGANIZATION)
+MAX_KEYS_PER_ORGANIZATION = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +147,16 @@ class KeyStore:
         """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
         return self._mongo.keys
 
-    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        *,
+        mongo: MongoStore,
+        now: Callable[[], datetime] = utc_now,
+        max_keys: int = MAX_KEYS_PER_ORGANIZATION,
+    ) -> None:
         self._mongo = mongo
         self._now = now
+        self._max_keys = max_keys
 
     async def create(
         self,
@@ -213,10 +170,23 @@ class KeyStore:
         rate_limit: Limit | None = None,
         bound_peers: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
-        """The new key and its secret (returned once, never stored)."""
+        """The new key and its secret (returned once, never stored).
+
+        An organization holds at most `max_keys` keys that are not revoked (each is a stored
+        document and a dimension of usage analytics); revoking frees a place. The count is
+        read before the insert: creations racing on several replicas can each pass it once.
+        """
         now = self._now()
         if expires_at is not None and expires_at <= now:
             raise InvalidArgumentError("expire_time must lie in the future", field="expire_time")
+        held = await self._collection.count_documents(
+            {"organization_id": organization_id, "revoked_at": None}, limit=self._max_keys
+        )
+        if held >= self._max_keys:
+            raise FailedPreconditionError(
+                f"the organization holds {self._max_keys} keys that are not revoked, the most"
+                " it may hold; revoke keys it no longer uses first"
+            )
         minted = mint_secret(environment)
         doc = {
             "_id": new_key_id(),
@@ -240,6 +210,24 @@ class KeyStore:
         }
         await self._collection.insert_one(doc)
         return key_from_doc(doc), minted.secret
+
+    async def within_reach(
+        self, *, organization_id: str, environment: str, reach: KeyReach, key_ids: set[str]
+    ) -> frozenset[str]:
+        """Which of `key_ids` are keys of the organization and environment within `reach`
+        (revoked ones included: their usage is still theirs)."""
+        if not key_ids:
+            return frozenset()
+        cursor = self._collection.find(
+            {
+                "_id": {"$in": sorted(key_ids)},
+                "organization_id": organization_id,
+                "environment": environment,
+                **reach.query(),
+            },
+            projection={"_id": 1},
+        )
+        return frozenset([str(doc["_id"]) async for doc in cursor])
 
     async def find_by_digest(self, digest: str) -> KeyRecord | None:
         doc = await self._collection.find_one({"secrets.digest": digest})
