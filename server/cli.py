@@ -1,4 +1,5 @@
-"""The `meshgate` command: `serve`, `bootstrap`, `backup` and `restore` (server/backup_cli.py)."""
+"""The `meshgate` command: `serve`, `bootstrap`, `backup` and `restore` (server/backup_cli.py),
+`audit verify` and `audit keygen` (server/audit_cli.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.app import RunningServer, create_server
+from server.audit_cli import add_audit_commands, run_audit_command
 from server.backends import Backends, open_backends
 from server.backup_cli import add_backup_commands, run_backup_command
 from server.bootstrap import bootstrap, write_secret_file
@@ -221,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     boot.add_argument("--another", action="store_true", help="add an organization to a used store")
     add_backup_commands(sub)
+    add_audit_commands(sub)
     args = parser.parse_args(argv)
     if args.command in ("backup", "restore"):  # clients of a running server: no settings
         return run_backup_command(args)
+    if args.command == "audit":
+        return run_audit_command(args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
