@@ -1,5 +1,4 @@
-"""How far a key reaches: the one rule by which a key sees and manages other keys, and their
-usage (storage/tenancy/keys.py, storage/metering/usage.py)."""
+"""How far a key reaches: the rule by which a key sees and manages other keys."""
 
 from __future__ import annotations
 
