@@ -34,8 +34,8 @@ class Authentication:
     def __init__(self, *, verifier: KeyVerifier, metrics: Metrics | None = None) -> None:
         self._verifier = verifier
         # the histogram's two children, bound once (None: no metrics)
-        self._hit = metrics.authentication_duration.labels("hit") if metrics else None
-        self._miss = metrics.authentication_duration.labels("miss") if metrics else None
+        self._hit = metrics.authentication_duration["hit"] if metrics else None
+        self._miss = metrics.authentication_duration["miss"] if metrics else None
 
     @staticmethod
     def applies(policy: Policy) -> bool:
