@@ -13,7 +13,7 @@ from calls.dry_run import DryRunDenial
 from calls.policy import Policy
 from storage.backends.scoped import Scope
 from storage.core.errors import FailedPreconditionError
-from storage.tenancy.key_verifier import VerifiedKey
+from storage.tenancy.key_verifier import KeyOwner, VerifiedKey
 from storage.tenancy.namespaces import Namespace
 from storage.tenancy.organizations import Organization
 
@@ -53,9 +53,14 @@ class CallState:
     key: VerifiedKey | None = None
     # a valid key refused for the peer presenting it (workload binding): audited as a denial
     refused_key: VerifiedKey | None = None
+    # a stored key that may not be used (revoked, expired, disabled, rotated out): the call
+    # counts in its organization's usage analytics, the caller learns nothing of it
+    unusable_key: KeyOwner | None = None
     principal: Principal | None = None
     namespace: Namespace | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
+    # the google.rpc.ErrorInfo reason of the refusal ("" unless the chain refused the call)
+    reason: str = ""
     # response metadata the steps add (e.g. ratelimit-*): trailing metadata, with the request
     # id, on success and on error (a unary call sends no initial metadata: it costs a batch)
     response_metadata: tuple[tuple[str, str], ...] = ()

@@ -218,7 +218,7 @@ class SecurityChain(grpc.aio.ServerInterceptor):
         refusal = self._errors.refusal_for(exc, request_id=request_id)
         response_metadata: Sequence[tuple[str, str]] = ()
         if call is not None:
-            call.code = refusal.code
+            call.code, call.reason = refusal.code, refusal.reason
             response_metadata = call.response_metadata
         await context.abort(
             refusal.code,

@@ -149,7 +149,7 @@ def build_request_path(settings: Settings, c: Components) -> RequestPath:
     }
     # the steps that decide who may call what (neither spending nor guarding a store)
     deciding = (
-        Authentication(verifier=c.verifier),
+        Authentication(verifier=c.verifier, metrics=c.metrics),
         OrganizationIdentity(organizations=c.organizations),
         Authorization(
             internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers

@@ -41,6 +41,8 @@ class Background:
     idle_check_s: float
     # how late the event loop runs (server/loop_lag.py)
     loop_lag: LoopLag
+    # how often this replica signs the heads it wrote (storage/audit/checkpoints.py)
+    checkpoint_interval_s: float = 60.0
     # rows per (kind, state), refreshed by a loop and read by metric scrapes
     queue_depth: dict[tuple[str, ...], float] = field(default_factory=dict)
 
@@ -120,6 +122,7 @@ def build_background(settings: Settings, c: Components) -> Background:
         idle_keys=idle_keys,
         idle_check_s=settings.key_idle_check_s,
         loop_lag=LoopLag(histogram=c.metrics.loop_lag),
+        checkpoint_interval_s=settings.audit_checkpoint_interval_s,
     )
 
 
@@ -224,6 +227,17 @@ def start_background(
         # kept buffered when it fails; retried next time
         "usage-flush": _every(1.0, c.flush_usage, failing="flush usage / settle credits"),
         "audit-writer": c.audit.run(),
+        **(
+            {
+                "audit-checkpoints": _every(
+                    background.checkpoint_interval_s,
+                    c.checkpoints.publish_written,
+                    failing="publish audit checkpoints",
+                )
+            }
+            if c.checkpoints is not None
+            else {}
+        ),
         "dependency-monitor": monitor.run(),
         "loop-lag": background.loop_lag.run(),
         "queue-depth": _every(

@@ -21,7 +21,13 @@ import grpc
 from meshgate.v1 import namespace_service_pb2 as pb
 from meshgate.v1 import namespace_service_pb2_grpc as pb_grpc
 
-__all__ = ["add_backup_commands", "run_backup_command"]
+__all__ = [
+    "add_backup_commands",
+    "add_client_options",
+    "api_key",
+    "client_channel",
+    "run_backup_command",
+]
 
 _CHUNK = 256 * 1024
 _BAR = 30
@@ -51,22 +57,25 @@ def add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     restore.add_argument("file", type=Path, help="the backup file to read")
     restore.add_argument("--namespace", required=True, help="the target namespace (name or id)")
     for parser in (backup, restore):
-        parser.add_argument("--server", default="localhost:50051", help="host:port of meshgate")
-        parser.add_argument(
-            "--key-file", type=Path, help="file holding an ADMIN key (else MESHGATE_API_KEY)"
-        )
-        parser.add_argument(
-            "--ca",
-            type=Path,
-            default=Path("certs/ca.pem"),
-            help="the CA of the server's certificate",
-        )
-        parser.add_argument(
-            "--cert", type=Path, default=Path("certs/client.pem"), help="this client's certificate"
-        )
-        parser.add_argument(
-            "--cert-key", type=Path, default=Path("certs/client-key.pem"), help="its private key"
-        )
+        add_client_options(parser)
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """How a client command reaches a running server: its address, the client certificate
+    and an ADMIN key (`api_key`, `client_channel`)."""
+    parser.add_argument("--server", default="localhost:50051", help="host:port of meshgate")
+    parser.add_argument(
+        "--key-file", type=Path, help="file holding an ADMIN key (else MESHGATE_API_KEY)"
+    )
+    parser.add_argument(
+        "--ca", type=Path, default=Path("certs/ca.pem"), help="the CA of the server's certificate"
+    )
+    parser.add_argument(
+        "--cert", type=Path, default=Path("certs/client.pem"), help="this client's certificate"
+    )
+    parser.add_argument(
+        "--cert-key", type=Path, default=Path("certs/client-key.pem"), help="its private key"
+    )
 
 
 class _Progress:
@@ -93,7 +102,7 @@ def _sum(counts: pb.BackupCounts) -> int:
     return counts.documents + counts.points + counts.webhooks
 
 
-def _key(args: argparse.Namespace) -> str:
+def api_key(args: argparse.Namespace) -> str:
     if args.key_file is not None:
         return Path(args.key_file).read_text().strip()
     key = os.environ.get("MESHGATE_API_KEY", "").strip()
@@ -102,7 +111,7 @@ def _key(args: argparse.Namespace) -> str:
     return key
 
 
-def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+def client_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(
         root_certificates=Path(args.ca).read_bytes(),
         private_key=Path(args.cert_key).read_bytes(),
@@ -115,7 +124,7 @@ async def _backup(args: argparse.Namespace, metadata: tuple[tuple[str, str], ...
     progress = _Progress(sys.stderr)
     partial = args.out.with_name(args.out.name + ".partial")
     last: pb.ExportProgress | None = None
-    async with _channel(args) as channel:
+    async with client_channel(args) as channel:
         call = pb_grpc.NamespaceServiceStub(channel).ExportNamespace(
             pb.ExportNamespaceRequest(), metadata=metadata
         )
@@ -160,7 +169,7 @@ async def _restore(args: argparse.Namespace, metadata: tuple[tuple[str, str], ..
                 progress.show(sent, size, f"{sent // 1024} of {size // 1024} KiB sent")
                 yield pb.ImportNamespaceRequest(data=chunk)
 
-    async with _channel(args) as channel:
+    async with client_channel(args) as channel:
         response = await pb_grpc.NamespaceServiceStub(channel).ImportNamespace(
             requests(), metadata=metadata
         )
@@ -179,7 +188,7 @@ async def _restore(args: argparse.Namespace, metadata: tuple[tuple[str, str], ..
 
 def run_backup_command(args: argparse.Namespace) -> int:
     try:
-        key = _key(args)
+        key = api_key(args)
         metadata = (("authorization", f"Bearer {key}"), ("x-namespace", args.namespace))
         run = _backup if args.command == "backup" else _restore
         return asyncio.run(run(args, metadata))

@@ -1,5 +1,5 @@
 """The `meshgate` command: `serve` (server/serving.py), `bootstrap`, `backup` and `restore`
-(server/backup_cli.py), `--version`.
+(server/backup_cli.py), `audit verify` and `audit keygen` (server/audit_cli.py), `--version`.
 
 A configuration or environment error ends the command with one line on stderr
 (`error: ...`) and its exit code (server/failures.py; docs/operations.md, Commands);
@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from server.audit_cli import add_audit_commands, run_audit_command
 from server.backends import mongo_only
 from server.backup_cli import add_backup_commands, run_backup_command
 from server.bootstrap import bootstrap, write_secret_file
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         " MESHGATE_DATA_DIR), started for the while",
     )
     add_backup_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("backup", "restore"):  # clients of a running server: no settings
         return run_backup_command(args)
+    if args.command == "audit":
+        return run_audit_command(args)
     try:
         settings = Settings.from_env()
         if args.command == "serve":

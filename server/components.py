@@ -15,6 +15,7 @@ import secrets
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from interceptors.metrics import Metrics
 from interceptors.rate_limit import RateLimit
@@ -22,6 +23,7 @@ from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
 from storage.audit.anchor import AuditAnchor
+from storage.audit.checkpoints import AuditCheckpoints, CheckpointSink, FileSink, LogSink
 from storage.audit.log import AuditLog
 from storage.backends.breaker import StoreBreaker, StoreBreakers
 from storage.backends.server_secrets import shared_secret
@@ -94,6 +96,8 @@ class Components:
     page_tokens: PageTokens
     # which stores are known to be down right now (fed by call failures and the monitor)
     breakers: StoreBreakers
+    # signs and publishes audit checkpoints (None: no checkpoint keys configured)
+    checkpoints: AuditCheckpoints | None = None
     # service name ("(server)" for the whole) -> serving, kept by server/health.py
     serving: dict[str, bool] = field(default_factory=dict)
     # set once shutdown began: every service stays NOT_SERVING whatever the probes say
@@ -104,6 +108,17 @@ class Components:
         settlement it accounts for."""
         await self.usage.flush()
         await self.accounts.settle(everything=everything)
+
+
+def _checkpoints(settings: Settings, audit: AuditLog) -> AuditCheckpoints | None:
+    keys = settings.checkpoint_keys()
+    if keys is None:
+        return None
+    sinks: list[CheckpointSink] = [
+        LogSink() if sink == "log" else FileSink(Path(sink.removeprefix("file:")))
+        for sink in settings.audit_checkpoint_sinks
+    ]
+    return AuditCheckpoints(keys=keys, sinks=sinks, log=audit)
 
 
 def _sender(settings: Settings) -> WebhookSender:
@@ -123,7 +138,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
     mongo = backends.mongo
     organizations = OrganizationStore(mongo=mongo)
     namespaces = NamespaceStore(mongo=mongo)
-    keys = KeyStore(mongo=mongo)
+    keys = KeyStore(mongo=mongo, max_keys=settings.max_keys_per_organization)
     verifier = KeyVerifier(
         keys=keys, accepted_environments=settings.environments, ttl_s=settings.key_cache_ttl_s
     )
@@ -239,6 +254,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         delivery_due=delivery_due,
         page_tokens=PageTokens(page_keys),
         breakers=_breakers(settings, backends),
+        checkpoints=_checkpoints(settings, audit),
     )
 
 
@@ -265,6 +281,24 @@ def export_component_metrics(c: Components) -> None:
         "meshgate_invalidations_received_total",
         "revocations, rotations and namespace deletions heard from other replicas",
         lambda: c.invalidation.received,
+    )
+    checkpoints = c.checkpoints
+    if checkpoints is not None:
+        m.counter_from(
+            "meshgate_audit_checkpoints_published_total",
+            "signed audit checkpoints every sink took",
+            lambda: checkpoints.published,
+        )
+        m.counter_from(
+            "meshgate_audit_checkpoint_failures_total",
+            "audit checkpoints a sink could not take (published again next round)",
+            lambda: checkpoints.failures,
+        )
+    m.counter_from(
+        "meshgate_usage_calls_folded_total",
+        "refused calls counted in usage without their organization and key because the"
+        " usage counters held their most entries (MongoDB slow or down)",
+        lambda: c.usage.folded,
     )
     m.gauge_from(
         "meshgate_audit_queue_depth",

@@ -133,6 +133,7 @@ SERVICES = (
         needs=("mongodb", "redis"),
         servicer=lambda c, _: UsageServicer(
             usage=c.usage,
+            keys=c.keys,
             accounts=c.accounts,
             organizations=c.organizations,
             grants=c.credit_events,
@@ -143,7 +144,7 @@ SERVICES = (
     Service(
         audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
         needs=("mongodb",),
-        servicer=lambda c, _: AuditServicer(log=c.audit),
+        servicer=lambda c, _: AuditServicer(log=c.audit, checkpoints=c.checkpoints),
         add=audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
     ),
     Service(

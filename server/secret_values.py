@@ -1,6 +1,7 @@
 """The settings that hold secrets: `Secret` (masked in every repr) and the readers of the
 variables that carry one, each with its `*_FILE` variant (the way container secrets are
-mounted): the MongoDB URI, the webhook sealing keys and the page token keys.
+mounted): the MongoDB URI, the webhook sealing keys, the page token keys and the audit
+checkpoint keys.
 
 A reader checks the value's shape now, so a bad key stops the server at start-up with a
 message naming the variable, never the value.
@@ -17,9 +18,11 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from server.env_values import SettingsError
+from storage.core.checkpoints import CheckpointError, CheckpointKeys
 
 __all__ = [
     "Secret",
+    "audit_checkpoint_keys",
     "check_mongodb_uri",
     "key_list",
     "mongodb_uri",
@@ -159,5 +162,22 @@ def page_token_keys(env: Mapping[str, str]) -> Secret | None:
         raise SettingsError(
             f"{name} must be comma-separated base64 keys of at least 32 bytes each"
             " (e.g. `openssl rand -base64 32`), the signing key first"
+        ) from None
+    return secret
+
+
+def audit_checkpoint_keys(env: Mapping[str, str]) -> Secret | None:
+    """Note keys, one a line (or comma-separated), the signing key first: the format of Go's
+    golang.org/x/mod/sumdb/note (`meshgate audit keygen NAME` makes one)."""
+    name = "MESHGATE_AUDIT_CHECKPOINT_KEYS"
+    secret = read_secret(env, name)
+    if secret is None:
+        return None
+    try:
+        CheckpointKeys.parse(secret.reveal())
+    except CheckpointError as exc:
+        raise SettingsError(
+            f"{name}: {exc} (expected the signing key PRIVATE+KEY+<name>+<id>+<base64> first,"
+            " then keys that only verify: PRIVATE+KEY+... or <name>+<id>+<base64>)"
         ) from None
     return secret

@@ -32,6 +32,7 @@ from server.env_values import (
 from server.method_policies import MethodPolicies
 from server.secret_values import (
     Secret,
+    audit_checkpoint_keys,
     check_mongodb_uri,
     key_list,
     mongodb_uri,
@@ -42,10 +43,12 @@ from server.secret_values import (
     sealing_keys,
 )
 from server.sidecar_files import ext_authz_bindings, load_method_policies, load_routes
+from storage.core.checkpoints import CheckpointKeys
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
+from storage.tenancy.keys import MAX_KEYS_PER_ORGANIZATION
 from storage.webhooks.sealing import DEFAULT_KEY_ID
 from storage.webhooks.targets import TargetPolicy
 
@@ -117,6 +120,21 @@ def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(e.lower() for e in entries)
 
 
+def _checkpoint_sinks(env: Mapping[str, str]) -> tuple[str, ...]:
+    """`log` and/or `file:<directory>` (an existing directory), comma-separated."""
+    name = "MESHGATE_AUDIT_CHECKPOINT_SINKS"
+    sinks = tuple(e.strip() for e in (env.get(name) or "log").split(",") if e.strip())
+    for sink in sinks:
+        if sink == "log":
+            continue
+        directory = sink.removeprefix("file:")
+        if not sink.startswith("file:") or not Path(directory).is_dir():
+            raise SettingsError(f"{name}: {sink!r} is neither `log` nor `file:<a directory>`")
+    if not sinks or len(set(sinks)) != len(sinks):
+        raise SettingsError(f"{name} must list `log` and/or `file:<directory>`, each once")
+    return sinks
+
+
 def _jitter(env: Mapping[str, str]) -> float:
     value = number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
     if value >= 1:
@@ -148,6 +166,8 @@ class Settings:
     internal_peers: frozenset[str] = frozenset()
     trusted_proxies: frozenset[str] = frozenset()
     key_cache_ttl_s: float = 10.0
+    # keys an organization may hold that are not revoked (storage/tenancy/keys.py)
+    max_keys_per_organization: int = MAX_KEYS_PER_ORGANIZATION
     # how often each replica applies the organizations' idle-key policies
     key_idle_check_s: float = 600.0
     shutdown_grace_s: float = 10.0
@@ -189,6 +209,11 @@ class Settings:
     webhook_ca_file: Path | None = None
     # page token HMAC keys, the signing key first; None: one shared key kept in MongoDB
     page_token_keys: Secret | None = None
+    # audit checkpoint note keys, the signing key first; None: no checkpoints are signed
+    audit_checkpoint_keys: Secret | None = None
+    audit_checkpoint_interval_s: float = 60.0
+    # where checkpoints are published: "log", "file:<directory>"
+    audit_checkpoint_sinks: tuple[str, ...] = ("log",)
     # a second port of the same server (same mTLS, same services) for the sidecars' questions,
     # for meshes that must reach meshgate on a port they do not intercept; None: none
     sidecar_listen: str | None = None
@@ -221,6 +246,11 @@ class Settings:
         if self.webhook_secret_key is None:
             return ()
         return ((DEFAULT_KEY_ID, base64.b64decode(self.webhook_secret_key.reveal())),)
+
+    def checkpoint_keys(self) -> CheckpointKeys | None:
+        if self.audit_checkpoint_keys is None:
+            return None
+        return CheckpointKeys.parse(self.audit_checkpoint_keys.reveal())
 
     def page_token_key_list(self) -> tuple[bytes, ...] | None:
         return None if self.page_token_keys is None else key_list(self.page_token_keys)
@@ -271,6 +301,13 @@ class Settings:
             internal_peers=listed(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=listed(env, "MESHGATE_TRUSTED_PROXIES"),
             key_cache_ttl_s=number(env, "MESHGATE_KEY_CACHE_TTL_S", 10.0, minimum=0),
+            max_keys_per_organization=whole_number(
+                env,
+                "MESHGATE_MAX_KEYS_PER_ORGANIZATION",
+                MAX_KEYS_PER_ORGANIZATION,
+                minimum=1,
+                maximum=1_000_000,
+            ),
             key_idle_check_s=number(env, "MESHGATE_KEY_IDLE_CHECK_S", 600.0, minimum=10),
             shutdown_grace_s=number(env, "MESHGATE_SHUTDOWN_GRACE_S", 10.0, minimum=0),
             drain_delay_s=number(env, "MESHGATE_DRAIN_DELAY_S", 5.0, minimum=0),
@@ -321,6 +358,11 @@ class Settings:
             webhook_secret_keys=sealing_keys(env),
             webhook_ca_file=readable_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
             page_token_keys=page_token_keys(env),
+            audit_checkpoint_keys=audit_checkpoint_keys(env),
+            audit_checkpoint_interval_s=number(
+                env, "MESHGATE_AUDIT_CHECKPOINT_INTERVAL_S", 60.0, minimum=1.0
+            ),
+            audit_checkpoint_sinks=_checkpoint_sinks(env),
             sidecar_listen=listen_address(env, "MESHGATE_SIDECAR_LISTEN", "off"),
             ext_authz_peers=listed(env, "MESHGATE_EXT_AUTHZ_PEERS"),
             ext_authz_bindings=ext_authz_bindings(env, listed(env, "MESHGATE_EXT_AUTHZ_PEERS")),

@@ -4,7 +4,9 @@ A key lists only the events of its own environment, and a key with a
 namespace allow-list only the events in those namespaces. The chain spans the
 whole organization, so only a key without an allow-list may verify it; the
 verdict carries sequence numbers, hashes and at most one event id, no event
-content.
+content. A verification may bring a signed checkpoint it kept (the chain must
+still hold its hash at its sequence), and takes away a new one of the chain's end
+when the chain is intact (storage/audit/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from meshgate.v1 import audit_service_pb2_grpc as pb_grpc
 
 from calls.state import current_call
 from services.convert import environment_to_proto, from_timestamp, timestamp
+from storage.audit.checkpoints import AuditCheckpoints
 from storage.audit.log import AuditLog
-from storage.core.errors import PermissionDeniedError, Reason
+from storage.core.checkpoints import Checkpoint
+from storage.core.errors import FailedPreconditionError, PermissionDeniedError, Reason
 from storage.core.pages import page_size
 
 __all__ = ["AuditServicer"]
@@ -44,8 +48,9 @@ def event_to_proto(doc: dict[str, Any]) -> pb.AuditEvent:
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, *, log: AuditLog) -> None:
+    def __init__(self, *, log: AuditLog, checkpoints: AuditCheckpoints | None = None) -> None:
         self._log = log
+        self._checkpoints = checkpoints
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Any
@@ -82,8 +87,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 " the chain spans the whole organization",
                 reason=Reason.KEY_SCOPE_INSUFFICIENT,
             )
+        organization_id = principal.organization.organization_id
+        kept = None
+        if request.checkpoint:
+            if self._checkpoints is None:
+                raise FailedPreconditionError("this server signs no audit checkpoints")
+            kept = self._checkpoints.open(request.checkpoint, organization_id)
         await self._log.flush()
-        report = await self._log.verify(principal.organization.organization_id)
+        report = await self._log.verify(organization_id, kept=kept)
+        signed = ""
+        if report.intact and report.last_sequence and self._checkpoints is not None:
+            signed = await self._checkpoints.publish(
+                Checkpoint(organization_id, report.last_sequence, report.last_hash)
+            )
         return pb.VerifyAuditChainResponse(
             intact=report.intact,
             events_checked=report.checked,
@@ -93,4 +109,6 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             last_sequence=report.last_sequence,
             last_hash=report.last_hash,
             anchored_sequence=report.anchored_sequence,
+            checkpoint_holds=bool(report.checkpoint_holds),
+            checkpoint=signed,
         )

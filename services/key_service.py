@@ -31,7 +31,7 @@ from storage.core.pages import page_size
 from storage.core.peer_bindings import parse_binding
 from storage.core.plans import Limit, PlanError
 from storage.tenancy.invalidation import InvalidationBus
-from storage.tenancy.key_verifier import VerifiedKey
+from storage.tenancy.key_verifier import reach_of
 from storage.tenancy.keys import KeyReach, KeyRecord, KeyStore
 from storage.tenancy.namespaces import NamespaceStore
 from storage.webhooks.organization_events import OrganizationEvents
@@ -45,14 +45,6 @@ _STATES = {
     "disabled": pb.KEY_STATE_DISABLED,
 }
 MAX_NAMESPACES_PER_KEY = 100
-
-
-def reach_of(key: VerifiedKey) -> KeyReach:
-    return KeyReach(
-        permissions=key.permissions,
-        namespace_ids=key.namespace_ids,
-        bound_peers=frozenset(key.binding.entries) if key.binding else frozenset(),
-    )
 
 
 def binding_from_proto(entries: list[str]) -> tuple[str, ...]:

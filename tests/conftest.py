@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,8 +28,9 @@ from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
+from storage.core.checkpoints import NoteSigner, generate_key
 from tests.support.clients import client_credentials
-from tests.support.log_guard import FormattedLines, leaked
+from tests.support.log_guard import NEVER_LOGGED, FormattedLines, leaked
 from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
@@ -114,6 +116,21 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="session")
+def checkpoint_signers() -> tuple[NoteSigner, NoteSigner]:
+    """The session server's audit checkpoint keys: the one that signs, and a previous one
+    it only verifies with (as after a rotation)."""
+    signers = generate_key("audit.meshgate.test"), generate_key("audit.meshgate.test")
+    NEVER_LOGGED.update(signer.encoded() for signer in signers)
+    return signers
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session server's file sink for audit checkpoints."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
 def database_name() -> str:
     return f"meshgate_test_{secrets.token_hex(4)}"
 
@@ -125,7 +142,10 @@ def settings(
     redis_server: RedisServer,
     database_name: str,
     tmp_path_factory: pytest.TempPathFactory,
+    checkpoint_signers: tuple[NoteSigner, NoteSigner],
+    checkpoint_dir: Path,
 ) -> Settings:
+    current, previous = checkpoint_signers
     return Settings(
         listen="127.0.0.1:0",
         data_dir=tmp_path_factory.mktemp("data"),
@@ -146,6 +166,8 @@ def settings(
         webhook_timeout_s=2.0,
         webhook_allowed_hosts=frozenset({"127.0.0.1"}),
         webhook_secret_key=Secret(base64.b64encode(b"k" * 32).decode()),
+        audit_checkpoint_keys=Secret(f"{current.encoded()}\n{previous.verifier().encoded()}"),
+        audit_checkpoint_sinks=("log", f"file:{checkpoint_dir}"),
     )
 
 

@@ -223,7 +223,7 @@ class CheckDecider:
             return self._allowed(call, headers)
         except Exception as exc:
             refusal = self._errors.refusal_for(exc, request_id=call.request_id)
-            call.code = refusal.code
+            call.code, call.reason = refusal.code, refusal.reason
             return self._denied(call, refusal, grpc_caller=_is_grpc(headers))
         finally:
             self._finish(call, started)

@@ -6,7 +6,8 @@ Editing, deleting or reordering an event breaks the chain at that event. What
 the chain alone cannot show (the newest events removed, the whole chain
 removed, or everything after an edit re-hashed by someone who can write the
 collection) is checked against the head anchored outside MongoDB
-(storage/audit/anchor.py).
+(storage/audit/anchor.py), and against a signed checkpoint the caller kept
+(storage/core/checkpoints.py), which survives a rewrite of both stores.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class ChainReport:
     last_sequence: int = 0
     last_hash: str = ""
     anchored_sequence: int = 0
+    # None: no checkpoint was given; else whether the chain holds its hash at its sequence
+    checkpoint_holds: bool | None = None
 
 
 class ChainCheck:
@@ -68,10 +71,14 @@ class ChainCheck:
 
     The first break is reported; the events after it are still read for the
     chain's end (its last sequence and hash), which callers may keep and compare.
+    A break inside the chain comes first, then one against the kept checkpoint,
+    then one against the anchor.
     """
 
-    def __init__(self, anchor: Anchor | None) -> None:
+    def __init__(self, anchor: Anchor | None, kept: Anchor | None = None) -> None:
         self._anchor = anchor
+        self._kept = kept
+        self._at_kept: tuple[str, str] | None = None  # the event id and hash there
         self._previous = GENESIS
         self._expected = 1
         self._checked = 0
@@ -85,6 +92,8 @@ class ChainCheck:
         self._last_sequence, self._last_hash = sequence, str(event.get("hash", ""))
         if self._anchor is not None and sequence == self._anchor.sequence:
             self._hash_at_anchor = self._last_hash
+        if self._kept is not None and sequence == self._kept.sequence:
+            self._at_kept = (str(event.get("event_id", "")), self._last_hash)
         if self._broken is not None:
             return
         self._checked += 1
@@ -101,7 +110,8 @@ class ChainCheck:
         self._previous, self._expected = str(event["hash"]), self._expected + 1
 
     def report(self) -> ChainReport:
-        broken = self._broken or self._anchor_break()
+        against_kept = self._kept_break()
+        broken = self._broken or against_kept or self._anchor_break()
         return ChainReport(
             intact=broken is None,
             checked=self._checked,
@@ -111,7 +121,35 @@ class ChainCheck:
             last_sequence=self._last_sequence,
             last_hash=self._last_hash,
             anchored_sequence=self._anchor.sequence if self._anchor is not None else 0,
+            checkpoint_holds=None if self._kept is None else against_kept is None,
         )
+
+    def _kept_break(self) -> tuple[int, str, str] | None:
+        kept = self._kept
+        if kept is None or kept.sequence == 0:
+            return None
+        if self._at_kept is None and self._last_sequence >= kept.sequence:
+            return (
+                kept.sequence,
+                "",
+                f"the chain holds no event at the kept checkpoint's sequence {kept.sequence}",
+            )
+        if self._at_kept is None:
+            return (
+                self._last_sequence + 1,
+                "",
+                f"the chain ends at sequence {self._last_sequence} but the kept checkpoint"
+                f" is at sequence {kept.sequence}: events were removed",
+            )
+        event_id, found = self._at_kept
+        if found != kept.hash:
+            return (
+                kept.sequence,
+                event_id,
+                f"the event at sequence {kept.sequence} does not have the kept checkpoint's"
+                " hash: the chain was rewritten",
+            )
+        return None
 
     def _anchor_break(self) -> tuple[int, str, str] | None:
         anchor = self._anchor

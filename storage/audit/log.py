@@ -26,7 +26,9 @@ flushes, not with calls, and the collection holds few documents.
 
 After each append the head is also anchored outside MongoDB
 (storage/audit/anchor.py), so `verify` notices the newest events, or the
-whole chain, removed, and a chain rewritten with recomputed hashes.
+whole chain, removed, and a chain rewritten with recomputed hashes; and the
+head this writer reached is kept for the checkpoint job, which signs it
+(storage/audit/checkpoints.py), so a kept checkpoint notices a rewrite of both.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from storage.audit.anchor import AuditAnchor
+from storage.audit.anchor import Anchor, AuditAnchor
 from storage.audit.chain import GENESIS, ChainCheck, ChainReport, event_hash
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
@@ -97,6 +99,10 @@ class AuditLog:
         self._lock = asyncio.Lock()
         # the head this process last wrote per organization; re-read on conflict or error
         self._heads: dict[str, _Head] = {}
+        # the newest head this process wrote per organization since `take_written_heads`,
+        # kept only while a checkpoint job takes them (storage/audit/checkpoints.py)
+        self.keeps_written_heads = False
+        self._written: dict[str, Anchor] = {}
         self.written = 0
         self.failures = 0
 
@@ -254,6 +260,11 @@ class AuditLog:
                 last["hash"],
                 (head.count if block == head.block else 0) + len(events),
             )
+            written = self._written.get(organization_id)
+            if self.keeps_written_heads and (
+                written is None or written.sequence < last["sequence"]
+            ):
+                self._written[organization_id] = Anchor(last["sequence"], last["hash"])
             if self._anchor is not None:
                 await self._anchor.advance(
                     organization_id, sequence=last["sequence"], hash=last["hash"]
@@ -327,14 +338,21 @@ class AuditLog:
         token = encode_page_token(kind="audit", after=str(items[-1]["sequence"])) if more else ""
         return items, token
 
-    async def verify(self, organization_id: str) -> ChainReport:
-        """Recompute the chain from its first event and compare its end with the anchor.
+    def take_written_heads(self) -> dict[str, Anchor]:
+        """The newest head this process wrote per organization since the last call: what
+        the checkpoint job signs (the chain as this writer chained it, not as read back)."""
+        written, self._written = self._written, {}
+        return written
+
+    async def verify(self, organization_id: str, *, kept: Anchor | None = None) -> ChainReport:
+        """Recompute the chain from its first event and compare its end with the anchor,
+        and with `kept` (a checkpoint the caller kept: the chain must hold its hash there).
 
         The anchor is read before the chain, so events other replicas write meanwhile
         only lengthen the chain past it.
         """
         anchor = await self._anchor.read(organization_id) if self._anchor is not None else None
-        check = ChainCheck(anchor)
+        check = ChainCheck(anchor, kept)
         async for event in self._events(organization_id, newest_first=False):
             check.add(event)
         return check.report()

@@ -48,6 +48,11 @@ class KeyReach:
             return bool(bound_peers) and bound_peers <= self.bound_peers
         return True
 
+    def reaches_everything(self) -> bool:
+        """Every key of its environment lies within this reach (ADMIN, no allow-list, no
+        binding): the keys themselves need not be read."""
+        return "admin" in self.permissions and not self.namespace_ids and not self.bound_peers
+
     def query(self) -> dict[str, Any]:
         """The same rule as a MongoDB filter, so a list is filtered by the store and its
         pages stay full."""

@@ -23,9 +23,9 @@ from storage.core.errors import InvalidArgumentError, UnauthenticatedError
 from storage.core.key_secrets import MAX_SECRET_LENGTH, digest_secret, parse_secret
 from storage.core.peer_bindings import PeerBinding, parse_binding
 from storage.core.plans import Limit
-from storage.tenancy.keys import KeyRecord, KeyStore
+from storage.tenancy.keys import KeyReach, KeyRecord, KeyStore
 
-__all__ = ["KeyVerifier", "VerifiedKey"]
+__all__ = ["KeyOwner", "KeyVerifier", "UnusableKeyError", "VerifiedKey", "reach_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,35 @@ class VerifiedKey:
     rate_limit_dry_run: bool = False
     # compiled once per verification and cached with the key; None: any peer may present it
     binding: PeerBinding | None = None
+
+
+def reach_of(key: VerifiedKey) -> KeyReach:
+    """How far a verified key reaches (storage/tenancy/keys.py, KeyReach)."""
+    return KeyReach(
+        permissions=key.permissions,
+        namespace_ids=key.namespace_ids,
+        bound_peers=frozenset(key.binding.entries) if key.binding else frozenset(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOwner:
+    """Whose a stored key is: enough to count a refused call in its organization's usage."""
+
+    key_id: str
+    organization_id: str
+    environment: str
+
+
+class UnusableKeyError(UnauthenticatedError):
+    """A secret of a stored key that may not be used (revoked, disabled, expired, rotated
+    out, of an environment this deployment does not accept). The caller gets what every bad
+    key gets (same message, same reason); `owner` stays on the server, for usage analytics:
+    only the key's own organization sees the refusal counted."""
+
+    def __init__(self, owner: KeyOwner) -> None:
+        super().__init__()
+        self.owner = owner
 
 
 class KeyVerifier:
@@ -122,17 +151,20 @@ class KeyVerifier:
         self._used[key.key_id] = time.time()
 
     def _admit(self, record: KeyRecord, digest: str, now: datetime) -> VerifiedKey:
-        if record.revoked_at is not None or record.disabled_at is not None:
-            raise UnauthenticatedError()
         secret = next((s for s in record.secrets if hmac.compare_digest(s.digest, digest)), None)
         if secret is None:
             raise UnauthenticatedError()
         deadlines = [d for d in (record.expires_at, secret.not_after) if d is not None]
         valid_until = min(deadlines) if deadlines else None
-        if valid_until is not None and valid_until <= now:
-            raise UnauthenticatedError()
-        if record.environment not in self._accepted:
-            raise UnauthenticatedError()
+        if (
+            record.revoked_at is not None
+            or record.disabled_at is not None
+            or (valid_until is not None and valid_until <= now)
+            or record.environment not in self._accepted
+        ):
+            raise UnusableKeyError(
+                KeyOwner(record.key_id, record.organization_id, record.environment)
+            )
         try:
             binding = parse_binding(record.bound_peers)
         except InvalidArgumentError:  # not written by this version: fail closed

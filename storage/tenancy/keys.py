@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,13 +14,23 @@ from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
 from storage.core.ids import KEY_ID_RE, new_key_id
-from storage.core.key_secrets import MintedSecret, mint_secret
+from storage.core.key_secrets import mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
 from storage.core.rotation import check_grace, retire_previous
 from storage.tenancy.key_reach import PERMISSIONS, KeyReach
+from storage.tenancy.key_records import (
+    KeyRecord,
+    KeySecret,
+    idle_since_before,
+    key_from_doc,
+    rate_limit_doc,
+    retired_doc,
+    secret_doc,
+)
 
 __all__ = [
+    "MAX_KEYS_PER_ORGANIZATION",
     "PERMISSIONS",
     "KeyReach",
     "KeyRecord",
@@ -31,118 +41,8 @@ __all__ = [
 ]
 
 MAX_GRACE = timedelta(days=30)
-
-
-@dataclass(frozen=True, slots=True)
-class KeySecret:
-    digest: str
-    display_prefix: str
-    created_at: datetime
-    not_after: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    key_id: str
-    organization_id: str
-    name: str
-    environment: str
-    permissions: frozenset[str]
-    namespace_ids: frozenset[str]
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    rotated_at: datetime | None
-    last_used_at: datetime | None
-    secrets: tuple[KeySecret, ...] = field(repr=False)
-    rate_limit: Limit | None = None
-    # the own limit is in dry run: computed and recorded, not enforced (calls/dry_run.py)
-    rate_limit_dry_run: bool = False
-    # peer identities and patterns the key is bound to (empty: any peer)
-    bound_peers: tuple[str, ...] = ()
-    # set by the idle-key job (server/workers/key_idle.py)
-    disabled_at: datetime | None = None
-
-    @property
-    def display_prefix(self) -> str:
-        return self.secrets[-1].display_prefix if self.secrets else ""
-
-    def state(self, now: datetime) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.disabled_at is not None:
-            return "disabled"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
-
-
-def idle_since_before(cutoff: datetime) -> list[dict[str, Any]]:
-    """Keys last used before `cutoff`, or never used and created before it (an `$or`)."""
-    return [
-        {"last_used_at": {"$lt": cutoff}},
-        {"last_used_at": None, "created_at": {"$lt": cutoff}},
-    ]
-
-
-def key_from_doc(doc: dict[str, Any]) -> KeyRecord:
-    return KeyRecord(
-        key_id=doc["_id"],
-        organization_id=doc["organization_id"],
-        name=doc["name"],
-        environment=doc["environment"],
-        permissions=frozenset(doc["permissions"]),
-        namespace_ids=frozenset(doc.get("namespace_ids") or ()),
-        created_at=doc["created_at"],
-        expires_at=doc.get("expires_at"),
-        revoked_at=doc.get("revoked_at"),
-        rotated_at=doc.get("rotated_at"),
-        last_used_at=doc.get("last_used_at"),
-        secrets=tuple(
-            KeySecret(
-                digest=s["digest"],
-                display_prefix=s["display_prefix"],
-                created_at=s["created_at"],
-                not_after=s.get("not_after"),
-            )
-            for s in doc.get("secrets", ())
-        ),
-        rate_limit=(
-            Limit.clamped(  # stored before the bounds existed: the nearest valid limit
-                per_second=float(doc["rate_limit"]["per_second"]),
-                burst=int(doc["rate_limit"]["burst"]),
-            )
-            if doc.get("rate_limit")
-            else None
-        ),
-        rate_limit_dry_run=bool((doc.get("rate_limit") or {}).get("dry_run")),
-        bound_peers=tuple(doc.get("bound_peers") or ()),
-        disabled_at=doc.get("disabled_at"),
-    )
-
-
-def _rate_limit_doc(limit: Limit | None, dry_run: bool) -> dict[str, Any] | None:
-    if limit is None:
-        return None
-    return {"per_second": limit.per_second, "burst": limit.burst, "dry_run": dry_run}
-
-
-def _secret_doc(minted: MintedSecret, now: datetime) -> dict[str, Any]:
-    return {
-        "digest": minted.digest,
-        "display_prefix": minted.display_prefix,
-        "created_at": now,
-        "not_after": None,
-    }
-
-
-def _retired_doc(secret: KeySecret, not_after: datetime) -> dict[str, Any]:
-    return {
-        "digest": secret.digest,
-        "display_prefix": secret.display_prefix,
-        "created_at": secret.created_at,
-        "not_after": not_after,
-    }
+# keys an organization may hold that are not revoked (MESHGATE_MAX_KEYS_PER_ORGANIZATION)
+MAX_KEYS_PER_ORGANIZATION = 10_000
 
 
 class KeyStore:
@@ -153,9 +53,16 @@ class KeyStore:
         """Taken at each call: the client behind it can be switched (MongoStore.switch)."""
         return self._mongo.keys
 
-    def __init__(self, *, mongo: MongoStore, now: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        *,
+        mongo: MongoStore,
+        now: Callable[[], datetime] = utc_now,
+        max_keys: int = MAX_KEYS_PER_ORGANIZATION,
+    ) -> None:
         self._mongo = mongo
         self._now = now
+        self._max_keys = max_keys
 
     async def create(
         self,
@@ -170,10 +77,23 @@ class KeyStore:
         rate_limit_dry_run: bool = False,
         bound_peers: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
-        """The new key and its secret (returned once, never stored)."""
+        """The new key and its secret (returned once, never stored).
+
+        An organization holds at most `max_keys` keys that are not revoked (each is a stored
+        document and a dimension of usage analytics); revoking frees a place. The count is
+        read before the insert: creations racing on several replicas can each pass it once.
+        """
         now = self._now()
         if expires_at is not None and expires_at <= now:
             raise InvalidArgumentError("expire_time must lie in the future", field="expire_time")
+        held = await self._collection.count_documents(
+            {"organization_id": organization_id, "revoked_at": None}, limit=self._max_keys
+        )
+        if held >= self._max_keys:
+            raise FailedPreconditionError(
+                f"the organization holds {self._max_keys} keys that are not revoked, the most"
+                " it may hold; revoke keys it no longer uses first"
+            )
         minted = mint_secret(environment)
         doc = {
             "_id": new_key_id(),
@@ -187,12 +107,30 @@ class KeyStore:
             "revoked_at": None,
             "rotated_at": None,
             "last_used_at": None,
-            "secrets": [_secret_doc(minted, now)],
-            "rate_limit": _rate_limit_doc(rate_limit, rate_limit_dry_run),
+            "secrets": [secret_doc(minted, now)],
+            "rate_limit": rate_limit_doc(rate_limit, rate_limit_dry_run),
             "bound_peers": list(bound_peers),
         }
         await self._collection.insert_one(doc)
         return key_from_doc(doc), minted.secret
+
+    async def within_reach(
+        self, *, organization_id: str, environment: str, reach: KeyReach, key_ids: set[str]
+    ) -> frozenset[str]:
+        """Which of `key_ids` are keys of the organization and environment within `reach`
+        (revoked ones included: their usage is still theirs)."""
+        if not key_ids:
+            return frozenset()
+        cursor = self._collection.find(
+            {
+                "_id": {"$in": sorted(key_ids)},
+                "organization_id": organization_id,
+                "environment": environment,
+                **reach.query(),
+            },
+            projection={"_id": 1},
+        )
+        return frozenset([str(doc["_id"]) async for doc in cursor])
 
     async def find_by_digest(self, digest: str) -> KeyRecord | None:
         doc = await self._collection.find_one({"secrets.digest": digest})
@@ -297,12 +235,12 @@ class KeyStore:
             now=now,
             grace=grace,
             deadline_of=lambda s: s.not_after,
-            with_deadline=_retired_doc,
+            with_deadline=retired_doc,
         )
         minted = mint_secret(current.environment)
         doc = await self._collection.find_one_and_update(
             {**owned, "revoked_at": None, "secrets": read.get("secrets", [])},
-            {"$set": {"secrets": [*kept, _secret_doc(minted, now)], "rotated_at": now}},
+            {"$set": {"secrets": [*kept, secret_doc(minted, now)], "rotated_at": now}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
@@ -355,7 +293,7 @@ class KeyStore:
         owned = self._owned(organization_id, environment, key_id, reach)
         doc = await self._collection.find_one_and_update(
             {**owned, "revoked_at": None},
-            {"$set": {"rate_limit": _rate_limit_doc(rate_limit, dry_run)}},
+            {"$set": {"rate_limit": rate_limit_doc(rate_limit, dry_run)}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:

@@ -11,6 +11,7 @@ import pytest
 
 from server.logs import GuardedJsonFormatter
 from server.settings import Settings, SettingsError
+from storage.core.checkpoints import generate_key
 
 
 def test_defaults() -> None:
@@ -182,3 +183,34 @@ def test_sealing_keys_by_id_primary_first_and_the_single_key_as_default(tmp_path
         Settings.from_env(
             {"MESHGATE_WEBHOOK_SECRET_KEYS": f"k1:{k1}", "MESHGATE_WEBHOOK_SECRET_KEY": k1}
         )
+
+
+def test_audit_checkpoint_keys_from_file_signing_key_first(tmp_path: Path) -> None:
+    """The `_FILE` variant, one key a line; a bad key stops the server naming the variable,
+    never echoing the key; the sinks are `log` and existing directories."""
+    assert Settings.from_env({}).checkpoint_keys() is None
+    current, previous = generate_key("audit.example.com"), generate_key("audit.example.com")
+    keys_file = tmp_path / "checkpoint-keys"
+    keys_file.write_text(f"{current.encoded()}\n{previous.verifier().encoded()}\n")
+    settings = Settings.from_env(
+        {
+            "MESHGATE_AUDIT_CHECKPOINT_KEYS_FILE": str(keys_file),
+            "MESHGATE_AUDIT_CHECKPOINT_SINKS": f"log,file:{tmp_path}",
+            "MESHGATE_AUDIT_CHECKPOINT_INTERVAL_S": "5",
+        }
+    )
+    keys = settings.checkpoint_keys()
+    assert keys is not None and keys.signer.key_id == current.key_id
+    assert [v.key_id for v in keys.verifiers] == [current.key_id, previous.key_id]
+    assert settings.audit_checkpoint_sinks == ("log", f"file:{tmp_path}")
+    assert current.encoded() not in repr(settings)
+    seed = current.encoded().rsplit("+", 1)[1]
+    for bad in (previous.verifier().encoded(), current.encoded()[:-2], "PRIVATE+KEY+x"):
+        with pytest.raises(SettingsError, match="MESHGATE_AUDIT_CHECKPOINT_KEYS") as info:
+            Settings.from_env({"MESHGATE_AUDIT_CHECKPOINT_KEYS": bad})
+        assert seed not in str(info.value)
+    for sinks in ("file:/nonexistent", "webhook", "log,log", " , "):
+        with pytest.raises(SettingsError, match="MESHGATE_AUDIT_CHECKPOINT_SINKS"):
+            Settings.from_env({"MESHGATE_AUDIT_CHECKPOINT_SINKS": sinks})
+    with pytest.raises(SettingsError, match="MESHGATE_MAX_KEYS_PER_ORGANIZATION"):
+        Settings.from_env({"MESHGATE_MAX_KEYS_PER_ORGANIZATION": "0"})

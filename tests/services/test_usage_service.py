@@ -9,7 +9,7 @@ from meshgate.v1 import (
 
 from server.backends import Backends
 from tests.support.clients import auth
-from tests.support.namespace_clients import spread_across_environments
+from tests.support.namespace_clients import Docs, doc, spread_across_environments
 from tests.support.tenants import Tenant
 
 
@@ -17,10 +17,12 @@ async def test_usage_follows_the_callers_environment_and_allow_list(
     tenant: Tenant, backends: Backends
 ) -> None:
     """The review: the same restricted development key saw production namespaces in its
-    usage rows."""
+    usage rows. It sees only calls by keys within its reach: its own, not the unrestricted
+    ADMIN key's (in its namespace too)."""
     prod, prod_ns, ns_a, ns_b, restricted = await spread_across_environments(
         tenant, backends, ids=("p", "a", "b")
     )
+    await Docs(tenant, ns_a.name, restricted.secret).create(doc("own"))
     usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
 
     async def namespaces_in_usage(secret: str) -> set[str]:

@@ -74,6 +74,8 @@ class Meter:
             environment="development",
             namespace_id="",
             method="/m",
+            key_id="key_m",
+            outcome="OK",
             status="OK",
             credits=cost,
             rate_limited=False,

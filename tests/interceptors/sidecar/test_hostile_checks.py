@@ -28,7 +28,7 @@ from tests.support.tenants import MakeTenant
 LABEL_NAMES = frozenset({
     "rpc_system_name", "rpc_method", "rpc_status_code", "error_type", "code", "part", "plan",
     "rate_class", "dependency", "store", "service", "outcome", "kind", "state", "reason",
-    "threshold", "le", "rule", "file",
+    "threshold", "le", "rule", "file", "cache", "version", "revision",
 })  # fmt: skip
 _LABEL = re.compile(r'([a-z_]+)="')
 

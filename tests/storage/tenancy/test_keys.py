@@ -62,3 +62,38 @@ async def test_a_rotation_that_read_stale_secrets_loses(
         assert len(stored.secrets) == 1  # the incident's secret only
     finally:
         await slow_mongo.close()
+
+
+async def test_an_organization_holds_at_most_its_cap_of_keys_not_revoked(
+    quiet_mongo: MongoStore,
+) -> None:
+    """The fourth key of an organization capped at three is refused; revoking one frees a
+    place; another organization is not affected."""
+    organization_id = new_organization_id()
+    keys = KeyStore(mongo=quiet_mongo, max_keys=3)
+
+    async def create(organization: str = organization_id) -> str:
+        record, secret = await keys.create(
+            organization_id=organization,
+            name="capped",
+            environment="development",
+            permissions=frozenset({"read"}),
+            namespace_ids=[],
+            expires_at=None,
+        )
+        NEVER_LOGGED.add(secret)
+        return record.key_id
+
+    first = [await create() for _ in range(3)]
+    with pytest.raises(FailedPreconditionError, match="holds 3 keys that are not revoked"):
+        await create()
+    await create(new_organization_id())
+    await keys.revoke(
+        organization_id=organization_id,
+        environment="development",
+        key_id=first[0],
+        reach=EVERYWHERE,
+    )
+    await create()
+    with pytest.raises(FailedPreconditionError):
+        await create()
