@@ -8,6 +8,11 @@
   over TLS with client certificates, exactly as services in the mesh do.
 
 The helpers behind these fixtures live in tests/support/.
+
+Tiers: tests/unit/ is the unit tier (`make test-unit`: in-process, with the fakes of
+tests/support/fakes.py; no process, no socket, enforced by `unit_tier_guard`),
+tests/contracts/ runs each fake and its real store through the same cases, and every
+other folder is the integration tier. `make test` runs them all.
 """
 
 from __future__ import annotations
@@ -32,7 +37,23 @@ from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
+from tests.support.unit_tier import mark_tier, no_processes_or_network
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mark_tier(item)
+
+
+@pytest.fixture(autouse=True)
+def unit_tier_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A unit-tier test runs with every way out of its process closed (support/unit_tier.py)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    with no_processes_or_network():
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

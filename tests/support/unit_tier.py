@@ -1,0 +1,94 @@
+"""The unit tier's promise, enforced: no process started, no socket connected or bound.
+
+Every test of the unit tier (tests/unit/, and the fake half of tests/contracts/) runs
+inside `no_processes_or_network`: a connect, a bind, a subprocess, a fork or a gRPC
+server or channel fails at once with `UnitTierViolation` naming what was tried, so a
+unit test that reaches for Redis, MongoDB, a server process or the network fails
+loudly where it is written instead of quietly turning the tier slow.
+"""
+
+from __future__ import annotations
+
+import _posixsubprocess
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import pytest
+
+__all__ = ["CONTRACTS", "UNIT", "UnitTierViolation", "mark_tier", "no_processes_or_network"]
+
+_TESTS = Path(__file__).resolve().parents[1]
+# a test's tier is where it is written: here the unit tier ...
+UNIT = _TESTS / "unit"
+# ... here the contract tests, each case naming its tier (the fake's unit, the real's
+# integration); everywhere else the integration tier
+CONTRACTS = _TESTS / "contracts"
+_TIERS = ("unit", "integration")
+
+
+class UnitTierViolation(AssertionError):
+    """A unit test tried to leave its process: move it to an integration folder, or give
+    the code under test a fake from tests/support/fakes.py."""
+
+
+def _refuse(what: str) -> Callable[..., NoReturn]:
+    def refused(*args: Any, **kwargs: Any) -> NoReturn:
+        raise UnitTierViolation(
+            f"{what} in the unit tier: unit tests start no process and open no connection"
+        )
+
+    return refused
+
+
+# (owner, attribute, what it does): every way out of the process the unit tier closes
+_EXITS: tuple[tuple[Any, str, str], ...] = (
+    (socket.socket, "connect", "a socket connect"),
+    (socket.socket, "connect_ex", "a socket connect"),
+    (socket.socket, "bind", "a socket bind"),
+    (subprocess.Popen, "__init__", "a subprocess"),
+    (subprocess, "_fork_exec", "a subprocess"),
+    (_posixsubprocess, "fork_exec", "a subprocess"),
+    (os, "fork", "a fork"),
+    (os, "posix_spawn", "a subprocess"),
+    (os, "posix_spawnp", "a subprocess"),
+    (os, "system", "a shell command"),
+    (grpc, "server", "a gRPC server"),
+    (grpc, "insecure_channel", "a gRPC channel"),
+    (grpc, "secure_channel", "a gRPC channel"),
+    (grpc.aio, "server", "a gRPC server"),
+    (grpc.aio, "insecure_channel", "a gRPC channel"),
+    (grpc.aio, "secure_channel", "a gRPC channel"),
+)
+
+
+@contextmanager
+def no_processes_or_network() -> Iterator[None]:
+    """While inside: every exit in `_EXITS` raises `UnitTierViolation`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, attribute, what in _EXITS:
+            if hasattr(owner, attribute):
+                patch.setattr(owner, attribute, _refuse(what))
+        yield
+
+
+def mark_tier(item: pytest.Item) -> None:
+    """Marks `item` `unit` or `integration` by its folder (`pytest -m unit` selects the unit
+    tier); a contract case carries its tier itself, and nothing else may name one."""
+    named = {mark.name for mark in item.iter_markers() if mark.name in _TIERS}
+    path = Path(str(item.path)).resolve()
+    if path.is_relative_to(CONTRACTS):
+        if len(named) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: a contract case is marked unit or integration")
+        return
+    tier = "unit" if path.is_relative_to(UNIT) else "integration"
+    if named - {tier}:
+        raise pytest.UsageError(
+            f"{item.nodeid}: the folder makes it {tier}; move the test instead of marking it"
+        )
+    item.add_marker(tier)
