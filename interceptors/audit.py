@@ -17,13 +17,14 @@ Rate-limit and credit refusals are counted in usage analytics, not audited.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import grpc
 
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
-from storage.audit.log import AuditLog
 
-__all__ = ["AuditTrail", "audited"]
+__all__ = ["AuditQueue", "AuditTrail", "audited"]
 
 _ALWAYS = frozenset({"write", "delete", "admin"})
 _NOT_DENIALS = frozenset({grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -34,8 +35,17 @@ def audited(policy: Policy) -> bool:
     return policy.audit or policy.permission in _ALWAYS
 
 
+class AuditQueue(Protocol):
+    """Where audit events wait for their write: `AuditLog`, or an in-memory one
+    (tests/support/fakes)."""
+
+    def check_room(self) -> None: ...
+
+    def record(self, **fields: Any) -> None: ...
+
+
 class AuditTrail:
-    def __init__(self, *, log: AuditLog) -> None:
+    def __init__(self, *, log: AuditQueue) -> None:
         self._log = log
 
     @staticmethod
