@@ -1,0 +1,109 @@
+"""The usage observer's ledger: `UsageRecorder` (MongoDB) and `FakeUsage`: the batches a
+flush stores, and what `query` sums from them."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from server.backends import Backends
+from storage.metering.usage import UsageRecorder, UsageRow
+from tests.contracts.conftest import FAKE_AND_REAL
+from tests.support.fakes import FakeUsage
+from tests.support.metering import new_organization_id
+
+Usage = UsageRecorder | FakeUsage
+HOUR = datetime(2031, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture(params=FAKE_AND_REAL)
+def usage(request: pytest.FixtureRequest) -> Usage:
+    replica = "contract-" + secrets.token_hex(4)
+    if request.param == "fake":
+        return FakeUsage(replica=replica)
+    backends: Backends = request.getfixturevalue("backends")
+    return UsageRecorder(mongo=backends.mongo, replica=replica)
+
+
+def calls(usage: Usage, organization_id: str) -> None:
+    """Four calls in one hour and one the hour after; one in production."""
+    at = HOUR.timestamp()
+    for namespace, method, status, credits, limited, offset in [
+        ("ns_a", "/s/Get", "OK", 1, False, 60),
+        ("ns_a", "/s/Get", "NOT_FOUND", 1, False, 120),
+        ("ns_b", "/s/Put", "OK", 5, False, 180),
+        ("ns_b", "/s/Put", "RESOURCE_EXHAUSTED", 0, True, 240),
+        ("ns_a", "/s/Get", "OK", 1, False, 3600 + 60),
+    ]:
+        usage.record(
+            organization_id=organization_id,
+            environment="development",
+            namespace_id=namespace,
+            method=method,
+            status=status,
+            credits=credits,
+            rate_limited=limited,
+            at=at + offset,
+        )
+    usage.record(
+        organization_id=organization_id,
+        environment="production",
+        namespace_id="ns_a",
+        method="/s/Get",
+        status="OK",
+        credits=7,
+        rate_limited=False,
+        at=at,
+    )
+
+
+async def test_a_flush_stores_one_batch_with_the_credits_per_month(usage: Usage) -> None:
+    organization = new_organization_id()
+    calls(usage, organization)
+    batches = await usage.flush()
+    assert [dict(b.credits) for b in batches] == [{(organization, "2031-03"): 15}]
+    assert batches[0].batch == 1
+    assert await usage.flush() == []
+
+
+async def test_queries_group_and_filter_what_was_stored(usage: Usage) -> None:
+    organization = new_organization_id()
+    calls(usage, organization)
+    await usage.flush()
+
+    async def query(
+        group_by: tuple[str, ...], only: frozenset[str] = frozenset()
+    ) -> list[UsageRow]:
+        return await usage.query(
+            organization_id=organization,
+            environment="development",
+            only_namespaces=only,
+            start=HOUR,
+            end=HOUR + timedelta(days=1),
+            group_by=group_by,
+        )
+
+    assert await query(()) == [
+        UsageRow(None, None, None, 5, 8, 1, {"OK": 3, "NOT_FOUND": 1, "RESOURCE_EXHAUSTED": 1})
+    ]
+    assert await query(("namespace", "method")) == [
+        UsageRow("ns_a", "/s/Get", None, 3, 3, 0, {"OK": 2, "NOT_FOUND": 1}),
+        UsageRow("ns_b", "/s/Put", None, 2, 5, 1, {"OK": 1, "RESOURCE_EXHAUSTED": 1}),
+    ]
+    assert await query(("hour",), frozenset({"ns_a"})) == [
+        UsageRow(None, None, HOUR, 2, 2, 0, {"OK": 1, "NOT_FOUND": 1}),
+        UsageRow(None, None, HOUR + timedelta(hours=1), 1, 1, 0, {"OK": 1}),
+    ]
+    assert await query(("day",)) == [
+        UsageRow(
+            None,
+            None,
+            HOUR.replace(hour=0),
+            5,
+            8,
+            1,
+            {"OK": 3, "NOT_FOUND": 1, "RESOURCE_EXHAUSTED": 1},
+        )
+    ]
