@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -36,6 +37,7 @@ from tests.support.log_guard import FormattedLines, leaked
 from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
+from tests.support.servers import BulkServer, serving
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
 from tests.support.unit_tier import mark_tier, no_processes_or_network
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
@@ -200,3 +202,23 @@ def make_tenant(backends: Backends, channel: grpc.aio.Channel, server: RunningSe
 @pytest.fixture
 async def tenant(make_tenant: MakeTenant) -> Tenant:
     return await make_tenant()
+
+
+@pytest.fixture(scope="module")
+async def bulk_server(
+    settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BulkServer]:
+    """A server of its own on a database of its own (and an in-memory Qdrant of its own),
+    for tests that store thousands of items; the database is dropped afterwards. On the
+    embedded engine a filtered ListDocuments reads every document of the collection
+    (docs/embedded-mongodb.md): bulk left in the session's database made every later
+    filtered list slower (the filter tests of a full run 12 times as long)."""
+    own = replace(
+        settings,
+        mongodb_database=f"{settings.mongodb_database}_bulk",
+        data_dir=tmp_path_factory.mktemp("bulk"),
+        metrics_listen="",
+    )
+    async with serving(own, pki) as (running, backends, channel):
+        yield BulkServer(running, backends, channel)
+        await backends.mongo.database.client.drop_database(own.mongodb_database)
