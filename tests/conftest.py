@@ -209,16 +209,18 @@ async def bulk_server(
     settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[BulkServer]:
     """A server of its own on a database of its own (and an in-memory Qdrant of its own),
-    for tests that store thousands of items; the database is dropped afterwards. On the
+    for tests that store thousands of items (on a real MongoDB the database is dropped
+    afterwards; the embedded engine's data goes with the session). On the
     embedded engine a filtered ListDocuments reads every document of the collection
     (docs/embedded-mongodb.md): bulk left in the session's database made every later
     filtered list slower (the filter tests of a full run 12 times as long)."""
     own = replace(
         settings,
-        mongodb_database=f"{settings.mongodb_database}_bulk",
+        mongodb_database=f"{settings.mongodb_database}_bulk_{secrets.token_hex(3)}",
         data_dir=tmp_path_factory.mktemp("bulk"),
         metrics_listen="",
     )
     async with serving(own, pki) as (running, backends, channel):
         yield BulkServer(running, backends, channel)
-        await backends.mongo.database.client.drop_database(own.mongodb_database)
+        if os.environ.get("MESHGATE_TEST_MONGODB_URI"):  # the embedded engine's goes with it
+            await backends.mongo.database.client.drop_database(own.mongodb_database)

@@ -67,8 +67,8 @@ class LargeNamespace:
 
 @pytest.fixture(scope="module")
 async def large_namespace(mongo_uri: str, database_name: str) -> AsyncIterator[LargeNamespace]:
-    """In a database of its own, dropped afterwards: the session's is shared, and on the
-    embedded engine every filtered list of a later test would read these documents too."""
+    """In a database of its own: the session's is shared, and on the embedded engine every
+    filtered list of a later test would read these documents too."""
     mongo = MongoStore(uri=mongo_uri, database=f"{database_name}_large")
     await mongo.ensure_indexes()
     scope = Scope(internal_id=str(uuid.uuid4()), namespace_id="ns_" + random_base62(20))
@@ -79,7 +79,8 @@ async def large_namespace(mongo_uri: str, database_name: str) -> AsyncIterator[L
             [(f"doc-{i:05d}", {"n": i}, {"even": i % 2 == 0}) for i in range(first, first + BATCH)],
         )
     yield LargeNamespace(scope, store, mongo)
-    await mongo.database.client.drop_database(f"{database_name}_large")
+    if not EMBEDDED:  # the embedded engine's data goes with the session (as in conftest)
+        await mongo.database.client.drop_database(f"{database_name}_large")
     await mongo.close()
 
 
