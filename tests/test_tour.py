@@ -1,4 +1,5 @@
-"""The README's grpcurl session, run as written against `meshgate serve --dev` (embedded)."""
+"""The grpcurl session of docs/tour.md, run as written against `meshgate serve --dev`
+(embedded)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from tests.support.pki import Pki
 from tests.support.processes import free_port, wait_until_healthy
 
 
-def readme_session() -> str:
-    text = (ROOT / "README.md").read_text()
+def tour_session() -> str:
+    text = (ROOT / "docs" / "tour.md").read_text()
     section = text.split("## A grpcurl session", 1)[1]
     match = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert match, "README lost its grpcurl session"
+    assert match, "docs/tour.md lost its grpcurl session"
     return match.group(1)
 
 
-def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
+def test_the_tours_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     # a fresh checkout's view: .venv and certs/ as `make run` leaves them, an empty var/
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(pki.root, tmp_path / "certs")
@@ -35,7 +36,7 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     try:
         wait_until_healthy(f"localhost:{port}", pki, server, tmp_path / "serve.log")
         hook_port = free_port()
-        script = "set -euo pipefail\n" + readme_session().replace(
+        script = "set -euo pipefail\n" + tour_session().replace(
             "localhost:50051", f"localhost:{port}"
         ).replace("127.0.0.1:8099", f"127.0.0.1:{hook_port}").replace(
             "receiver.py 8099", f"receiver.py {hook_port}"
