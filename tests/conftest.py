@@ -10,7 +10,7 @@
 The helpers behind these fixtures live in tests/support/.
 
 Tiers: tests/unit/ is the unit tier (`make test-unit`: in-process, with the fakes of
-tests/support/fakes.py; no process, no socket, enforced by `unit_tier_guard`),
+tests/support/fakes; no process, no socket, enforced by the runtest hooks below),
 tests/contracts/ runs each fake and its real store through the same cases, and every
 other folder is the integration tier. `make test` runs them all.
 """
@@ -39,7 +39,7 @@ from tests.support.processes import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.servers import BulkServer, serving
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
-from tests.support.unit_tier import mark_tier, no_processes_or_network
+from tests.support.unit_tier import guarded, mark_tier
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
 
 
@@ -48,14 +48,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         mark_tier(item)
 
 
-@pytest.fixture(autouse=True)
-def unit_tier_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A unit-tier test runs with every way out of its process closed (support/unit_tier.py)."""
-    if request.node.get_closest_marker("unit") is None:
-        yield
-        return
-    with no_processes_or_network():
-        yield
+# every phase of a unit-tier test runs guarded, so a fixture of any scope that it asks for
+# (a session's redis-server, say) is refused too (tests/support/unit_tier.py)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,10 +1,12 @@
 """The unit tier's promise, enforced: no process started, no socket connected or bound.
 
-Every test of the unit tier (tests/unit/, and the fake half of tests/contracts/) runs
-inside `no_processes_or_network`: a connect, a bind, a subprocess, a fork or a gRPC
-server or channel fails at once with `UnitTierViolation` naming what was tried, so a
-unit test that reaches for Redis, MongoDB, a server process or the network fails
-loudly where it is written instead of quietly turning the tier slow.
+Every test of the unit tier (tests/unit/, and the fake half of tests/contracts/) is set
+up, run and torn down inside `no_processes_or_network` (`guarded`, applied by the hooks
+in tests/conftest.py): a connect, a bind, a subprocess, a fork or a gRPC server or
+channel fails at once with `UnitTierViolation` naming what was tried, so a unit test
+that reaches for Redis, MongoDB, a server process or the network, itself or through a
+fixture of any scope, fails loudly where it is written instead of quietly turning the
+tier slow.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 import pytest
 
-__all__ = ["CONTRACTS", "UNIT", "UnitTierViolation", "mark_tier", "no_processes_or_network"]
+__all__ = [
+    "CONTRACTS",
+    "UNIT",
+    "UnitTierViolation",
+    "guarded",
+    "mark_tier",
+    "no_processes_or_network",
+]
 
 _TESTS = Path(__file__).resolve().parents[1]
 # a test's tier is where it is written: here the unit tier ...
@@ -34,7 +43,7 @@ _TIERS = ("unit", "integration")
 
 class UnitTierViolation(AssertionError):
     """A unit test tried to leave its process: move it to an integration folder, or give
-    the code under test a fake from tests/support/fakes.py."""
+    the code under test a fake from tests/support/fakes/."""
 
 
 def _refuse(what: str) -> Callable[..., NoReturn]:
@@ -92,3 +101,9 @@ def mark_tier(item: pytest.Item) -> None:
             f"{item.nodeid}: the folder makes it {tier}; move the test instead of marking it"
         )
     item.add_marker(tier)
+
+
+def guarded(item: pytest.Item) -> AbstractContextManager[None]:
+    """What a phase of `item` (setup, call, teardown) runs inside: the guard for the unit
+    tier, nothing for the integration tier."""
+    return no_processes_or_network() if item.get_closest_marker("unit") else nullcontext()

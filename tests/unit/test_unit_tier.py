@@ -53,11 +53,38 @@ async def test_a_unit_test_cannot_start_a_process_from_asyncio() -> None:
 
 
 def test_every_test_of_the_tier_runs_guarded(request: pytest.FixtureRequest) -> None:
-    """Marked `unit` by its folder, with the guard among its fixtures: a new module written
-    under tests/unit/ is in the tier, guarded, without a word in it."""
+    """Marked `unit` by its folder, so every phase runs guarded: a new module written under
+    tests/unit/ is in the tier, guarded, without a word in it."""
     ours = [item for item in request.session.items if item.path.is_relative_to(UNIT)]
     assert request.node in ours
     for item in ours:
         assert item.get_closest_marker("unit") is not None, item.nodeid
         assert item.get_closest_marker("integration") is None, item.nodeid
-        assert "unit_tier_guard" in getattr(item, "fixturenames", ()), item.nodeid
+
+
+def attempt_to_listen() -> str:
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+    except UnitTierViolation:
+        return "refused"
+    return "allowed"
+
+
+@pytest.fixture(scope="session")
+def a_session_fixture_of_this_tier() -> str:
+    """Set up by the first test asking for it, in that test's setup: like the session's
+    redis-server would be, if a unit test asked for it."""
+    return attempt_to_listen()
+
+
+@pytest.fixture(scope="module")
+def a_module_fixture_of_this_tier() -> str:
+    return attempt_to_listen()
+
+
+def test_fixtures_of_every_scope_are_set_up_guarded(
+    a_session_fixture_of_this_tier: str, a_module_fixture_of_this_tier: str
+) -> None:
+    assert a_session_fixture_of_this_tier == "refused"
+    assert a_module_fixture_of_this_tier == "refused"
