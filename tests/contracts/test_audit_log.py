@@ -8,9 +8,9 @@ import pytest
 from server.backends import Backends
 from storage.audit.log import AuditLog
 from storage.core.errors import UnavailableError
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeAuditLog
 from tests.support.metering import new_organization_id
+from tests.support.unit_tier import FAKE_AND_REAL
 
 Log = AuditLog | FakeAuditLog
 

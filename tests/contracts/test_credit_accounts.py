@@ -15,9 +15,9 @@ from storage.core.errors import ResourceExhaustedError
 from storage.metering.credit_events import CreditEvents
 from storage.metering.credits import CreditAccounts
 from storage.metering.ledger import MongoLedger
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeCreditAccounts
 from tests.support.metering import new_organization_id
+from tests.support.unit_tier import FAKE_AND_REAL
 
 Accounts = CreditAccounts | FakeCreditAccounts
 A_MONTH_AGO = time.time() - 32 * 86400

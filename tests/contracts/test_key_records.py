@@ -11,9 +11,9 @@ from storage.core.errors import InvalidArgumentError
 from storage.core.key_secrets import digest_secret
 from storage.core.plans import Limit
 from storage.tenancy.keys import KeyStore
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeKeyRecords
 from tests.support.metering import new_organization_id
+from tests.support.unit_tier import FAKE_AND_REAL
 
 MILLISECOND = timedelta(milliseconds=1)
 

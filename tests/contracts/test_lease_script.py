@@ -10,8 +10,8 @@ import pytest
 
 from server.backends import Backends
 from storage.metering.rate_limiter import LEASE_SCRIPT, LeaseScript, ScriptHost
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeLeaseRedis
+from tests.support.unit_tier import FAKE_AND_REAL
 
 SLOW = 0.001  # tokens per second: nothing refills while a case runs
 

@@ -10,8 +10,8 @@ import pytest
 from server.backends import Backends
 from storage.core.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from storage.tenancy.namespaces import Namespace, NamespaceStore
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeNamespaces
+from tests.support.unit_tier import FAKE_AND_REAL
 
 Store = NamespaceStore | FakeNamespaces
 

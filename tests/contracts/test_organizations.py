@@ -9,9 +9,9 @@ import pytest
 from server.backends import Backends
 from storage.core.errors import NotFoundError
 from storage.tenancy.organizations import OrganizationStore
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeOrganizations
 from tests.support.metering import new_organization_id
+from tests.support.unit_tier import FAKE_AND_REAL
 
 
 @pytest.fixture(params=FAKE_AND_REAL)

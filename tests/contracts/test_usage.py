@@ -10,9 +10,9 @@ import pytest
 
 from server.backends import Backends
 from storage.metering.usage import UsageRecorder, UsageRow
-from tests.contracts.conftest import FAKE_AND_REAL
 from tests.support.fakes import FakeUsage
 from tests.support.metering import new_organization_id
+from tests.support.unit_tier import FAKE_AND_REAL
 
 Usage = UsageRecorder | FakeUsage
 HOUR = datetime(2031, 3, 4, 5, tzinfo=UTC)

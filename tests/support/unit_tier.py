@@ -25,6 +25,7 @@ import pytest
 
 __all__ = [
     "CONTRACTS",
+    "FAKE_AND_REAL",
     "UNIT",
     "UnitTierViolation",
     "guarded",
@@ -39,6 +40,13 @@ UNIT = _TESTS / "unit"
 # integration); everywhere else the integration tier
 CONTRACTS = _TESTS / "contracts"
 _TIERS = ("unit", "integration")
+
+# the parameters of a contract test's store fixture: the fake's cases in the unit tier, the
+# real store's in the integration tier (tests/contracts/)
+FAKE_AND_REAL = [
+    pytest.param("fake", marks=pytest.mark.unit),
+    pytest.param("real", marks=pytest.mark.integration),
+]
 
 
 class UnitTierViolation(AssertionError):
