@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/$(GEN)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos certs run test test-deps lint protos-lint stubs bench bench-smoke clean
+.PHONY: help setup protos certs run test test-unit test-deps lint protos-lint stubs bench bench-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ test-deps: ## make sure redis-server, redis-cli, promtool and nginx exist (as ro
 test: setup test-deps ## import contracts, then the whole suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q -rfER
+
+test-unit: setup ## the unit tier alone: in-process, no server, Redis, MongoDB or network (under a minute)
+	$(VENV)/bin/pytest -q -rfER -m unit tests/unit tests/contracts
 
 bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server, and the 100k-document load (several minutes)
 	$(PY) -m tests.bench --out bench-results.json

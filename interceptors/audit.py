@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
 
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
-from storage.audit.log import AuditLog
 from storage.tenancy.key_verifier import VerifiedKey
 
-__all__ = ["DRY_RUN_EVENT_INTERVAL_S", "DRY_RUN_EVENT_KEYS", "AuditTrail", "audited"]
+__all__ = ["DRY_RUN_EVENT_INTERVAL_S", "DRY_RUN_EVENT_KEYS", "AuditQueue", "AuditTrail", "audited"]
 
 DRY_RUN_EVENT_INTERVAL_S = 60.0
 DRY_RUN_EVENT_KEYS = 10_000
@@ -49,8 +49,22 @@ def audited(policy: Policy) -> bool:
     return policy.audit or policy.permission in _ALWAYS
 
 
+class AuditQueue(Protocol):
+    """Where audit events wait for their write: `AuditLog`, or an in-memory one
+    (tests/support/fakes)."""
+
+    def check_room(self) -> None: ...
+
+    def record(self, **fields: Any) -> None: ...
+
+    @property
+    def saturated(self) -> bool:
+        """Nearly full: events that may be skipped (dry-run denials) wait for room."""
+        ...
+
+
 class AuditTrail:
-    def __init__(self, *, log: AuditLog, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, log: AuditQueue, clock: Callable[[], float] = time.monotonic) -> None:
         self._log = log
         self._clock = clock
         # (organization, key, method, rule, reason) -> when its last dry-run event was queued

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext
 from interceptors.metrics import Metrics
 from storage.core.plans import Plan
-from storage.metering.credits import CreditAccounts
 from storage.tenancy.organizations import Organization
 
-__all__ = ["Credits"]
+__all__ = ["CreditDebits", "Credits"]
+
+
+class CreditDebits(Protocol):
+    """How the step debits: `CreditAccounts`, or an in-memory one (tests/support/fakes)."""
+
+    def try_debit(self, organization_id: str, cost: int, *, at: float | None = None) -> bool: ...
+
+    async def debit(
+        self, organization_id: str, cost: int, *, allowance: int, at: float | None = None
+    ) -> None: ...
 
 
 class Credits:
     def __init__(
         self,
         *,
-        accounts: CreditAccounts,
+        accounts: CreditDebits,
         plan_of: Callable[[str], Plan],
         metrics: Metrics | None = None,
     ) -> None:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Protocol
 
 from calls.policy import Access, Policy
 from calls.state import CallState, PeerContext, Principal
 from storage.core.errors import NotFoundError, UnauthenticatedError
 from storage.tenancy.key_verifier import VerifiedKey
-from storage.tenancy.organizations import OrganizationStore
+from storage.tenancy.organizations import Organization
 
-__all__ = ["OrganizationIdentity"]
+__all__ = ["OrganizationIdentity", "Organizations"]
+
+
+class Organizations(Protocol):
+    """What the step reads: `OrganizationStore`, or an in-memory one (tests/support/fakes)."""
+
+    def cached(self, organization_id: str) -> Organization | None: ...
+
+    async def get(self, organization_id: str) -> Organization: ...
 
 
 class OrganizationIdentity:
-    def __init__(self, *, organizations: OrganizationStore) -> None:
+    def __init__(self, *, organizations: Organizations) -> None:
         self._organizations = organizations
 
     @staticmethod

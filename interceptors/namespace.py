@@ -9,19 +9,28 @@ PERMISSION_DENIED.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Protocol
 
 from calls.policy import Policy
 from calls.state import CallState, PeerContext, Principal
 from storage.core.errors import InvalidArgumentError, PermissionDeniedError, Reason
-from storage.tenancy.namespaces import Namespace, NamespaceStore
+from storage.tenancy.namespaces import Namespace
 
-__all__ = ["NAMESPACE_HEADER", "NamespaceScope"]
+__all__ = ["NAMESPACE_HEADER", "NamespaceScope", "Namespaces"]
 
 NAMESPACE_HEADER = "x-namespace"
 
 
+class Namespaces(Protocol):
+    """What the step reads: `NamespaceStore`, or an in-memory one (tests/support/fakes)."""
+
+    def cached(self, *, internal_id: str, environment: str, reference: str) -> Namespace | None: ...
+
+    async def resolve(self, *, internal_id: str, environment: str, reference: str) -> Namespace: ...
+
+
 class NamespaceScope:
-    def __init__(self, *, namespaces: NamespaceStore) -> None:
+    def __init__(self, *, namespaces: Namespaces) -> None:
         self._namespaces = namespaces
 
     @staticmethod

@@ -13,21 +13,50 @@ is unknown, malformed or missing has no organization: it is counted unattributed
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 
 from calls.policy import Access, Policy
 from calls.state import CallState
 from storage.core.outcomes import outcome_of
-from storage.metering.credits import CreditAccounts
-from storage.metering.usage import UNATTRIBUTED, UsageRecorder
+from storage.metering.usage import UNATTRIBUTED
 
-__all__ = ["UsageObserver"]
+__all__ = ["CreditCompletions", "UsageCounts", "UsageObserver"]
 
 _SERVER_FAULTS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE})
 
 
+class UsageCounts(Protocol):
+    """Where finished calls are counted: `UsageRecorder`, or an in-memory one
+    (tests/support/fakes)."""
+
+    def record(
+        self,
+        *,
+        organization_id: str,
+        environment: str,
+        namespace_id: str,
+        method: str,
+        key_id: str,
+        outcome: str,
+        status: str,
+        credits: int,
+        rate_limited: bool,
+        at: float | None = None,
+    ) -> None: ...
+
+
+class CreditCompletions(Protocol):
+    """How a debit is settled once its call is over: `CreditAccounts`, or an in-memory one."""
+
+    def complete(
+        self, organization_id: str, cost: int, *, refund: bool, at: float | None = None
+    ) -> None: ...
+
+
 class UsageObserver:
-    def __init__(self, *, usage: UsageRecorder, accounts: CreditAccounts) -> None:
+    def __init__(self, *, usage: UsageCounts, accounts: CreditCompletions) -> None:
         self._usage = usage
         self._accounts = accounts
 

@@ -1,11 +1,11 @@
-"""Building and running the server: components, the interceptor chain, the registered
+"""Building and running the server: components, the request path, the registered
 services, health, reflection, the background jobs.
 
 `create_server` is kept apart from the command line (`server/cli.py`) so
 tests start real servers on `localhost:0` with the same wiring. What the
 server offers is the registry (`server/registry.py`); what it shares is the
-components (`server/components.py`); what runs beside the calls is
-`server/background.py`.
+components (`server/components.py`); the request path every call takes is
+`server/request_path.py`; what runs beside the calls is `server/background.py`.
 """
 
 from __future__ import annotations
@@ -14,47 +14,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from opentelemetry import trace
 
-from interceptors.audit import AuditTrail
-from interceptors.authentication import Authentication
-from interceptors.authorization import Authorization
-from interceptors.availability import StoreAvailability
-from interceptors.chain import Observer, SecurityChain, Step
-from interceptors.credits import Credits
-from interceptors.decoding import MalformedRequests
-from interceptors.dry_run import DryRunJudge
-from interceptors.errors import ErrorMapper
-from interceptors.identity import OrganizationIdentity
-from interceptors.namespace import NamespaceScope
-from interceptors.page_tokens import PageTokenBinding
-from interceptors.peer import PeerIdentity
+from interceptors.metrics import Metrics
 from interceptors.request_metadata import MAX_METADATA_BYTES, UndecodableHeaders
 from interceptors.sidecar.check import CheckDecider
 from interceptors.sidecar.rate_limits import RateLimitDecider
-from interceptors.telemetry import Telemetry
-from interceptors.usage import UsageObserver
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
 from server.credentials import CredentialFiles
-from server.health import (
-    HEALTH_SERVICE,
-    TrackedHealth,
-    add_health,
-    dependency_monitor,
-    not_serving,
-)
-from server.method_policies import method_policies_applied
+from server.health import HEALTH_SERVICE, TrackedHealth, add_health, dependency_monitor
 from server.observability import export_build_info, serve_metrics, server_tracer
-from server.policies import build_policy_table, undeclared_methods
 from server.policy_files import PolicyFiles, watched_policy_files
 from server.reflection import enable_reflection
-from server.registry import SERVICES, add_servicers, descriptors, method_needs
+from server.registry import SERVICES, Probes, add_servicers
+from server.request_path import build_chain, build_request_path
 from server.settings import Settings
 from server.sidecars import SIDECAR_SERVICES, SidecarAnswers, add_sidecar_services
 from server.tls import ReloadingServerCredentials, bind
@@ -63,29 +42,33 @@ from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["RequestPath", "RunningServer", "build_chain", "build_request_path", "create_server"]
+__all__ = ["RunningServer", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RunningServer:
+    """A started server and everything it holds, all given at construction."""
+
     server: grpc.aio.Server
     port: int
     health: TrackedHealth
     components: Components
     tls: ReloadingServerCredentials | None
-    # watches the store credential files (server/credentials.py)
-    credentials: CredentialFiles | None = None
+    # watches the store credential files (server/credentials.py); None: nothing to watch
+    credentials: CredentialFiles | None
     # watches the route, bindings and method policy files (server/policy_files.py)
-    policy_files: PolicyFiles | None = None
-    metrics_port: int = 0
-    metrics_server: Any = None
+    policy_files: PolicyFiles | None
+    # the plain-HTTP listener of /metrics, /healthz and /readyz (None, 0: not configured)
+    metrics_server: Any
+    metrics_port: int
     # counters of the background work (tasks, deliveries)
-    work_metrics: WorkMetrics = field(default_factory=WorkMetrics)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    work_metrics: WorkMetrics
+    # the background jobs (server/background.py) and the file watchers
+    tasks: tuple[asyncio.Task[None], ...]
     # the rate-limit service's decider (its caches are bounded: docs/security.md#limits)
-    rate_limits: RateLimitDecider | None = None
+    rate_limits: RateLimitDecider
 
     @property
     def verifier(self) -> KeyVerifier:
@@ -101,7 +84,7 @@ class RunningServer:
     async def begin_drain(self) -> None:
         """Health turns NOT_SERVING for every service; calls are still served (load
         balancers and endpoint lists take a while to stop sending any)."""
-        await not_serving(self.components, self.health)
+        await self.health.drain()
 
     async def stop(self, grace_s: float) -> None:
         """Drain: health NOT_SERVING (if `begin_drain` did not already), new calls are
@@ -128,86 +111,6 @@ class RunningServer:
             self.metrics_server.server_close()
 
 
-@dataclass(frozen=True, slots=True)
-class RequestPath:
-    """The steps and observers of DESIGN.md's request path, built once: the chain runs them
-    for meshgate's own methods, the ext_authz decider for the sidecars' questions."""
-
-    steps: tuple[Step, ...]
-    observers: tuple[Observer, ...]
-    errors: ErrorMapper
-    # judges a call by a route's or a method's policy in dry run, with the deciding steps
-    dry_run: DryRunJudge
-
-
-def build_request_path(settings: Settings, c: Components) -> RequestPath:
-    audit = AuditTrail(log=c.audit)
-    breakers = c.breakers.breakers
-    needs = {
-        method: tuple(breakers[store] for store in stores if store in breakers)
-        for method, stores in method_needs().items()
-    }
-    # the steps that decide who may call what (neither spending nor guarding a store)
-    deciding = (
-        Authentication(verifier=c.verifier, metrics=c.metrics),
-        OrganizationIdentity(organizations=c.organizations),
-        Authorization(
-            internal_peers=settings.internal_peers, sidecar_peers=settings.ext_authz_peers
-        ),
-        NamespaceScope(namespaces=c.namespaces),
-    )
-    return RequestPath(
-        steps=(
-            PeerIdentity(trusted_proxies=settings.trusted_proxies),
-            StoreAvailability(needs=needs),
-            *deciding,
-            c.rate_limit,
-            Credits(accounts=c.accounts, plan_of=c.plan_of, metrics=c.metrics),
-            audit,
-        ),
-        observers=(
-            Telemetry(access_log=logging.getLogger("meshgate.access"), metrics=c.metrics),
-            UsageObserver(usage=c.usage, accounts=c.accounts),
-            audit,
-        ),
-        errors=ErrorMapper(
-            logger=logging.getLogger("meshgate.errors"),
-            on_store_failure=c.breakers.failed,
-            metrics=c.metrics,
-        ),
-        dry_run=DryRunJudge(steps=deciding),
-    )
-
-
-def build_chain(
-    settings: Settings,
-    c: Components,
-    tracer: trace.Tracer | None = None,
-    *,
-    path: RequestPath | None = None,
-) -> SecurityChain:
-    """The request path of DESIGN.md, in order; which steps apply comes from each policy
-    (the protos', narrowed by the method policy file: SettingsError when it would widen)."""
-    declared = build_policy_table(descriptors())
-    for method in undeclared_methods(descriptors(), declared):
-        _LOG.warning("method %s declares no policy and will refuse every call", method)
-    policies, dry_run = method_policies_applied(settings.method_policies, declared)
-    path = path or build_request_path(settings, c)
-    chain = SecurityChain(
-        policies=policies,
-        errors=path.errors,
-        steps=path.steps,
-        observers=path.observers,
-        logger=_LOG,
-        tracer=tracer,
-        malformed=MalformedRequests(metrics=c.metrics, logger=logging.getLogger("meshgate.input")),
-        page_tokens=PageTokenBinding(tokens=c.page_tokens),
-        dry_run=path.dry_run,
-    )
-    chain.use_policies(policies, dry_run)
-    return chain
-
-
 async def create_server(
     settings: Settings,
     backends: Backends,
@@ -217,15 +120,16 @@ async def create_server(
     tracer: trace.Tracer | None = None,
 ) -> RunningServer:
     """A started server on `address` (else the settings' listen address); `stop` drains it."""
-    c = await build_components(settings, backends)
+    metrics = Metrics()
+    c = await build_components(settings, backends, metrics=metrics)
     export_component_metrics(c)
-    export_tracing_metrics(c.metrics)
-    export_build_info(c.metrics)
+    export_tracing_metrics(metrics)
+    export_build_info(metrics)
     # grpc logs a traceback for each header value that is not UTF-8, before the chain runs:
     # the filter keeps that out of the log and lets the chain refuse the call instead
     UndecodableHeaders().install()
     path = build_request_path(settings, c)
-    chain = build_chain(settings, c, server_tracer(tracer), path=path)
+    chain = build_chain(path, settings=settings, tracer=server_tracer(tracer))
     server = grpc.aio.server(
         interceptors=(chain,),
         options=[
@@ -236,13 +140,13 @@ async def create_server(
             *extra_options,
         ],
     )
-    health = add_health(server)
+    health = add_health(server, gauge=metrics.serving)
     monitor = dependency_monitor(settings, backends, c, health)
     background = build_background(settings, c)
-    export_work_metrics(c.metrics, background)
-    add_servicers(server, c, monitor)
+    export_work_metrics(metrics, background)
+    add_servicers(server, c, Probes(monitor=monitor, statuses=health.statuses))
     rate_limits = RateLimitDecider(
-        rate_limit=c.rate_limit,
+        rate_limit=path.rate_limit,
         plan_of=c.plan_of,
         organizations=c.organizations,
         keys=c.keys,
@@ -263,14 +167,14 @@ async def create_server(
     )
     add_sidecar_services(server, answers)
     policy_files = watched_policy_files(settings, chain=chain, answers=answers)
-    policy_files.export(c.metrics)
+    policy_files.export(metrics)
     await policy_files.check()  # the contents in force, logged with their digests
     await monitor.check_once()
     enable_reflection((*(s.name for s in SERVICES), *SIDECAR_SERVICES, HEALTH_SERVICE), server)
     port, tls = bind(server, settings, address)
     metrics_server, metrics_port = (
         serve_metrics(
-            c.metrics,
+            metrics,
             settings.metrics_listen,
             ready=lambda: health.serving,
             loop=asyncio.get_running_loop(),
@@ -279,24 +183,25 @@ async def create_server(
         else (None, 0)
     )
     await server.start()
+    tasks = start_background(c, background, monitor)
+    if policy_files.watching:
+        tasks.append(asyncio.create_task(policy_files.run(), name="policy-files"))
+    credentials = CredentialFiles(settings=settings, backends=backends)
+    if credentials.watching:
+        tasks.append(asyncio.create_task(credentials.run(), name="credential-files"))
     running = RunningServer(
         server=server,
         port=port,
         health=health,
         components=c,
         tls=tls,
-        metrics_port=metrics_port,
+        credentials=credentials if credentials.watching else None,
+        policy_files=policy_files if policy_files.watching else None,
         metrics_server=metrics_server,
+        metrics_port=metrics_port,
         work_metrics=background.metrics,
-        tasks=start_background(c, background, monitor),
+        tasks=tuple(tasks),
         rate_limits=rate_limits,
     )
-    if policy_files.watching:
-        running.policy_files = policy_files
-        running.tasks.append(asyncio.create_task(policy_files.run(), name="policy-files"))
-    credentials = CredentialFiles(settings=settings, backends=backends)
-    if credentials.watching:
-        running.credentials = credentials
-        running.tasks.append(asyncio.create_task(credentials.run(), name="credential-files"))
     await c.invalidation.wait_live(2.0)
     return running

@@ -88,6 +88,21 @@ class _Stores:
     mongo: MongoStore
 
 
+class _PrintVersion(argparse.Action):
+    """`--version`: the revision is looked up (git, when run from a checkout) only when asked,
+    not every time the parser is built."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     text = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -97,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SETTINGS_NOTE,
         formatter_class=text,
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument(
+        "--version", action=_PrintVersion, nargs=0, help="print the version and the revision"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve_command = sub.add_parser(
         "serve",

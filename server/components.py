@@ -14,11 +14,10 @@ import os
 import secrets
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from interceptors.metrics import Metrics
-from interceptors.rate_limit import RateLimit
 from server.backends import Backends
 from server.settings import Settings
 from server.workers.runner import Wakeup
@@ -79,7 +78,7 @@ class Components:
     credit_events: CreditEvents
     usage: UsageRecorder
     plan_of: PlanLookup
-    rate_limit: RateLimit
+    # the server's metrics registry (built by server/app.py; the steps count into it too)
     metrics: Metrics
     audit: AuditLog
     # background work: the shared queue, what feeds it, and the wake-ups of this process's runners
@@ -98,10 +97,6 @@ class Components:
     breakers: StoreBreakers
     # signs and publishes audit checkpoints (None: no checkpoint keys configured)
     checkpoints: AuditCheckpoints | None = None
-    # service name ("(server)" for the whole) -> serving, kept by server/health.py
-    serving: dict[str, bool] = field(default_factory=dict)
-    # set once shutdown began: every service stays NOT_SERVING whatever the probes say
-    draining: bool = False
 
     async def flush_usage(self, *, everything: bool = False) -> None:
         """Ledger first (each stored batch is reported to the accounts), then the credit
@@ -133,7 +128,9 @@ def _sender(settings: Settings) -> WebhookSender:
     )
 
 
-async def build_components(settings: Settings, backends: Backends) -> Components:
+async def build_components(
+    settings: Settings, backends: Backends, *, metrics: Metrics
+) -> Components:
     """The components, and the indexes of the audit log and the usage ledger."""
     mongo = backends.mongo
     organizations = OrganizationStore(mongo=mongo)
@@ -158,7 +155,6 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         namespaces.forget(namespace_id)
         vectors.forget(namespace_id)
 
-    metrics = Metrics()
     plan_of = PlanLookup(settings.plans, settings.default_plan)
     limiter = RateLimiter(
         redis=backends.redis,
@@ -235,12 +231,6 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         credit_events=credit_events,
         usage=usage,
         plan_of=plan_of,
-        rate_limit=RateLimit(
-            limiter=limiter,
-            plan_of=plan_of,
-            metrics=metrics,
-            max_buckets=settings.rate_limit_max_buckets,
-        ),
         metrics=metrics,
         audit=audit,
         queue=queue,

@@ -8,7 +8,7 @@ the serving and dependency gauges follow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import grpc
@@ -17,6 +17,7 @@ from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 from grpc_health.v1.health import (  # type: ignore[attr-defined, unused-ignore]
     aio as health_aio,  # public (grpc_health.v1.health.aio), but the type stubs omit it
 )
+from prometheus_client import Gauge
 
 from server.backends import Backends
 from server.components import Components
@@ -31,7 +32,6 @@ __all__ = [
     "TrackedHealth",
     "add_health",
     "dependency_monitor",
-    "not_serving",
 ]
 
 
@@ -44,58 +44,86 @@ class GrpcHealth(Protocol):
 
 
 class TrackedHealth:
-    """The stock servicer, and the server's overall status ("") as it last set it: what the
-    plain-HTTP readiness probe answers (server/observability.py), without a gRPC call.
+    """This server's health, in one place: each service's status as last set (what the
+    stock grpc.health.v1 servicer answers, the plain-HTTP readiness probe reads through
+    `serving`, server/observability.py, and HealthService lists through `statuses`), the
+    `meshgate_service_serving` gauge, and whether draining began.
 
-    Like the stock servicer, it stays NOT_SERVING once draining has started, whatever a
-    later dependency probe says."""
+    Like the stock servicer, once draining has started every status stays NOT_SERVING,
+    whatever a later dependency probe says."""
 
-    def __init__(self, stock: GrpcHealth) -> None:
+    def __init__(
+        self, stock: GrpcHealth, *, services: Sequence[str], gauge: Gauge | None = None
+    ) -> None:
         self._stock = stock
-        self._serving = True  # the stock servicer starts with "" SERVING
-        self.draining = False
+        self._services = tuple(services)  # "" is the whole server
+        self._gauge = gauge
+        # "(server)" for "": as HealthService lists them; the stock servicer starts with
+        # "" SERVING, the others as the first probe finds them
+        self._statuses: dict[str, bool] = {}
+        self._serving = True
+        self._draining = False
 
     @property
     def serving(self) -> bool:
-        return self._serving and not self.draining
+        """The whole server ("") is SERVING, and draining has not begun."""
+        return self._serving and not self._draining
 
-    async def set(self, service: str, status: int) -> None:
-        if service == "":
-            self._serving = status == health_pb2.HealthCheckResponse.SERVING
-        await self._stock.set(service, status)
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
-    async def enter_graceful_shutdown(self) -> None:
-        self.draining = True
+    def statuses(self) -> dict[str, bool]:
+        """Every service's status as last set ("(server)": the whole server)."""
+        return dict(self._statuses)
+
+    async def set(self, service: str, serving: bool) -> None:
+        """A probe's verdict for one service; ignored once draining has begun."""
+        if self._draining:
+            return
+        self._record(service, serving)
+        await self._stock.set(service, _STATUS[serving])
+
+    async def drain(self) -> None:
+        """Shutdown begins: every status NOT_SERVING at once, and kept so."""
+        self._draining = True
         await self._stock.enter_graceful_shutdown()
+        for service in self._services:
+            self._record(service, False)
+
+    def _record(self, service: str, serving: bool) -> None:
+        if service == "":
+            self._serving = serving
+        label = service or "(server)"
+        self._statuses[label] = serving
+        if self._gauge is not None:
+            self._gauge.labels(label).set(float(serving))
 
 
-def add_health(server: grpc.aio.Server) -> TrackedHealth:
+_STATUS = {
+    True: health_pb2.HealthCheckResponse.SERVING,
+    False: health_pb2.HealthCheckResponse.NOT_SERVING,
+}
+
+
+def add_health(server: grpc.aio.Server, *, gauge: Gauge | None = None) -> TrackedHealth:
     """The stock asyncio health servicer; every service is SERVING until a probe says otherwise."""
     stock = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(stock, server)
     servicer: GrpcHealth = stock
-    return TrackedHealth(servicer)
+    return TrackedHealth(servicer, services=("", *(s.name for s in SERVICES)), gauge=gauge)
 
 
 def dependency_monitor(
-    settings: Settings, backends: Backends, c: Components, health: GrpcHealth
+    settings: Settings, backends: Backends, c: Components, health: TrackedHealth
 ) -> DependencyMonitor:
     """Probes every store; a flip updates the grpc.health.v1 status of the services needing it."""
     needs = {"": SERVER_NEEDS, **{s.name: s.needs for s in SERVICES}}
 
     async def on_change(states: Mapping[str, DependencyState]) -> None:
         c.breakers.observe(states)
-        serving_now = {} if c.draining else needs  # draining: NOT_SERVING stays
-        for service, stores in serving_now.items():
-            serving = all(states[n].up for n in stores if n in states)
-            c.serving[service or "(server)"] = serving
-            c.metrics.serving.labels(service or "(server)").set(float(serving))
-            await health.set(
-                service,
-                health_pb2.HealthCheckResponse.SERVING
-                if serving
-                else health_pb2.HealthCheckResponse.NOT_SERVING,
-            )
+        for service, stores in needs.items():
+            await health.set(service, all(states[n].up for n in stores if n in states))
         for name, state in states.items():
             c.metrics.dependency_up.labels(name).set(float(state.up))
             c.metrics.dependency_latency.labels(name).set(state.latency_s)
@@ -112,13 +140,3 @@ def dependency_monitor(
         repeat_log_s=settings.store_down_log_s,
         where={check.store.lower(): check.where for check in backends.checks},
     )
-
-
-async def not_serving(c: Components, health: GrpcHealth) -> None:
-    """Shutdown begins: every status NOT_SERVING at once, and kept so (the stock servicer
-    ignores later changes; the probes no longer update `c.serving`)."""
-    c.draining = True
-    await health.enter_graceful_shutdown()
-    for service in ("", *(s.name for s in SERVICES)):
-        c.serving[service or "(server)"] = False
-        c.metrics.serving.labels(service or "(server)").set(0.0)

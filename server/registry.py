@@ -8,7 +8,7 @@ adding a row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -55,6 +55,7 @@ from storage.backends.health import DependencyMonitor
 __all__ = [
     "SERVER_NEEDS",
     "SERVICES",
+    "Probes",
     "Service",
     "add_servicers",
     "descriptors",
@@ -66,12 +67,21 @@ SERVER_NEEDS = ("mongodb",)
 
 
 @dataclass(frozen=True, slots=True)
+class Probes:
+    """What HealthService reads besides the components: the dependency monitor, and each
+    service's status as last set (server/health.py `TrackedHealth.statuses`)."""
+
+    monitor: DependencyMonitor
+    statuses: Callable[[], Mapping[str, bool]]
+
+
+@dataclass(frozen=True, slots=True)
 class Service[S]:
     descriptor: ServiceDescriptor
     # the stores it cannot work without: NOT_SERVING while one is down. Redis: revocations
     # propagate through it, and costed calls need it for credits.
     needs: tuple[str, ...]
-    servicer: Callable[[Components, DependencyMonitor], S]
+    servicer: Callable[[Components, Probes], S]
     # the generated add_<Service>Servicer_to_server
     add: Callable[[S, grpc.aio.Server], None]
 
@@ -79,8 +89,8 @@ class Service[S]:
     def name(self) -> str:
         return self.descriptor.full_name
 
-    def register(self, server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
-        self.add(self.servicer(c, monitor), server)
+    def register(self, server: grpc.aio.Server, c: Components, probes: Probes) -> None:
+        self.add(self.servicer(c, probes), server)
 
 
 # Not annotated, so mypy checks every row's servicer against the add function it is given to.
@@ -150,9 +160,7 @@ SERVICES = (
     Service(
         health_service_pb2.DESCRIPTOR.services_by_name["HealthService"],
         needs=(),
-        servicer=lambda c, monitor: HealthServicer(
-            monitor=monitor, services=lambda: dict(c.serving)
-        ),
+        servicer=lambda _, probes: HealthServicer(monitor=probes.monitor, services=probes.statuses),
         add=health_service_pb2_grpc.add_HealthServiceServicer_to_server,
     ),
     Service(
@@ -187,6 +195,6 @@ def method_needs() -> dict[str, tuple[str, ...]]:
     }
 
 
-def add_servicers(server: grpc.aio.Server, c: Components, monitor: DependencyMonitor) -> None:
+def add_servicers(server: grpc.aio.Server, c: Components, probes: Probes) -> None:
     for service in SERVICES:
-        service.register(server, c, monitor)
+        service.register(server, c, probes)

@@ -9,6 +9,11 @@
   over TLS with client certificates, exactly as services in the mesh do.
 
 The helpers behind these fixtures live in tests/support/.
+
+Tiers: tests/unit/ is the unit tier (`make test-unit`: in-process, with the fakes of
+tests/support/fakes; no process, no socket, enforced by the runtest hooks below),
+tests/contracts/ runs each fake and its real store through the same cases, and every
+other folder is the integration tier. `make test` runs them all.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -34,8 +40,35 @@ from tests.support.log_guard import NEVER_LOGGED, FormattedLines, leaked
 from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
+from tests.support.servers import BulkServer, serving
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
+from tests.support.unit_tier import guarded, mark_tier
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mark_tier(item)
+
+
+# every phase of a unit-tier test runs guarded, so a fixture of any scope that it asks for
+# (a session's redis-server, say) is refused too (tests/support/unit_tier.py)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with guarded(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -204,3 +237,25 @@ def make_tenant(backends: Backends, channel: grpc.aio.Channel, server: RunningSe
 @pytest.fixture
 async def tenant(make_tenant: MakeTenant) -> Tenant:
     return await make_tenant()
+
+
+@pytest.fixture(scope="module")
+async def bulk_server(
+    settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BulkServer]:
+    """A server of its own on a database of its own (and an in-memory Qdrant of its own),
+    for tests that store thousands of items (on a real MongoDB the database is dropped
+    afterwards; the embedded engine's data goes with the session). On the
+    embedded engine a filtered ListDocuments reads every document of the collection
+    (docs/embedded-mongodb.md): bulk left in the session's database made every later
+    filtered list slower (the filter tests of a full run 12 times as long)."""
+    own = replace(
+        settings,
+        mongodb_database=f"{settings.mongodb_database}_bulk_{secrets.token_hex(3)}",
+        data_dir=tmp_path_factory.mktemp("bulk"),
+        metrics_listen="",
+    )
+    async with serving(own, pki) as (running, backends, channel):
+        yield BulkServer(running, backends, channel)
+        if os.environ.get("MESHGATE_TEST_MONGODB_URI"):  # the embedded engine's goes with it
+            await backends.mongo.database.client.drop_database(own.mongodb_database)

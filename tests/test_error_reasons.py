@@ -42,7 +42,9 @@ from tests.support.tenants import MakeTenant, Tenant, internal_id_of
 
 # reasons no call to the shared live server can be made to give: where each is proved
 ELSEWHERE = {
-    "METHOD_NOT_DECLARED": "tests/server/test_chain.py::test_method_without_policy_is_refused",
+    "METHOD_NOT_DECLARED": (
+        "tests/interceptors/test_chain_path.py::test_method_without_policy_is_refused"
+    ),
     "CONCURRENT_CHANGE": "tests/storage/tenancy/test_keys.py (a rotation that lost its race)",
     "STORE_UNAVAILABLE": "tests/interceptors/test_availability.py (MongoDB stopped under load)",
     "INTERNAL_ERROR": "tests/interceptors/test_errors.py (an exception of no typed error)",

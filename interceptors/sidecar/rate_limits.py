@@ -107,6 +107,11 @@ class RateLimitDecider:
         )
 
     @property
+    def rate_limit(self) -> RateLimit:
+        """The request path's rate-limit step, whose buckets and names the descriptors use."""
+        return self._rate_limit
+
+    @property
     def cached_key_limits(self) -> int:
         """Keys whose own limit is cached (at most `max_key_limits`)."""
         return len(self._key_limits)

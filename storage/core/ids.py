@@ -1,4 +1,4 @@
-"""Public and internal identifiers (see DESIGN.md, Identifiers), and the ids clients choose."""
+"""Public and internal identifiers (docs/design.md, Identifiers), and the ids clients choose."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ A task document holds its state, its progress and, until it is final, the
 items to write: one compressed BSON blob (point vectors packed as float32),
 so the scope checks of ScopedCollection see one value rather than walking
 thousands of item fields. The state machine is
-PENDING -> IN_PROGRESS -> COMPLETED | FAILED | CANCELED.
+PENDING -> IN_PROGRESS -> COMPLETED | FAILED | CANCELED. The task as a value (its record,
+its packed items): storage/data/task_records.py, re-exported here.
 
 Exactly once in effect, without transactions:
 
@@ -25,23 +26,39 @@ Exactly once in effect, without transactions:
 
 from __future__ import annotations
 
-import struct
-import zlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
-
-import bson
+from typing import Any
 
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.tracing import trace_context
 from storage.backends.work_queue import WorkQueue
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
-from storage.core.ids import TIME_ORDERED_BODY, prefixed_id_re, time_ordered_id
+from storage.core.errors import FailedPreconditionError, NotFoundError, Reason
+from storage.core.ids import time_ordered_id
 from storage.core.pages import decode_page_token, page_of
+from storage.data.task_records import (
+    EVENT_TYPES,
+    FINAL_STATES,
+    TASK_ID_RE,
+    TASK_STATES,
+    WITHOUT_ITEMS,
+    DocumentItem,
+    PointItem,
+    Progress,
+    RunState,
+    TaskError,
+    TaskRecord,
+    check_task_id,
+    pack_items,
+    pack_vector,
+    task_event_data,
+    task_record,
+    unpack_items,
+    unpack_vector,
+)
 from storage.webhooks.outbox import Event, new_event
 
 __all__ = [
@@ -57,155 +74,6 @@ __all__ = [
     "pack_vector",
     "unpack_vector",
 ]
-
-TASK_STATES = ("pending", "in_progress", "completed", "failed", "canceled")
-FINAL_STATES = frozenset({"completed", "failed", "canceled"})
-TASK_ID_RE = prefixed_id_re("task", length=TIME_ORDERED_BODY)
-_EVENT_TYPES = {
-    "completed": "task.completed",
-    "failed": "task.failed",
-    "canceled": "task.canceled",
-}
-_ITEMS = {"items": 0, "event": 0}
-
-
-def pack_vector(vector: Sequence[float]) -> bytes:
-    """float32, little endian: 4 bytes a value (BSON arrays would take 13 or more)."""
-    return struct.pack(f"<{len(vector)}f", *vector)
-
-
-def unpack_vector(packed: bytes) -> list[float]:
-    return list(struct.unpack(f"<{len(packed) // 4}f", packed))
-
-
-def _pack_items(documents: Sequence[DocumentItem], points: Sequence[PointItem]) -> bytes:
-    raw = bson.encode(
-        {
-            "documents": [
-                {"id": d.document_id, "body": d.body, "metadata": d.metadata} for d in documents
-            ],
-            "points": [
-                {"id": p.point_id, "vector": pack_vector(p.vector), "payload": p.payload}
-                for p in points
-            ],
-        }
-    )
-    return zlib.compress(raw, 1)
-
-
-def _unpack_items(blob: bytes) -> tuple[list[DocumentItem], list[PointItem]]:
-    raw = bson.decode(zlib.decompress(blob))
-    return (
-        [
-            DocumentItem(d["id"], d.get("body") or {}, d.get("metadata") or {})
-            for d in raw["documents"]
-        ],
-        [
-            PointItem(p["id"], unpack_vector(p["vector"]), p.get("payload") or {})
-            for p in raw["points"]
-        ],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentItem:
-    document_id: str
-    body: dict[str, Any]
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class PointItem:
-    point_id: str
-    vector: list[float]
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskError:
-    code: str  # a google.rpc.Code name
-    message: str
-    item: str = ""
-
-    def to_doc(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "item": self.item}
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    task_id: str
-    state: str
-    items_total: int
-    items_done: int
-    error: TaskError | None
-    cancel_requested: bool
-    attempts: int
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    # the W3C trace context of the submitting call, which the task's event carries
-    trace: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-def _record(doc: Mapping[str, Any]) -> TaskRecord:
-    error = doc.get("error")
-    return TaskRecord(
-        task_id=doc["task_id"],
-        state=doc["state"],
-        items_total=int(doc["items_total"]),
-        items_done=int(doc.get("items_done", 0)),
-        error=TaskError(error["code"], error["message"], error.get("item", "")) if error else None,
-        cancel_requested=bool(doc.get("cancel_requested")),
-        attempts=int(doc.get("attempts", 0)),
-        created_at=doc["created_at"],
-        updated_at=doc["updated_at"],
-        started_at=doc.get("started_at"),
-        finished_at=doc.get("finished_at"),
-        trace=doc.get("trace") or {},
-    )
-
-
-def task_event_data(namespace_id: str, record: TaskRecord) -> dict[str, Any]:
-    """What a task event says: public ids and the outcome, never internal ids or items."""
-
-    def iso(value: datetime | None) -> str | None:
-        return None if value is None else value.isoformat(timespec="milliseconds")
-
-    return {
-        "task_id": record.task_id,
-        "namespace_id": namespace_id,
-        "state": record.state,
-        "items_total": record.items_total,
-        "items_done": record.items_done,
-        "error": record.error.to_doc() if record.error else None,
-        "create_time": iso(record.created_at),
-        "end_time": iso(record.finished_at),
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class RunState:
-    """What a worker learns when it takes a claimed task in hand."""
-
-    record: TaskRecord
-    documents: list[DocumentItem] = field(default_factory=list)
-    points: list[PointItem] = field(default_factory=list)
-    # the event of a task that is final already, to hand to the outbox (again: idempotent)
-    final_event: Event | None = None
-
-
-Progress = Literal["ok", "cancel", "lost"]
-
-
-def _check_task_id(task_id: str) -> str:
-    if not TASK_ID_RE.match(task_id):
-        raise InvalidArgumentError("task_id is malformed (expected task_...)", field="task_id")
-    return task_id
 
 
 class TaskStore:
@@ -241,22 +109,22 @@ class TaskStore:
             "updated_at": now,
             "started_at": None,
             "finished_at": None,
-            "items": _pack_items(documents, points),
+            "items": pack_items(documents, points),
         }
         trace = trace_context()
         if trace:
             doc["trace"] = trace
         await self._collection(scope).insert_one(doc)
         await self._queue.release("task", task_id)
-        return _record(doc)
+        return task_record(doc)
 
     async def get(self, scope: Scope, task_id: str) -> TaskRecord:
         doc = await self._collection(scope).find_one(
-            {"task_id": _check_task_id(task_id)}, projection=_ITEMS
+            {"task_id": check_task_id(task_id)}, projection=WITHOUT_ITEMS
         )
         if doc is None:
             raise NotFoundError("task not found")
-        return _record(doc)
+        return task_record(doc)
 
     async def list_page(
         self, scope: Scope, *, states: frozenset[str], page_size: int, page_token: str
@@ -269,9 +137,9 @@ class TaskStore:
         if after is not None:
             query["task_id"] = {"$lt": after}
         docs = await self._collection(scope).find(
-            query, sort=[("task_id", -1)], limit=page_size + 1, projection=_ITEMS
+            query, sort=[("task_id", -1)], limit=page_size + 1, projection=WITHOUT_ITEMS
         )
-        return page_of(docs, page_size=page_size, kind="task", key="task_id", build=_record)
+        return page_of(docs, page_size=page_size, kind="task", key="task_id", build=task_record)
 
     async def cancel(self, scope: Scope, task_id: str) -> TaskRecord:
         """PENDING: canceled now. IN_PROGRESS: flagged, the worker stops after its chunk."""
@@ -285,20 +153,20 @@ class TaskStore:
                     scope, current, state="canceled", items_done=0, error=None
                 )
                 doc = await collection.find_one_and_update(
-                    {"task_id": task_id, "state": "pending"}, update, projection=_ITEMS
+                    {"task_id": task_id, "state": "pending"}, update, projection=WITHOUT_ITEMS
                 )
                 if doc is not None:
                     # the task's row is due: a worker hands the event to the outbox
                     await self._queue.release("task", task_id)
-                    return _record(doc)
+                    return task_record(doc)
             else:
                 doc = await collection.find_one_and_update(
                     {"task_id": task_id, "state": "in_progress"},
                     {"$set": {"cancel_requested": True, "updated_at": self._now()}},
-                    projection=_ITEMS,
+                    projection=WITHOUT_ITEMS,
                 )
                 if doc is not None:
-                    return _record(doc)
+                    return task_record(doc)
         raise FailedPreconditionError(
             "the task is changing state concurrently; retry", reason=Reason.CONCURRENT_CHANGE
         )
@@ -316,7 +184,7 @@ class TaskStore:
             doc = await collection.find_one({"task_id": task_id})
             if doc is None:
                 return None
-            record = _record(doc)
+            record = task_record(doc)
             if record.final:
                 event = Event.from_doc(doc["event"]) if doc.get("event") else None
                 return RunState(record=record, final_event=event)
@@ -332,12 +200,12 @@ class TaskStore:
                     },
                     "$inc": {"attempts": 1},
                 },
-                projection=_ITEMS,
+                projection=WITHOUT_ITEMS,
             )
             if updated is None:
                 continue  # canceled or finished in between: look again
-            documents, points = _unpack_items(doc["items"])
-            return RunState(record=_record(updated), documents=documents, points=points)
+            documents, points = unpack_items(doc["items"])
+            return RunState(record=task_record(updated), documents=documents, points=points)
         return None
 
     async def progress(self, scope: Scope, task_id: str, *, token: str, done: int) -> Progress:
@@ -388,7 +256,7 @@ class TaskStore:
             finished_at=now,
         )
         event = new_event(
-            _EVENT_TYPES[state],
+            EVENT_TYPES[state],
             task_event_data(scope.namespace_id, final),
             now=now,
             trace=record.trace,

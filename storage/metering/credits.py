@@ -29,32 +29,45 @@ is rebuilt (at most one flush interval of calls, plus calls still running) are
 counted again when their usage is recorded, and replicas may spend what they
 held for up to one settle interval before they notice; the balance may then go
 below zero by that much, never more.
+
+Here: the call path (`CreditAccounts`: reserve, debit, complete). The settlement and the
+rebuild: storage/metering/credit_settlement.py; the values (balances, periods, a
+replica's reservation): storage/metering/credit_balances.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
 from storage.backends.redis_client import RedisClient
-from storage.backends.redis_keys import organization_key
 from storage.backends.tracing import client_span
 from storage.core.errors import Quota, Reason, ResourceExhaustedError, UnavailableError
-from storage.metering.credit_scripts import (
-    PERIOD_TTL_MS,
-    AccountState,
-    CreditScripts,
-    ReserveReply,
+from storage.metering.credit_balances import (
+    THRESHOLDS,
+    Balance,
+    CreditPeriods,
+    Ledger,
+    LedgerBatch,
+    LedgerTotals,
+    Reservation,
+    TopUp,
+    account_key,
+    account_keys,
+    balance_of,
+    period_end,
+    period_of,
 )
+from storage.metering.credit_scripts import CreditScripts, ReserveReply
+from storage.metering.credit_settlement import CreditSettlement, ThresholdRecorder
 
+# the value types are credit_balances'; re-exported, as the package's face for credits
 __all__ = [
     "THRESHOLDS",
     "Balance",
@@ -62,108 +75,19 @@ __all__ = [
     "Ledger",
     "LedgerBatch",
     "LedgerTotals",
+    "period_end",
     "period_of",
 ]
 
 _LOG = logging.getLogger("meshgate.credits")
-THRESHOLDS = (80, 95, 100)
-
-
-def period_of(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m")
-
-
-def period_end(period: str) -> datetime:
-    year, month = (int(p) for p in period.split("-"))
-    last = calendar.monthrange(year, month)[1]
-    return datetime(year, month, last, 23, 59, 59, tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    period: str
-    allowance: int
-    granted: int
-    remaining: int
-    used: int
-    reserved: int
-
-    @property
-    def total(self) -> int:
-        return self.allowance + self.granted
-
-    def consumed_percent(self) -> float:
-        return 100.0 if self.total == 0 else 100.0 * (self.used + self.reserved) / self.total
-
-
-def _balance(period: str, state: AccountState) -> Balance:
-    return Balance(
-        period, state.allowance, state.granted, state.balance, state.used, state.reserved
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerTotals:
-    """An organization's period as the ledger has it."""
-
-    used: int
-    granted: int
-    # the grants counted in `granted`
-    grants: tuple[str, ...] = ()
-    # usage writer -> (its last batch seen, the credits of that batch seen)
-    writers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-
-
-class Ledger(Protocol):
-    """Reads the ledger (storage/metering/ledger.py)."""
-
-    async def totals(self, organization_id: str, period: str) -> LedgerTotals: ...
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerBatch:
-    """One batch of usage documents stored: its writer and number, and the credits it
-    recorded per (organization_id, period)."""
-
-    writer: str
-    batch: int
-    credits: Mapping[tuple[str, str], int]
-
-
-@dataclass(frozen=True, slots=True)
-class _TopUp:
-    """What one reservation script answered: an error, or the grant and what it was for."""
-
-    error: BaseException | None = None
-    granted: int = 0
-    need: int = 0
-    # credits that other replicas hold (spent or not) right after it
-    others_hold: int = 0
-
-
-@dataclass
-class _Reservation:
-    allowance: int
-    available: int = 0
-    held: int = 0  # debited by calls still running
-    spent: int = 0  # debited by finished calls, not in the ledger yet
-    # in the ledger, not settled yet: (writer, batch, credits)
-    recorded: list[tuple[str, int, int]] = field(default_factory=list)
-    last_used: float = 0.0
-    size: int = 0  # the last batch asked for
-    topped_up_at: float = float("-inf")
-    waiting: int = 0  # the cost of the calls waiting for a reservation
-    pending: asyncio.Task[_TopUp] | None = None
-    # set while a settle script runs for it (top-ups wait for it)
-    settling: asyncio.Event | None = None
-
-    @property
-    def outstanding(self) -> bool:
-        return bool(self.available or self.held or self.spent or self.recorded)
 
 
 @dataclass
 class CreditAccounts:
+    """One replica's credit accounts: the call path here (reserve, debit, complete), the
+    settlement beside it (storage/metering/credit_settlement.py), both on one table of
+    reservations."""
+
     redis: RedisClient
     replica: str
     ledger: Ledger
@@ -184,44 +108,38 @@ class CreditAccounts:
     dead_after_s: float = 10.0
     clock: Callable[[], float] = time.time  # wall clock, epoch seconds
     monotonic: Callable[[], float] = time.monotonic
-    on_threshold: Callable[[str, str, int, Balance], Awaitable[None]] | None = None
-    _reservations: dict[tuple[str, str], _Reservation] = field(default_factory=dict)
+    on_threshold: ThresholdRecorder | None = None
+    # (organization_id, period) -> what this replica holds of that account
+    _reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
     # threshold recordings started by top-ups (they never hold up a debit)
     _recording: set[asyncio.Task[None]] = field(default_factory=set)
-    _notified: set[tuple[str, str, int]] = field(default_factory=set)
-    _settling: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _current: str = ""
-    _current_from: float = float("inf")
-    _current_until: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self._scripts = CreditScripts(self.redis)
+        self._periods = CreditPeriods(self.clock)
+        self._settlement = CreditSettlement(
+            scripts=self._scripts,
+            ledger=self.ledger,
+            replica=self.replica,
+            reservations=self._reservations,
+            periods=self._periods,
+            timeout_s=self.timeout_s,
+            rebuild_timeout_s=self.rebuild_timeout_s,
+            idle_release_s=self.idle_release_s,
+            settle_interval_s=self.settle_interval_s,
+            monotonic=self.monotonic,
+            on_threshold=self.on_threshold,
+        )
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def _period(self, at: float | None = None) -> str:
-        """The period of `at` (default: now), recomputed only when it leaves the cached one."""
-        now = self.clock() if at is None else at
-        if not self._current_from <= now < self._current_until:
-            moment = datetime.fromtimestamp(now, UTC)
-            self._current = period_of(moment)
-            start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-            self._current_from = start.timestamp()
-            self._current_until = (period_end(self._current) + timedelta(seconds=1)).timestamp()
-        return self._current
-
     def current_period(self) -> str:
-        return self._period()
-
-    def __post_init__(self) -> None:
-        self._scripts = CreditScripts(self.redis)
+        return self._periods.of()
 
     @staticmethod
     def key(organization_id: str, period: str) -> str:
-        return organization_key(organization_id, "credits", period)
-
-    @classmethod
-    def _keys(cls, organization_id: str, period: str) -> tuple[str, str]:
-        account = cls.key(organization_id, period)
-        return account, f"{account}:live"
+        return account_key(organization_id, period)
 
     # -- the call path ------------------------------------------------------------------
 
@@ -231,13 +149,11 @@ class CreditAccounts:
         `at` (epoch seconds, default now) is when the call started: its credits belong
         to that moment's period, however long it runs (give `complete` the same).
         """
-        period = self._period(at)
+        period = self._periods.of(at)
         reservation = self._reservations.get((organization_id, period))
         return reservation is not None and self._take(organization_id, period, reservation, cost)
 
-    def _take(
-        self, organization_id: str, period: str, reservation: _Reservation, cost: int
-    ) -> bool:
+    def _take(self, organization_id: str, period: str, reservation: Reservation, cost: int) -> bool:
         """`cost` from the reservation if it holds that much; the next batch is fetched
         before it runs dry."""
         if reservation.available < cost:
@@ -257,16 +173,16 @@ class CreditAccounts:
         `allowance` is the plan's monthly credits, used when the period's account is
         created; `at` as for `try_debit`.
         """
-        period = self._period(at)
+        period = self._periods.of(at)
         slot = (organization_id, period)
         reservation = self._reservations.get(slot)
         if reservation is None:
-            reservation = self._reservations[slot] = _Reservation(allowance=allowance)
+            reservation = self._reservations[slot] = Reservation(allowance=allowance)
         if self._take(organization_id, period, reservation, cost):
             return
         reservation.waiting += cost
         try:
-            outcome = _TopUp()
+            outcome = TopUp()
             for _ in range(8):
                 if reservation.pending is None:
                     self._start_top_up(
@@ -294,7 +210,7 @@ class CreditAccounts:
             reservation.waiting -= cost
         raise self._refusal(period, outcome)
 
-    def _refusal(self, period: str, outcome: _TopUp) -> ResourceExhaustedError:
+    def _refusal(self, period: str, outcome: TopUp) -> ResourceExhaustedError:
         quota = Quota(
             subject=f"credits:{period}",
             description=f"the organization's credits for {period} (allowance and grants)",
@@ -323,7 +239,7 @@ class CreditAccounts:
         self,
         organization_id: str,
         period: str,
-        reservation: _Reservation,
+        reservation: Reservation,
         *,
         cost: int,
         need: int,
@@ -360,33 +276,33 @@ class CreditAccounts:
         self,
         organization_id: str,
         period: str,
-        reservation: _Reservation,
+        reservation: Reservation,
         *,
         need: int,
         demand: int,
         want: int,
-    ) -> _TopUp:
+    ) -> TopUp:
         try:
             with client_span("redis", "EVALSHA", **{"meshgate.script": "credits_reserve"}):
                 reply = await self._reserve(
                     organization_id, period, reservation, need=need, demand=demand, want=want
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            return _TopUp(error=exc)
+            return TopUp(error=exc)
         except Exception as exc:  # the ledger could not be read to rebuild the account
             _LOG.warning("could not reserve credits: %s", type(exc).__name__)
-            return _TopUp(error=exc)
+            return TopUp(error=exc)
         finally:
             reservation.pending = None
         reservation.available += reply.granted
         if reply.granted < want:  # capped near exhaustion: no prefetching until it grows
             reservation.size = min(reservation.size, reply.granted)
         task = asyncio.create_task(
-            self._record(organization_id, period, _balance(period, reply.state))
+            self._record(organization_id, period, balance_of(period, reply.state))
         )
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
-        return _TopUp(
+        return TopUp(
             granted=reply.granted,
             need=need,
             others_hold=reply.state.reserved - reply.mine,
@@ -396,7 +312,7 @@ class CreditAccounts:
         self,
         organization_id: str,
         period: str,
-        reservation: _Reservation,
+        reservation: Reservation,
         *,
         need: int,
         demand: int,
@@ -405,7 +321,7 @@ class CreditAccounts:
         """The reservation script (waiting first for a settle of this account in flight),
         within `timeout_s`; if the account must be rebuilt, the rebuild (it reads MongoDB)
         within `rebuild_timeout_s`, and the script once more."""
-        keys = self._keys(organization_id, period)
+        keys = account_keys(organization_id, period)
 
         async def reserve() -> ReserveReply | None:
             if reservation.settling is not None:
@@ -425,14 +341,14 @@ class CreditAccounts:
             if reply is not None:
                 return reply
             await asyncio.wait_for(
-                self.rebuild(organization_id, period, allowance=reservation.allowance),
+                self._settlement.rebuild(organization_id, period, allowance=reservation.allowance),
                 self.rebuild_timeout_s,
             )
         raise RedisError("the credit account vanished while it was being rebuilt")
 
     async def _record(self, organization_id: str, period: str, balance: Balance) -> None:
         try:
-            await self._thresholds(organization_id, period, balance)
+            await self._settlement.thresholds(organization_id, period, balance)
         except Exception as exc:  # the next top-up or settle records it instead
             _LOG.warning("could not record a credit threshold: %s", type(exc).__name__)
 
@@ -444,7 +360,7 @@ class CreditAccounts:
         `at` is the `at` of its debit, so a call that ran across a month boundary is
         settled in the month it was debited in (and its usage event recorded there).
         """
-        reservation = self._reservations.get((organization_id, self._period(at)))
+        reservation = self._reservations.get((organization_id, self._periods.of(at)))
         if reservation is None or reservation.held < cost:
             _LOG.error("credits completed that were never debited (%s)", organization_id)
             return
@@ -454,149 +370,31 @@ class CreditAccounts:
         else:
             reservation.spent += cost
 
-    # -- the ledger and the account ----------------------------------------------------
+    # -- the settlement (storage/metering/credit_settlement.py) -------------------------
 
     def recorded(self, batch: LedgerBatch) -> None:
         """The usage writer stored `batch`: its credits are in the ledger now, to be
         settled (the writer calls this after every batch it stores)."""
-        for slot, credits in batch.credits.items():
-            reservation = self._reservations.get(slot)
-            if reservation is None:
-                continue
-            moved = min(credits, reservation.spent)
-            if moved:
-                reservation.spent -= moved
-                reservation.recorded.append((batch.writer, batch.batch, moved))
+        self._settlement.recorded(batch)
 
     async def settle(self, *, everything: bool = False) -> None:
         """Move what the ledger recorded to `used`, hand back what is idle or wanted
         elsewhere (all of it with `everything`, at shutdown), and reconcile what this
         replica holds with what Redis says it holds. One settle at a time."""
-        async with self._settling:
-            now = self.monotonic()
-            current = self._period()
-            for slot, reservation in list(self._reservations.items()):
-                stale = slot[1] != current
-                if reservation.outstanding:
-                    release_all = (
-                        everything or stale or now - reservation.last_used > self.idle_release_s
-                    )
-                    await self._settle_one(slot, reservation, release_all=release_all)
-                if stale and not reservation.outstanding and reservation.pending is None:
-                    self._reservations.pop(slot, None)
-
-    async def _settle_one(
-        self, slot: tuple[str, str], reservation: _Reservation, *, release_all: bool
-    ) -> None:
-        """One account's settlement, with no other script of this replica on it in flight
-        (top-ups wait for it), so what Redis says this replica holds can be compared with
-        what it holds. Its unspent credits are set aside meanwhile: calls cannot take what
-        the script may be handing back."""
-        while reservation.pending is not None:
-            await asyncio.shield(reservation.pending)
-        organization_id, period = slot
-        done = reservation.settling = asyncio.Event()
-        offered, reservation.available = reservation.available, 0
-        released = 0
-        try:
-            chunks = list(reservation.recorded)
-            held = reservation.held + reservation.spent
-            reply = None
-            for _ in range(2):
-                reply = await asyncio.wait_for(
-                    self._scripts.settle(
-                        self._keys(organization_id, period),
-                        replica=self.replica,
-                        release_all=release_all,
-                        unspent=offered,
-                        held=held,
-                        reconcile=True,
-                        short_window_ms=int(3000 * self.settle_interval_s),
-                        chunks=chunks,
-                    ),
-                    self.timeout_s,
-                )
-                if reply is not None:
-                    break
-                await asyncio.wait_for(
-                    self.rebuild(organization_id, period, allowance=reservation.allowance),
-                    self.rebuild_timeout_s,
-                )
-            if reply is None:
-                raise RedisError("the credit account vanished while it was being rebuilt")
-            del reservation.recorded[: len(chunks)]
-            released = reply.released
-            # Redis no longer knows part of what this replica held (it lost its data): what
-            # was not spent yet is gone; what was is debited from the balance when it settles
-            released += max(0, min(offered - released, held + offered - released - reply.mine))
-        finally:
-            reservation.available += offered - released
-            reservation.settling = None
-            done.set()
-        await self._thresholds(organization_id, period, _balance(period, reply.state))
+        await self._settlement.settle(everything=everything)
 
     async def rebuild(self, organization_id: str, period: str, *, allowance: int) -> bool:
         """Create the period's account from the ledger unless it exists; True if this call
         created it. Replicas rebuilding at once count once: the first write wins."""
-        totals = await self.ledger.totals(organization_id, period)
-        created = await self._scripts.rebuild(
-            self.key(organization_id, period),
-            allowance=allowance,
-            ttl_ms=PERIOD_TTL_MS,
-            used=totals.used,
-            granted=totals.granted,
-            writers=[(w, batch, part) for w, (batch, part) in totals.writers.items()],
-            grants=totals.grants,
-        )
-        if created and (totals.used or totals.granted):
-            _LOG.warning(
-                "rebuilt the %s credits of %s from the ledger: %d used, %d granted",
-                period,
-                organization_id,
-                totals.used,
-                totals.granted,
-            )
-        return created
-
-    async def _account(
-        self,
-        organization_id: str,
-        period: str,
-        allowance: int,
-        read: Callable[[], Awaitable[AccountState | None]],
-    ) -> Balance:
-        for _ in range(2):
-            state = await read()
-            if state is not None:
-                return _balance(period, state)
-            await self.rebuild(organization_id, period, allowance=allowance)
-        raise RedisError("the credit account vanished while it was being rebuilt")
+        return await self._settlement.rebuild(organization_id, period, allowance=allowance)
 
     async def grant(
         self, organization_id: str, amount: int, *, allowance: int, grant_id: str, period: str
     ) -> Balance:
         """Add a grant the ledger already holds (once, however often it is called)."""
-        key = self.key(organization_id, period)
-        return await self._account(
-            organization_id,
-            period,
-            allowance,
-            lambda: self._scripts.grant(key, amount=amount, grant_id=grant_id),
+        return await self._settlement.grant(
+            organization_id, amount, allowance=allowance, grant_id=grant_id, period=period
         )
 
     async def balance(self, organization_id: str, *, allowance: int) -> Balance:
-        period = self._period()
-        key = self.key(organization_id, period)
-        return await self._account(
-            organization_id, period, allowance, lambda: self._scripts.state(key)
-        )
-
-    async def _thresholds(self, organization_id: str, period: str, balance: Balance) -> None:
-        if self.on_threshold is None:
-            return
-        consumed = balance.consumed_percent() if balance.remaining > 0 else 100.0
-        for threshold in THRESHOLDS:
-            marker = (organization_id, period, threshold)
-            if consumed >= threshold and marker not in self._notified:
-                await self.on_threshold(organization_id, period, threshold, balance)
-                self._notified.add(marker)  # once it is recorded (recording is idempotent)
+        return await self._settlement.balance(organization_id, allowance=allowance)

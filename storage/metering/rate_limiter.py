@@ -47,18 +47,26 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
-from storage.backends.redis_client import RedisClient
 from storage.backends.tracing import client_span
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
 
-__all__ = ["LEASE_SCRIPT", "Decision", "FailureMode", "RateLimiter", "lease_size"]
+__all__ = [
+    "LEASE_SCRIPT",
+    "Decision",
+    "FailureMode",
+    "LeaseScript",
+    "RateLimiter",
+    "ScriptHost",
+    "lease_size",
+]
 
 _LOG = logging.getLogger("meshgate.ratelimit")
 
@@ -99,6 +107,20 @@ if grant < want then
 end
 return {grant, tostring(tokens), tostring(wait)}
 """
+
+
+class LeaseScript(Protocol):
+    """LEASE_SCRIPT, registered: `[grant, tokens left, seconds to wait]` for one bucket."""
+
+    def __call__(self, keys: Sequence[str], args: Iterable[float]) -> Awaitable[Any]: ...
+
+
+class ScriptHost(Protocol):
+    """The limiter's Redis: where LEASE_SCRIPT runs. A Redis client (single node or
+    cluster), or an in-memory bucket store (tests/support/fakes, held to the same cases by
+    tests/contracts/)."""
+
+    def register_script(self, script: str) -> LeaseScript: ...
 
 
 class FailureMode(StrEnum):
@@ -156,7 +178,7 @@ class _LocalBucket:
 
 @dataclass
 class RateLimiter:
-    redis: RedisClient
+    redis: ScriptHost
     failure_mode: FailureMode = FailureMode.LOCAL
     timeout_s: float = 0.2
     retry_after_s: float = 1.0

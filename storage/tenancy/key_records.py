@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from storage.core.key_secrets import MintedSecret
+from storage.core.errors import InvalidArgumentError
+from storage.core.ids import new_key_id
+from storage.core.key_secrets import MintedSecret, mint_secret
 from storage.core.plans import Limit
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "KeySecret",
     "idle_since_before",
     "key_from_doc",
+    "new_key_doc",
     "rate_limit_doc",
     "retired_doc",
     "secret_doc",
@@ -131,3 +134,40 @@ def retired_doc(secret: KeySecret, not_after: datetime) -> dict[str, Any]:
         "created_at": secret.created_at,
         "not_after": not_after,
     }
+
+
+def new_key_doc(
+    *,
+    organization_id: str,
+    name: str,
+    environment: str,
+    permissions: frozenset[str],
+    namespace_ids: list[str],
+    expires_at: datetime | None,
+    rate_limit: Limit | None,
+    rate_limit_dry_run: bool = False,
+    bound_peers: tuple[str, ...],
+    now: datetime,
+) -> tuple[dict[str, Any], str]:
+    """A new key's document and its secret (returned once, never stored): what the store
+    writes, and what an in-memory store of the unit tier keeps (tests/support/fakes)."""
+    if expires_at is not None and expires_at <= now:
+        raise InvalidArgumentError("expire_time must lie in the future", field="expire_time")
+    minted = mint_secret(environment)
+    doc = {
+        "_id": new_key_id(),
+        "organization_id": organization_id,
+        "name": name,
+        "environment": environment,
+        "permissions": sorted(permissions),
+        "namespace_ids": sorted(set(namespace_ids)),
+        "created_at": now,
+        "expires_at": expires_at,
+        "revoked_at": None,
+        "rotated_at": None,
+        "last_used_at": None,
+        "secrets": [secret_doc(minted, now)],
+        "rate_limit": rate_limit_doc(rate_limit, rate_limit_dry_run),
+        "bound_peers": list(bound_peers),
+    }
+    return doc, minted.secret

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from storage.core.cache import TTLCache
 from storage.core.clock import utc_now
@@ -23,9 +24,18 @@ from storage.core.errors import InvalidArgumentError, UnauthenticatedError
 from storage.core.key_secrets import MAX_SECRET_LENGTH, digest_secret, parse_secret
 from storage.core.peer_bindings import PeerBinding, parse_binding
 from storage.core.plans import Limit
-from storage.tenancy.keys import KeyReach, KeyRecord, KeyStore
+from storage.tenancy.keys import KeyReach, KeyRecord
 
-__all__ = ["KeyOwner", "KeyVerifier", "UnusableKeyError", "VerifiedKey", "reach_of"]
+__all__ = ["KeyOwner", "KeyRecords", "KeyVerifier", "UnusableKeyError", "VerifiedKey", "reach_of"]
+
+
+class KeyRecords(Protocol):
+    """What the verifier reads and writes of the key store: `KeyStore`, or an in-memory
+    one (tests/support/fakes/keys.py, held to the same cases by tests/contracts/)."""
+
+    async def find_by_digest(self, digest: str) -> KeyRecord | None: ...
+
+    async def touch(self, used: dict[str, datetime]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class KeyVerifier:
     def __init__(
         self,
         *,
-        keys: KeyStore,
+        keys: KeyRecords,
         accepted_environments: frozenset[str],
         ttl_s: float = 10.0,
         now: Callable[[], datetime] = utc_now,

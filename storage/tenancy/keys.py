@@ -13,7 +13,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from storage.backends.mongo import MongoStore
 from storage.core.clock import utc_now
 from storage.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason
-from storage.core.ids import KEY_ID_RE, new_key_id
+from storage.core.ids import KEY_ID_RE
 from storage.core.key_secrets import mint_secret
 from storage.core.pages import decode_page_token, page_of
 from storage.core.plans import Limit
@@ -24,6 +24,7 @@ from storage.tenancy.key_records import (
     KeySecret,
     idle_since_before,
     key_from_doc,
+    new_key_doc,
     rate_limit_doc,
     retired_doc,
     secret_doc,
@@ -94,25 +95,20 @@ class KeyStore:
                 f"the organization holds {self._max_keys} keys that are not revoked, the most"
                 " it may hold; revoke keys it no longer uses first"
             )
-        minted = mint_secret(environment)
-        doc = {
-            "_id": new_key_id(),
-            "organization_id": organization_id,
-            "name": name,
-            "environment": environment,
-            "permissions": sorted(permissions),
-            "namespace_ids": sorted(set(namespace_ids)),
-            "created_at": now,
-            "expires_at": expires_at,
-            "revoked_at": None,
-            "rotated_at": None,
-            "last_used_at": None,
-            "secrets": [secret_doc(minted, now)],
-            "rate_limit": rate_limit_doc(rate_limit, rate_limit_dry_run),
-            "bound_peers": list(bound_peers),
-        }
+        doc, secret = new_key_doc(
+            organization_id=organization_id,
+            name=name,
+            environment=environment,
+            permissions=permissions,
+            namespace_ids=namespace_ids,
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+            rate_limit_dry_run=rate_limit_dry_run,
+            bound_peers=bound_peers,
+            now=now,
+        )
         await self._collection.insert_one(doc)
-        return key_from_doc(doc), minted.secret
+        return key_from_doc(doc), secret
 
     async def within_reach(
         self, *, organization_id: str, environment: str, reach: KeyReach, key_ids: set[str]

@@ -37,13 +37,13 @@ from meshgate.v1 import (
 
 from server.app import RunningServer
 from server.backends import Backends
+from tests.deploy.test_manifests import DEPLOY, rendered
 from tests.server.test_observability import scrape
 from tests.support.clients import auth, raw_unary
 from tests.support.credits import exhaust_credits
 from tests.support.processes import ROOT
 from tests.support.tenants import MakeTenant, Tenant
 from tests.support.waiting import eventually
-from tests.test_deploy import DEPLOY, rendered
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "meshgate.json"
 # what the dashboard's variables stand for when the queries are checked

@@ -12,20 +12,8 @@ import pytest
 
 from calls.policy import Access, Policy
 from calls.state import CallState
-from interceptors.audit import AuditTrail
-from interceptors.authentication import Authentication
-from interceptors.authorization import Authorization
-from interceptors.chain import SecurityChain, plan_for
-from interceptors.credits import Credits
+from interceptors.chain import SecurityChain
 from interceptors.errors import ErrorMapper
-from interceptors.identity import OrganizationIdentity
-from interceptors.namespace import NamespaceScope
-from interceptors.peer import PeerIdentity
-from interceptors.rate_limit import RateLimit
-from interceptors.telemetry import Telemetry
-from interceptors.usage import UsageObserver
-from server.policies import build_policy_table
-from server.registry import descriptors
 from tests.support.clients import raw_unary
 
 SERVICE = "test.Plans"
@@ -91,35 +79,3 @@ async def test_a_step_that_does_not_apply_never_runs(
     for _ in range(2):
         assert await raw_unary(channel, f"/{SERVICE}/Public")(b"x") == b"x"
     assert seen == ["check everywhere", "finish everywhere"] * 2
-
-
-def test_the_request_paths_plans_follow_the_declared_policies() -> None:
-    """The real steps' own tests, read off the policy table (the chain asks the same)."""
-    table = build_policy_table(descriptors())
-    steps = (
-        PeerIdentity,
-        Authentication,
-        OrganizationIdentity,
-        Authorization,
-        NamespaceScope,
-        RateLimit,
-        Credits,
-        AuditTrail,
-    )
-    observers = (Telemetry, UsageObserver, AuditTrail)
-
-    def names(parts: tuple[type, ...]) -> list[str]:
-        return [part.__name__ for part in parts]
-
-    health = table["/grpc.health.v1.Health/Check"]
-    assert names(plan_for(steps, health)) == ["PeerIdentity"]
-    assert names(plan_for(observers, health, test="observes")) == ["Telemetry"]
-    get_namespace = table["/meshgate.v1.NamespaceService/GetNamespace"]  # read, cost 1
-    assert names(plan_for(steps, get_namespace)) == names(steps[:-1])
-    assert names(plan_for(observers, get_namespace, test="observes")) == names(observers)
-    create_key = table["/meshgate.v1.KeyService/CreateKey"]  # admin, audited, no namespace
-    assert "NamespaceScope" not in names(plan_for(steps, create_key))
-    assert "AuditTrail" in names(plan_for(steps, create_key))
-    grant = table["/meshgate.v1.UsageService/GrantCredits"]  # internal peer, audited
-    assert names(plan_for(steps, grant)) == ["PeerIdentity", "Authorization", "AuditTrail"]
-    assert names(plan_for(observers, grant, test="observes")) == ["Telemetry"]

@@ -1,4 +1,5 @@
-"""Rate limits, credits and usage through the real server and a real redis-server."""
+"""Rate limits through the real server and a real redis-server (credits: test_credits.py,
+usage: test_usage.py)."""
 
 from __future__ import annotations
 
@@ -14,43 +15,11 @@ from meshgate.v1 import (
     document_service_pb2_grpc,
     key_service_pb2,
     options_pb2,
-    organization_service_pb2,
-    organization_service_pb2_grpc,
-    usage_service_pb2,
-    usage_service_pb2_grpc,
 )
 
-from server.app import RunningServer
-from server.backends import Backends
-from storage.backends.scoped import Scope
-from storage.core.clock import utc_now
-from storage.metering.credits import CreditAccounts, period_of
-from storage.tenancy.organizations import OrganizationStore
-from tests.support.clients import auth, trailers_of
+from tests.support.clients import auth
 from tests.support.error_details import details_of
-from tests.support.pki import Pki
-from tests.support.tenants import MakeTenant, Tenant
-
-GET_ORG = organization_service_pb2.GetOrganizationRequest()
-GetOrganizationCall = grpc.aio.UnaryUnaryCall[
-    organization_service_pb2.GetOrganizationRequest,
-    organization_service_pb2.GetOrganizationResponse,
-]
-
-
-def org_stub(tenant: Tenant) -> organization_service_pb2_grpc.OrganizationServiceAsyncStub:
-    return organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
-
-
-async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[GetOrganizationCall]:
-    """`n` GetOrganization calls one after another, each finished (refused or not)."""
-    calls = []
-    for _ in range(n):
-        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secret))
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await call
-        calls.append(call)
-    return calls
+from tests.support.tenants import GET_ORG, MakeTenant, Tenant, burst_calls, org_stub
 
 
 async def test_every_response_carries_ratelimit_headers(make_tenant: MakeTenant) -> None:
@@ -171,145 +140,6 @@ async def test_per_key_override(make_tenant: MakeTenant) -> None:
                     rate_limit=bad,
                 ),
                 metadata=auth(tenant.admin),
-            )
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-async def test_short_balance_refuses_before_any_work(tenant: Tenant, backends: Backends) -> None:
-    ns = await tenant.namespace()
-    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
-    await usage.GetCreditBalance(
-        usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
-    )
-    # leave the organization 2 credits this month (test set-up, straight in Redis)
-    key = CreditAccounts.key(tenant.organization_id, period_of(utc_now()))
-    await backends.redis.hset(key, mapping={"balance": 2, "allowance": 2})
-    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
-    md = auth(tenant.admin, ns.name)
-
-    def create(
-        i: int,
-    ) -> grpc.aio.UnaryUnaryCall[
-        document_service_pb2.CreateDocumentRequest, document_service_pb2.CreateDocumentResponse
-    ]:
-        return docs.CreateDocument(
-            document_service_pb2.CreateDocumentRequest(
-                document=document_service_pb2.Document(document_id=f"d{i}")
-            ),
-            metadata=md,
-        )
-
-    await create(1)
-    await create(2)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await create(3)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "credits" in (info.value.details() or "")
-    assert "retry-after" in dict(trailers_of(info.value))
-    org = await OrganizationStore(mongo=backends.mongo).get(tenant.organization_id)
-    stored = await backends.mongo.scoped(
-        "documents", Scope(org.internal_id, ns.namespace_id)
-    ).find()
-    assert sorted(d["document_id"] for d in stored) == ["d1", "d2"]  # the third did no work
-
-
-async def test_usage_reports_calls_credits_statuses_and_rejections(
-    make_tenant: MakeTenant, server: RunningServer
-) -> None:
-    tenant: Tenant = await make_tenant(plan="free")
-    ns = await tenant.namespace()
-    docs = document_service_pb2_grpc.DocumentServiceStub(tenant.channel)
-    md = auth(tenant.admin, ns.name)
-    for i in range(3):
-        await docs.CreateDocument(
-            document_service_pb2.CreateDocumentRequest(
-                document=document_service_pb2.Document(document_id=f"u{i}")
-            ),
-            metadata=md,
-        )
-    with pytest.raises(grpc.aio.AioRpcError):
-        await docs.GetDocument(
-            document_service_pb2.GetDocumentRequest(document_id="missing"), metadata=md
-        )
-    # a key with a small bucket of its own, refilling slowly: 45 calls one after another
-    # exceed its burst of 5 however slow the machine is, and the refused ones take nothing
-    # from the organization's bucket (40), so the admin key stays usable
-    burster = await tenant.keys.CreateKey(
-        key_service_pb2.CreateKeyRequest(
-            name="burst",
-            environment=common_pb2.ENVIRONMENT_DEVELOPMENT,
-            permissions=[options_pb2.PERMISSION_READ],
-            rate_limit=key_service_pb2.RateLimit(per_second=1, burst=5),
-        ),
-        metadata=auth(tenant.admin),
-    )
-    await burst_calls(tenant, burster.secret, 45)
-    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
-    response = await usage.GetUsage(
-        usage_service_pb2.GetUsageRequest(
-            group_by=[usage_service_pb2.USAGE_GROUP_NAMESPACE, usage_service_pb2.USAGE_GROUP_METHOD]
-        ),
-        metadata=auth(tenant.admin),
-    )
-    rows = {(r.namespace_id, r.method.rsplit("/", 1)[1]): r for r in response.rows}
-    create = rows[(ns.namespace_id, "CreateDocument")]
-    assert (create.calls, create.credits, dict(create.calls_by_status)) == (3, 3, {"OK": 3})
-    get = rows[(ns.namespace_id, "GetDocument")]
-    assert (
-        dict(get.calls_by_status) == {"NOT_FOUND": 1} and get.credits == 1
-    )  # charged: a client error
-    org_calls = rows[("", "GetOrganization")]
-    assert (
-        org_calls.calls == 45 and org_calls.rate_limited == 45 - org_calls.calls_by_status["OK"] > 0
-    )
-    by_day = await usage.GetUsage(
-        usage_service_pb2.GetUsageRequest(group_by=[usage_service_pb2.USAGE_GROUP_DAY]),
-        metadata=auth(tenant.admin),
-    )
-    assert len(by_day.rows) == 1 and by_day.rows[0].calls >= 49
-    assert by_day.rows[0].start_time.ToDatetime().hour == 0
-    for bad in (
-        usage_service_pb2.GetUsageRequest(group_by=[usage_service_pb2.USAGE_GROUP_UNSPECIFIED]),
-        usage_service_pb2.GetUsageRequest(
-            group_by=[usage_service_pb2.USAGE_GROUP_DAY, usage_service_pb2.USAGE_GROUP_HOUR]
-        ),
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await usage.GetUsage(bad, metadata=auth(tenant.admin))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    # the balance reflects the debits once settled
-    await server.flush_usage()
-    balance = await usage.GetCreditBalance(
-        usage_service_pb2.GetCreditBalanceRequest(), metadata=auth(tenant.admin)
-    )
-    assert balance.balance.used == 4 and balance.balance.allowance == 10_000  # 3 creates + 1 get
-    assert balance.balance.remaining + balance.balance.reserved == 10_000 - 4
-
-
-async def test_grant_credits_is_internal_only(
-    tenant: Tenant, server: RunningServer, pki: Pki
-) -> None:
-    from tests.support.clients import client_credentials
-
-    request = usage_service_pb2.GrantCreditsRequest(
-        organization_id=tenant.organization_id, credits=100
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await usage_service_pb2_grpc.UsageServiceStub(tenant.channel).GrantCredits(
-            request, metadata=auth(tenant.admin)
-        )
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    async with grpc.aio.secure_channel(
-        f"localhost:{server.port}", client_credentials(pki, "internal")
-    ) as channel:
-        stub = usage_service_pb2_grpc.UsageServiceStub(channel)
-        granted = await stub.GrantCredits(request)
-        assert granted.balance.granted == 100
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.GrantCredits(
-                usage_service_pb2.GrantCreditsRequest(
-                    organization_id=tenant.organization_id, credits=0
-                )
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 

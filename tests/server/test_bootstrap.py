@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,10 +14,11 @@ from meshgate.v1 import organization_service_pb2, organization_service_pb2_grpc
 from server.app import create_server
 from server.backends import open_backends
 from server.settings import Settings
+from tests.support.cli import run_cli
 from tests.support.clients import auth, client_credentials
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.pki import Pki
-from tests.support.processes import ROOT, replica_env
+from tests.support.processes import replica_env
 
 
 async def test_bootstrap_command_creates_a_working_admin_key(
@@ -26,20 +26,10 @@ async def test_bootstrap_command_creates_a_working_admin_key(
 ) -> None:
     own = replace(settings, mongodb_database=settings.mongodb_database + "_boot")
     env = replica_env(own, 0)
-    command = [sys.executable, "-m", "server.cli", "bootstrap", "--name", "acme"]
-    command += ["--environment", "production"]
+    command = ("bootstrap", "--name", "acme", "--environment", "production")
 
     async def bootstrap_cli(*extra: str) -> subprocess.CompletedProcess[str]:
-        return await asyncio.to_thread(
-            subprocess.run,
-            [*command, *extra],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return await asyncio.to_thread(run_cli, *command, *extra, env=env)
 
     first = await bootstrap_cli()
     assert first.returncode == 0, first.stderr

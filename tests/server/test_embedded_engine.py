@@ -12,10 +12,10 @@ ones it returns, whatever the namespace's size (docs/embedded-mongodb.md).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ import pytest
 
 from server.backends import Backends
 from server.embedded import EmbeddedEngineMissingError, EmbeddedMongo, embedded_redis
+from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope
 from storage.core.errors import AlreadyExistsError
 from storage.core.ids import random_base62
 from storage.data.documents import DocumentStore
-from tests.support.processes import ROOT
+from tests.support.cli import ROOT, run_cli
 
 MESHGATE = Path(sys.executable).with_name("meshgate")  # the installed command
 
@@ -59,16 +60,30 @@ def _index_scan(explained: Mapping[str, Any]) -> dict[str, Any]:
     return dict(scans[0]["keyPattern"])
 
 
+@dataclass(frozen=True)
+class LargeNamespace:
+    scope: Scope
+    store: DocumentStore
+    mongo: MongoStore
+
+
 @pytest.fixture(scope="module")
-async def large_namespace(backends: Backends) -> tuple[Scope, DocumentStore]:
+async def large_namespace(mongo_uri: str, database_name: str) -> AsyncIterator[LargeNamespace]:
+    """In a database of its own: the session's is shared, and on the embedded engine every
+    filtered list of a later test would read these documents too."""
+    mongo = MongoStore(uri=mongo_uri, database=f"{database_name}_large")
+    await mongo.ensure_indexes()
     scope = Scope(internal_id=str(uuid.uuid4()), namespace_id="ns_" + random_base62(20))
-    store = DocumentStore(mongo=backends.mongo)
+    store = DocumentStore(mongo=mongo)
     for first in range(0, DOCUMENTS, BATCH):
         await store.create_many(
             scope,
             [(f"doc-{i:05d}", {"n": i}, {"even": i % 2 == 0}) for i in range(first, first + BATCH)],
         )
-    return scope, store
+    yield LargeNamespace(scope, store, mongo)
+    if not EMBEDDED:  # the embedded engine's data goes with the session (as in conftest)
+        await mongo.database.client.drop_database(f"{database_name}_large")
+    await mongo.close()
 
 
 def _assert_index_served(
@@ -92,11 +107,11 @@ def _scoped(scope: Scope, query: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 async def test_hot_document_filters_are_index_scans_in_a_large_namespace(
-    backends: Backends, large_namespace: tuple[Scope, DocumentStore], query: dict[str, Any]
+    large_namespace: LargeNamespace, query: dict[str, Any]
 ) -> None:
-    scope, _ = large_namespace
+    scope = large_namespace.scope
     scoped = _scoped(scope, query)
-    documents = backends.mongo.database["documents"]
+    documents = large_namespace.mongo.database["documents"]
     _assert_index_served(await documents.find(scoped).explain(), scoped, "document_id")
     assert await documents.count_documents(scoped) == 1
 
@@ -127,9 +142,9 @@ async def test_namespaced_filters_by_id_are_index_scans(
 
 
 async def test_a_large_namespace_still_refuses_duplicates_and_takes_new_documents(
-    large_namespace: tuple[Scope, DocumentStore],
+    large_namespace: LargeNamespace,
 ) -> None:
-    scope, store = large_namespace
+    scope, store = large_namespace.scope, large_namespace.store
     assert await store.count(scope) == DOCUMENTS
     with pytest.raises(AlreadyExistsError):
         await store.create(scope, document_id="doc-02999", body={}, metadata={})
@@ -200,14 +215,15 @@ def test_dev_without_the_extra_says_what_to_install(
         MESHGATE_DATA_DIR=str(tmp_path / "data"),
         MESHGATE_METRICS_LISTEN="off",
     )
-    started = subprocess.run(
-        [str(MESHGATE), "serve", "--dev", "--insecure", "--listen", "127.0.0.1:0"],
-        cwd=tmp_path,
+    started = run_cli(
+        "serve",
+        "--dev",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        cwd=tmp_path,
+        timeout_s=120,
     )
     assert started.returncode == 2, started.stderr
     assert f"error: the embedded {store} engine is not installed" in started.stderr

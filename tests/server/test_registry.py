@@ -71,4 +71,4 @@ async def test_every_service_of_the_registry_has_a_health_status(
     for name in ("", *NAMES):
         response = await check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING, name
-    assert set(server.components.serving) == NAMES | {"(server)"}
+    assert set(server.health.statuses()) == NAMES | {"(server)"}

@@ -25,6 +25,7 @@ from tests.support.backups import (
 )
 from tests.support.clients import rpc_error
 from tests.support.namespace_clients import Docs, Hooks, Vectors, doc
+from tests.support.servers import BulkServer
 from tests.support.tenants import MakeTenant, Tenant, scope_of
 from tests.support.webhooks import Receiver
 
@@ -36,9 +37,12 @@ def items_only(data: bytes) -> list[dict[str, Any]]:
 
 
 async def test_a_namespace_round_trips_into_another_organization(
-    make_tenant: MakeTenant, backends: Backends, receiver: Receiver
+    bulk_server: BulkServer, receiver: Receiver
 ) -> None:
-    source_tenant, target_tenant = await make_tenant(), await make_tenant()
+    """On a server and database of their own: 20,000 documents left in the session's
+    database would slow every later filtered list (tests/conftest.py `bulk_server`)."""
+    backends = bulk_server.backends
+    source_tenant, target_tenant = await bulk_server.tenant(), await bulk_server.tenant()
     source = (await source_tenant.namespace()).namespace_id
     await Vectors(source_tenant, source).create(dimension=DIMENSION)
     hook = await Hooks(source_tenant, source).create(
@@ -135,15 +139,24 @@ def damaged(data: bytes, how: str) -> bytes:
     return gzip.compress(b"".join(lines))
 
 
-@pytest.mark.parametrize("how", ["truncated", "checksum", "version"])
-async def test_a_damaged_file_is_refused_and_nothing_is_written(
-    tenant: Tenant, backends: Backends, how: str
-) -> None:
+@pytest.fixture(scope="module")
+async def exported(bulk_server: BulkServer) -> tuple[Tenant, bytes]:
+    """A namespace of 1,500 documents and 300 points and its file, made once for the
+    damaged-file cases, on the bulk server (tests/conftest.py `bulk_server`)."""
+    tenant = await bulk_server.tenant()
     source = (await tenant.namespace()).namespace_id
     await Vectors(tenant, source).create(dimension=DIMENSION)
-    await fill(backends, await scope_of(tenant, backends, source), documents=1500, points=300)
+    scope = await scope_of(tenant, bulk_server.backends, source)
+    await fill(bulk_server.backends, scope, documents=1500, points=300)
     data, _ = await export_namespace(tenant, source)
+    return tenant, data
 
+
+@pytest.mark.parametrize("how", ["truncated", "checksum", "version"])
+async def test_a_damaged_file_is_refused_and_nothing_is_written(
+    exported: tuple[Tenant, bytes], how: str
+) -> None:
+    tenant, data = exported
     target = (await tenant.namespace()).namespace_id
     error = await rpc_error(import_namespace(tenant, target, damaged(data, how)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import grpc
+import pytest
 from meshgate.v1 import (
     usage_service_pb2,
     usage_service_pb2_grpc,
 )
 
+from server.app import RunningServer
 from server.backends import Backends
 from tests.support.clients import auth
 from tests.support.namespace_clients import Docs, doc, spread_across_environments
+from tests.support.pki import Pki
 from tests.support.tenants import Tenant
 
 
@@ -35,3 +39,31 @@ async def test_usage_follows_the_callers_environment_and_allow_list(
     assert await namespaces_in_usage(restricted.secret) == {ns_a.namespace_id}
     assert await namespaces_in_usage(tenant.admin) == {"", ns_a.namespace_id, ns_b.namespace_id}
     assert await namespaces_in_usage(prod) == {"", prod_ns.namespace_id}
+
+
+async def test_grant_credits_is_internal_only(
+    tenant: Tenant, server: RunningServer, pki: Pki
+) -> None:
+    from tests.support.clients import client_credentials
+
+    request = usage_service_pb2.GrantCreditsRequest(
+        organization_id=tenant.organization_id, credits=100
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await usage_service_pb2_grpc.UsageServiceStub(tenant.channel).GrantCredits(
+            request, metadata=auth(tenant.admin)
+        )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with grpc.aio.secure_channel(
+        f"localhost:{server.port}", client_credentials(pki, "internal")
+    ) as channel:
+        stub = usage_service_pb2_grpc.UsageServiceStub(channel)
+        granted = await stub.GrantCredits(request)
+        assert granted.balance.granted == 100
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GrantCredits(
+                usage_service_pb2.GrantCreditsRequest(
+                    organization_id=tenant.organization_id, credits=0
+                )
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

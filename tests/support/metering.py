@@ -38,11 +38,16 @@ class Meter:
         mongo: MongoStore,
         replica: str,
         clock: Callable[[], float] | None = None,
+        record_thresholds: bool = False,
         **options: Any,
     ) -> Meter:
+        """`record_thresholds`: the accounts record the 80/95/100 % thresholds in the credit
+        events, as a server's do."""
         events = CreditEvents(mongo=mongo)
         if clock is not None:
             options["clock"] = clock
+        if record_thresholds:
+            options["on_threshold"] = events.record
         accounts = CreditAccounts(
             redis=redis,
             replica=replica,

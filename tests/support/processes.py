@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from grpc_health.v1 import health_pb2
 
 from server.embedded import EmbeddedMongo
 from server.settings import Settings
+from tests.support.cli import ROOT, start_cli
 from tests.support.clients import client_credentials, health_check_sync
 from tests.support.log_guard import PROCESS_LOGS
 from tests.support.pki import Pki
@@ -40,9 +40,6 @@ __all__ = [
     "start_replicas",
     "wait_until_healthy",
 ]
-
-# the repository: the working directory of the processes started here
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -236,14 +233,7 @@ def start_replica(settings: Settings, pki: Pki, log_dir: Path, **extra: str) -> 
     """`meshgate serve` on a free port, returned once its health check answers."""
     port = free_port()
     log_path = log_dir / f"replica-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
-            cwd=ROOT,
-            env=replica_env(settings, port, **extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_cli("serve", env=replica_env(settings, port, **extra), log_path=log_path)
     replica = Replica(process=process, port=port, log_path=log_path)
     PROCESS_LOGS.append(log_path)
     # generous: on a loaded machine the imports alone can take tens of seconds

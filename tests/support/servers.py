@@ -1,10 +1,11 @@
 """An in-process meshgate server on its own backends, for tests that need settings of
-their own (the session server shares one set)."""
+their own (the session server shares one set), or a database of their own (`BulkServer`)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 
@@ -13,8 +14,9 @@ from server.backends import Backends, open_backends
 from server.settings import Settings
 from tests.support.clients import client_credentials
 from tests.support.pki import Pki
+from tests.support.tenants import Tenant, create_tenant
 
-__all__ = ["serving"]
+__all__ = ["BulkServer", "serving"]
 
 
 @asynccontextmanager
@@ -32,3 +34,18 @@ async def serving(
     finally:
         await running.stop(1.0)
         await backends.close()
+
+
+@dataclass(frozen=True)
+class BulkServer:
+    """A server on a database of its own, for tests that store thousands of items (the
+    `bulk_server` fixture, tests/conftest.py)."""
+
+    running: RunningServer
+    backends: Backends
+    channel: grpc.aio.Channel
+
+    async def tenant(self) -> Tenant:
+        return await create_tenant(
+            self.backends, self.channel, environment="development", plan="enterprise"
+        )

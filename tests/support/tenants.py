@@ -3,6 +3,7 @@ through the real API (and recording every secret and internal_id for the log che
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,8 @@ from meshgate.v1 import (
     namespace_service_pb2,
     namespace_service_pb2_grpc,
     options_pb2,
+    organization_service_pb2,
+    organization_service_pb2_grpc,
 )
 
 from server.backends import Backends
@@ -29,11 +32,15 @@ from tests.support.log_guard import NEVER_LOGGED
 
 __all__ = [
     "ENV_PROTO",
+    "GET_ORG",
+    "GetOrganizationCall",
     "MakeTenant",
     "Tenant",
     "admin_of_environment",
+    "burst_calls",
     "create_tenant",
     "internal_id_of",
+    "org_stub",
     "random_scope",
     "scope_of",
 ]
@@ -154,3 +161,25 @@ async def scope_of(tenant: Tenant, backends: Backends, namespace_id: str) -> Sco
 def random_scope() -> Scope:
     """A scope of a made-up organization and namespace, for storage tests without a tenant."""
     return Scope(internal_id=new_internal_id(), namespace_id=new_namespace_id())
+
+
+GET_ORG = organization_service_pb2.GetOrganizationRequest()
+GetOrganizationCall = grpc.aio.UnaryUnaryCall[
+    organization_service_pb2.GetOrganizationRequest,
+    organization_service_pb2.GetOrganizationResponse,
+]
+
+
+def org_stub(tenant: Tenant) -> organization_service_pb2_grpc.OrganizationServiceAsyncStub:
+    return organization_service_pb2_grpc.OrganizationServiceStub(tenant.channel)
+
+
+async def burst_calls(tenant: Tenant, secret: str, n: int) -> list[GetOrganizationCall]:
+    """`n` GetOrganization calls one after another, each finished (refused or not)."""
+    calls = []
+    for _ in range(n):
+        call = org_stub(tenant).GetOrganization(GET_ORG, metadata=auth(secret))
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call
+        calls.append(call)
+    return calls

@@ -8,15 +8,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from server.app import RunningServer
-from server.backends import Backends
 from storage.data.backup import NamespaceBackup
 from storage.data.documents import DocumentStore
 from tests.support.backups import comparable, export_namespace, file_items, fill, import_namespace
 from tests.support.clients import rpc_error
 from tests.support.held import HeldScopedMongo
 from tests.support.namespace_clients import Docs, Hooks, Vectors, doc
-from tests.support.tenants import Tenant, scope_of
+from tests.support.servers import BulkServer
+from tests.support.tenants import scope_of
 from tests.support.webhooks import Receiver
 
 
@@ -26,13 +25,12 @@ async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_an_interrupted_restore_is_retried_to_the_same_state(
-    tenant: Tenant,
-    backends: Backends,
-    server: RunningServer,
-    receiver: Receiver,
-    mongo_uri: str,
-    database_name: str,
+    bulk_server: BulkServer, receiver: Receiver, mongo_uri: str
 ) -> None:
+    """On a server and database of their own: thousands of documents left in the session's
+    database would slow every later filtered list (tests/conftest.py `bulk_server`)."""
+    tenant, backends, server = await bulk_server.tenant(), bulk_server.backends, bulk_server.running
+    database_name = backends.mongo.database.name
     source = (await tenant.namespace()).namespace_id
     await Vectors(tenant, source).create(dimension=8)
     await Hooks(tenant, source).create(receiver.url("/interrupted"))

@@ -24,9 +24,10 @@ async def test_concurrent_debits_never_overdraw_and_reconcile(
 ) -> None:
     redis = await redis_endpoint.connect()
     organization = org()
-    replicas = [Meter.of(redis, backends.mongo, f"r{i}-{organization}", batch=7) for i in range(3)]
-    for meter in replicas:
-        meter.accounts.on_threshold = meter.events.record
+    replicas = [
+        Meter.of(redis, backends.mongo, f"r{i}-{organization}", batch=7, record_thresholds=True)
+        for i in range(3)
+    ]
     allowance = 500
     admitted = refused = 0
 

@@ -1,47 +1,42 @@
-"""The README's grpcurl session, run as written against `meshgate serve --dev` (embedded)."""
+"""The grpcurl session of docs/tour.md, run as written against `meshgate serve --dev`
+(embedded)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import ROOT, cli_env, start_cli
 from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
 from tests.support.pki import Pki
-from tests.support.processes import ROOT, free_port, wait_until_healthy
+from tests.support.processes import free_port, wait_until_healthy
 
 
-def readme_session() -> str:
-    text = (ROOT / "README.md").read_text()
+def tour_session() -> str:
+    text = (ROOT / "docs" / "tour.md").read_text()
     section = text.split("## A grpcurl session", 1)[1]
     match = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert match, "README lost its grpcurl session"
+    assert match, "docs/tour.md lost its grpcurl session"
     return match.group(1)
 
 
-def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
+def test_the_tours_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     # a fresh checkout's view: .venv and certs/ as `make run` leaves them, an empty var/
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(pki.root, tmp_path / "certs")
     port = free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--dev", "--listen", f"127.0.0.1:{port}"],
+    server = start_cli(
+        *("serve", "--dev", "--listen", f"127.0.0.1:{port}"),
+        env=cli_env(MESHGATE_METRICS_LISTEN="127.0.0.1:0"),
+        log_path=tmp_path / "serve.log",
         cwd=tmp_path,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
-            "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
     )
     try:
         wait_until_healthy(f"localhost:{port}", pki, server, tmp_path / "serve.log")
         hook_port = free_port()
-        script = "set -euo pipefail\n" + readme_session().replace(
+        script = "set -euo pipefail\n" + tour_session().replace(
             "localhost:50051", f"localhost:{port}"
         ).replace("127.0.0.1:8099", f"127.0.0.1:{hook_port}").replace(
             "receiver.py 8099", f"receiver.py {hook_port}"
@@ -76,4 +71,3 @@ def test_readme_grpcurl_session_works(pki: Pki, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
-        log.close()
