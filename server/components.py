@@ -195,6 +195,7 @@ async def build_components(settings: Settings, backends: Backends) -> Components
         webhooks=webhooks,
         vet_url=sender.vet,
         meshgate_version=importlib.metadata.version("meshgate"),
+        limits=settings.backups,
     )
     return Components(
         organizations=organizations,

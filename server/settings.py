@@ -43,6 +43,7 @@ from server.secret_values import (
 )
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
+from storage.data.backup_limits import BackupLimits
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
 from storage.webhooks.sealing import DEFAULT_KEY_ID
@@ -133,6 +134,38 @@ def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
     return frozenset(e.lower() for e in entries)
 
 
+def _spool_dir(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("MESHGATE_SPOOL_DIR")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"MESHGATE_SPOOL_DIR: {raw} is not a writable directory")
+    return path
+
+
+def _backup_limits(env: Mapping[str, str]) -> BackupLimits:
+    """What one namespace import or export may cost (docs/backup.md#limits)."""
+    return BackupLimits(
+        import_max_bytes=whole_number(
+            env, "MESHGATE_IMPORT_MAX_BYTES", 1024**3, minimum=2**20, maximum=2**40
+        ),
+        import_max_inflated_bytes=whole_number(
+            env, "MESHGATE_IMPORT_MAX_INFLATED_BYTES", 8 * 1024**3, minimum=2**20, maximum=2**44
+        ),
+        import_max_items=whole_number(
+            env, "MESHGATE_IMPORT_MAX_ITEMS", 1_000_000, minimum=1, maximum=10**9
+        ),
+        import_deadline_s=number(env, "MESHGATE_IMPORT_DEADLINE_S", 1800.0, minimum=1),
+        import_concurrency=whole_number(
+            env, "MESHGATE_IMPORT_CONCURRENCY", 2, minimum=1, maximum=64
+        ),
+        export_deadline_s=number(env, "MESHGATE_EXPORT_DEADLINE_S", 1800.0, minimum=1),
+        idle_s=number(env, "MESHGATE_BACKUP_IDLE_S", 60.0, minimum=1),
+        spool_dir=_spool_dir(env),
+    )
+
+
 def _jitter(env: Mapping[str, str]) -> float:
     value = number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
     if value >= 1:
@@ -207,6 +240,8 @@ class Settings:
     routes: RoutePolicies = field(default_factory=RoutePolicies)
     # an allowed Check removes the client's authorization header before the upstream
     ext_authz_remove_authorization: bool = True
+    # namespace export and import: bytes, items, time, slots, the spool directory
+    backups: BackupLimits = field(default_factory=BackupLimits)
 
     def webhook_sealing_key(self) -> bytes | None:
         """The primary sealing key."""
@@ -326,4 +361,5 @@ class Settings:
             ext_authz_remove_authorization=not boolean(
                 env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"
             ),
+            backups=_backup_limits(env),
         )

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 __all__ = [
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "MeshgateError",
@@ -79,8 +80,15 @@ class FailedPreconditionError(MeshgateError):
     code = "FAILED_PRECONDITION"
 
 
+class DeadlineExceededError(MeshgateError):
+    """The call ran past a time bound the server sets (a whole import or export, or a
+    stream on which nothing moved): what it held is released."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class ResourceExhaustedError(MeshgateError):
-    """A rate or credit limit is exhausted."""
+    """A rate or credit limit is exhausted, or a per-server capacity is taken."""
 
     code = "RESOURCE_EXHAUSTED"
 
