@@ -141,17 +141,38 @@ def test_the_workload_keeps_its_promises() -> None:
     assert files
     for path in files:
         assert mounts.get(str(Path(path).parent)) in secret_volumes, path
-    # writable: /tmp only
-    assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == [mounts["/tmp"]]
-    # the settings parse as the server reads them (store URLs come from the secret files)
+    # writable: /tmp and the import spool only
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+    spool = config["MESHGATE_SPOOL_DIR"]
+    assert set(empty_dirs) == {mounts["/tmp"], mounts[spool]}
+    # the settings parse as the server reads them (store URLs come from the secret files; the
+    # spool directory exists in the pod only)
     environment = {**config, **{e["name"]: e["value"] for e in container["env"]}}
-    environment = {k: v for k, v in environment.items() if not k.endswith("_FILE")}
-    Settings.from_env(environment)
+    environment = {
+        k: v
+        for k, v in environment.items()
+        if not k.endswith("_FILE") and k != "MESHGATE_SPOOL_DIR"
+    }
+    limits = Settings.from_env(environment).backups
+    # the spool holds every import that may run at once, each at its byte cap, and the pod
+    # asks the scheduler for room for both volumes
+    spool_bytes = quantity(empty_dirs[mounts[spool]]["sizeLimit"])
+    assert spool_bytes >= limits.import_concurrency * limits.import_max_bytes
+    asked = quantity(container["resources"]["requests"]["ephemeral-storage"])
+    assert asked >= spool_bytes + quantity(empty_dirs[mounts["/tmp"]]["sizeLimit"])
     assert {"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= set(docs)
     assert {"ServiceAccount", "NetworkPolicy", "Certificate"} <= set(docs)
     assert docs["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
     (uri,) = docs["Certificate"]["spec"]["uris"]
     assert uri == "spiffe://cluster.local/ns/meshgate/sa/meshgate"
+
+
+def quantity(value: str) -> int:
+    """A Kubernetes byte quantity in bytes (binary suffixes)."""
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40)):
+        if value.endswith(suffix):
+            return int(value.removesuffix(suffix)) * factor
+    return int(value)
 
 
 def renderer() -> list[str]:
