@@ -44,7 +44,6 @@ __all__ = [
     "ITEM_KINDS",
     "MAX_LINE_BYTES",
     "MAX_LINE_TOKENS",
-    "PIECE_BYTES",
     "BackupDecoder",
     "BackupEncoder",
     "BackupFileError",
@@ -68,7 +67,7 @@ MAX_LINE_TOKENS = 2 * 65_536 + 1024
 # what MongoDB and Qdrant store as an integer has at most 19 digits and a sign
 _MAX_INTEGER_CHARACTERS = 20
 _GZIP = 16 + zlib.MAX_WBITS
-PIECE_BYTES = 1024 * 1024
+_PIECE_BYTES = 1024 * 1024
 
 
 class BackupFileError(InvalidArgumentError):
@@ -171,9 +170,9 @@ def _tokens(raw: bytes) -> int:
 class BackupDecoder:
     """Reads one backup file as its bytes arrive; refuses it at the first sign of damage.
 
-    `feed` returns the item records completed by the chunk (`pieces`: the same, in one
-    list per inflated piece of at most 1 MiB, for a caller that hands work out in bounded
-    steps); `finish` checks what can only be checked at the end (the gzip stream ended,
+    `feed` returns the item records completed by the chunk, lazily: a caller that stops
+    pulling for a while holds at most one inflated piece (1 MiB) and one line; `finish`
+    checks what can only be checked at the end (the gzip stream ended,
     the `end` line came, its counts and checksum match) and returns the manifest. A caller
     that must not write a damaged file's items reads the file once through a decoder
     before writing anything (storage/data/backup_restore.py does).
@@ -201,12 +200,12 @@ class BackupDecoder:
 
     def feed(self, chunk: bytes) -> Iterator[dict[str, Any]]:
         """The item records the chunk completes, lazily."""
-        for records in self.pieces(chunk):
+        for records in self._pieces(chunk):
             yield from records
 
-    def pieces(self, chunk: bytes) -> Iterator[list[dict[str, Any]]]:
-        """The item records the chunk completes, one list per inflated piece of at most
-        1 MiB: a small chunk that inflates a lot is read a bounded piece at a time."""
+    def _pieces(self, chunk: bytes) -> Iterator[Iterator[dict[str, Any]]]:
+        """The records the chunk completes, per inflated piece of at most 1 MiB: a small
+        chunk that inflates a lot is read a bounded piece at a time."""
         if self._decompressor.eof:
             if chunk:
                 raise BackupFileError("bytes follow the end of the compressed stream")
@@ -214,7 +213,7 @@ class BackupDecoder:
         data = chunk
         while True:
             try:
-                piece = self._decompressor.decompress(data, PIECE_BYTES)
+                piece = self._decompressor.decompress(data, _PIECE_BYTES)
             except zlib.error:
                 raise BackupFileError("not a gzip stream, or a damaged one") from None
             self.inflated += len(piece)
@@ -223,7 +222,7 @@ class BackupDecoder:
                     f"it inflates to more than the {self._max_inflated} bytes this server"
                     " takes in one import"
                 )
-            yield list(self._records(piece))
+            yield self._records(piece)
             data = self._decompressor.unconsumed_tail
             if not data:
                 break

@@ -16,12 +16,16 @@ in once:
    a retried restore skips or overwrites what the interrupted one wrote and
    ends in the same state.
 
-Decoding and checking is CPU work on bytes from outside, so it never runs on
-the event loop: it runs in a thread of its own, one inflated piece (at most
-1 MiB, so at most a few lines) per hop; between hops the loop serves other
-calls and the deadline can act. A hop is never abandoned half-way: on
-cancellation the call waits for it (milliseconds) before the spool closes.
-What bounds one call is in storage/data/backup_limits.py.
+Decoding and checking is CPU work on bytes from outside, done in steps: a step
+decodes and checks records for at most 10 ms (and finishes the line it is on:
+a line is parsed whole, which the line limits of storage/core/backup_format.py
+keep to tens of milliseconds), then the event loop serves other calls, and the
+deadline can act. The same work in a thread of its own kept the loop no freer
+(docs/decisions.md): the thread shares the interpreter lock with the loop, and
+a busy thread preempted while holding it makes the loop wait as long. The
+spool is read and written in a thread, as file I/O; a read or write under way
+when the call ends is waited for (milliseconds) before the spool closes. What
+bounds one call is in storage/data/backup_limits.py.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import errno
 import functools
 import tempfile
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,6 +71,8 @@ _BATCH_BYTES = 2 * 1024 * 1024
 _SPOOL_CHUNK = 256 * 1024
 # how long a client is told to wait when every import slot of this server is taken
 _BUSY_RETRY_S = 5.0
+# the longest a step of decoding and checking holds the event loop, but for its last line
+_STEP_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,21 +90,24 @@ class RestoreResult:
 
 
 class _Reading:
-    """One pass over a file in hops: `hop` is what runs in the thread, one inflated piece
-    (or the next spooled chunk) at a time, never on the event loop."""
+    """One pass over a file, in steps of at most _STEP_S (and one line)."""
 
     def __init__(self, items: BackupItems) -> None:
         self.items = items
-        self._pieces: Iterator[list[dict[str, Any]]] = iter(())
+        self._records: Iterator[dict[str, Any]] = iter(())
 
     def start(self, chunk: bytes) -> None:
-        self._pieces = self.items.decoder.pieces(chunk)
+        self._records = self.items.decoder.feed(chunk)
 
-    def hop(self) -> list[Parsed] | None:
-        """The items of the next piece of the current chunk, checked; None when the chunk
-        is read."""
-        records = next(self._pieces, None)
-        return None if records is None else [self.items.parse(r) for r in records]
+    def step(self) -> list[Parsed] | None:
+        """The next items of the current chunk, checked; None when the chunk is read."""
+        parsed: list[Parsed] = []
+        until = time.monotonic() + _STEP_S
+        for record in self._records:
+            parsed.append(self.items.parse(record))
+            if time.monotonic() >= until:
+                break
+        return parsed or None
 
 
 class Restorer:
@@ -120,9 +130,10 @@ class Restorer:
         self._limits = limits
         self._now = now
         self._slots = asyncio.Semaphore(limits.import_concurrency)
-        # its own threads: a busy import never delays DNS lookups or other to_thread work
+        # the spool's I/O, one thread per import slot: a slow disk never delays DNS lookups
+        # or other to_thread work
         self._threads = ThreadPoolExecutor(
-            max_workers=limits.import_concurrency, thread_name_prefix="meshgate-restore"
+            max_workers=limits.import_concurrency, thread_name_prefix="meshgate-spool"
         )
 
     async def restore(self, scope: Scope, chunks: AsyncIterable[bytes]) -> RestoreResult:
@@ -156,12 +167,12 @@ class Restorer:
             )
             return result
 
-    async def _off_loop[T](self, work: Callable[[], T]) -> T:
+    async def _spool_io[T](self, work: Callable[[], T]) -> T:
         future = asyncio.get_running_loop().run_in_executor(self._threads, work)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            # a hop is bounded: let it end before the spool it works on is closed
+            # one read or write of at most 1 MiB: let it end before the spool is closed
             with contextlib.suppress(BaseException):
                 await asyncio.wait([future])
             raise
@@ -175,25 +186,20 @@ class Restorer:
             max_items=limits.import_max_items,
         )
         reading = _Reading(BackupItems(decoder))
-
-        def take(chunk: bytes) -> list[Parsed] | None:
-            _spool(spool, chunk)
-            reading.start(chunk)
-            return reading.hop()
-
         messages = received = 0
         try:
             async for chunk in within_idle(chunks, limits.idle_s):
                 messages += 1
                 received += len(chunk)
                 limits.check_message(size=len(chunk), messages=messages, received=received)
-                parsed = await self._off_loop(functools.partial(take, chunk))
-                while parsed is not None:
+                await self._spool_io(functools.partial(_spool, spool, chunk))
+                reading.start(chunk)
+                while (parsed := reading.step()) is not None:
                     for kind, item, _ in parsed:
                         if kind == "webhook":
                             await self._vet_url(item.url)
-                    parsed = await self._off_loop(reading.hop)
-            await self._off_loop(decoder.finish)
+                    await asyncio.sleep(0)  # other calls run between steps
+            decoder.finish()
         except BackupFileError:
             raise
         except InvalidArgumentError as refused:
@@ -238,21 +244,19 @@ class Restorer:
         """Pass 2: the checked file again, written in idempotent batches of at most 500
         documents or 256 points, and at most 2 MiB."""
         reading = _Reading(BackupItems())
-
-        def next_items() -> list[Parsed] | None:
-            while (parsed := reading.hop()) is None:
-                chunk = spool.read(_SPOOL_CHUNK)
-                if not chunk:
-                    reading.items.decoder.finish()
-                    return None
-                reading.start(chunk)
-            return parsed
-
         documents = _Batch(_DOCUMENT_BATCH)
         points = _Batch(_POINT_BATCH)
         webhooks: list[tuple[WebhookRecord, str]] = []
         counts = {"document": 0, "point": 0}
-        while (parsed := await self._off_loop(next_items)) is not None:
+        while True:
+            parsed = reading.step()
+            if parsed is None:
+                chunk = await self._spool_io(lambda: spool.read(_SPOOL_CHUNK))
+                if not chunk:
+                    break
+                reading.start(chunk)
+                continue
+            await asyncio.sleep(0)  # other calls run between steps
             for kind, item, size in parsed:
                 if kind == "document":
                     if documents.add(item, size):
@@ -264,6 +268,7 @@ class Restorer:
                         counts["point"] += await self._vectors.upsert(scope, points.take())
                 else:
                     webhooks.append((item, await self._webhooks.restore(scope, item)))
+        reading.items.decoder.finish()
         counts["document"] += await self._documents_batch(scope, documents.take())
         if points.items:
             counts["point"] += await self._vectors.upsert(scope, points.take())
