@@ -73,7 +73,9 @@ def check_number(value: int | float, *, what: str) -> None:
 def _field(length: int) -> int:
     """The bytes of a length-delimited protobuf field whose content is `length` bytes: a
     one-byte tag, the length as a varint, the content."""
-    return 1 + max(1, (length.bit_length() + 6) // 7) + length
+    if length < 128:  # the common case: a one-byte length
+        return length + 2
+    return 1 + (length.bit_length() + 6) // 7 + length
 
 
 def _text_bytes(value: str, what: str) -> int:
@@ -105,21 +107,24 @@ class _Measure:
 
     def scalar(self, value: Any) -> int:
         """null and booleans: 2 bytes; numbers: 9; strings: their field."""
-        self.count()
-        if value is None or isinstance(value, bool):
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.count()
+        if isinstance(value, str):
+            return _field(len(value) if value.isascii() else _text_bytes(value, self.what))
+        if value is None or value is True or value is False:
             return 2
         if isinstance(value, int | float):
             check_number(value, what=self.what)
             return 9
-        if isinstance(value, str):
-            return _field(_text_bytes(value, self.what))
         raise InvalidArgumentError(
             f"{self.what} values must be strings, numbers, booleans, null or lists of those"
         )
 
     def entry(self, key: str, value: int) -> int:
         """A Struct's map entry (the key's field, the value's field), as a field."""
-        return _field(_field(_text_bytes(key, self.what)) + _field(value))
+        key_bytes = len(key) if key.isascii() else _text_bytes(key, self.what)
+        return _field(_field(key_bytes) + _field(value))
 
     def struct(self, mapping: Mapping[str, Any], depth: int) -> int:
         size = 0
@@ -161,7 +166,6 @@ class _Measure:
                 raise InvalidArgumentError(
                     f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -"
                 )
-            items = value if isinstance(value, list) else [value]
             if isinstance(value, list):
                 if not 1 <= len(value) <= MAX_LIST_VALUES:
                     raise InvalidArgumentError(
@@ -169,20 +173,22 @@ class _Measure:
                     )
                 if any(item is None for item in value):
                     raise InvalidArgumentError(f"{what} lists may not hold null ({key!r})")
-            for item in items:
-                if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
-                    raise InvalidArgumentError(
-                        f"{what} strings may be at most {MAX_METADATA_STRING} characters"
-                    )
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise InvalidArgumentError(f"{what} values must be finite numbers ({key!r})")
-            if isinstance(value, list):
                 self.count()
-                value_bytes = _field(sum(_field(self.scalar(item)) for item in value))
+                value_bytes = _field(sum(_field(self._flat(item, key)) for item in value))
             else:
-                value_bytes = self.scalar(value)
+                value_bytes = self._flat(value, key)
             size += self.entry(key, value_bytes)
         return size
+
+    def _flat(self, item: Any, key: str) -> int:
+        """A metadata value: a scalar, text of at most 1,024 characters."""
+        if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
+            raise InvalidArgumentError(
+                f"{self.what} strings may be at most {MAX_METADATA_STRING} characters"
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidArgumentError(f"{self.what} values must be finite numbers ({key!r})")
+        return self.scalar(item)
 
 
 def check_body(body: Mapping[str, Any], *, what: str = "body") -> int:
