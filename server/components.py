@@ -207,6 +207,7 @@ async def build_components(
         webhooks=webhooks,
         vet_url=sender.vet,
         meshgate_version=importlib.metadata.version("meshgate"),
+        limits=settings.backups,
     )
     return Components(
         organizations=organizations,

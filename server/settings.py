@@ -23,7 +23,6 @@ from server.env_values import (
     listed,
     listen_address,
     number,
-    optional_int,
     parse_durations,
     readable_file,
     watched_file,
@@ -42,15 +41,24 @@ from server.secret_values import (
     sealing_key_list,
     sealing_keys,
 )
+from server.setting_groups import (
+    DEFAULT_RETRY_SCHEDULE,
+    allowed_hosts,
+    backup_limits,
+    checkpoint_sinks,
+    collection_layout,
+    retry_schedule,
+    webhook_jitter,
+)
 from server.sidecar_files import ext_authz_bindings, load_method_policies, load_routes
 from storage.core.checkpoints import CheckpointKeys
 from storage.core.environments import ENVIRONMENTS
 from storage.core.plans import Plan, PlanError, parse_plans
+from storage.data.backup_limits import BackupLimits
 from storage.data.vectors import CollectionLayout
 from storage.metering.rate_limiter import FailureMode
 from storage.tenancy.keys import MAX_KEYS_PER_ORGANIZATION
 from storage.webhooks.sealing import DEFAULT_KEY_ID
-from storage.webhooks.targets import TargetPolicy
 
 __all__ = [
     "DEFAULT_PLANS_FILE",
@@ -66,25 +74,6 @@ __all__ = [
 ]
 
 DEFAULT_PLANS_FILE = Path(__file__).with_name("plans.json")
-# Delays after each failed webhook attempt: 8 attempts over about 27.6 hours.
-DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"
-MAX_RETRY_STEPS = 20
-
-
-def _collection_layout(env: Mapping[str, str]) -> CollectionLayout:
-    layout = CollectionLayout(
-        shard_number=optional_int(env, "MESHGATE_QDRANT_SHARD_NUMBER", maximum=1024),
-        replication_factor=optional_int(env, "MESHGATE_QDRANT_REPLICATION_FACTOR", maximum=64),
-        write_consistency_factor=optional_int(
-            env, "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR", maximum=64
-        ),
-    )
-    if (layout.write_consistency_factor or 1) > (layout.replication_factor or 1):
-        raise SettingsError(
-            "MESHGATE_QDRANT_WRITE_CONSISTENCY_FACTOR cannot exceed"
-            " MESHGATE_QDRANT_REPLICATION_FACTOR (a write cannot wait for more replicas than exist)"
-        )
-    return layout
 
 
 def load_plans(path: Path) -> dict[str, Plan]:
@@ -96,50 +85,6 @@ def load_plans(path: Path) -> dict[str, Plan]:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path} is not JSON: {exc}") from None
     except PlanError as exc:
         raise SettingsError(f"MESHGATE_PLANS_FILE: {path}: {exc}") from None
-
-
-def _schedule(env: Mapping[str, str]) -> tuple[float, ...]:
-    name = "MESHGATE_WEBHOOK_RETRY_SCHEDULE"
-    raw = env.get(name) or DEFAULT_RETRY_SCHEDULE
-    try:
-        delays = parse_durations(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
-    if len(delays) > MAX_RETRY_STEPS:
-        raise SettingsError(f"{name} may have at most {MAX_RETRY_STEPS} steps")
-    return delays
-
-
-def _allowed_hosts(env: Mapping[str, str]) -> frozenset[str]:
-    name = "MESHGATE_WEBHOOK_ALLOWED_HOSTS"
-    entries = listed(env, name)
-    try:
-        TargetPolicy.from_entries(entries)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: {exc}") from None
-    return frozenset(e.lower() for e in entries)
-
-
-def _checkpoint_sinks(env: Mapping[str, str]) -> tuple[str, ...]:
-    """`log` and/or `file:<directory>` (an existing directory), comma-separated."""
-    name = "MESHGATE_AUDIT_CHECKPOINT_SINKS"
-    sinks = tuple(e.strip() for e in (env.get(name) or "log").split(",") if e.strip())
-    for sink in sinks:
-        if sink == "log":
-            continue
-        directory = sink.removeprefix("file:")
-        if not sink.startswith("file:") or not Path(directory).is_dir():
-            raise SettingsError(f"{name}: {sink!r} is neither `log` nor `file:<a directory>`")
-    if not sinks or len(set(sinks)) != len(sinks):
-        raise SettingsError(f"{name} must list `log` and/or `file:<directory>`, each once")
-    return sinks
-
-
-def _jitter(env: Mapping[str, str]) -> float:
-    value = number(env, "MESHGATE_WEBHOOK_JITTER", 0.2, minimum=0)
-    if value >= 1:
-        raise SettingsError("MESHGATE_WEBHOOK_JITTER must be below 1 (a fraction of each delay)")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +177,8 @@ class Settings:
     method_policy_file: Path | None = None
     # an allowed Check removes the client's authorization header before the upstream
     ext_authz_remove_authorization: bool = True
+    # namespace export and import: bytes, items, time, slots, the spool directory
+    backups: BackupLimits = field(default_factory=BackupLimits)
 
     def webhook_sealing_key(self) -> bytes | None:
         """The primary sealing key."""
@@ -296,7 +243,7 @@ class Settings:
             redis_cluster=redis_cluster,
             qdrant_url=env.get("MESHGATE_QDRANT_URL") or None,
             qdrant_api_key=read_secret(env, "MESHGATE_QDRANT_API_KEY"),
-            qdrant_collections=_collection_layout(env),
+            qdrant_collections=collection_layout(env),
             environments=environments,
             internal_peers=listed(env, "MESHGATE_INTERNAL_PEERS"),
             trusted_proxies=listed(env, "MESHGATE_TRUSTED_PROXIES"),
@@ -347,13 +294,13 @@ class Settings:
             webhook_workers=whole_number(
                 env, "MESHGATE_WEBHOOK_WORKERS", 4, minimum=0, maximum=256
             ),
-            webhook_retry_schedule=_schedule(env),
-            webhook_jitter=_jitter(env),
+            webhook_retry_schedule=retry_schedule(env),
+            webhook_jitter=webhook_jitter(env),
             webhook_timeout_s=number(env, "MESHGATE_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
             webhook_max_response_bytes=whole_number(
                 env, "MESHGATE_WEBHOOK_MAX_RESPONSE_BYTES", 64 * 1024, minimum=0, maximum=2**24
             ),
-            webhook_allowed_hosts=_allowed_hosts(env),
+            webhook_allowed_hosts=allowed_hosts(env),
             webhook_secret_key=sealing_key(env),
             webhook_secret_keys=sealing_keys(env),
             webhook_ca_file=readable_file(env, "MESHGATE_WEBHOOK_CA_FILE"),
@@ -362,7 +309,7 @@ class Settings:
             audit_checkpoint_interval_s=number(
                 env, "MESHGATE_AUDIT_CHECKPOINT_INTERVAL_S", 60.0, minimum=1.0
             ),
-            audit_checkpoint_sinks=_checkpoint_sinks(env),
+            audit_checkpoint_sinks=checkpoint_sinks(env),
             sidecar_listen=listen_address(env, "MESHGATE_SIDECAR_LISTEN", "off"),
             ext_authz_peers=listed(env, "MESHGATE_EXT_AUTHZ_PEERS"),
             ext_authz_bindings=ext_authz_bindings(env, listed(env, "MESHGATE_EXT_AUTHZ_PEERS")),
@@ -382,4 +329,5 @@ class Settings:
             ext_authz_remove_authorization=not boolean(
                 env, "MESHGATE_EXT_AUTHZ_KEEP_AUTHORIZATION"
             ),
+            backups=backup_limits(env),
         )

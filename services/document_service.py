@@ -13,16 +13,15 @@ from storage.core.errors import InvalidArgumentError
 from storage.core.filters import check_field, parse_filter
 from storage.core.pages import page_size
 from storage.data.documents import (
+    MAX_DOCUMENT_BYTES,
     DocumentRecord,
     DocumentStore,
-    check_body,
+    check_document,
     check_document_id,
-    check_metadata,
 )
 
 __all__ = ["MAX_BATCH", "MAX_DOCUMENT_BYTES", "DocumentServicer", "checked_document"]
 
-MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_BATCH = 100
 
 
@@ -37,30 +36,19 @@ def document_to_proto(record: DocumentRecord) -> pb.Document:
     )
 
 
-def check_size(document: pb.Document, *, what: str) -> None:
-    if document.ByteSize() > MAX_DOCUMENT_BYTES:
-        raise InvalidArgumentError(
-            f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB", field=what
-        )
-
-
 def checked_document(
     document: pb.Document, *, what: str
 ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
-    check_size(document, what=what)
+    """The document of a request, checked by the one document check a restore runs too
+    (storage/data/documents.py). An oversized message is refused before its Structs are
+    converted: the message is never smaller than what the check measures."""
+    if document.ByteSize() > MAX_DOCUMENT_BYTES:
+        raise InvalidArgumentError(f"{what} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
     body = struct_to_dict(document.body)
     metadata = struct_to_dict(document.metadata)
-    check_body(body, what=f"{what}.body")
-    check_metadata(metadata, what=f"{what}.metadata")
-    return (
-        (
-            check_document_id(document.document_id, what=f"{what}.document_id")
-            if document.document_id
-            else None
-        ),
-        body,
-        metadata,
-    )
+    document_id = document.document_id or None
+    check_document(document_id, body, metadata, what=what)
+    return document_id, body, metadata
 
 
 class DocumentServicer(pb_grpc.DocumentServiceServicer):
@@ -147,14 +135,8 @@ class DocumentServicer(pb_grpc.DocumentServiceServicer):
                     new_metadata[key] = metadata[key]
                 else:
                     new_metadata.pop(key, None)
-            check_metadata(new_metadata, what="document.metadata")
             # the request was within the limit, the merge with what is stored may not be
-            merged = pb.Document(
-                document_id=current.document_id,
-                body=dict_to_struct(new_body),
-                metadata=dict_to_struct(new_metadata),
-            )
-            check_size(merged, what="the updated document")
+            check_document(current.document_id, new_body, new_metadata, what="the updated document")
             return new_body, new_metadata
 
         record = await self._documents.update(

@@ -100,17 +100,24 @@ class NamespaceServicer(pb_grpc.NamespaceServiceServicer):
         await self._purger.finish(scope)
         return pb.DeleteNamespaceResponse(namespace_id=scope.namespace_id)
 
-    async def ExportNamespace(
+    # The writer form (the chain awaits it): each write is timed, so a client that stops
+    # reading is cut off after the idle time instead of holding the export's cursors. The
+    # headers go first, alone (they are not flow-controlled): a write that never completes
+    # then holds only its message, and the status can still be queued behind it.
+    async def ExportNamespace(  # type: ignore[override]
         self, request: pb.ExportNamespaceRequest, context: Any
-    ) -> AsyncIterator[pb.ExportNamespaceResponse]:
+    ) -> None:
         call = current_call.get()
-        async for item in self._backups.export(call.require_scope(), call.require_namespace()):
+        await context.send_initial_metadata(())
+
+        async def send(item: bytes | ExportProgress) -> None:
             if isinstance(item, ExportProgress):
-                yield pb.ExportNamespaceResponse(
-                    progress=pb.ExportProgress(done=_counts(item.done), total=_counts(item.total))
-                )
+                progress = pb.ExportProgress(done=_counts(item.done), total=_counts(item.total))
+                await context.write(pb.ExportNamespaceResponse(progress=progress))
             else:
-                yield pb.ExportNamespaceResponse(data=item)
+                await context.write(pb.ExportNamespaceResponse(data=item))
+
+        await self._backups.export_to(call.require_scope(), call.require_namespace(), send)
 
     async def ImportNamespace(
         self, request_iterator: AsyncIterable[pb.ImportNamespaceRequest], context: Any

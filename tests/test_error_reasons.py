@@ -48,6 +48,12 @@ ELSEWHERE = {
     "CONCURRENT_CHANGE": "tests/storage/tenancy/test_keys.py (a rotation that lost its race)",
     "STORE_UNAVAILABLE": "tests/interceptors/test_availability.py (MongoDB stopped under load)",
     "INTERNAL_ERROR": "tests/interceptors/test_errors.py (an exception of no typed error)",
+    "SERVER_BUSY": (
+        "tests/services/test_backup_bounds.py::test_stalled_imports_are_cut_off_and_their_slots_freed"
+    ),
+    "TIME_LIMIT_EXCEEDED": (
+        "tests/services/test_backup_bounds.py::test_stalled_imports_are_cut_off_and_their_slots_freed"
+    ),
 }
 
 NS = "/meshgate.v1.NamespaceService/"

@@ -17,6 +17,14 @@ bar counts towards, and `end` holds what the file really contains.
 
 Nothing here does I/O: the encoder returns bytes to send, the decoder is fed
 bytes as they arrive and returns whole records.
+
+A file comes from outside, so reading one costs bounded work per byte, line and
+file: it inflates at most 1 MiB at a time, and refuses a line longer than
+MAX_LINE_BYTES or with more than MAX_LINE_TOKENS values before the line is
+parsed (parsing is the one step that cannot be interrupted: json.loads holds
+the interpreter for the whole line), an integer of more than 20 digits (Python
+parses those in quadratic time), NaN and Infinity (not JSON), and, when the
+caller sets them, more inflated bytes or items than it takes.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ITEM_KINDS",
     "MAX_LINE_BYTES",
+    "MAX_LINE_TOKENS",
     "BackupDecoder",
     "BackupEncoder",
     "BackupFileError",
@@ -43,8 +52,20 @@ __all__ = [
 FORMAT = "meshgate-namespace-backup"
 FORMAT_VERSION = 1
 ITEM_KINDS = ("document", "vector_store", "point", "webhook")
-# one item is at most one document (the gRPC message limit is 4 MiB by default)
-MAX_LINE_BYTES = 16 * 1024 * 1024
+# The longest line an item the API accepts can take (tests/storage/core/test_backup_format.py
+# checks the figures against storage/data): a document is at most 256 KiB as the API's
+# message measures it, and JSON spells a byte of it in at most 6 (a control character is
+# `\u0001`): 1.5 MiB. A point: a payload of at most 256 KiB by the same measure (1.5 MiB) and
+# 4,096 floats of at most 24 characters and a comma (100 KiB). Plus the fixed fields of the
+# line: about 1.6 MiB, rounded up.
+MAX_LINE_BYTES = 2 * 1024 * 1024
+# The values of a line, counted as the `,` `[` `{` outside strings (at most two per value):
+# a document within 256 KiB holds at most 65,536 values (each costs 4 bytes or more of the
+# measure), a point at most 4,096 + 6,464. json.loads spends its time per value: this bounds
+# how long one line holds the interpreter (about 25 ms on one core) whatever its bytes.
+MAX_LINE_TOKENS = 2 * 65_536 + 1024
+# what MongoDB and Qdrant store as an integer has at most 19 digits and a sign
+_MAX_INTEGER_CHARACTERS = 20
 _GZIP = 16 + zlib.MAX_WBITS
 _PIECE_BYTES = 1024 * 1024
 
@@ -121,30 +142,72 @@ class BackupEncoder:
         return self._compressor.compress(line)
 
 
+def _integer(text: str) -> int:
+    if len(text) > _MAX_INTEGER_CHARACTERS:
+        raise BackupFileError("a number is an integer beyond 64 bits")
+    return int(text)
+
+
+def _constant(text: str) -> Any:
+    raise BackupFileError(f"{text} is not a JSON number")
+
+
+# one decoder for every line (json.loads with hooks would build one per line)
+_JSON = json.JSONDecoder(parse_int=_integer, parse_constant=_constant)
+
+
+def _tokens(raw: bytes) -> int:
+    """An upper bound on the values of a line: its `,` `[` `{`, outside strings once the
+    count over the whole line is over the limit (only then is the exact count worth it:
+    strings cut out at the quotes that are not escaped)."""
+    count = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if count <= MAX_LINE_TOKENS or b'"' not in raw:
+        return count
+    if b"\\" in raw:  # `\\` first: in `\\"` the quote ends the string
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(raw.split(b'"')[::2])
+    return outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+
+
 class BackupDecoder:
     """Reads one backup file as its bytes arrive; refuses it at the first sign of damage.
 
-    `feed` returns the item records completed by the chunk; `finish` checks
-    what can only be checked at the end (the gzip stream ended, the `end` line
-    came, its counts and checksum match) and returns the manifest. A caller
-    that must not write a damaged file's items reads the file once through a
-    decoder before writing anything (storage/data/backup.py does)."""
+    `feed` returns the item records completed by the chunk, lazily: a caller that stops
+    pulling for a while holds at most one inflated piece (1 MiB) and one line; `finish`
+    checks what can only be checked at the end (the gzip stream ended,
+    the `end` line came, its counts and checksum match) and returns the manifest. A caller
+    that must not write a damaged file's items reads the file once through a decoder
+    before writing anything (storage/data/backup_restore.py does).
 
-    def __init__(self) -> None:
+    `max_inflated_bytes` and `max_items`, when set, refuse a file that inflates to more
+    bytes, or holds more items, than that."""
+
+    def __init__(
+        self, *, max_inflated_bytes: int | None = None, max_items: int | None = None
+    ) -> None:
         self._decompressor = zlib.decompressobj(_GZIP)
         self._digest = hashlib.sha256()
         self._pending = b""
         self._counts: Counter[str] = Counter()
         self._manifest: dict[str, Any] | None = None
         self._end: dict[str, Any] | None = None
+        self._max_inflated = max_inflated_bytes
+        self._max_items = max_items
+        self.inflated = 0
+        self.items = 0
 
     @property
     def manifest(self) -> dict[str, Any] | None:
         return self._manifest
 
     def feed(self, chunk: bytes) -> Iterator[dict[str, Any]]:
-        """The item records the chunk completes, lazily: a small chunk that inflates a
-        lot is read a bounded piece at a time."""
+        """The item records the chunk completes, lazily."""
+        for records in self._pieces(chunk):
+            yield from records
+
+    def _pieces(self, chunk: bytes) -> Iterator[Iterator[dict[str, Any]]]:
+        """The records the chunk completes, per inflated piece of at most 1 MiB: a small
+        chunk that inflates a lot is read a bounded piece at a time."""
         if self._decompressor.eof:
             if chunk:
                 raise BackupFileError("bytes follow the end of the compressed stream")
@@ -155,7 +218,13 @@ class BackupDecoder:
                 piece = self._decompressor.decompress(data, _PIECE_BYTES)
             except zlib.error:
                 raise BackupFileError("not a gzip stream, or a damaged one") from None
-            yield from self._records(piece)
+            self.inflated += len(piece)
+            if self._max_inflated is not None and self.inflated > self._max_inflated:
+                raise BackupFileError(
+                    f"it inflates to more than the {self._max_inflated} bytes this server"
+                    " takes in one import"
+                )
+            yield self._records(piece)
             data = self._decompressor.unconsumed_tail
             if not data:
                 break
@@ -175,8 +244,14 @@ class BackupDecoder:
     def _record(self, raw: bytes) -> dict[str, Any] | None:
         if self._end is not None:
             raise BackupFileError("lines follow the end line")
+        if len(raw) > MAX_LINE_BYTES:
+            raise BackupFileError(f"a line is longer than {MAX_LINE_BYTES} bytes")
+        if _tokens(raw) > MAX_LINE_TOKENS:
+            raise BackupFileError(f"a line holds more than {MAX_LINE_TOKENS} values")
         try:
-            record = json.loads(raw)
+            record = _JSON.decode(raw.decode())
+        except RecursionError:
+            raise BackupFileError("a line is nested too deeply") from None
         except ValueError:
             raise BackupFileError("a line is not JSON") from None
         if not isinstance(record, dict):
@@ -192,6 +267,11 @@ class BackupDecoder:
             return None
         if kind not in ITEM_KINDS:
             raise BackupFileError(f"unknown item kind {str(kind)[:32]!r}")
+        self.items += 1
+        if self._max_items is not None and self.items > self._max_items:
+            raise BackupFileError(
+                f"it holds more than the {self._max_items} items this server takes in one import"
+            )
         self._counts[kind] += 1
         return record
 

@@ -27,6 +27,7 @@ from typing import ClassVar
 __all__ = [
     "STATUS_OF",
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "MeshgateError",
@@ -63,6 +64,8 @@ class Reason(StrEnum):
     PRECONDITION_FAILED = "PRECONDITION_FAILED"
     RATE_LIMITED = "RATE_LIMITED"
     CREDITS_EXHAUSTED = "CREDITS_EXHAUSTED"
+    SERVER_BUSY = "SERVER_BUSY"
+    TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -89,6 +92,8 @@ STATUS_OF: Mapping[Reason, str] = {
     Reason.PRECONDITION_FAILED: "FAILED_PRECONDITION",
     Reason.RATE_LIMITED: "RESOURCE_EXHAUSTED",
     Reason.CREDITS_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    Reason.SERVER_BUSY: "RESOURCE_EXHAUSTED",
+    Reason.TIME_LIMIT_EXCEEDED: "DEADLINE_EXCEEDED",
     Reason.STORE_UNAVAILABLE: "UNAVAILABLE",
     Reason.INTERNAL_ERROR: "INTERNAL",
 }
@@ -187,8 +192,17 @@ class FailedPreconditionError(MeshgateError):
     default_reason = Reason.PRECONDITION_FAILED
 
 
+class DeadlineExceededError(MeshgateError):
+    """The call ran past a time bound the server sets (a whole import or export, or a
+    stream on which nothing moved): what it held is released."""
+
+    code = "DEADLINE_EXCEEDED"
+    default_reason = Reason.TIME_LIMIT_EXCEEDED
+
+
 class ResourceExhaustedError(MeshgateError):
-    """A rate or credit limit is exhausted: `quota` says which."""
+    """A rate or credit limit is exhausted (`quota` says which), or a per-server capacity
+    is taken."""
 
     code = "RESOURCE_EXHAUSTED"
     default_reason = Reason.RATE_LIMITED

@@ -4,67 +4,56 @@ Export reads documents (by document_id), the vector store's configuration,
 its points with vectors and payloads (in Qdrant's id order) and the webhooks
 without their secrets, and encodes them as a backup file
 (storage/core/backup_format.py), with progress in between. It is not a
-snapshot: what is written meanwhile may or may not be in the file.
+snapshot: what is written meanwhile may or may not be in the file. It is
+bounded in time: a whole export by the export deadline, and a client that
+takes nothing for the idle time is cut off, so a stalled reader never holds
+a database cursor for long (storage/data/backup_limits.py).
 
-Restore never trusts a scope from the file: items carry no namespace_id or
-internal_id that is read; every write goes through the target's Scope, which
-stamps both. It goes in two passes over the file, which the caller streams
-in once:
-
-1. the bytes are spooled to a temporary file on disk (a 10,000-item file is
-   not held in memory) while every record is decoded and checked; a file that
-   is damaged, truncated, of another format version, or holds one invalid
-   item is refused before anything is written;
-2. the namespace is claimed for this file (a marker keyed by the file's
-   checksum: an empty namespace, or one a restore of the same file was
-   interrupted in), then the spool is read again and written in batches, each
-   write idempotent by the item's own id (document_id, point id, webhook_id):
-   a retried restore skips or overwrites what the interrupted one wrote and
-   ends in the same state.
-
-Restored webhooks get new secrets (the file holds none), returned once.
+Restore (storage/data/backup_restore.py) checks the whole file before it
+writes anything, then writes it idempotently, so that a retry completes an
+interrupted restore. Restored webhooks get new secrets (the file holds none),
+returned once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
-
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from typing import Any
 
 from storage.backends.mongo import MongoStore
 from storage.backends.scoped import Scope
 from storage.core.backup_format import BackupEncoder
 from storage.core.clock import utc_now
-from storage.core.errors import FailedPreconditionError, Reason
-from storage.data.backup_items import BackupItems
+from storage.core.errors import DeadlineExceededError
+from storage.data.backup_limits import BackupLimits
+from storage.data.backup_restore import (
+    RESTORE_MARKERS,
+    BackupCounts,
+    Restorer,
+    RestoreResult,
+)
 from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorConfig, VectorStore
 from storage.tenancy.namespaces import Namespace
-from storage.webhooks.store import WebhookRecord, WebhookStore
+from storage.webhooks.store import WebhookStore
 
-__all__ = ["BackupCounts", "ExportProgress", "NamespaceBackup", "RestoreResult"]
+__all__ = [
+    "BackupCounts",
+    "BackupLimits",
+    "ExportProgress",
+    "NamespaceBackup",
+    "RestoreResult",
+]
 
-_DOCUMENT_BATCH = 500
-_POINT_BATCH = 256
 # local-mode Qdrant scans the collection for every scroll page: big pages, few scans
 _POINT_PAGE = 1000
 _FLUSH_BYTES = 64 * 1024
 _PROGRESS_EVERY = 1000
-_SPOOL_CHUNK = 256 * 1024
-# decoding and checking is CPU work: other calls get the event loop this often
+# encoding is CPU work: other calls get the event loop this often
 _YIELD_EVERY = 200
-
-
-@dataclass(frozen=True, slots=True)
-class BackupCounts:
-    documents: int = 0
-    points: int = 0
-    webhooks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +62,8 @@ class ExportProgress:
     total: BackupCounts
 
 
-@dataclass(frozen=True, slots=True)
-class RestoreResult:
-    restored: BackupCounts
-    # (webhook, its new secret)
-    webhooks: tuple[tuple[WebhookRecord, str], ...]
-
-
 class NamespaceBackup:
-    MARKERS = "restores"
+    MARKERS = RESTORE_MARKERS
 
     def __init__(
         self,
@@ -92,15 +74,25 @@ class NamespaceBackup:
         webhooks: WebhookStore,
         vet_url: Callable[[str], Awaitable[None]],
         meshgate_version: str,
+        limits: BackupLimits | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._mongo = mongo
         self._documents = documents
         self._vectors = vectors
         self._webhooks = webhooks
-        self._vet_url = vet_url
         self._version = meshgate_version
         self._now = now
+        self.limits = limits or BackupLimits()
+        self._restorer = Restorer(
+            mongo=mongo,
+            documents=documents,
+            vectors=vectors,
+            webhooks=webhooks,
+            vet_url=vet_url,
+            limits=self.limits,
+            now=now,
+        )
 
     # -- export ---------------------------------------------------------------------
 
@@ -116,9 +108,38 @@ class NamespaceBackup:
             webhooks=len(await self._webhooks.all(scope)),
         )
 
+    async def export_to(
+        self,
+        scope: Scope,
+        namespace: Namespace,
+        send: Callable[[bytes | ExportProgress], Awaitable[None]],
+    ) -> None:
+        """The export, each piece handed to `send` (the call's write): the whole of it
+        within the export deadline, each `send` within the idle time; either one past its
+        bound is DEADLINE_EXCEEDED, and the cursors of the export are closed."""
+        limits = self.limits
+        pieces = self.export(scope, namespace)
+        try:
+            async with asyncio.timeout(limits.export_deadline_s):
+                async for piece in pieces:
+                    try:
+                        async with asyncio.timeout(limits.idle_s):
+                            await send(piece)
+                    except TimeoutError:
+                        raise DeadlineExceededError(
+                            f"the client took nothing for {limits.idle_s:g} s; the export"
+                            " was stopped"
+                        ) from None
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the export took longer than the {limits.export_deadline_s:g} s this server allows"
+            ) from None
+        finally:
+            await pieces.aclose()
+
     async def export(
         self, scope: Scope, namespace: Namespace
-    ) -> AsyncIterator[bytes | ExportProgress]:
+    ) -> AsyncGenerator[bytes | ExportProgress]:
         """The file's bytes in pieces of about 64 KiB, with progress after every 1,000 items
         and at the end."""
         total = await self.totals(scope)
@@ -211,128 +232,6 @@ class NamespaceBackup:
     # -- restore ----------------------------------------------------------------------
 
     async def restore(self, scope: Scope, chunks: AsyncIterable[bytes]) -> RestoreResult:
-        with tempfile.TemporaryFile(prefix="meshgate-restore-") as spool:
-            checksum = await self._check(chunks, spool)
-            await self._claim(scope, checksum)
-            spool.seek(0)
-            result = await self._write(scope, spool)
-            await self._mongo.scoped(self.MARKERS, scope).update_one(
-                {"sha256": checksum}, {"$set": {"state": "done", "finished_at": self._now()}}
-            )
-            return result
-
-    async def _check(self, chunks: AsyncIterable[bytes], spool: IO[bytes]) -> str:
-        """Pass 1: the whole file is read, spooled and checked; the checksum it declares."""
-        items = BackupItems()
-        seen = 0
-        async for chunk in chunks:
-            spool.write(chunk)
-            for record in items.decoder.feed(chunk):
-                kind, item = items.parse(record)
-                if kind == "webhook":
-                    await self._vet_url(item.url)
-                seen += 1
-                if seen % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # a big chunk is CPU work: let other calls run
-        items.decoder.finish()
-        return items.decoder.checksum
-
-    async def _claim(self, scope: Scope, checksum: str) -> None:
-        """This file may be written here: the namespace is empty, or a restore of the very
-        same file began here before (and was perhaps interrupted)."""
-        markers = self._mongo.scoped(self.MARKERS, scope)
-        marker = await markers.find_one({})
-        if marker is None:
-            if not await self._empty(scope):
-                raise FailedPreconditionError(
-                    "a backup is restored into an empty namespace; this one holds data"
-                )
-            try:
-                await markers.insert_one(
-                    {"sha256": checksum, "state": "running", "started_at": self._now()}
-                )
-                return
-            except DuplicateKeyError:  # a concurrent restore claimed it first
-                marker = await markers.find_one({})
-        if marker is None or marker.get("sha256") != checksum:
-            raise FailedPreconditionError(
-                "this namespace holds a restore of another backup file; restore into a new"
-                " namespace"
-            )
-
-    async def _empty(self, scope: Scope) -> bool:
-        return (
-            await self._documents.count(scope) == 0
-            and await self._vector_config(scope) is None
-            and not await self._webhooks.all(scope)
-        )
-
-    async def _write(self, scope: Scope, spool: IO[bytes]) -> RestoreResult:
-        """Pass 2: the checked file again, written in idempotent batches."""
-        items = BackupItems()
-        documents: list[dict[str, Any]] = []
-        points: list[tuple[str, list[float], dict[str, Any]]] = []
-        webhooks: list[tuple[WebhookRecord, str]] = []
-        counts = {"document": 0, "point": 0}
-        seen = 0
-        while chunk := spool.read(_SPOOL_CHUNK):
-            for record in items.decoder.feed(chunk):
-                kind, item = items.parse(record)
-                seen += 1
-                if seen % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
-                if kind == "document":
-                    documents.append(item)
-                    if len(documents) >= _DOCUMENT_BATCH:
-                        counts["document"] += await self._documents_batch(scope, documents)
-                elif kind == "vector_store":
-                    await self._vector_store(scope, item)
-                elif kind == "point":
-                    points.append(item)
-                    if len(points) >= _POINT_BATCH:
-                        counts["point"] += await self._vectors.upsert(scope, points)
-                        points.clear()
-                else:
-                    webhooks.append((item, await self._webhooks.restore(scope, item)))
-        counts["document"] += await self._documents_batch(scope, documents)
-        if points:
-            counts["point"] += await self._vectors.upsert(scope, points)
-        items.decoder.finish()
-        return RestoreResult(
-            restored=BackupCounts(counts["document"], counts["point"], len(webhooks)),
-            webhooks=tuple(webhooks),
-        )
-
-    async def _documents_batch(self, scope: Scope, batch: list[dict[str, Any]]) -> int:
-        """Inserts the documents of the batch not written yet (by an interrupted restore of
-        this file); empties the batch and returns its size."""
-        collection = self._mongo.scoped(DocumentStore.COLLECTION, scope)
-        size = len(batch)
-        for _ in range(3):
-            ids = [d["document_id"] for d in batch]
-            present = await collection.find(
-                {"document_id": {"$in": ids}}, projection={"document_id": 1}
-            )
-            written = {d["document_id"] for d in present}
-            missing = [d for d in batch if d["document_id"] not in written]
-            # the same id twice in a file: the first one wins, as a retry would have it
-            unique = list({d["document_id"]: d for d in reversed(missing)}.values())
-            try:
-                await collection.insert_many(unique)
-                break
-            except (DuplicateKeyError, BulkWriteError):
-                continue  # another restore of this file wrote some meanwhile: look again
-        else:
-            raise FailedPreconditionError(
-                "the namespace is being restored concurrently; retry",
-                reason=Reason.CONCURRENT_CHANGE,
-            )
-        batch.clear()
-        return size
-
-    async def _vector_store(self, scope: Scope, config: VectorConfig) -> None:
-        existing = await self._vector_config(scope)
-        if existing is None:
-            await self._vectors.create(scope, dimension=config.dimension, distance=config.distance)
-        elif existing != config:  # cannot happen for the same file; never overwrite
-            raise FailedPreconditionError("the namespace's vector store differs from the backup's")
+        """The file streamed in as `chunks`, into the empty namespace of `scope`
+        (storage/data/backup_restore.py)."""
+        return await self._restorer.restore(scope, chunks)

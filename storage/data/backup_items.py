@@ -2,20 +2,28 @@
 
 A restore reads a file from outside: each item is rebuilt from the fields it
 is made of and checked like a CreateDocument, UpsertPoints or CreateWebhook
-request; nothing else of a record is kept, so a namespace_id or internal_id
-in it is never written (storage/data/backup.py writes through the target's
-scope).
+request (a document by the very check CreateDocument runs, size included);
+nothing else of a record is kept, so a namespace_id or internal_id in it is
+never written (storage/data/backup_restore.py writes through the target's
+scope). What passes here can be written: integers within 64 bits, finite
+numbers, Unicode text, times MongoDB can hold; a file is never refused half
+way through writing it for a value the check let through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from storage.core.backup_format import BackupDecoder
 from storage.core.errors import InvalidArgumentError, Reason
-from storage.data.documents import check_body, check_document_id, check_metadata
+from storage.data.documents import (
+    INT64_MAX,
+    check_document,
+    check_document_id,
+    check_metadata,
+)
 from storage.data.vectors import (
     DISTANCES,
     MAX_DIMENSION,
@@ -31,7 +39,15 @@ from storage.webhooks.store import (
     check_webhook_id,
 )
 
-__all__ = ["BackupItems"]
+__all__ = ["BackupItems", "Parsed"]
+
+
+class Parsed(NamedTuple):
+    kind: str
+    item: Any
+    # the bytes the item takes by the API's measure (documents and points; else 0): what
+    # a write batch is bounded by
+    size: int
 
 
 def _time(value: Any, what: str) -> datetime:
@@ -42,36 +58,37 @@ def _time(value: Any, what: str) -> datetime:
             f"backup file: {what} is not an ISO 8601 time", reason=Reason.BACKUP_FILE_INVALID
         ) from None
     if parsed.tzinfo is None:
-        raise InvalidArgumentError(
-            f"backup file: {what} has no time zone", reason=Reason.BACKUP_FILE_INVALID
-        )
-    return parsed
+        raise InvalidArgumentError(f"backup file: {what} has no time zone")
+    try:  # MongoDB stores UTC: year 1 at +01:00 is before year 1 there
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgumentError(f"backup file: {what} is out of range") from None
 
 
-def _document(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields a document is made of, checked as CreateDocument checks them; nothing else
-    of the record (a namespace_id or internal_id in it is ignored, never written)."""
+def _document(record: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """The fields a document is made of, checked by the check CreateDocument runs; nothing
+    else of the record (a namespace_id or internal_id in it is ignored, never written)."""
     document_id = check_document_id(str(record.get("document_id", "")))
+    what = f"backup file: document {document_id!r}"
     body, metadata, revision = record.get("body"), record.get("metadata"), record.get("revision")
     if not isinstance(body, dict) or not isinstance(metadata, dict):
-        raise InvalidArgumentError(
-            f"backup file: document {document_id!r} is malformed", reason=Reason.BACKUP_FILE_INVALID
-        )
-    check_body(body)
-    check_metadata(metadata)
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
-        raise InvalidArgumentError(
-            f"backup file: document {document_id!r} has a bad revision",
-            reason=Reason.BACKUP_FILE_INVALID,
-        )
-    return {
+        raise InvalidArgumentError(f"{what} is malformed")
+    size = check_document(document_id, body, metadata, what=what)
+    if (
+        not isinstance(revision, int)
+        or isinstance(revision, bool)
+        or not 1 <= revision <= INT64_MAX
+    ):
+        raise InvalidArgumentError(f"{what} has a bad revision")
+    document = {
         "document_id": document_id,
         "body": body,
         "metadata": metadata,
-        "created_at": _time(record.get("created_at"), "created_at"),
-        "updated_at": _time(record.get("updated_at"), "updated_at"),
+        "created_at": _time(record.get("created_at"), f"document {document_id!r}: created_at"),
+        "updated_at": _time(record.get("updated_at"), f"document {document_id!r}: updated_at"),
         "revision": revision,
     }
+    return document, size
 
 
 def _vector_config(record: Mapping[str, Any]) -> VectorConfig:
@@ -91,7 +108,8 @@ def _vector_config(record: Mapping[str, Any]) -> VectorConfig:
 
 def _point(
     record: Mapping[str, Any], config: VectorConfig | None
-) -> tuple[str, list[float], dict[str, Any]]:
+) -> tuple[tuple[str, list[float], dict[str, Any]], int]:
+    """The point and its size by the API's measure (9 bytes a coordinate, the payload's)."""
     if config is None:
         raise InvalidArgumentError(
             "backup file: points come before a vector store", reason=Reason.BACKUP_FILE_INVALID
@@ -103,11 +121,23 @@ def _point(
             f"backup file: point {point_id!r} is malformed", reason=Reason.BACKUP_FILE_INVALID
         )
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vector):
+        raise InvalidArgumentError(f"backup file: point {point_id!r} has a bad vector")
+    size = check_metadata(payload, what=f"backup file: point {point_id!r}: payload")
+    checked = check_vector(vector, config.dimension, what=f"point {point_id!r}")
+    return (point_id, checked, payload), 9 * len(checked) + size
+
+
+def _reason(value: Any, webhook_id: str) -> str:
+    """Why the webhook was disabled, as the server wrote it: text, cut to 256 characters."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"backup file: webhook {webhook_id} is malformed")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
         raise InvalidArgumentError(
-            f"backup file: point {point_id!r} has a bad vector", reason=Reason.BACKUP_FILE_INVALID
-        )
-    check_metadata(payload, what="payload")
-    return point_id, check_vector(vector, config.dimension, what=f"point {point_id!r}"), payload
+            f"backup file: webhook {webhook_id} holds text that is not valid Unicode"
+        ) from None
+    return value[:256]
 
 
 def _webhook(record: Mapping[str, Any]) -> WebhookRecord:
@@ -119,17 +149,15 @@ def _webhook(record: Mapping[str, Any]) -> WebhookRecord:
             f"backup file: webhook {webhook_id} is malformed", reason=Reason.BACKUP_FILE_INVALID
         )
     if not isinstance(event_types, list) or not all(isinstance(e, str) for e in event_types):
-        raise InvalidArgumentError(
-            f"backup file: webhook {webhook_id} is malformed", reason=Reason.BACKUP_FILE_INVALID
-        )
-    created = _time(record.get("created_at"), "created_at")
+        raise InvalidArgumentError(f"backup file: webhook {webhook_id} is malformed")
+    created = _time(record.get("created_at"), f"webhook {webhook_id}: created_at")
     return WebhookRecord(
         webhook_id=webhook_id,
         url=url,
         event_types=check_event_types(event_types),
         enabled=enabled,
         description=check_description(str(record.get("description", ""))),
-        disabled_reason=str(record.get("disabled_reason", ""))[:256],
+        disabled_reason=_reason(record.get("disabled_reason", ""), webhook_id),
         created_at=created,
         updated_at=created,
         secret_rotated_at=None,
@@ -139,15 +167,15 @@ def _webhook(record: Mapping[str, Any]) -> WebhookRecord:
 class BackupItems:
     """Decodes and checks the records of one file; the same checks in both passes."""
 
-    def __init__(self) -> None:
-        self.decoder = BackupDecoder()
+    def __init__(self, decoder: BackupDecoder | None = None) -> None:
+        self.decoder = decoder or BackupDecoder()
         self.config: VectorConfig | None = None
         self.webhooks = 0
 
-    def parse(self, record: Mapping[str, Any]) -> tuple[str, Any]:
+    def parse(self, record: Mapping[str, Any]) -> Parsed:
         kind = str(record["kind"])
         if kind == "document":
-            return kind, _document(record)
+            return Parsed(kind, *_document(record))
         if kind == "vector_store":
             if self.config is not None:
                 raise InvalidArgumentError(
@@ -155,13 +183,13 @@ class BackupItems:
                     reason=Reason.BACKUP_FILE_INVALID,
                 )
             self.config = _vector_config(record)
-            return kind, self.config
+            return Parsed(kind, self.config, 0)
         if kind == "point":
-            return kind, _point(record, self.config)
+            return Parsed(kind, *_point(record, self.config))
         self.webhooks += 1
         if self.webhooks > MAX_WEBHOOKS_PER_NAMESPACE:
             raise InvalidArgumentError(
                 f"backup file: more than {MAX_WEBHOOKS_PER_NAMESPACE} webhooks",
                 reason=Reason.BACKUP_FILE_INVALID,
             )
-        return kind, _webhook(record)
+        return Parsed(kind, _webhook(record), 0)

@@ -2,12 +2,13 @@
 
 Documents are addressed by `document_id`, unique per namespace (a compound
 unique index on namespace_id + document_id): the same id in two namespaces is
-two documents, and creating one never reveals that the other exists.
+two documents, and creating one never reveals that the other exists. What a
+document may hold is checked by storage/data/document_checks.py, for the API and
+a restore alike.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -25,26 +26,45 @@ from storage.core.errors import (
     NotFoundError,
     Reason,
 )
-from storage.core.filters import FIELD_RE, RESERVED_FIELDS, Group, to_mongo
-from storage.core.ids import CLIENT_ID_RE, check_client_id, random_base62
+from storage.core.filters import Group, to_mongo
+from storage.core.ids import CLIENT_ID_RE, random_base62
 from storage.core.pages import decode_page_token, page_of
+from storage.data.document_checks import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DOCUMENT_BYTES,
+    MAX_LIST_VALUES,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_STRING,
+    MAX_PAYLOAD_BYTES,
+    MAX_VALUES,
+    check_body,
+    check_document,
+    check_document_id,
+    check_metadata,
+    check_number,
+)
 
+# the checks live in storage/data/document_checks.py; they are a document's, named here too
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_LIST_VALUES",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_STRING",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_VALUES",
     "DocumentRecord",
     "DocumentStore",
     "check_body",
+    "check_document",
     "check_document_id",
     "check_metadata",
+    "check_number",
     "new_document_id",
 ]
 
-MAX_METADATA_KEYS = 64
-MAX_LIST_VALUES = 100
-# metadata is for filtering: short values. Long text belongs in the body.
-MAX_METADATA_STRING = 1024
-MAX_BODY_DEPTH = 32
 _UPDATE_RETRIES = 5
 
 
@@ -71,77 +91,6 @@ def _record(doc: Mapping[str, Any]) -> DocumentRecord:
 
 def new_document_id() -> str:
     return "doc_" + random_base62(20)
-
-
-def check_document_id(document_id: str, *, what: str = "document_id") -> str:
-    return check_client_id(document_id, what=what, field=what)
-
-
-def check_body(body: Mapping[str, Any], *, what: str = "body") -> None:
-    """Field names MongoDB would misread (`$…`, dotted) or that are reserved are refused."""
-
-    def walk(value: Any, depth: int) -> None:
-        if depth > MAX_BODY_DEPTH:
-            raise InvalidArgumentError(
-                f"{what} is nested deeper than {MAX_BODY_DEPTH} levels", field=what
-            )
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if key.startswith("$") or "." in key or not key:
-                    raise InvalidArgumentError(
-                        f"{what} field names must be non-empty and may not start with '$'"
-                        " or contain '.'",
-                        field=what,
-                    )
-                if key in RESERVED_FIELDS:
-                    raise InvalidArgumentError(
-                        f"{what} may not use the reserved field name {key!r}",
-                        field=what,
-                    )
-                walk(item, depth + 1)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item, depth + 1)
-
-    walk(body, 0)
-
-
-def check_metadata(metadata: Mapping[str, Any], *, what: str = "metadata") -> None:
-    """Flat: scalars, null, or lists of 1-100 non-null scalars; what the filter language
-    means the same on documents and points (an empty list, or a null inside a list,
-    would not: Qdrant cannot tell `[]` from a missing field)."""
-    if len(metadata) > MAX_METADATA_KEYS:
-        raise InvalidArgumentError(f"{what} may have at most {MAX_METADATA_KEYS} keys", field=what)
-    for key, value in metadata.items():
-        if key in RESERVED_FIELDS:
-            raise InvalidArgumentError(f"{what} may not use the reserved key {key!r}", field=what)
-        if not FIELD_RE.match(key):
-            raise InvalidArgumentError(
-                f"{what} keys must be 1-64 characters of A-Z a-z 0-9 _ -", field=what
-            )
-        if isinstance(value, list):
-            if not 1 <= len(value) <= MAX_LIST_VALUES:
-                raise InvalidArgumentError(
-                    f"{what} lists must hold 1-{MAX_LIST_VALUES} values ({key!r})",
-                    field=what,
-                )
-            if any(item is None for item in value):
-                raise InvalidArgumentError(f"{what} lists may not hold null ({key!r})", field=what)
-        for item in value if isinstance(value, list) else [value]:
-            if not (item is None or isinstance(item, str | bool | int | float)):
-                raise InvalidArgumentError(
-                    f"{what} values must be strings, numbers, booleans, null or lists of those",
-                    field=what,
-                )
-            if isinstance(item, float) and not math.isfinite(item):
-                raise InvalidArgumentError(
-                    f"{what} values must be finite numbers ({key!r})", field=what
-                )
-            if isinstance(item, str) and len(item) > MAX_METADATA_STRING:
-                raise InvalidArgumentError(
-                    f"{what} strings may be at most {MAX_METADATA_STRING} characters",
-                    field=what,
-                )
 
 
 class DocumentStore:

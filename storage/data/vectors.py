@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 MAX_DIMENSION = 4096
+_FLOAT32_MAX = 3.4028234663852886e38
 DISTANCES = {
     "cosine": models.Distance.COSINE,
     "dot": models.Distance.DOT,
@@ -99,6 +100,12 @@ def check_vector(vector: Sequence[float], dimension: int, *, what: str = "vector
     values = [float(v) for v in vector]
     if not all(math.isfinite(v) for v in values):
         raise InvalidArgumentError(f"{what} contains NaN or infinity", field=what)
+    # Qdrant keeps 32-bit floats and normalizes cosine vectors in them: a larger value, or
+    # a squared length beyond the largest 32-bit float, would be stored as infinity or NaN
+    if math.fsum(v * v for v in values) > _FLOAT32_MAX:
+        raise InvalidArgumentError(
+            f"{what} is too long (its squared length passes 3.4e38)", field=what
+        )
     return values
 
 

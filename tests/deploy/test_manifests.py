@@ -148,23 +148,45 @@ def test_the_workload_keeps_its_promises() -> None:
     assert files
     for path in files:
         assert mounts.get(str(Path(path).parent)) in secret_volumes, path
-    # writable: /tmp only
-    assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == [mounts["/tmp"]]
-    # the settings parse as the server reads them (store URLs come from the secret files)
+    # writable: /tmp and the import spool only
+    empty_dirs = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+    spool = config["MESHGATE_SPOOL_DIR"]
+    assert set(empty_dirs) == {mounts["/tmp"], mounts[spool]}
+    # the settings parse as the server reads them (store URLs come from the secret files; the
+    # spool directory exists in the pod only)
     environment = {**config, **{e["name"]: e["value"] for e in container["env"]}}
     # every store's URL is set (`serve` without --dev refuses to start otherwise)
     for url in ("MESHGATE_MONGODB_URI", "MESHGATE_REDIS_URL", "MESHGATE_QDRANT_URL"):
         assert url in environment or f"{url}_FILE" in environment, url
-    environment = {k: v for k, v in environment.items() if not k.endswith("_FILE")}
+    environment = {
+        k: v
+        for k, v in environment.items()
+        if not k.endswith("_FILE") and k != "MESHGATE_SPOOL_DIR"
+    }
     settings = Settings.from_env(environment)
     # an unreachable store stops meshgate with its own message before the kubelet kills it
     startup = container["startupProbe"]
     assert settings.startup_wait_s < startup["periodSeconds"] * startup["failureThreshold"]
+    limits = settings.backups
+    # the spool holds every import that may run at once, each at its byte cap, and the pod
+    # asks the scheduler for room for both volumes
+    spool_bytes = quantity(empty_dirs[mounts[spool]]["sizeLimit"])
+    assert spool_bytes >= limits.import_concurrency * limits.import_max_bytes
+    asked = quantity(container["resources"]["requests"]["ephemeral-storage"])
+    assert asked >= spool_bytes + quantity(empty_dirs[mounts["/tmp"]]["sizeLimit"])
     assert {"Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= set(docs)
     assert {"ServiceAccount", "NetworkPolicy", "Certificate"} <= set(docs)
     assert docs["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
     (uri,) = docs["Certificate"]["spec"]["uris"]
     assert uri == "spiffe://cluster.local/ns/meshgate/sa/meshgate"
+
+
+def quantity(value: str) -> int:
+    """A Kubernetes byte quantity in bytes (binary suffixes)."""
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40)):
+        if value.endswith(suffix):
+            return int(value.removesuffix(suffix)) * factor
+    return int(value)
 
 
 def renderer() -> list[str]:

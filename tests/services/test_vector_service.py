@@ -66,6 +66,10 @@ async def test_search_filters_threshold_and_vectors(tenant: Tenant) -> None:
         ([point("a", [1, 2])], "has 2 dimensions"),
         ([point("a", [1, 2, float("nan")])], "NaN"),
         ([point("a", [1, 2, float("inf")])], "NaN or infinity"),
+        # Qdrant normalizes cosine vectors in 32-bit floats: this one's length overflows
+        ([point("a", [2e19, 2e19, 1])], "too long"),
+        # as much as a document, and what a backup file's line can hold
+        ([point("a", [1, 2, 3], **{f"k{k}": ["x" * 1000] * 100 for k in range(3)})], "256 KiB"),
         ([point("a", [1, 2, 3], namespace_id="ns_x")], "reserved"),
         ([point("a", [1, 2, 3], point_id="other")], "reserved"),
         ([point("bad id", [1, 2, 3])], "point ids"),

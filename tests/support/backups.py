@@ -3,15 +3,19 @@ file read back (for comparing two files)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import math
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from meshgate.v1 import namespace_service_pb2 as pb
 
 from server.backends import Backends
 from storage.backends.scoped import Scope
-from storage.core.backup_format import BackupDecoder
+from storage.core.backup_format import FORMAT, FORMAT_VERSION, ITEM_KINDS, BackupDecoder
 from storage.data.documents import DocumentStore
 from storage.data.vectors import VectorStore
 from tests.support.clients import auth
@@ -20,14 +24,101 @@ from tests.support.tenants import Tenant
 
 __all__ = [
     "DIMENSION",
+    "MANIFEST",
+    "bomb",
     "comparable",
+    "document_line",
     "export_namespace",
     "file_items",
+    "file_of_lines",
     "fill",
     "import_namespace",
+    "import_stream",
 ]
 
 DIMENSION = 8
+MANIFEST = {
+    "kind": "manifest",
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "meshgate_version": "0.1.0",
+    "exported_at": "2026-01-01T00:00:00+00:00",
+    "namespace": {"namespace_id": "ns_x", "name": "x"},
+    "counts": {},
+}
+_GZIP = 16 + zlib.MAX_WBITS
+
+
+def document_line(document_id: str, body: Any = None, **fields: Any) -> bytes:
+    """One document line as any writer may spell it: NaN and Infinity as Python writes
+    them, lone surrogates escaped (`fields` replace or add fields)."""
+    record = {
+        "kind": "document",
+        "document_id": document_id,
+        "body": {} if body is None else body,
+        "metadata": {},
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "revision": 1,
+        **fields,
+    }
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def file_of_lines(lines: Iterable[bytes]) -> bytes:
+    """An intact backup file (manifest, counts, checksum) of these item lines, whatever
+    they hold: what an attacker, or a buggy writer, can always produce."""
+    head = json.dumps(MANIFEST).encode() + b"\n"
+    digest = hashlib.sha256(head)
+    counts = dict.fromkeys(ITEM_KINDS, 0)
+    body = [head]
+    for line in lines:
+        digest.update(line)
+        counts[json.loads(line)["kind"]] += 1
+        body.append(line)
+    end = {"kind": "end", "counts": counts, "sha256": digest.hexdigest()}
+    body.append(json.dumps(end).encode() + b"\n")
+    return gzip.compress(b"".join(body))
+
+
+def bomb(*, lines: int = 4, line_bytes: int = 15 * 1024 * 1024) -> bytes:
+    """The restore bomb of issue 21: documents whose bodies are ~15 MiB of `[{},{},...]`,
+    about 60 KB compressed, ending with a wrong checksum (it never had to be valid)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, _GZIP)
+    out = [compressor.compress(json.dumps(MANIFEST).encode() + b"\n")]
+    piece = b"{}," * 100_000
+    for i in range(lines):
+        head, _, tail = document_line(f"bomb{i}").partition(b'"body":{}')
+        out.append(compressor.compress(head + b'"body":{"x":['))
+        out.extend(compressor.compress(piece) for _ in range(line_bytes // len(piece)))
+        out.append(compressor.compress(b"{}]}" + tail))
+    out.append(compressor.compress(b'{"kind":"end","counts":{},"sha256":"0"}\n'))
+    return b"".join(out) + compressor.flush()
+
+
+async def import_stream(
+    tenant: Tenant,
+    namespace: str,
+    chunks: AsyncIterable[bytes],
+    *,
+    stub: Any = None,
+) -> pb.ImportNamespaceResponse:
+    """ImportNamespace of whatever `chunks` yields, one message each (to the session server,
+    or through `stub`)."""
+
+    async def requests() -> AsyncIterator[pb.ImportNamespaceRequest]:
+        async for chunk in chunks:
+            yield pb.ImportNamespaceRequest(data=chunk)
+
+    response: pb.ImportNamespaceResponse = await (stub or tenant.namespaces).ImportNamespace(
+        requests(), metadata=auth(tenant.admin, namespace)
+    )
+    return response
+
+
+def pieces(data: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 async def export_namespace(

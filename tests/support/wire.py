@@ -11,10 +11,11 @@ import struct
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 from tests.support.pki import Pki
 
-__all__ = ["raw_http2_call"]
+__all__ = ["raw_http2_call", "stalled_stream_call"]
 
 
 async def raw_http2_call(
@@ -64,5 +65,80 @@ async def raw_http2_call(
                 if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                     return seen
             writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+async def stalled_stream_call(
+    port: int,
+    pki: Pki,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    body: bytes = b"",
+    window: int = 1024,
+    stall_s: float = 3.0,
+    wait_s: float = 10.0,
+) -> tuple[dict[bytes, bytes], int, int]:
+    """A call whose client stops reading for `stall_s`: it offers a stream window of
+    `window` bytes and acknowledges nothing it receives, so the server can send no more
+    than that; then it opens its windows wide and reads on to the end of the stream (at
+    most `wait_s`). Returns the headers and trailers, and the bytes of data received while
+    stalled and in all."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    request = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+    conn.send_headers(1, request + headers)
+    conn.send_data(1, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
+    writer.write(conn.data_to_send())
+    loop = asyncio.get_running_loop()
+    seen: dict[bytes, bytes] = {}
+    received = stalled = 0
+    stalling = True
+    resume_at = loop.time() + stall_s
+    give_up_at = resume_at + wait_s
+    try:
+        while True:
+            if stalling and loop.time() >= resume_at:
+                stalling, stalled = False, received
+                conn.acknowledge_received_data(received, 1)
+                conn.increment_flow_control_window(2**24)
+                conn.increment_flow_control_window(2**24, stream_id=1)
+                conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**24})
+                writer.write(conn.data_to_send())
+            until = resume_at if stalling else give_up_at
+            try:
+                data = await asyncio.wait_for(reader.read(65536), max(0.0, until - loop.time()))
+            except TimeoutError:
+                if stalling:
+                    continue
+                raise AssertionError("the stream did not end") from None
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    seen.update(dict(event.headers))
+                if isinstance(event, h2.events.DataReceived):
+                    received += len(event.data)
+                    if not stalling:
+                        conn.acknowledge_received_data(len(event.data), 1)
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return seen, stalled if not stalling else received, received
+            writer.write(conn.data_to_send())
+        return seen, stalled, received
     finally:
         writer.close()

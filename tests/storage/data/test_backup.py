@@ -1,21 +1,29 @@
-"""Restore interrupted part-way, then retried: it ends as an uninterrupted restore does."""
+"""Restore interrupted part-way, then retried: it ends as an uninterrupted restore does; an
+export past its deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 
-from storage.data.backup import NamespaceBackup
+from server.app import RunningServer
+from server.backends import Backends
+from storage.core.clock import utc_now
+from storage.core.errors import DeadlineExceededError
+from storage.data.backup import BackupLimits, ExportProgress, NamespaceBackup
 from storage.data.documents import DocumentStore
+from storage.tenancy.namespaces import Namespace
 from tests.support.backups import comparable, export_namespace, file_items, fill, import_namespace
 from tests.support.clients import rpc_error
 from tests.support.held import HeldScopedMongo
 from tests.support.namespace_clients import Docs, Hooks, Vectors, doc
 from tests.support.servers import BulkServer
-from tests.support.tenants import scope_of
+from tests.support.tenants import random_scope, scope_of
 from tests.support.webhooks import Receiver
 
 
@@ -79,3 +87,36 @@ async def test_an_interrupted_restore_is_retried_to_the_same_state(
     await import_namespace(tenant, target, data)
     again, _ = await export_namespace(tenant, target)
     assert comparable(file_items(again)[1]) == comparable(file_items(data)[1])
+
+
+async def test_an_export_past_its_deadline_is_stopped(
+    backends: Backends, server: RunningServer
+) -> None:
+    """A client that takes each message, slowly, never idle for long: the export stops at
+    its deadline, and its reads are closed."""
+    scope = random_scope()
+    await DocumentStore(mongo=backends.mongo).create(
+        scope, document_id="d", body={"a": 1}, metadata={}
+    )
+    namespace = Namespace(scope.namespace_id, scope.internal_id, "slow", "development", utc_now())
+    c = server.components
+    backup = NamespaceBackup(
+        mongo=backends.mongo,
+        documents=c.documents,
+        vectors=c.vectors,
+        webhooks=c.webhooks,
+        vet_url=c.sender.vet,
+        meshgate_version="test",
+        limits=BackupLimits(export_deadline_s=1.0, idle_s=5.0),
+    )
+    sent: list[object] = []
+
+    async def slow_client(piece: bytes | ExportProgress) -> None:
+        sent.append(piece)
+        await asyncio.sleep(0.7)
+
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="longer than the 1 s"):
+        await backup.export_to(scope, namespace, slow_client)
+    assert 1.0 <= time.monotonic() - started < 3.0
+    assert len(sent) == 2  # the file's bytes, then the final progress: cut during the latter

@@ -24,7 +24,7 @@ TYPED = [
 
 
 def test_every_typed_error_is_covered() -> None:
-    assert len(TYPED) == 8
+    assert len(TYPED) == 9
 
 
 @pytest.mark.parametrize("cls", TYPED, ids=lambda cls: cls.__name__)

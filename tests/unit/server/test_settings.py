@@ -86,6 +86,12 @@ def test_secret_from_file_and_masked(tmp_path: Path) -> None:
         ({"MESHGATE_PAGE_TOKEN_KEYS": "c2hvcnQ="}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
         ({"MESHGATE_PAGE_TOKEN_KEYS": "not base64!"}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
         ({"MESHGATE_PAGE_TOKEN_KEYS": " , "}, "MESHGATE_PAGE_TOKEN_KEYS must be"),
+        ({"MESHGATE_SPOOL_DIR": "/nonexistent/spool"}, "MESHGATE_SPOOL_DIR: /nonexistent"),
+        ({"MESHGATE_IMPORT_MAX_BYTES": "1000"}, "MESHGATE_IMPORT_MAX_BYTES must be between"),
+        ({"MESHGATE_IMPORT_MAX_ITEMS": "0"}, "MESHGATE_IMPORT_MAX_ITEMS must be between"),
+        ({"MESHGATE_IMPORT_CONCURRENCY": "65"}, "MESHGATE_IMPORT_CONCURRENCY must be between"),
+        ({"MESHGATE_IMPORT_DEADLINE_S": "0"}, "MESHGATE_IMPORT_DEADLINE_S"),
+        ({"MESHGATE_BACKUP_IDLE_S": "nan"}, "MESHGATE_BACKUP_IDLE_S"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
@@ -195,3 +201,28 @@ def test_audit_checkpoint_keys_from_file_signing_key_first(tmp_path: Path) -> No
             Settings.from_env({"MESHGATE_AUDIT_CHECKPOINT_SINKS": sinks})
     with pytest.raises(SettingsError, match="MESHGATE_MAX_KEYS_PER_ORGANIZATION"):
         Settings.from_env({"MESHGATE_MAX_KEYS_PER_ORGANIZATION": "0"})
+
+
+def test_backup_limits(tmp_path: Path) -> None:
+    """What one import or export may cost (docs/backup.md#limits), and where imports spool."""
+    defaults = Settings.from_env({}).backups
+    assert defaults.spool_dir is None  # the system's temporary directory
+    assert (defaults.import_max_bytes, defaults.import_concurrency) == (2**30, 2)
+    assert defaults.import_max_messages == 131_072
+    limits = Settings.from_env(
+        {
+            "MESHGATE_SPOOL_DIR": str(tmp_path),
+            "MESHGATE_IMPORT_MAX_BYTES": str(2**20),
+            "MESHGATE_IMPORT_MAX_INFLATED_BYTES": str(2**21),
+            "MESHGATE_IMPORT_MAX_ITEMS": "10",
+            "MESHGATE_IMPORT_DEADLINE_S": "60",
+            "MESHGATE_IMPORT_CONCURRENCY": "1",
+            "MESHGATE_EXPORT_DEADLINE_S": "120",
+            "MESHGATE_BACKUP_IDLE_S": "5",
+        }
+    ).backups
+    assert limits.spool_dir == tmp_path
+    assert (limits.import_max_bytes, limits.import_max_inflated_bytes) == (2**20, 2**21)
+    assert (limits.import_max_items, limits.import_concurrency) == (10, 1)
+    assert (limits.import_deadline_s, limits.export_deadline_s, limits.idle_s) == (60, 120, 5)
+    assert limits.import_max_messages == 128
