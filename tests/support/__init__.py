@@ -11,4 +11,5 @@
 - waiting: poll until a condition holds
 - held: a real collection whose next read waits for the test (controlled interleavings)
 - log_guard: what no log line may contain, and the server logs to search
+- load: workers that time every call, and busy processes that saturate the cores
 """

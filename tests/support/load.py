@@ -1,20 +1,23 @@
 """Bounded load for fault tests: workers calling the server, every call timed and its
 status kept, so a test can ask what happened in a window (status counts, p99 latency)
-and when calls succeeded again after a fault."""
+and when calls succeeded again after a fault; and busy processes that keep every core
+of the machine saturated meanwhile (a shared, noisy CI host)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
+import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 
-__all__ = ["Load", "Sample", "Window", "percentile"]
+__all__ = ["Load", "Sample", "Window", "burn_cpu", "busy_cores", "percentile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +108,27 @@ class Load:
                 return None
             firsts.append(min(done))
         return max(firsts)
+
+
+@contextlib.contextmanager
+def busy_cores(processes: int = 2) -> Iterator[None]:
+    """`processes` Python processes spinning in a loop (one per core of a 2-core CI machine),
+    killed on the way out whatever happens."""
+    spinning: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(processes):
+            spinning.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
+def burn_cpu(seconds: float) -> None:
+    """Keep this thread busy computing for `seconds`: on the event loop's thread, a CPU spike
+    of the process itself (a heavy request, a long collection), during which no timer, reply
+    or heartbeat of the loop is handled."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
