@@ -25,7 +25,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.core.errors import MeshgateError
 
-__all__ = ["backend_unavailable", "failed_store", "proves_unreachable", "status_name"]
+__all__ = [
+    "backend_unavailable",
+    "failed_store",
+    "heartbeat_proves_unreachable",
+    "proves_unreachable",
+    "status_name",
+]
 
 # the store each driver failure names: the connection is gone, refused, or the server
 # cannot be selected (not a slow query: ExecutionTimeout is the server's own time limit)
@@ -88,6 +94,14 @@ def proves_unreachable(exc: BaseException | None) -> bool:
         # "connection pool paused" and the like are raised from nothing of the kind
         return proves_unreachable(exc.__cause__)
     return isinstance(exc, (OSError, RedisConnectionError, HttpTransportError))
+
+
+def heartbeat_proves_unreachable(error: BaseException) -> bool:
+    """The same question for a failed heartbeat of PyMongo's monitor, whose error the driver
+    strips of its cause (PYTHON-2433): the monitor's own connection is never paused, so an
+    AutoReconnect from it that is neither a timeout nor a cancellation came from the socket
+    (refused, reset or closed)."""
+    return isinstance(error, AutoReconnect) and not isinstance(error, _INCONCLUSIVE)
 
 
 def status_name(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from pymongo import ASCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from storage.backends.failures import proves_unreachable
+from storage.backends.failures import heartbeat_proves_unreachable
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.tracing import MongoCommandSpans
 
@@ -104,7 +104,7 @@ class _DriverSignals(monitoring.ConnectionPoolListener, monitoring.ServerHeartbe
             # a refused or lost connection is evidence; a heartbeat that timed out or was
             # cancelled is a hint (a busy host causes both)
             reason = f"heartbeat: {type(event.reply).__name__}"
-            self.checked(False, reason, proves_down=proves_unreachable(event.reply))
+            self.checked(False, reason, proves_down=heartbeat_proves_unreachable(event.reply))
 
     def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
         pass

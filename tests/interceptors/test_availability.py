@@ -178,8 +178,14 @@ async def test_no_call_is_refused_while_mongodb_is_up_on_a_saturated_host(
         tasks = task_grpc.TaskServiceStub(channel)
         md = auth(tenant.admin, namespace.namespace_id)
 
+        failures: list[str] = []
+
         async def list_tasks(_: int) -> None:  # reads MongoDB; no credits, no other store
-            await tasks.ListTasks(task_pb.ListTasksRequest(), metadata=md, timeout=10)
+            try:
+                await tasks.ListTasks(task_pb.ListTasksRequest(), metadata=md, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                failures.append(f"{error.code().name}: {error.details()}")
+                raise
 
         load = Load(call=list_tasks, workers=4, pause_s=0.01)
         with busy_cores(2):
@@ -196,7 +202,7 @@ async def test_no_call_is_refused_while_mongodb_is_up_on_a_saturated_host(
     print(
         f"\nsaturated host, {len(calls.samples)} calls: {dict(calls.codes)}, slowest"
         f" {calls.slowest_s():.2f} s; breaker opened {breaker.opened}"
-        f" times; hints: {hints}"
+        f" times; hints: {hints}; failures: {failures}"
     )
     assert dict(calls.codes) == {"OK": len(calls.samples)}  # before: UNAVAILABLE, refused
     assert breaker.opened == 0

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from storage.backends.failures import (
     backend_unavailable,
     failed_store,
+    heartbeat_proves_unreachable,
     proves_unreachable,
     status_name,
 )
@@ -112,3 +113,19 @@ def test_only_refused_or_lost_connections_prove_a_store_unreachable(
     exc: BaseException, proves: bool
 ) -> None:
     assert proves_unreachable(exc) is proves
+
+
+@pytest.mark.parametrize(
+    ("error", "proves"),
+    [
+        # as PyMongo's monitor reports them: stripped of their cause
+        (AutoReconnect("127.0.0.1:27017: [Errno 111] Connect call failed"), True),
+        (AutoReconnect("127.0.0.1:27017: connection closed"), True),
+        (NetworkTimeout("127.0.0.1:27017: timed out"), False),
+        (_OperationCancelled("operation cancelled"), False),
+    ],
+)
+def test_a_heartbeat_proves_a_store_unreachable_when_its_socket_failed(
+    error: BaseException, proves: bool
+) -> None:
+    assert heartbeat_proves_unreachable(error) is proves
