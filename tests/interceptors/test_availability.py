@@ -44,6 +44,7 @@ from tests.support.tenants import create_tenant
 pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
 
 OUTAGE_S = 5.0
+BACKEND_TIMEOUT_S = 5.0  # MESHGATE_BACKEND_TIMEOUT_S of the server (the default)
 
 
 @pytest.fixture
@@ -82,6 +83,7 @@ async def test_calls_fail_fast_while_mongodb_is_down_and_recover_when_it_returns
         md = auth(tenant.admin, namespace.namespace_id)
         await stub.CreateDocument(doc_pb.CreateDocumentRequest(document=doc("d1")), metadata=md)
         refusals: list[grpc.aio.AioRpcError] = []
+        breaker_refused_at: list[float] = []  # when a refusal of the breaker came back
 
         async def get(_: int) -> None:
             try:
@@ -90,6 +92,8 @@ async def test_calls_fail_fast_while_mongodb_is_down_and_recover_when_it_returns
                 )
             except grpc.aio.AioRpcError as error:
                 refusals.append(error)
+                if "retry in" in (error.details() or ""):
+                    breaker_refused_at.append(time.monotonic())
                 raise
 
         load = Load(call=get, workers=4, pause_s=0.01)
@@ -105,9 +109,16 @@ async def test_calls_fail_fast_while_mongodb_is_down_and_recover_when_it_returns
 
     before, outage = load.window(0, down), load.window(down, back)
     recovered = load.recovered_at(back)
+    # calls already waiting on MongoDB when it went away wait for the driver (one per worker
+    # at most); every call that started once the breaker had refused one is refused at once
+    opened = min(breaker_refused_at, default=back)
+    waiting, refused = load.window(down, opened), load.window(opened, back)
     print(
         f"\nMongoDB down {back - down:.1f}s: {dict(outage.codes)}, p99"
         f" {outage.p99_s() * 1000:.1f} ms, slowest {outage.slowest_s() * 1000:.0f} ms;"
+        f" after the first refusal ({(opened - down) * 1000:.0f} ms in): p99"
+        f" {refused.p99_s() * 1000:.1f} ms; before it: {len(waiting.samples)} calls, slowest"
+        f" {waiting.slowest_s() * 1000:.0f} ms;"
         f" calls OK again {((recovered or back) - back) * 1000:.0f} ms after it accepted"
         f" connections (before the outage: {dict(before.codes)}, p99"
         f" {before.p99_s() * 1000:.1f} ms)"
@@ -115,7 +126,9 @@ async def test_calls_fail_fast_while_mongodb_is_down_and_recover_when_it_returns
     assert set(before.codes) == {"OK"}
     assert outage.codes["UNAVAILABLE"] > 100
     assert set(outage.codes) <= {"OK", "UNAVAILABLE"}
-    assert outage.p99_s() < 0.25  # before: ~5.5 s, the driver's timeouts
+    assert len([s for s in waiting.samples if s.seconds > 0.25]) <= load.workers
+    assert waiting.slowest_s() < BACKEND_TIMEOUT_S + 1.5
+    assert refused.p99_s() < 0.25  # before: ~5.5 s, the driver's timeouts
     assert recovered is not None and recovered - back < 1.5
     fast = [
         e

@@ -85,6 +85,11 @@ async def sidecar_server(
         routes=load_routes(write_route_file(tmp_path_factory.mktemp("routes"))),
         plans={**settings.plans, **parse_plans({"tiny": TINY_PLAN})},
         metrics_listen=None,
+        # no background work: it shares the session's database for the rest of the session,
+        # and a task or delivery it claimed would be done (and counted) here, not by the
+        # session server whose counts the other tests read
+        task_workers=0,
+        webhook_workers=0,
     )
     running = await create_server(own, backends)
     yield running
