@@ -85,15 +85,17 @@ def proves_unreachable(exc: BaseException | None) -> bool:
     not cause), as opposed to a timeout, a cancellation or the driver's own verdict (a
     paused pool), which a busy host causes too (storage/backends/breaker.py treats those
     as hints)."""
-    if isinstance(exc, ResponseHandlingException):  # Qdrant: the HTTP client's own error
-        return proves_unreachable(exc.source)
-    if exc is None or isinstance(exc, _INCONCLUSIVE):
-        return False
-    if isinstance(exc, ConnectionFailure):
+    for _ in range(4):  # the error, and what it was raised from (a chain is short)
+        if isinstance(exc, ResponseHandlingException):  # Qdrant: the HTTP client's own error
+            exc = exc.source
+        if exc is None or isinstance(exc, _INCONCLUSIVE):
+            return False
+        if not isinstance(exc, ConnectionFailure):
+            return isinstance(exc, (OSError, RedisConnectionError, HttpTransportError))
         # PyMongo raises its errors from what the socket said (`raise … from error`);
         # "connection pool paused" and the like are raised from nothing of the kind
-        return proves_unreachable(exc.__cause__)
-    return isinstance(exc, (OSError, RedisConnectionError, HttpTransportError))
+        exc = exc.__cause__
+    return False
 
 
 def heartbeat_proves_unreachable(error: BaseException) -> bool:

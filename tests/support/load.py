@@ -26,6 +26,11 @@ class Sample:
     seconds: float
     code: str
     worker: int
+    details: str = ""  # a refusal's status message
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,18 +86,34 @@ class Load:
     async def _loop(self, worker: int) -> None:
         while not self._stopping:
             started = time.monotonic()
+            details = ""
             try:
                 await self.call(worker)
                 code = "OK"
             except grpc.aio.AioRpcError as error:
-                code = error.code().name
+                code, details = error.code().name, error.details() or ""
             except Exception as error:  # a client-side timeout or a broken channel
                 code = type(error).__name__
-            self.samples.append(Sample(started, time.monotonic() - started, code, worker))
+            elapsed = time.monotonic() - started
+            self.samples.append(Sample(started, elapsed, code, worker, details))
             await asyncio.sleep(self.pause_s)
 
     def window(self, start: float, end: float) -> Window:
         return Window(tuple(s for s in self.samples if start <= s.started < end))
+
+    def split_at_first(self, start: float, end: float, *, details: str) -> tuple[Window, Window]:
+        """The calls started between two moments, split per worker at the moment the first of
+        its calls whose status message contains `details` came back (e.g. the first refusal
+        of a circuit breaker): (the calls started before, those started from then on)."""
+        first: dict[int, float] = {}
+        for s in self.window(start, end).samples:
+            if details in s.details:
+                first[s.worker] = min(first.get(s.worker, end), s.ended)
+        calls = self.window(start, end).samples
+        return (
+            Window(tuple(s for s in calls if s.started < first.get(s.worker, end))),
+            Window(tuple(s for s in calls if s.started >= first.get(s.worker, end))),
+        )
 
     def recovered_at(self, since: float, *, workers: range | None = None) -> float | None:
         """When, after `since`, every worker (or those given) had a call succeed: the
