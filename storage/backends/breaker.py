@@ -15,8 +15,8 @@ between. A sign is
   by a call (it counts for `call_failure_window_s`), by the MongoDB driver's
   heartbeat or by the dependency monitor's probe;
 - or the breaker's own probe (a ping, never a caller's request) left without
-  an answer for the backend timeout while the event loop was running: time the
-  loop spent stalled does not count, since no answer can be read meanwhile.
+  an answer for its timeout (`deadlines.within`: time the event loop spent
+  stalled past the deadline does not count, since no answer could be read).
 
 Everything else is a hint: the MongoDB driver clearing its connection pool,
 and timeouts, server-selection timeouts, a paused pool or operations the
@@ -50,36 +50,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
+from storage.backends.deadlines import DeadlinePassed, within
 from storage.backends.failures import failed_store, proves_unreachable
 from storage.backends.health import DependencyState
 
 __all__ = ["OutageEvidence", "StoreBreaker", "StoreBreakers"]
 
 _LOG = logging.getLogger("meshgate.health")
-
-# how often a probe looks at the loop's clock, to tell its own stalls from the store's silence
-_TICK_S = 0.05
-
-
-class _StallMeter:
-    """How long the event loop was stalled while it ran: how much later than asked its
-    timers ran, every `_TICK_S` (the first tick is asked for at creation)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._stalled = 0.0
-        self._asked = clock() + _TICK_S
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(max(0.0, self._asked - self._clock()))
-            now = self._clock()
-            self._stalled += max(0.0, now - self._asked)
-            self._asked = now + _TICK_S
-
-    def stalled_s(self) -> float:
-        """The stalls so far, the one going on (a tick overdue) included."""
-        return self._stalled + max(0.0, self._clock() - self._asked)
 
 
 class OutageEvidence:
@@ -263,21 +240,12 @@ class StoreBreaker:
     async def _probe_once(self) -> str | None:
         """One probe: None if the store answered, else why not, as evidence ("…") or, for a
         failure that proves nothing, the hint "" (probe again)."""
-        stalls = _StallMeter(self._clock)
-        meter = asyncio.create_task(stalls.run())
-        started = self._clock()
         try:
-            await asyncio.wait_for(self._probe(), self._timeout)
+            await within(self._probe(), self._timeout)
+        except DeadlinePassed:  # no answer, and the loop was on time to read one
+            return f"probe: no answer in {self._timeout:g}s"
         except Exception as exc:
-            if proves_unreachable(exc):
-                return f"probe: {type(exc).__name__}"
-            # no answer: evidence only if the loop ran for most of the timeout (the driver's
-            # own timeouts equal the probe's, so its error may come a little earlier)
-            if self._clock() - started - stalls.stalled_s() >= 0.8 * self._timeout:
-                return f"probe: no answer in {self._timeout:g}s"
-            return ""
-        finally:
-            meter.cancel()
+            return f"probe: {type(exc).__name__}" if proves_unreachable(exc) else ""
         return None
 
     async def _probe_until_settled(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from storage.backends.deadlines import within
 from storage.backends.failures import proves_unreachable
 from storage.core.clock import utc_now
 
@@ -53,7 +54,7 @@ class DependencyMonitor:
     async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> DependencyState:
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(probe(), self._timeout)
+            await within(probe(), self._timeout)
             return DependencyState(name, True, time.perf_counter() - started, utc_now())
         except Exception as exc:  # any failure means down; only its type is kept (no secrets)
             return DependencyState(

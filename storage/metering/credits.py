@@ -44,6 +44,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
+from storage.backends.deadlines import within
 from storage.backends.redis_client import RedisClient
 from storage.backends.redis_keys import organization_key
 from storage.backends.tracing import client_span
@@ -411,10 +412,10 @@ class CreditAccounts:
             )
 
         for _ in range(2):
-            reply = await asyncio.wait_for(reserve(), self.timeout_s)
+            reply = await within(reserve(), self.timeout_s)
             if reply is not None:
                 return reply
-            await asyncio.wait_for(
+            await within(
                 self.rebuild(organization_id, period, allowance=reservation.allowance),
                 self.rebuild_timeout_s,
             )
@@ -493,7 +494,7 @@ class CreditAccounts:
             held = reservation.held + reservation.spent
             reply = None
             for _ in range(2):
-                reply = await asyncio.wait_for(
+                reply = await within(
                     self._scripts.settle(
                         self._keys(organization_id, period),
                         replica=self.replica,
@@ -508,7 +509,7 @@ class CreditAccounts:
                 )
                 if reply is not None:
                     break
-                await asyncio.wait_for(
+                await within(
                     self.rebuild(organization_id, period, allowance=reservation.allowance),
                     self.rebuild_timeout_s,
                 )
