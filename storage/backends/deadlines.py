@@ -17,7 +17,6 @@ that is slow while the loop runs freely still times out as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 
 __all__ = ["DeadlinePassed", "within"]
@@ -33,26 +32,35 @@ class DeadlinePassed(TimeoutError):
 
 
 async def within[T](awaitable: Awaitable[T], timeout_s: float) -> T:
-    """`awaitable`'s result, or DeadlinePassed (and it is cancelled) once `timeout_s` passed
-    with the event loop on time at the deadline."""
-    task = asyncio.ensure_future(awaitable)
+    """`awaitable`'s result (awaited in the caller's task, as `asyncio.wait_for` does), or
+    DeadlinePassed once `timeout_s` passed with the event loop on time at the deadline (it
+    is cancelled then, as by `wait_for`)."""
     loop = asyncio.get_running_loop()
-    wait_s = timeout_s
+    moves = _MOVES
+    expired = False
+    handle: asyncio.TimerHandle | None = None
     try:
-        for _ in range(_MOVES + 1):
-            deadline = loop.time() + wait_s
-            done, _ = await asyncio.wait({task}, timeout=wait_s)
-            if done:
-                return task.result()
-            late = loop.time() - deadline
-            if late <= _ON_TIME_S:
-                break
-            # stalled past the deadline: an answer may be waiting to be read
-            wait_s = late
-    except BaseException:  # the caller was cancelled: so is the call
-        task.cancel()
+        async with asyncio.timeout(None) as scope:  # it expires when `expire` says so
+
+            def expire(deadline: float) -> None:
+                nonlocal moves, expired, handle
+                now = loop.time()
+                late = now - deadline
+                if late > _ON_TIME_S and moves > 0:
+                    # stalled past the deadline: an answer may be waiting to be read
+                    moves -= 1
+                    handle = loop.call_at(now + late, expire, now + late)
+                else:
+                    expired = True
+                    scope.reschedule(now)
+
+            deadline = loop.time() + timeout_s
+            handle = loop.call_at(deadline, expire, deadline)
+            return await awaitable
+    except TimeoutError:
+        if expired:
+            raise DeadlinePassed(f"no answer within {timeout_s:g}s") from None
         raise
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    raise DeadlinePassed(f"no answer within {timeout_s:g}s")
+    finally:
+        if handle is not None:
+            handle.cancel()
