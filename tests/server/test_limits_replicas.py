@@ -49,7 +49,13 @@ from storage.tenancy.organizations import OrganizationStore
 from tests.support.clients import auth, client_credentials, health_check
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.pki import Pki
-from tests.support.processes import RedisServer, Replica, free_port, start_replicas
+from tests.support.processes import (
+    RedisServer,
+    Replica,
+    free_port,
+    start_replicas,
+    stop_replicas,
+)
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.waiting import eventually
 
@@ -113,9 +119,7 @@ def start_fleet(
             redis.stop()
         raise
     yield Fleet(replicas=replicas, redis=redis, cluster=cluster)
-    for replica in replicas:
-        if replica.process.poll() is None:
-            replica.terminate()
+    stop_replicas(replicas)
     if redis is not None:
         redis.stop()
 
