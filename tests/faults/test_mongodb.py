@@ -12,8 +12,7 @@ import pytest
 
 from tests.support.faults import ALLOWANCE, FaultCluster, FaultRow, Traffic
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
+pytestmark = pytest.mark.slow
 
 BACKEND_TIMEOUT_S = 5.0  # MESHGATE_BACKEND_TIMEOUT_S of the replicas (the default)
 

@@ -19,8 +19,7 @@ from tests.support.namespace_clients import Hooks, Tasks, doc
 from tests.support.tenants import Tenant
 from tests.support.waiting import eventually
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
+pytestmark = pytest.mark.slow
 
 TASKS = 3
 

@@ -40,9 +40,6 @@ from tests.support.pki import Pki
 from tests.support.processes import MongoEngine
 from tests.support.tenants import create_tenant
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
-
 OUTAGE_S = 5.0
 BACKEND_TIMEOUT_S = 5.0  # MESHGATE_BACKEND_TIMEOUT_S of the server (the default)
 

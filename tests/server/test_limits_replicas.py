@@ -59,9 +59,6 @@ from tests.support.processes import (
 from tests.support.redis_cluster import LocalRedisCluster, RedisEndpoint
 from tests.support.waiting import eventually
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
-
 RATE, BURST = 20, 20
 LEASE = 1  # storage.metering.rate_limiter.lease_size for this limit
 PLANS = {
