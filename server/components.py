@@ -251,9 +251,11 @@ async def build_components(
 
 def _breakers(settings: Settings, backends: Backends) -> StoreBreakers:
     """MongoDB's and Qdrant's; Redis has fallbacks of its own (docs/limits.md)."""
-    timeout_s = min(settings.backend_timeout_s, 1.0)
+    # a probe waits as long as a call would: a shorter one fails on a busy host (an answer
+    # that came late is no outage), and the probe only confirms, or clears, what was seen
+    timeout_s = settings.backend_timeout_s
     mongodb = StoreBreaker(name="mongodb", probe=backends.mongo.ping, probe_timeout_s=timeout_s)
-    backends.mongo.on_unreachable(mongodb.trip)
+    backends.mongo.on_driver_signals(hint=mongodb.suspect, checked=mongodb.checked)
     qdrant = StoreBreaker(
         name="qdrant", probe=backends.qdrant.get_collections, probe_timeout_s=timeout_s
     )

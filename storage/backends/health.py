@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from storage.backends.deadlines import within
+from storage.backends.failures import proves_unreachable
 from storage.core.clock import utc_now
 
 __all__ = ["DependencyMonitor", "DependencyState"]
@@ -31,6 +33,9 @@ class DependencyState:
     latency_s: float
     checked_at: datetime
     error: str = ""
+    # the failure itself shows the store unreachable (a refused or lost connection), not
+    # merely slow to answer: the breakers take only that as evidence (storage/backends/breaker.py)
+    unreachable: bool = False
 
 
 class DependencyMonitor:
@@ -58,11 +63,16 @@ class DependencyMonitor:
     async def _probe(self, name: str, probe: Callable[[], Awaitable[object]]) -> DependencyState:
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(probe(), self._timeout)
+            await within(probe(), self._timeout)
             return DependencyState(name, True, time.perf_counter() - started, utc_now())
         except Exception as exc:  # any failure means down; only its type is kept (no secrets)
             return DependencyState(
-                name, False, time.perf_counter() - started, utc_now(), type(exc).__name__
+                name,
+                False,
+                time.perf_counter() - started,
+                utc_now(),
+                type(exc).__name__,
+                proves_unreachable(exc),
             )
 
     async def check_once(self) -> Mapping[str, DependencyState]:

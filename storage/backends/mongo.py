@@ -20,17 +20,24 @@ MongoDB builds each once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import ASCENDING, AsyncMongoClient, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from storage.backends.failures import heartbeat_proves_unreachable
 from storage.backends.scoped import Scope, ScopedCollection
 from storage.backends.tracing import MongoCommandSpans
 
-__all__ = ["NAMESPACED_COLLECTIONS", "SAFE_DEFAULTS", "MongoStore", "client_options"]
+__all__ = [
+    "NAMESPACED_COLLECTIONS",
+    "SAFE_DEFAULTS",
+    "CheckOutcome",
+    "MongoStore",
+    "client_options",
+]
 
 # Every collection holding namespaced data; a namespace deletion empties each of them.
 NAMESPACED_COLLECTIONS = (
@@ -64,17 +71,40 @@ def client_options(uri: str) -> dict[str, Any]:
     return options
 
 
-class _PoolCleared(monitoring.ConnectionPoolListener):
-    """The driver clears a server's connection pool when an operation or a heartbeat
-    loses its connection: the first sign that MongoDB cannot be reached, given to
-    `MongoStore.on_unreachable` at once (the other pool events are ignored)."""
+class CheckOutcome(Protocol):
+    """Told each heartbeat's outcome: up, or down and whether the error proves MongoDB
+    unreachable (a refused or lost connection) rather than slow (a timeout)."""
+
+    def __call__(self, up: bool, reason: str, *, proves_down: bool) -> None: ...
+
+
+class _DriverSignals(monitoring.ConnectionPoolListener, monitoring.ServerHeartbeatListener):
+    """What the driver learns about MongoDB's reachability, given to the breaker
+    (`MongoStore.on_driver_signals`): a cleared connection pool is a hint (a heartbeat that
+    missed its deadline on a busy host clears it too), a heartbeat's outcome is a check.
+    The other pool events are ignored."""
 
     def __init__(self) -> None:
-        self.notify: Callable[[str], None] | None = None
+        self.hint: Callable[[str], None] | None = None
+        self.checked: CheckOutcome | None = None
 
     def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
-        if self.notify is not None:
-            self.notify("connection pool cleared")
+        if self.hint is not None:
+            self.hint("connection pool cleared")
+
+    def started(self, event: monitoring.ServerHeartbeatStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.ServerHeartbeatSucceededEvent) -> None:
+        if self.checked is not None:
+            self.checked(True, "", proves_down=False)
+
+    def failed(self, event: monitoring.ServerHeartbeatFailedEvent) -> None:
+        if self.checked is not None:
+            # a refused or lost connection is evidence; a heartbeat that timed out or was
+            # cancelled is a hint (a busy host causes both)
+            reason = f"heartbeat: {type(event.reply).__name__}"
+            self.checked(False, reason, proves_down=heartbeat_proves_unreachable(event.reply))
 
     def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
         pass
@@ -119,7 +149,7 @@ class MongoStore:
     a grace period."""
 
     def __init__(self, *, uri: str, database: str, timeout_ms: int = 5_000) -> None:
-        self._pool_cleared = _PoolCleared()
+        self._signals = _DriverSignals()
         self._database_name = database
         self._timeout_ms = timeout_ms
         self._use(self._connect(uri))
@@ -133,7 +163,7 @@ class MongoStore:
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms * 2,
             appname="meshgate",
-            event_listeners=[MongoCommandSpans(), self._pool_cleared],
+            event_listeners=[MongoCommandSpans(), self._signals],
             **client_options(uri),
         )
 
@@ -216,10 +246,18 @@ class MongoStore:
     async def ping(self) -> None:
         await self._client.admin.command("ping")
 
-    def on_unreachable(self, notify: Callable[[str], None]) -> None:
-        """Call `notify(reason)` whenever the driver finds MongoDB unreachable (it lost a
-        connection), from the event loop, before the failing operation gives up."""
-        self._pool_cleared.notify = notify
+    def on_driver_signals(
+        self,
+        *,
+        hint: Callable[[str], None],
+        checked: CheckOutcome,
+    ) -> None:
+        """From the event loop, as the driver learns it: `hint(reason)` when it clears its
+        connection pool (MongoDB may be unreachable, or a heartbeat ran late), and
+        `checked(up, reason, proves_down=…)` with each heartbeat's outcome
+        (storage/backends/breaker.py weighs them)."""
+        self._signals.hint = hint
+        self._signals.checked = checked
 
     async def close(self) -> None:
         await self._client.close()

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
+from storage.backends.deadlines import within
 from storage.metering.credit_balances import (
     THRESHOLDS,
     Balance,
@@ -112,7 +113,7 @@ class CreditSettlement:
             held = reservation.held + reservation.spent
             reply = None
             for _ in range(2):
-                reply = await asyncio.wait_for(
+                reply = await within(
                     self._scripts.settle(
                         account_keys(organization_id, period),
                         replica=self._replica,
@@ -127,7 +128,7 @@ class CreditSettlement:
                 )
                 if reply is not None:
                     break
-                await asyncio.wait_for(
+                await within(
                     self.rebuild(organization_id, period, allowance=reservation.allowance),
                     self._rebuild_timeout_s,
                 )

@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
+from storage.backends.deadlines import within
 from storage.backends.redis_client import RedisClient
 from storage.backends.tracing import client_span
 from storage.core.errors import Quota, Reason, ResourceExhaustedError, UnavailableError
@@ -337,10 +338,10 @@ class CreditAccounts:
             )
 
         for _ in range(2):
-            reply = await asyncio.wait_for(reserve(), self.timeout_s)
+            reply = await within(reserve(), self.timeout_s)
             if reply is not None:
                 return reply
-            await asyncio.wait_for(
+            await within(
                 self._settlement.rebuild(organization_id, period, allowance=reservation.allowance),
                 self.rebuild_timeout_s,
             )

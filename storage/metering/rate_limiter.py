@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
+from storage.backends.deadlines import within
 from storage.backends.tracing import client_span
 from storage.core.errors import UnavailableError
 from storage.core.plans import Limit
@@ -270,7 +271,7 @@ class RateLimiter:
             lease.low_water = want // 4
             self.redis_calls += 1
             with client_span("redis", "EVALSHA", **{"meshgate.script": "rate_lease"}):
-                grant, stock, wait = await asyncio.wait_for(
+                grant, stock, wait = await within(
                     self._script(keys=[bucket], args=[limit.per_second, limit.burst, want]),
                     self.timeout_s,
                 )

@@ -42,8 +42,10 @@ def fault_cluster(
         mongo.stop()
         raise
     yield FaultCluster(cluster=cluster, mongo=mongo)
-    cluster.stop()
-    mongo.stop()
+    try:
+        cluster.stop()
+    finally:
+        mongo.stop()
 
 
 @pytest.fixture(scope="package")

@@ -17,8 +17,7 @@ import redis
 
 from tests.support.faults import ALLOWANCE, FaultCluster, FaultRow, Traffic
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
+pytestmark = pytest.mark.slow
 
 
 async def settled_credits(traffic: Traffic) -> int:

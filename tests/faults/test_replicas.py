@@ -15,8 +15,7 @@ from meshgate.v1 import document_service_pb2 as doc_pb
 from tests.support.faults import ALLOWANCE, CALL_TIMEOUT_S, FaultCluster, FaultRow, Traffic
 from tests.support.namespace_clients import doc
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
+pytestmark = pytest.mark.slow
 
 VICTIM = 2
 

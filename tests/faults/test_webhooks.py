@@ -19,8 +19,7 @@ from tests.support.namespace_clients import Hooks, Tasks, doc
 from tests.support.tenants import Tenant
 from tests.support.waiting import eventually
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1, reruns_delay=2)]
+pytestmark = pytest.mark.slow
 
 TASKS = 3
 
@@ -70,6 +69,11 @@ async def test_a_misbehaving_webhook_receiver(
         )
     )
     assert set(during.codes) == {"OK"}, during.codes  # the API does not notice
-    assert during.p99_s() < 1.0 + 2 * before.p99_s()
+    # nor is it slowed: an effect of the receiver would come back with each of its failed
+    # attempts, while a stall of the host (or of the MongoDB engine all replicas share)
+    # delays only the calls in flight at that instant, one per worker (seen on a loaded
+    # machine: calls on all three replicas answered together after 1.3-1.9 s)
+    slowed = [s for s in during.samples if s.seconds > 1.0 + 2 * before.p99_s()]
+    assert len(slowed) <= len(traffic.replicas), slowed
     assert await traffic.unreadable(0) == set()
     assert admitted <= ALLOWANCE

@@ -23,7 +23,7 @@ from tests.support.clients import client_credentials
 from tests.support.envoy import Check, RateLimit, check_request, descriptor, rate_limit_request
 from tests.support.log_guard import NEVER_LOGGED
 from tests.support.pki import PROXY_ID, Pki
-from tests.support.processes import Replica, start_replicas
+from tests.support.processes import Replica, start_replicas, stop_replicas
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,7 @@ def sidecar_fleet(
         MESHGATE_LIMITER_TIMEOUT_S="0.5",
     )
     yield replicas
-    for replica in replicas:
-        if replica.process.poll() is None:
-            replica.terminate()
+    stop_replicas(replicas)
 
 
 async def test_check_and_should_rate_limit_share_one_bucket_across_replicas(

@@ -42,9 +42,6 @@ from tests.support.tenants import ENV_PROTO
 from tests.support.waiting import eventually
 from tests.support.webhooks import Receiver
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)
-
 # small: every write of the embedded test engine scans its collection
 TASKS = 10
 DOCS_PER_TASK = 30

@@ -194,8 +194,6 @@ def published(backends: Backends, namespace_id: str, task_id: str) -> Callable[[
     return done
 
 
-# timing under load: one rerun (docs/testing.md#timing-sensitive-tests)
-@pytest.mark.flaky(reruns=1, reruns_delay=2)
 async def test_exhausted_delivery_is_retried_on_demand(
     tenant: Tenant, receiver: Receiver, server: RunningServer
 ) -> None:

@@ -17,7 +17,7 @@ Every helper here, by module:
 - faults: the traffic of the fault-injection suite and the table of what each fault did
 - faulty_receiver: a webhook receiver that hangs or resets connections on purpose
 - held: a real collection whose next read waits for the test (controlled interleavings)
-- load: bounded load on a server, every call timed, for fault tests
+- load: bounded load on a server, every call timed, and busy processes that saturate the cores
 - log_guard: what no log line may contain, and the server logs to search
 - metering: credit accounts and a usage writer wired as a server wires them
 - mongo_engine: the embedded MongoDB engine as a process of its own (`python -m ...`)

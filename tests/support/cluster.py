@@ -16,7 +16,7 @@ from server.settings import Secret, Settings
 from storage.tenancy.namespaces import NamespaceStore
 from storage.tenancy.organizations import OrganizationStore
 from tests.support.pki import Pki
-from tests.support.processes import RedisServer, Replica, start_replica
+from tests.support.processes import RedisServer, Replica, start_replica, stop_replicas
 
 __all__ = ["Cluster", "limits", "organization_on_plan", "start_cluster"]
 
@@ -45,10 +45,10 @@ class Cluster:
         return replica
 
     def stop(self) -> None:
-        for replica in self.replicas:
-            if replica.process.poll() is None:
-                replica.terminate()
-        self.redis.stop()
+        try:
+            stop_replicas(self.replicas)
+        finally:
+            self.redis.stop()
 
 
 def start_cluster(

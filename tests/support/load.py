@@ -1,20 +1,23 @@
 """Bounded load for fault tests: workers calling the server, every call timed and its
 status kept, so a test can ask what happened in a window (status counts, p99 latency)
-and when calls succeeded again after a fault."""
+and when calls succeeded again after a fault; and busy processes that keep every core
+of the machine saturated meanwhile (a shared, noisy CI host)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
+import subprocess
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
 
-__all__ = ["Load", "Sample", "Window", "percentile"]
+__all__ = ["Load", "Sample", "Window", "burn_cpu", "busy_cores", "percentile"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,11 @@ class Sample:
     seconds: float
     code: str
     worker: int
+    details: str = ""  # a refusal's status message
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,18 +86,34 @@ class Load:
     async def _loop(self, worker: int) -> None:
         while not self._stopping:
             started = time.monotonic()
+            details = ""
             try:
                 await self.call(worker)
                 code = "OK"
             except grpc.aio.AioRpcError as error:
-                code = error.code().name
+                code, details = error.code().name, error.details() or ""
             except Exception as error:  # a client-side timeout or a broken channel
                 code = type(error).__name__
-            self.samples.append(Sample(started, time.monotonic() - started, code, worker))
+            elapsed = time.monotonic() - started
+            self.samples.append(Sample(started, elapsed, code, worker, details))
             await asyncio.sleep(self.pause_s)
 
     def window(self, start: float, end: float) -> Window:
         return Window(tuple(s for s in self.samples if start <= s.started < end))
+
+    def split_at_first(self, start: float, end: float, *, details: str) -> tuple[Window, Window]:
+        """The calls started between two moments, split per worker at the moment the first of
+        its calls whose status message contains `details` came back (e.g. the first refusal
+        of a circuit breaker): (the calls started before, those started from then on)."""
+        first: dict[int, float] = {}
+        for s in self.window(start, end).samples:
+            if details in s.details:
+                first[s.worker] = min(first.get(s.worker, end), s.ended)
+        calls = self.window(start, end).samples
+        return (
+            Window(tuple(s for s in calls if s.started < first.get(s.worker, end))),
+            Window(tuple(s for s in calls if s.started >= first.get(s.worker, end))),
+        )
 
     def recovered_at(self, since: float, *, workers: range | None = None) -> float | None:
         """When, after `since`, every worker (or those given) had a call succeed: the
@@ -105,3 +129,27 @@ class Load:
                 return None
             firsts.append(min(done))
         return max(firsts)
+
+
+@contextlib.contextmanager
+def busy_cores(processes: int = 2) -> Iterator[None]:
+    """`processes` Python processes spinning in a loop (one per core of a 2-core CI machine),
+    killed on the way out whatever happens."""
+    spinning: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(processes):
+            spinning.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
+def burn_cpu(seconds: float) -> None:
+    """Keep this thread busy computing for `seconds`: on the event loop's thread, a CPU spike
+    of the process itself (a heavy request, a long collection), during which no timer, reply
+    or heartbeat of the loop is handled."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,23 @@ class Replica:
     def terminate(self, timeout_s: float = 15.0) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout_s)
+
+
+def stop_replicas(replicas: list[Replica], timeout_s: float = 15.0) -> None:
+    """SIGTERM to every replica still running, then SIGKILL to any not stopped within
+    `timeout_s`: a teardown leaves no process behind, whatever one of them does (seen on
+    an overloaded machine: one replica slow to stop, and the others, never signalled, ran
+    on for the rest of the session)."""
+    running = [r for r in replicas if r.process.poll() is None]
+    for replica in running:
+        replica.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for replica in running:
+        try:
+            replica.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            replica.process.kill()
+            replica.process.wait(timeout=10)
 
 
 def replica_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:

@@ -142,6 +142,11 @@ async def sidecar_server(
         # loaded machine would switch the limiter to its local fallback mid-count
         limiter_timeout_s=1.0,
         metrics_listen="127.0.0.1:0",
+        # no background work: it shares the session's database for the rest of the session,
+        # and a task or delivery it claimed would be done (and counted) here, not by the
+        # session server whose counts the other tests read
+        task_workers=0,
+        webhook_workers=0,
     )
     running = await create_server(own, backends)
     yield running
