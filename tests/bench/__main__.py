@@ -60,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,7 +89,8 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
-from tests.bench import backup_restore, load_documents
+from tests.bench import backup_restore, inplace, load_documents
+from tests.bench.inplace import PerfWindow, ProbeWindow, Watcher
 from tests.support.processes import ROOT, RedisServer, free_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Received, Receiver
@@ -111,6 +113,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Proc:
     process: subprocess.Popen[bytes]
     port: int
+    # where the server's probe (tests/bench/probe.py) writes a window's figures, if probed
+    probe: Path | None = None
 
     @property
     def target(self) -> str:
@@ -202,13 +206,24 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         )
 
 
+def probed(probe: Path | None) -> list[str]:
+    """The command prefix that runs a server module, under tests/bench/probe.py if `probe`."""
+    return ["-m"] if probe is None else ["-m", "tests.bench.probe", "--out", str(probe)]
+
+
 def start_meshgate(
-    env: Env, *, core: int | None, workers: int = 1, log: Path | None = None, **extra: str
+    env: Env,
+    *,
+    core: int | None,
+    workers: int = 1,
+    log: Path | None = None,
+    probe: Path | None = None,
+    **extra: str,
 ) -> Proc:
     """`meshgate serve`; its log (the access log at INFO) goes to the file `log`, else to
-    this process's stderr."""
+    this process's stderr. With `probe`, under tests/bench/probe.py (figures to `probe`)."""
     port = free_port()
-    command = [*env.pin(core), sys.executable, "-m", "server.cli", "serve"]
+    command = [*env.pin(core), sys.executable, *probed(probe), "server.cli", "serve"]
     if workers != 1:
         command += ["--workers", str(workers)]
     stderr = log.open("ab") if log is not None else None
@@ -219,19 +234,25 @@ def start_meshgate(
     finally:
         if stderr is not None:
             stderr.close()  # the child has its own descriptor
-    proc = Proc(process, port)
+    proc = Proc(process, port, probe)
     env.procs.append(proc)
-    wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
+    try:
+        wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
+    except RuntimeError as exc:
+        said = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{exc}; its log ends with:\n{said}") from None
     return proc
 
 
-def start_echo(env: Env, *, core: int | None) -> Proc:
+def start_echo(env: Env, *, core: int | None, probe: Path | None = None) -> Proc:
     port = free_port()
-    command = [*env.pin(core), sys.executable, "-m", "tests.bench.echo_server", "--port", str(port)]
+    command = [*env.pin(core), sys.executable, *probed(probe), "tests.bench.echo_server"]
     process = subprocess.Popen(
-        [*command, "--certs", str(env.certs)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [*command, "--port", str(port), "--certs", str(env.certs)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    proc = Proc(process, port)
+    proc = Proc(process, port, probe)
     env.procs.append(proc)
     wait_ready(proc.target, env.certs, process, ECHO)
     return proc
@@ -249,9 +270,15 @@ def load(
     duration: float,
     core: int | None,
     rate: float = 0.0,
+    watchers: Sequence[Watcher] = (),
+    probe: bool = True,
 ) -> dict[str, Any]:
     """Run the load generator against `proc` (open loop at `rate` calls/s when given);
-    server CPU is sampled on the measured window."""
+    server CPU is sampled on the measured window, and so are the server's probe (GC pauses;
+    when it has one and `probe`) and the `watchers`."""
+    watching = [*watchers]
+    if proc.probe is not None and probe:
+        watching.insert(0, ProbeWindow(pid=proc.process.pid, out=proc.probe))
     command = [
         *env.pin(core),
         sys.executable,
@@ -291,16 +318,22 @@ def load(
     assert generator.stdout is not None
     cpu_start = cpu_end = 0.0
     result: dict[str, Any] = {}
+    watched: dict[str, Any] = {}
     for raw in generator.stdout:
         line = raw.decode().strip()
         if line == "MEASURE_START":
             cpu_start = proc.cpu_seconds()
+            for watcher in watching:
+                watcher.start()
         elif line == "MEASURE_END":
             cpu_end = proc.cpu_seconds()
+            for watcher in watching:
+                watched.update(watcher.stop())
         elif line.startswith("RESULT "):
             result = json.loads(line[len("RESULT ") :])
     if generator.wait() != 0 or not result:
         raise RuntimeError("the load generator failed")
+    result.update(watched)
     requests = max(1, int(result["requests"]))
     result["cpu_us_per_request"] = (cpu_end - cpu_start) / requests * 1e6
     return result
@@ -335,6 +368,61 @@ def check_allows(env: Env, proc: Proc) -> None:
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in rounds)
+
+
+SUMMARY_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_request")
+
+
+def gc_pauses(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The collector's pauses over every measured window of an arm (the probe's figures):
+    per generation the count, the total and the longest."""
+    merged: dict[str, dict[str, float]] = {}
+    for run in rounds:
+        for generation, figures in run.get("probe", {}).get("gc", {}).items():
+            into = merged.setdefault(generation, {"count": 0, "total_ms": 0.0, "longest_ms": 0.0})
+            into["count"] += figures["count"]
+            into["total_ms"] += figures["total_ms"]
+            into["longest_ms"] = max(into["longest_ms"], figures["longest_ms"])
+    calls = sum(int(run["requests"]) for run in rounds)
+    return {
+        "gc": merged,
+        "calls": calls,
+        "longest_ms": max((g["longest_ms"] for g in merged.values()), default=0.0),
+    }
+
+
+def in_place(
+    env: Env,
+    args: argparse.Namespace,
+    servers: dict[str, Proc],
+    workdir: Path,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """Each server in turn (bare echo, meshgate default, meshgate log off: running under the
+    probe) at `--in-place-rate` calls/s offered (open loop): over the window, the CPU by
+    library (perf, where it works), the loop's iterations and callbacks, the GC figures."""
+    perf = inplace.perf_available()
+    arms: dict[str, dict[str, Any]] = {}
+    for name, proc in servers.items():
+        assert proc.probe is not None
+        watchers: list[Watcher] = [ProbeWindow(pid=proc.process.pid, out=proc.probe, loop=True)]
+        if perf is None:
+            watchers.append(PerfWindow(pid=proc.process.pid, data=workdir / f"{name}.perf"))
+        arms[name] = load(
+            env,
+            proc,
+            meshgate=name != "bare",
+            inflight=1,
+            channels=2,
+            warmup=warmup,
+            duration=duration,
+            core=1,
+            rate=args.in_place_rate,
+            watchers=watchers,
+            probe=False,
+        )
+    return {"rate": args.in_place_rate, "perf": perf, "arms": arms}
 
 
 async def prepare(workdir: Path, redis: RedisServer, mongo_uri: str) -> Env:
@@ -570,18 +658,25 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "smoke": smoke,
             }
             access_log = workdir / "meshgate.log"
-            bare = start_echo(env, core=0)
+            bare = start_echo(env, core=0, probe=workdir / "bare.probe")
             routes = workdir / "routes.json"
             routes.write_text(json.dumps(ROUTES))
             mesh = start_meshgate(
                 env,
                 core=0,
                 log=access_log,
+                probe=workdir / "meshgate.probe",
                 MESHGATE_EXT_AUTHZ_PEERS=CLIENT_ID,
                 MESHGATE_ROUTE_POLICY_FILE=str(routes),
             )
             check_allows(env, mesh)
-            quiet = start_meshgate(env, core=0, MESHGATE_LOG_LEVEL="WARNING")
+            quiet = start_meshgate(
+                env, core=0, probe=workdir / "quiet.probe", MESHGATE_LOG_LEVEL="WARNING"
+            )
+            servers = {"bare": bare, "meshgate": mesh, "meshgate_log_off": quiet}
+            if args.in_place_only:
+                results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
+                return results
             arms = (
                 ("bare", bare),
                 ("meshgate", mesh),
@@ -623,11 +718,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 if errors:
                     raise RuntimeError(f"{name} answered with errors under load: {errors}")
             summary = {
-                name: {
-                    key: median_of(loaded[name], key)
-                    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request")
-                }
-                for name in loaded
+                name: {key: median_of(loaded[name], key) for key in SUMMARY_KEYS} for name in loaded
             }
             for arm, ratio in (("meshgate", "ratio"), ("meshgate_log_off", "ratio_log_off")):
                 summary[ratio] = {
@@ -645,6 +736,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "access_log_bytes": access_log.stat().st_size if access_log.exists() else 0,
                 "rounds": loaded,
                 "median": summary,
+                "gc": {name: gc_pauses(runs) for name, runs in loaded.items()},
             }
             results["unloaded"] = {
                 "bare_p50_us": unloaded["bare"]["p50_us"],
@@ -655,6 +747,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 - unloaded["bare"]["p50_us"],
                 "check_p50_us": unloaded["check"]["p50_us"],
             }
+            results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
             bare.stop()
             quiet.stop()
             second = start_meshgate(env, core=None, MESHGATE_LOG_LEVEL="WARNING")
@@ -692,14 +785,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    m, u, c, w, h = (results[k] for k in ("loaded", "unloaded", "cold", "workers", "webhooks"))
-    med = m["median"]
     smoke = " (SMOKE: numbers mean nothing)" if results["smoke"] else ""
     lines = [
         f"meshgate bench, {results['date']}, {results['machine']}",
         f"Python {results['python']}, grpcio {results['grpcio']},"
         f" pinned={results['pinned']}{smoke}",
         "",
+    ]
+    if "loaded" not in results:  # --in-place-only
+        return "\n".join(lines + in_place_table(results["in_place"]))
+    m, u, c, w, h = (results[k] for k in ("loaded", "unloaded", "cold", "workers", "webhooks"))
+    med = m["median"]
+    lines += [
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
         f" median of {len(m['rounds']['bare'])} rounds; meshgate = default configuration"
         f" (access log at INFO to a file, {m['access_log_bytes'] / 1e6:.1f} MB written;"
@@ -710,12 +807,20 @@ def table(results: dict[str, Any]) -> str:
         ("rps", "requests/s"),
         ("p50_us", "p50 latency us"),
         ("p99_us", "p99 latency us"),
+        ("p999_us", "p99.9 latency us"),
+        ("max_us", "max latency us"),
         ("cpu_us_per_request", "server CPU us/req"),
     ):
         bare, mesh, quiet = (med[arm][key] for arm in ("bare", "meshgate", "meshgate_log_off"))
         lines.append(
             f"{label:22}{bare:>11.0f}{mesh:>10.0f}{med['ratio'][key]:>8.2f}"
             f"{quiet:>10.0f}{med['ratio_log_off'][key]:>8.2f}"
+        )
+    for arm, label in (("bare", "bare"), ("meshgate", "meshgate"), ("meshgate_log_off", "log off")):
+        pauses = m["gc"][arm]
+        lines.append(
+            f"GC pauses in the windows, {label}: "
+            + inplace.gc_line({"gc": pauses["gc"]}, pauses["calls"])
         )
     check, direct = med["check"], med["meshgate"]
     lines += [
@@ -758,10 +863,15 @@ def table(results: dict[str, Any]) -> str:
         f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
         f" p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms, max {h['max_ms']:.1f} ms",
     ]
+    lines += ["", *in_place_table(results["in_place"])]
     lines += backup_restore.table(results["backup"])
     if "load" in results:
         lines += ["", *load_documents.table(results["load"])]
     return "\n".join(lines)
+
+
+def in_place_table(part: dict[str, Any]) -> list[str]:
+    return inplace.table(part["arms"], rate=part["rate"], perf=part["perf"])
 
 
 def main() -> None:
@@ -776,6 +886,17 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument(
         "--rate", type=float, default=500.0, help="the workers' open-loop offered calls/s"
+    )
+    parser.add_argument(
+        "--in-place-rate",
+        type=float,
+        default=600.0,
+        help="the fixed-rate part's offered calls/s (CPU by library, loop work, GC)",
+    )
+    parser.add_argument(
+        "--in-place-only",
+        action="store_true",
+        help="only the fixed-rate part (about a minute): where each server's time goes",
     )
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument(
