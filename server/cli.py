@@ -19,6 +19,7 @@ from server.backends import Backends, open_backends
 from server.backup_cli import add_backup_commands, run_backup_command
 from server.bootstrap import bootstrap, write_secret_file
 from server.embedded import EmbeddedEngineMissingError
+from server.heap import freeze_startup_heap
 from server.logs import configure_logging
 from server.observability import configure_tracing
 from server.settings import ENVIRONMENTS, Settings, SettingsError
@@ -72,6 +73,7 @@ async def _serve(settings: Settings, *, dev: bool) -> int:
     try:
         key_file = await _dev_key(settings, backends) if dev else None
         running = await create_server(settings, backends)
+        freeze_startup_heap()  # no full collection walks the start-up heap (server/heap.py)
         try:
             _LOG.info(
                 "serving on %s (%s) in %.2fs",
