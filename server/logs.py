@@ -6,7 +6,8 @@ a UUID (the form of internal ids) from every message and value.
 
 An access line (interceptors/access_log.py) takes a shorter way: its fields
 that no caller chooses arrive as ready JSON, and only the request id and the
-peer identity are redacted and escaped here.
+peer identity are redacted and escaped here; it is written in a block with the
+access lines of the next few tens of milliseconds (server/log_buffer.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from opentelemetry import trace
 
 from interceptors.access_log import AccessRecord
+from server.log_buffer import BufferedAccessLines
 
 __all__ = ["FORBIDDEN_FIELDS", "GuardedJsonFormatter", "configure_logging", "redact"]
 
@@ -121,9 +123,14 @@ class GuardedJsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """JSON lines on `stream` (stderr); access lines are written in blocks
+    (server/log_buffer.py), every other record at once."""
+    handler = BufferedAccessLines(stream or sys.stderr)
     handler.setFormatter(GuardedJsonFormatter())
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, BufferedAccessLines):
+            replaced.close()  # its held lines are written, its writer thread ends
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("pymongo", "asyncio", "grpc", "httpx", "httpcore", "urllib3"):
