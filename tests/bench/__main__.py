@@ -422,6 +422,26 @@ def in_place(
             watchers=watchers,
             probe=False,
         )
+    if args.profile:  # one more window per meshgate server, under cProfile
+        args.profile.mkdir(parents=True, exist_ok=True)
+        for name in ("meshgate", "meshgate_log_off"):
+            proc = servers[name]
+            assert proc.probe is not None
+            stats = args.profile / f"{name}.prof"
+            profiled = load(
+                env,
+                proc,
+                meshgate=True,
+                inflight=1,
+                channels=2,
+                warmup=warmup,
+                duration=duration,
+                core=1,
+                rate=args.in_place_rate,
+                watchers=[ProbeWindow(pid=proc.process.pid, out=proc.probe, profile=stats)],
+                probe=False,
+            )
+            arms[name]["profile"] = {"stats": str(stats), "requests": profiled["requests"]}
     return {"rate": args.in_place_rate, "perf": perf, "arms": arms}
 
 
@@ -674,7 +694,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 env, core=0, probe=workdir / "quiet.probe", MESHGATE_LOG_LEVEL="WARNING"
             )
             servers = {"bare": bare, "meshgate": mesh, "meshgate_log_off": quiet}
-            if args.in_place_only:
+            if args.only == "in-place":
                 results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
                 return results
             arms = (
@@ -748,6 +768,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "check_p50_us": unloaded["check"]["p50_us"],
             }
             results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
+            if args.only == "chain":
+                return results
             bare.stop()
             quiet.stop()
             second = start_meshgate(env, core=None, MESHGATE_LOG_LEVEL="WARNING")
@@ -792,9 +814,9 @@ def table(results: dict[str, Any]) -> str:
         f" pinned={results['pinned']}{smoke}",
         "",
     ]
-    if "loaded" not in results:  # --in-place-only
+    if "loaded" not in results:  # --only in-place
         return "\n".join(lines + in_place_table(results["in_place"]))
-    m, u, c, w, h = (results[k] for k in ("loaded", "unloaded", "cold", "workers", "webhooks"))
+    m, u = results["loaded"], results["unloaded"]
     med = m["median"]
     lines += [
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
@@ -844,6 +866,14 @@ def table(results: dict[str, Any]) -> str:
         f" log off {u['meshgate_log_off_p50_us']:.0f} us"
         f" (overhead {u['overhead_log_off_p50_us']:.0f} us),"
         f" Check {u['check_p50_us']:.0f} us",
+        "",
+        *in_place_table(results["in_place"]),
+    ]
+    if "cold" not in results:  # --only chain
+        return "\n".join(lines)
+    c, w, h = (results[k] for k in ("cold", "workers", "webhooks"))
+    lines += [
+        "",
         f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
         f" (warm {c['warm_call_p50_us']:.0f} us)",
         f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms,"
@@ -863,7 +893,6 @@ def table(results: dict[str, Any]) -> str:
         f"webhook delivery submit -> delivered over {h['deliveries']:.0f} tasks:"
         f" p50 {h['p50_ms']:.1f} ms, p95 {h['p95_ms']:.1f} ms, max {h['max_ms']:.1f} ms",
     ]
-    lines += ["", *in_place_table(results["in_place"])]
     lines += backup_restore.table(results["backup"])
     if "load" in results:
         lines += ["", *load_documents.table(results["load"])]
@@ -871,7 +900,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def in_place_table(part: dict[str, Any]) -> list[str]:
-    return inplace.table(part["arms"], rate=part["rate"], perf=part["perf"])
+    lines = inplace.table(part["arms"], rate=part["rate"], perf=part["perf"])
+    for name, arm in part["arms"].items():
+        if "profile" in arm:
+            lines += ["", *inplace.profile_table(name, **arm["profile"])]
+    return lines
 
 
 def main() -> None:
@@ -890,13 +923,21 @@ def main() -> None:
     parser.add_argument(
         "--in-place-rate",
         type=float,
-        default=600.0,
-        help="the fixed-rate part's offered calls/s (CPU by library, loop work, GC)",
+        default=500.0,
+        help="the fixed-rate part's offered calls/s (CPU by library, loop work, GC; default"
+        " 500, below what the default configuration answers on a busy 2-core machine)",
     )
     parser.add_argument(
-        "--in-place-only",
-        action="store_true",
-        help="only the fixed-rate part (about a minute): where each server's time goes",
+        "--only",
+        choices=("chain", "in-place"),
+        help="chain: the loaded and unloaded rows and the fixed-rate part (a few minutes);"
+        " in-place: the fixed-rate part alone (about a minute)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="the fixed-rate part adds a window per meshgate server under cProfile: the"
+        " statistics go to this directory and the largest items are printed",
     )
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument(

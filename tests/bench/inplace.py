@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ __all__ = [
     "cpu_by_library",
     "gc_line",
     "perf_available",
+    "profile_table",
     "table",
 ]
 
@@ -224,4 +226,26 @@ def table(arms: dict[str, dict[str, Any]], *, rate: float, perf: str | None) -> 
     row("objects frozen (gc.freeze)", [probes[n].get("gc_frozen", 0) for n in names])
     for n in names:
         lines.append(f"GC pauses, {titles.get(n, n)}: {gc_line(probes[n], calls[n])}")
+    return lines
+
+
+def profile_table(name: str, *, stats: str, requests: int, top: int = 30) -> list[str]:
+    """The largest items of a cProfile window: own time and cumulative time per call (µs;
+    inflated by the profiler, so compare proportions), and Python calls per call."""
+    profile = pstats.Stats(stats)
+    per_call = max(1, requests)
+    entries: dict[Any, Any] = profile.stats  # type: ignore[attr-defined]
+    calls = sum(primitive for primitive, *_ in entries.values())
+    lines = [
+        f"cProfile of {name} ({stats}): {requests} calls, {calls / per_call:.0f} Python"
+        " function calls per call; the largest by own time, µs per call:",
+        f"{'own':>8}{'cumul.':>9}{'calls':>7}  function",
+    ]
+    ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    for (filename, line, function), (primitive, _total, own, cumulative, _) in ranked:
+        where = f"{Path(filename).name}:{line}" if line else filename
+        lines.append(
+            f"{own * 1e6 / per_call:>8.1f}{cumulative * 1e6 / per_call:>9.1f}"
+            f"{primitive / per_call:>7.2f}  {function} ({where})"
+        )
     return lines
