@@ -6,8 +6,7 @@ a UUID (the form of internal ids) from every message and value.
 
 An access line (interceptors/access_log.py) takes a shorter way: its fields
 that no caller chooses arrive as ready JSON, and only the request id and the
-peer identity are redacted and escaped here; it is written in a block with the
-access lines of the next few tens of milliseconds (server/log_buffer.py).
+peer identity are redacted and escaped here.
 """
 
 from __future__ import annotations
