@@ -51,8 +51,10 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
         assert arm["probe"]["loop_callbacks"] > 0 and arm["probe"]["loop_iterations"] > 0
     assert in_place["meshgate"]["probe"]["gc_frozen"] > 100_000
     assert in_place["bare"]["probe"]["gc_frozen"] == 0
+    assert in_place["meshgate"]["probe"]["full_collection_ms"] > 0
     assert "in place at 500 calls/s" in result.stdout and "GC pauses" in result.stdout
     assert "p99.9 latency us" in result.stdout and "max latency us" in result.stdout
+    assert "max latency / p99 at 32 in flight" in result.stdout
     # the default configuration writes its access log to a file
     assert data["loaded"]["access_log_bytes"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0

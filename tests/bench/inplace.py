@@ -64,11 +64,21 @@ class ProbeWindow:
     """The figures tests/bench/probe.py keeps in the server's process, for one window."""
 
     def __init__(
-        self, *, pid: int, out: Path, loop: bool = False, profile: Path | None = None
+        self,
+        *,
+        pid: int,
+        out: Path,
+        loop: bool = False,
+        profile: Path | None = None,
+        collect: bool = False,
     ) -> None:
         self._pid = pid
         self._out = out
-        self._request = {"loop": loop, "profile": str(profile) if profile else None}
+        self._request = {
+            "loop": loop,
+            "profile": str(profile) if profile else None,
+            "collect": collect,
+        }
 
     def start(self) -> None:
         self._out.unlink(missing_ok=True)
@@ -224,6 +234,11 @@ def table(arms: dict[str, dict[str, Any]], *, rate: float, perf: str | None) -> 
     row("loop callbacks/call", [probes[n].get("loop_callbacks", 0) / calls[n] for n in names], 1)
     row("objects the GC tracks", [probes[n].get("gc_objects", 0) for n in names])
     row("objects frozen (gc.freeze)", [probes[n].get("gc_frozen", 0) for n in names])
+    row(
+        "a full collection after it, ms",
+        [probes[n].get("full_collection_ms", 0.0) for n in names],
+        1,
+    )
     for n in names:
         lines.append(f"GC pauses, {titles.get(n, n)}: {gc_line(probes[n], calls[n])}")
     return lines

@@ -14,7 +14,10 @@ the main thread, which runs the event loop, between two of its callbacks. In a w
   wrapping both for that window only (a Python call more per iteration and callback);
 - when it names a `profile` file: cProfile on the event loop's thread for the window,
   its statistics written there (absolute times inflated by the profiler; proportions
-  hold).
+  hold);
+- when it asks for `collect`: once the window is closed, a full collection
+  (`gc.collect()`) is timed: how long one would hold the event loop at that moment,
+  whether or not one fell inside the window.
 
 The request is `<out>.request`, JSON written by the bench before SIGUSR1 (none: GC only).
 """
@@ -45,6 +48,7 @@ class Probe:
         self._profile_path: Path | None = None
         self._profiler: cProfile.Profile | None = None
         self._unpatch: list[tuple[Any, str, Any]] = []
+        self._collect = False
         self._gc_started = 0.0
         self._pauses: dict[int, list[float]] = {}
         self._iterations = 0
@@ -89,6 +93,7 @@ class Probe:
         if request.get("loop"):
             self._count_loop()
         self._profile_path = Path(request["profile"]) if request.get("profile") else None
+        self._collect = bool(request.get("collect"))
         self._window_started = time.perf_counter()
         self._cpu_started = time.process_time()
         if self._profile_path is not None:
@@ -122,6 +127,10 @@ class Probe:
             "gc_frozen": gc.get_freeze_count(),
             "gc_threshold": list(gc.get_threshold()),
         }
+        if self._collect:
+            started = time.perf_counter()
+            gc.collect()
+            figures["full_collection_ms"] = (time.perf_counter() - started) * 1e3
         written = self._out.with_name(self._out.name + ".part")
         written.write_text(json.dumps(figures))
         os.replace(written, self._out)
