@@ -95,7 +95,7 @@ test: setup test-deps ## import contracts, then the whole suite (starts its own 
 test-unit: setup ## the unit tier alone: in-process, no server, Redis, MongoDB or network (under a minute)
 	$(VENV)/bin/pytest -q -rfER -m unit tests/unit tests/contracts
 
-bench: setup test-deps ## benchmark the security chain against a bare grpc.aio server, and the 100k-document load (several minutes)
+bench: setup test-deps ## the chain against a bare grpc.aio server (throughput, latency to max, GC pauses, CPU by library), cold paths, workers, webhooks, backup, 100k documents (10-15 min on 2 cores)
 	$(PY) -m tests.bench --out bench-results.json
 
 bench-smoke: setup test-deps ## the benchmark harness end to end in seconds (numbers mean nothing)

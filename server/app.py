@@ -24,6 +24,7 @@ from interceptors.metrics import Metrics
 from interceptors.request_metadata import MAX_METADATA_BYTES, UndecodableHeaders
 from interceptors.sidecar.check import CheckDecider
 from interceptors.sidecar.rate_limits import RateLimitDecider
+from server.accept import GenericHandlersOnly
 from server.backends import Backends
 from server.background import build_background, export_work_metrics, start_background
 from server.components import Components, build_components, export_component_metrics
@@ -130,15 +131,19 @@ async def create_server(
     UndecodableHeaders().install()
     path = build_request_path(settings, c)
     chain = build_chain(path, settings=settings, tracer=server_tracer(tracer))
-    server = grpc.aio.server(
-        interceptors=(chain,),
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            # the transport's ceiling; above MAX_METADATA_BYTES the chain refuses clearly
-            ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
-            *extra_options,
-        ],
+    # methods routed without registering them: grpcio 1.85's accept loop waits over one
+    # future per registered method for every call (server/accept.py, grpc/grpc#43461)
+    server = GenericHandlersOnly(
+        grpc.aio.server(
+            interceptors=(chain,),
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                # the transport's ceiling; above MAX_METADATA_BYTES the chain refuses clearly
+                ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
+                *extra_options,
+            ],
+        )
     )
     health = add_health(server, gauge=metrics.serving)
     monitor = dependency_monitor(settings, backends, c, health)

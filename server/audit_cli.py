@@ -31,8 +31,17 @@ __all__ = ["add_audit_commands", "run_audit_command"]
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    audit = sub.add_parser("audit", help="audit chain checkpoints (docs/operations.md#audit)")
-    commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit = sub.add_parser(
+        "audit",
+        help="audit chain checkpoints (docs/operations.md#audit)",
+        description="Verify an organization's audit chain against signed checkpoints.",
+        epilog="A client of a running server over mTLS: docs/operations.md (Audit);\n"
+        "exit codes in docs/operations.md (Commands).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = audit.add_subparsers(
+        dest="audit_command", required=True, help="verify a chain, or make a signing key"
+    )
     verify = commands.add_parser(
         "verify", help="check that the organization's audit chain extends a kept checkpoint"
     )

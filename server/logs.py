@@ -21,6 +21,7 @@ from typing import Any
 from opentelemetry import trace
 
 from interceptors.access_log import AccessRecord
+from server.log_buffer import BufferedAccessLines
 
 __all__ = ["FORBIDDEN_FIELDS", "GuardedJsonFormatter", "configure_logging", "redact"]
 
@@ -132,9 +133,14 @@ class GuardedJsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, *, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """JSON lines on `stream` (stderr); access lines are written in blocks
+    (server/log_buffer.py), every other record at once."""
+    handler = BufferedAccessLines(stream or sys.stderr)
     handler.setFormatter(GuardedJsonFormatter())
     root = logging.getLogger()
+    for replaced in root.handlers:
+        if isinstance(replaced, BufferedAccessLines):
+            replaced.close()  # its held lines are written, its writer thread ends
     root.handlers[:] = [handler]
     root.setLevel(level)
     for noisy in ("pymongo", "asyncio", "grpc", "httpx", "httpcore", "urllib3"):

@@ -22,6 +22,7 @@ from pathlib import Path
 from server.app import RunningServer, create_server
 from server.backends import Backends, open_backends
 from server.bootstrap import bootstrap, write_secret_file
+from server.heap import freeze_startup_heap
 from server.settings import Settings
 from server.stores import require_store_urls
 from server.tls import read_tls_files
@@ -87,6 +88,7 @@ async def serve(settings: Settings, *, dev: bool) -> int:
     try:
         key_file = await _dev_key(settings, backends) if dev else None
         running = await create_server(settings, backends)
+        freeze_startup_heap()  # no full collection walks the start-up heap (server/heap.py)
         try:
             metrics = ""
             if settings.metrics_listen:

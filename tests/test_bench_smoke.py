@@ -38,6 +38,23 @@ def test_bench_smoke_runs_every_part(tmp_path: Path) -> None:
     assert data["loaded"]["median"]["meshgate_log_off"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["rps"] > 0
     assert data["loaded"]["median"]["meshgate"]["cpu_us_per_request"] > 0
+    for arm in ("bare", "meshgate", "meshgate_log_off"):
+        figures = data["loaded"]["median"][arm]
+        assert 0 < figures["p99_us"] <= figures["p999_us"] <= figures["max_us"]
+        # the collector's pauses, seen in the server's process over the measured windows
+        assert data["loaded"]["gc"][arm]["calls"] > 0
+        assert set(data["loaded"]["gc"][arm]["gc"]) <= {"0", "1", "2"}
+    # the fixed-rate part: loop work per call, and `meshgate serve` froze its start-up heap
+    in_place = data["in_place"]["arms"]
+    assert set(in_place) == {"bare", "meshgate", "meshgate_log_off"}
+    for arm in in_place.values():
+        assert arm["probe"]["loop_callbacks"] > 0 and arm["probe"]["loop_iterations"] > 0
+    assert in_place["meshgate"]["probe"]["gc_frozen"] > 100_000
+    assert in_place["bare"]["probe"]["gc_frozen"] == 0
+    assert in_place["meshgate"]["probe"]["full_collection_ms"] > 0
+    assert "in place at 500 calls/s" in result.stdout and "GC pauses" in result.stdout
+    assert "p99.9 latency us" in result.stdout and "max latency us" in result.stdout
+    assert "max latency / p99 at 32 in flight" in result.stdout
     # the default configuration writes its access log to a file
     assert data["loaded"]["access_log_bytes"] > 0
     assert data["unloaded"]["meshgate_p50_us"] > 0

@@ -20,6 +20,7 @@ MongoDB builds each once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -159,6 +160,10 @@ class MongoStore:
         return AsyncMongoClient(
             uri,
             tz_aware=True,
+            # datetimes come back in datetime.UTC (C code), not bson's Python tzinfo, whose
+            # utcoffset() is a Python call in every comparison and subtraction of a stored
+            # time (the timestamps of a response among them: about half their cost)
+            tzinfo=UTC,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
             socketTimeoutMS=timeout_ms * 2,

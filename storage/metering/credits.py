@@ -69,16 +69,8 @@ from storage.metering.credit_scripts import CreditScripts, ReserveReply
 from storage.metering.credit_settlement import CreditSettlement, ThresholdRecorder
 
 # the value types are credit_balances'; re-exported, as the package's face for credits
-__all__ = [
-    "THRESHOLDS",
-    "Balance",
-    "CreditAccounts",
-    "Ledger",
-    "LedgerBatch",
-    "LedgerTotals",
-    "period_end",
-    "period_of",
-]
+__all__ = ["THRESHOLDS", "Balance", "CreditAccounts", "Ledger", "LedgerBatch", "LedgerTotals"]
+__all__ += ["period_end", "period_of"]
 
 _LOG = logging.getLogger("meshgate.credits")
 

@@ -60,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,7 +89,8 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.tenancy.keys import KeyStore
 from storage.tenancy.namespaces import NamespaceStore
-from tests.bench import backup_restore, load_documents
+from tests.bench import backup_restore, inplace, load_documents
+from tests.bench.inplace import PerfWindow, ProbeWindow, Watcher
 from tests.support.processes import ROOT, RedisServer, free_port
 from tests.support.waiting import wait_until
 from tests.support.webhooks import Received, Receiver
@@ -113,6 +115,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Proc:
     process: subprocess.Popen[bytes]
     port: int
+    # where the server's probe (tests/bench/probe.py) writes a window's figures, if probed
+    probe: Path | None = None
 
     @property
     def target(self) -> str:
@@ -204,13 +208,24 @@ def wait_ready(target: str, certs: Path, proc: subprocess.Popen[bytes], method: 
         )
 
 
+def probed(probe: Path | None) -> list[str]:
+    """The command prefix that runs a server module, under tests/bench/probe.py if `probe`."""
+    return ["-m"] if probe is None else ["-m", "tests.bench.probe", "--out", str(probe)]
+
+
 def start_meshgate(
-    env: Env, *, core: int | None, workers: int = 1, log: Path | None = None, **extra: str
+    env: Env,
+    *,
+    core: int | None,
+    workers: int = 1,
+    log: Path | None = None,
+    probe: Path | None = None,
+    **extra: str,
 ) -> Proc:
     """`meshgate serve`; its log (the access log at INFO) goes to the file `log`, else to
-    this process's stderr."""
+    this process's stderr. With `probe`, under tests/bench/probe.py (figures to `probe`)."""
     port = free_port()
-    command = [*env.pin(core), sys.executable, "-m", "server.cli", "serve"]
+    command = [*env.pin(core), sys.executable, *probed(probe), "server.cli", "serve"]
     if workers != 1:
         command += ["--workers", str(workers)]
     stderr = log.open("ab") if log is not None else None
@@ -221,19 +236,25 @@ def start_meshgate(
     finally:
         if stderr is not None:
             stderr.close()  # the child has its own descriptor
-    proc = Proc(process, port)
+    proc = Proc(process, port, probe)
     env.procs.append(proc)
-    wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
+    try:
+        wait_ready(proc.target, env.certs, process, GET_NAMESPACE)
+    except RuntimeError as exc:
+        said = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        raise RuntimeError(f"{exc}; its log ends with:\n{said}") from None
     return proc
 
 
-def start_echo(env: Env, *, core: int | None) -> Proc:
+def start_echo(env: Env, *, core: int | None, probe: Path | None = None) -> Proc:
     port = free_port()
-    command = [*env.pin(core), sys.executable, "-m", "tests.bench.echo_server", "--port", str(port)]
+    command = [*env.pin(core), sys.executable, *probed(probe), "tests.bench.echo_server"]
     process = subprocess.Popen(
-        [*command, "--certs", str(env.certs)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [*command, "--port", str(port), "--certs", str(env.certs)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    proc = Proc(process, port)
+    proc = Proc(process, port, probe)
     env.procs.append(proc)
     wait_ready(proc.target, env.certs, process, ECHO)
     return proc
@@ -251,9 +272,15 @@ def load(
     duration: float,
     core: int | None,
     rate: float = 0.0,
+    watchers: Sequence[Watcher] = (),
+    probe: bool = True,
 ) -> dict[str, Any]:
     """Run the load generator against `proc` (open loop at `rate` calls/s when given);
-    server CPU is sampled on the measured window."""
+    server CPU is sampled on the measured window, and so are the server's probe (GC pauses;
+    when it has one and `probe`) and the `watchers`."""
+    watching = [*watchers]
+    if proc.probe is not None and probe:
+        watching.insert(0, ProbeWindow(pid=proc.process.pid, out=proc.probe))
     command = [
         *env.pin(core),
         sys.executable,
@@ -293,16 +320,22 @@ def load(
     assert generator.stdout is not None
     cpu_start = cpu_end = 0.0
     result: dict[str, Any] = {}
+    watched: dict[str, Any] = {}
     for raw in generator.stdout:
         line = raw.decode().strip()
         if line == "MEASURE_START":
             cpu_start = proc.cpu_seconds()
+            for watcher in watching:
+                watcher.start()
         elif line == "MEASURE_END":
             cpu_end = proc.cpu_seconds()
+            for watcher in watching:
+                watched.update(watcher.stop())
         elif line.startswith("RESULT "):
             result = json.loads(line[len("RESULT ") :])
     if generator.wait() != 0 or not result:
         raise RuntimeError("the load generator failed")
+    result.update(watched)
     requests = max(1, int(result["requests"]))
     result["cpu_us_per_request"] = (cpu_end - cpu_start) / requests * 1e6
     return result
@@ -337,6 +370,83 @@ def check_allows(env: Env, proc: Proc) -> None:
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in rounds)
+
+
+SUMMARY_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "max_us", "cpu_us_per_request")
+
+
+def gc_pauses(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The collector's pauses over every measured window of an arm (the probe's figures):
+    per generation the count, the total and the longest."""
+    merged: dict[str, dict[str, float]] = {}
+    for run in rounds:
+        for generation, figures in run.get("probe", {}).get("gc", {}).items():
+            into = merged.setdefault(generation, {"count": 0, "total_ms": 0.0, "longest_ms": 0.0})
+            into["count"] += figures["count"]
+            into["total_ms"] += figures["total_ms"]
+            into["longest_ms"] = max(into["longest_ms"], figures["longest_ms"])
+    calls = sum(int(run["requests"]) for run in rounds)
+    return {
+        "gc": merged,
+        "calls": calls,
+        "longest_ms": max((g["longest_ms"] for g in merged.values()), default=0.0),
+    }
+
+
+def in_place(
+    env: Env,
+    args: argparse.Namespace,
+    servers: dict[str, Proc],
+    workdir: Path,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """Each server in turn (bare echo, meshgate default, meshgate log off: running under the
+    probe) at `--in-place-rate` calls/s offered (open loop): over the window, the CPU by
+    library (perf, where it works), the loop's iterations and callbacks, the GC figures."""
+    perf = inplace.perf_available()
+    arms: dict[str, dict[str, Any]] = {}
+    for name, proc in servers.items():
+        assert proc.probe is not None
+        watchers: list[Watcher] = [
+            ProbeWindow(pid=proc.process.pid, out=proc.probe, loop=True, collect=True)
+        ]
+        if perf is None:
+            watchers.append(PerfWindow(pid=proc.process.pid, data=workdir / f"{name}.perf"))
+        arms[name] = load(
+            env,
+            proc,
+            meshgate=name != "bare",
+            inflight=1,
+            channels=2,
+            warmup=warmup,
+            duration=duration,
+            core=1,
+            rate=args.in_place_rate,
+            watchers=watchers,
+            probe=False,
+        )
+    if args.profile:  # one more window per meshgate server, under cProfile
+        args.profile.mkdir(parents=True, exist_ok=True)
+        for name in ("meshgate", "meshgate_log_off"):
+            proc = servers[name]
+            assert proc.probe is not None
+            stats = args.profile / f"{name}.prof"
+            profiled = load(
+                env,
+                proc,
+                meshgate=True,
+                inflight=1,
+                channels=2,
+                warmup=warmup,
+                duration=duration,
+                core=1,
+                rate=args.in_place_rate,
+                watchers=[ProbeWindow(pid=proc.process.pid, out=proc.probe, profile=stats)],
+                probe=False,
+            )
+            arms[name]["profile"] = {"stats": str(stats), "requests": profiled["requests"]}
+    return {"rate": args.in_place_rate, "perf": perf, "arms": arms}
 
 
 async def prepare(workdir: Path, redis: RedisServer, mongo_uri: str) -> Env:
@@ -572,7 +682,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "smoke": smoke,
             }
             access_log = workdir / "meshgate.log"
-            bare = start_echo(env, core=0)
+            bare = start_echo(env, core=0, probe=workdir / "bare.probe")
             routes = workdir / "routes.json"
             routes.write_text(json.dumps(ROUTES))
             bindings = workdir / "bindings.json"
@@ -581,12 +691,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 env,
                 core=0,
                 log=access_log,
+                probe=workdir / "meshgate.probe",
                 MESHGATE_EXT_AUTHZ_PEERS=CLIENT_ID,
                 MESHGATE_EXT_AUTHZ_BINDINGS_FILE=str(bindings),
                 MESHGATE_ROUTE_POLICY_FILE=str(routes),
             )
             check_allows(env, mesh)
-            quiet = start_meshgate(env, core=0, MESHGATE_LOG_LEVEL="WARNING")
+            quiet = start_meshgate(
+                env, core=0, probe=workdir / "quiet.probe", MESHGATE_LOG_LEVEL="WARNING"
+            )
+            servers = {"bare": bare, "meshgate": mesh, "meshgate_log_off": quiet}
+            if args.only == "in-place":
+                results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
+                return results
             arms = (
                 ("bare", bare),
                 ("meshgate", mesh),
@@ -609,19 +726,24 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                             core=1,
                         )
                     )
+            one_in_flight: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
+            for _ in range(rounds):  # alternating too: one window per arm is too noisy
+                for name, proc in arms:
+                    one_in_flight[name].append(
+                        load(
+                            env,
+                            proc,
+                            meshgate=name in ("meshgate", "meshgate_log_off"),
+                            check=name == "check",
+                            inflight=1,
+                            channels=1,
+                            warmup=warmup / 2,
+                            duration=duration / 2,
+                            core=1,
+                        )
+                    )
             unloaded = {
-                name: load(
-                    env,
-                    proc,
-                    meshgate=name in ("meshgate", "meshgate_log_off"),
-                    check=name == "check",
-                    inflight=1,
-                    channels=1,
-                    warmup=warmup,
-                    duration=duration,
-                    core=1,
-                )
-                for name, proc in arms
+                name: {"p50_us": median_of(runs, "p50_us")} for name, runs in one_in_flight.items()
             }
             for name, runs in loaded.items():
                 errors = [r["errors"] for r in runs if r["errors"]]
@@ -629,8 +751,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError(f"{name} answered with errors under load: {errors}")
             summary = {
                 name: {
-                    key: median_of(loaded[name], key)
-                    for key in ("rps", "p50_us", "p99_us", "cpu_us_per_request")
+                    # the maximum is the longest of every round; the rest, medians
+                    key: max(float(r[key]) for r in loaded[name])
+                    if key == "max_us"
+                    else median_of(loaded[name], key)
+                    for key in SUMMARY_KEYS
                 }
                 for name in loaded
             }
@@ -650,6 +775,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "access_log_bytes": access_log.stat().st_size if access_log.exists() else 0,
                 "rounds": loaded,
                 "median": summary,
+                "gc": {name: gc_pauses(runs) for name, runs in loaded.items()},
             }
             results["unloaded"] = {
                 "bare_p50_us": unloaded["bare"]["p50_us"],
@@ -659,7 +785,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "overhead_log_off_p50_us": unloaded["meshgate_log_off"]["p50_us"]
                 - unloaded["bare"]["p50_us"],
                 "check_p50_us": unloaded["check"]["p50_us"],
+                "rounds": one_in_flight,
             }
+            results["in_place"] = in_place(env, args, servers, workdir, warmup, duration)
+            if args.only == "chain":
+                return results
             bare.stop()
             quiet.stop()
             second = start_meshgate(env, core=None, MESHGATE_LOG_LEVEL="WARNING")
@@ -697,14 +827,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    m, u, c, w, h = (results[k] for k in ("loaded", "unloaded", "cold", "workers", "webhooks"))
-    med = m["median"]
     smoke = " (SMOKE: numbers mean nothing)" if results["smoke"] else ""
     lines = [
         f"meshgate bench, {results['date']}, {results['machine']}",
         f"Python {results['python']}, grpcio {results['grpcio']},"
         f" pinned={results['pinned']}{smoke}",
         "",
+    ]
+    if "loaded" not in results:  # --only in-place
+        return "\n".join(lines + in_place_table(results["in_place"]))
+    m, u = results["loaded"], results["unloaded"]
+    med = m["median"]
+    lines += [
         f"loaded: {m['inflight']} in flight over {m['channels']} channels,"
         f" median of {len(m['rounds']['bare'])} rounds; meshgate = default configuration"
         f" (access log at INFO to a file, {m['access_log_bytes'] / 1e6:.1f} MB written;"
@@ -715,6 +849,8 @@ def table(results: dict[str, Any]) -> str:
         ("rps", "requests/s"),
         ("p50_us", "p50 latency us"),
         ("p99_us", "p99 latency us"),
+        ("p999_us", "p99.9 latency us"),
+        ("max_us", "max latency us (all)"),
         ("cpu_us_per_request", "server CPU us/req"),
     ):
         bare, mesh, quiet = (med[arm][key] for arm in ("bare", "meshgate", "meshgate_log_off"))
@@ -722,6 +858,23 @@ def table(results: dict[str, Any]) -> str:
             f"{label:22}{bare:>11.0f}{mesh:>10.0f}{med['ratio'][key]:>8.2f}"
             f"{quiet:>10.0f}{med['ratio_log_off'][key]:>8.2f}"
         )
+    for arm, label in (("bare", "bare"), ("meshgate", "meshgate"), ("meshgate_log_off", "log off")):
+        pauses = m["gc"][arm]
+        lines.append(
+            f"GC pauses in the windows, {label}: "
+            + inplace.gc_line({"gc": pauses["gc"]}, pauses["calls"])
+        )
+    lines.append(
+        "max latency / p99 at 32 in flight: "
+        + ", ".join(
+            f"{label} {med[arm]['max_us'] / max(1.0, med[arm]['p99_us']):.2f}"
+            for arm, label in (
+                ("bare", "bare"),
+                ("meshgate", "meshgate"),
+                ("meshgate_log_off", "log off"),
+            )
+        )
+    )
     check, direct = med["check"], med["meshgate"]
     lines += [
         "",
@@ -739,11 +892,20 @@ def table(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"unloaded (1 in flight) p50: bare {u['bare_p50_us']:.0f} us,"
+        f"unloaded (1 in flight), median of {len(u['rounds']['bare'])} rounds:"
+        f" p50 bare {u['bare_p50_us']:.0f} us,"
         f" meshgate {u['meshgate_p50_us']:.0f} us (overhead {u['overhead_p50_us']:.0f} us),"
         f" log off {u['meshgate_log_off_p50_us']:.0f} us"
         f" (overhead {u['overhead_log_off_p50_us']:.0f} us),"
         f" Check {u['check_p50_us']:.0f} us",
+        "",
+        *in_place_table(results["in_place"]),
+    ]
+    if "cold" not in results:  # --only chain
+        return "\n".join(lines)
+    c, w, h = (results[k] for k in ("cold", "workers", "webhooks"))
+    lines += [
+        "",
         f"first call with an uncached key: p50 {c['cold_first_call_p50_us']:.0f} us"
         f" (warm {c['warm_call_p50_us']:.0f} us)",
         f"revocation propagation to a second replica: p50 {c['revocation_p50_ms']:.1f} ms,"
@@ -769,6 +931,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def in_place_table(part: dict[str, Any]) -> list[str]:
+    lines = inplace.table(part["arms"], rate=part["rate"], perf=part["perf"])
+    for name, arm in part["arms"].items():
+        if "profile" in arm:
+            lines += ["", *inplace.profile_table(name, **arm["profile"])]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument(
@@ -781,6 +951,25 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=2)
     parser.add_argument(
         "--rate", type=float, default=500.0, help="the workers' open-loop offered calls/s"
+    )
+    parser.add_argument(
+        "--in-place-rate",
+        type=float,
+        default=500.0,
+        help="the fixed-rate part's offered calls/s (CPU by library, loop work, GC; default"
+        " 500, below what the default configuration answers on a busy 2-core machine)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("chain", "in-place"),
+        help="chain: the loaded and unloaded rows and the fixed-rate part (a few minutes);"
+        " in-place: the fixed-rate part alone (about a minute)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="the fixed-rate part adds a window per meshgate server under cProfile: the"
+        " statistics go to this directory and the largest items are printed",
     )
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument(

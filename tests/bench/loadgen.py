@@ -111,6 +111,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "rps": len(latencies) / window,
         "p50_us": pct(0.50),
         "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "max_us": latencies[-1] * 1e6 if latencies else 0.0,
         "mean_us": statistics.fmean(latencies) * 1e6 if latencies else 0.0,
         "errors": errors,
     }

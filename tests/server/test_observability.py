@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import urllib.request
@@ -91,6 +92,35 @@ async def test_access_line_redacts_what_a_caller_chooses(
     assert line["level"] == "INFO" and line["logger"] == "meshgate.access"
     assert line["namespace_id"] == ns.namespace_id and line["status"] == "OK"
     assert line["time"].endswith("+00:00") and line["peer_address"].startswith("ipv")
+
+
+async def test_access_line_names_the_callers_trace_only_when_it_sent_one(
+    tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracing off: a caller's `traceparent` still puts its trace id in the access line
+    (formatted in the call, as the server's handler does); a call without one has none."""
+    ns = await tenant.namespace()
+    caplog.set_level(logging.INFO, logger="meshgate.access")
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(GuardedJsonFormatter())
+    access = logging.getLogger("meshgate.access")
+    access.addHandler(handler)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        for request_id, extra in (
+            ("traced-1", {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}),
+            ("untraced-1", {}),
+        ):
+            await tenant.namespaces.GetNamespace(
+                GET_NS,
+                metadata=auth(tenant.admin, ns.name, **{"x-request-id": request_id}, **extra),
+            )
+    finally:
+        access.removeHandler(handler)
+    lines = {line["request_id"]: line for line in map(json.loads, written.getvalue().splitlines())}
+    assert lines["traced-1"]["trace_id"] == trace_id and len(lines["traced-1"]["span_id"]) == 16
+    assert "trace_id" not in lines["untraced-1"] and "span_id" not in lines["untraced-1"]
 
 
 async def test_spans_follow_rpc_conventions_with_store_children(

@@ -3,6 +3,7 @@ reflection, health-checked and covered by the policy table, and nothing else is.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 
@@ -11,9 +12,11 @@ import meshgate.v1
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from server.app import RunningServer
+from server.app import RunningServer, create_server
+from server.backends import Backends
 from server.policies import PUBLIC_METHODS, build_policy_table, undeclared_methods
 from server.registry import SERVICES, descriptors
+from server.settings import Settings
 from server.sidecars import SIDECAR_SERVICES
 from tests.support.clients import health_check, raw_unary, reflection_info
 
@@ -72,3 +75,35 @@ async def test_every_service_of_the_registry_has_a_health_status(
         response = await check(health_pb2.HealthCheckRequest(service=name))
         assert response.status == health_pb2.HealthCheckResponse.SERVING, name
     assert set(server.health.statuses()) == NAMES | {"(server)"}
+
+
+def _accept_requests() -> dict[str, int]:
+    """The calls grpc.aio's accept loop has requested from the C core and waits on, by kind:
+    `_request_call` (any method, routed by generic handlers) and `_request_registered_call`
+    (one per registered method)."""
+    kinds = {"AioServer._request_call": 0, "AioServer._request_registered_call": 0}
+    for task in asyncio.all_tasks():
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name in kinds:
+            kinds[name] += 1
+    return kinds
+
+
+async def test_the_server_registers_no_method(settings: Settings, backends: Backends) -> None:
+    """grpcio 1.85's accept loop waits, for every call it accepts, over one pending request
+    per registered method (an asyncio.wait over about fifty futures on this server): the
+    methods are routed by generic handlers only, so it waits over one (server/accept.py).
+    Revisit once a grpcio release carries grpc/grpc#43461, the upstream fix. (That every
+    method is still routed: test_every_method_of_the_registry_is_served.)"""
+    before = _accept_requests()
+    running = await create_server(settings, backends, address="127.0.0.1:0")
+    try:
+        await asyncio.sleep(0.05)  # the accept loop's first requests
+        after = _accept_requests()
+        assert (
+            after["AioServer._request_registered_call"]
+            == before["AioServer._request_registered_call"]
+        )
+        assert after["AioServer._request_call"] == before["AioServer._request_call"] + 1
+    finally:
+        await running.stop(0)

@@ -347,7 +347,7 @@ def test_the_help_names_the_settings_page_and_explains_every_option() -> None:
     parser = cli.build_parser()
     assert "docs/operations.md" in parser.format_help()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(commands.choices) == {"serve", "bootstrap", "backup", "restore"}
+    assert set(commands.choices) == {"serve", "bootstrap", "backup", "restore", "audit"}
     for name, command in commands.choices.items():
         text = command.format_help()
         assert "docs/operations.md" in text, name

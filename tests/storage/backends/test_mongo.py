@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from pymongo import ReadPreference
@@ -55,3 +56,13 @@ async def test_index_creation_is_idempotent(store: MongoStore) -> None:
     await store.ensure_indexes()  # what every later start, and every other replica, does
     again = {name: await store.database[name].index_information() for name in ("keys", "tasks")}
     assert again == first and len(first["tasks"]) > 1
+
+
+async def test_stored_times_come_back_in_utc(store: MongoStore) -> None:
+    """Aware, equal to what was written, and in datetime.UTC (whose offset is C code; bson's
+    own tzinfo answers from Python in every comparison and subtraction)."""
+    written = datetime(2026, 12, 7, 1, 2, 3, 456_000, tzinfo=UTC)
+    await store.database["probe"].insert_one({"_id": "when", "at": written})
+    found = await store.database["probe"].find_one({"_id": "when"})
+    assert found is not None
+    assert found["at"] == written and found["at"].tzinfo is UTC
