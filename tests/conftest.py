@@ -49,6 +49,10 @@ from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         mark_tier(item)
+    # the unit tier first, in its order: an integration fixture of session scope (a MongoDB
+    # client, its monitor connecting in the background) does not exist yet, so nothing the
+    # guard refuses runs beside a unit test that did not ask for it
+    items.sort(key=lambda item: item.get_closest_marker("unit") is None)
 
 
 # every phase of a unit-tier test runs guarded, so a fixture of any scope that it asks for
