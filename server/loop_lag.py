@@ -45,9 +45,11 @@ class LoopLag:
         self._recent.append((self._clock(), lag_s))
 
     def max_recent(self) -> float:
-        """The longest lag of the last `window_s` (0 when none was recorded)."""
+        """The longest lag of the last `window_s` (0 when none was recorded). Called from
+        the metrics endpoint's thread while the loop appends: `tuple()` copies the deque in
+        one step under the GIL, where iterating it would see it change mid-way."""
         since = self._clock() - self._window
-        return max((lag for at, lag in self._recent if at >= since), default=0.0)
+        return max((lag for at, lag in tuple(self._recent) if at >= since), default=0.0)
 
     async def run(self) -> None:
         while True:

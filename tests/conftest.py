@@ -36,6 +36,7 @@ from server.embedded import EmbeddedMongo
 from server.settings import Secret, Settings
 from storage.core.checkpoints import NoteSigner, generate_key
 from tests.support.clients import client_credentials
+from tests.support.driver_sockets import ignore_driver_sockets, register_mongodb_uri
 from tests.support.log_guard import NEVER_LOGGED, FormattedLines, leaked
 from tests.support.pki import PROXY_ID, Pki, issue_test_pki
 from tests.support.processes import RedisServer
@@ -44,6 +45,11 @@ from tests.support.servers import BulkServer, serving
 from tests.support.tenants import MakeTenant, Tenant, create_tenant
 from tests.support.unit_tier import guarded, mark_tier
 from tests.support.webhooks import WEBHOOK_TEST_SCHEDULE, Receiver
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own unraisablehook is installed
+def pytest_configure(config: pytest.Config) -> None:
+    ignore_driver_sockets()  # tests/support/driver_sockets.py
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -132,10 +138,13 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process of its own as `meshgate serve --dev` runs it (chosen here, explicitly)."""
     real = os.environ.get("MESHGATE_TEST_MONGODB_URI")
     if real:
+        register_mongodb_uri(real)
         yield real
         return
     engine = EmbeddedMongo(data_dir=None, output=tmp_path_factory.mktemp("mongo") / "engine.log")
-    yield engine.start()
+    uri = engine.start()
+    register_mongodb_uri(uri)
+    yield uri
     engine.close()
 
 

@@ -4,6 +4,8 @@ histogram and in the recent maximum, and an idle loop shows none."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -59,3 +61,31 @@ def test_the_maximum_covers_the_window_only() -> None:
     now[0] = 61.0
     assert lag.max_recent() == 0.01
     assert registry.get_sample_value("lag_bucket", {"le": "2.5"}) == 2
+
+
+def test_the_maximum_is_read_safely_while_the_loop_records() -> None:
+    """/metrics reads the maximum in its own thread while the loop records samples; the
+    reader saw 'deque mutated during iteration' (HTTP 500 from /metrics) once in a full
+    run before the deque was copied first."""
+    registry = CollectorRegistry()
+    histogram = Histogram("lag", "lag", buckets=LAG_BUCKETS, registry=registry)
+    lag = LoopLag(histogram=histogram, every_s=0.1, window_s=60.0)
+    for _ in range(600):
+        lag.record(0.001)
+    done = threading.Event()
+
+    def record() -> None:
+        while not done.is_set():
+            lag.record(0.002)
+
+    writer = threading.Thread(target=record)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    writer.start()
+    try:
+        for _ in range(2_000):
+            assert lag.max_recent() <= 0.002
+    finally:
+        done.set()
+        writer.join()
+        sys.setswitchinterval(previous)

@@ -11,6 +11,7 @@ Every helper here, by module:
 - cli: `meshgate` as a process: `run_cli` to its exit, `start_cli` kept running, `cli_env`
 - clients: mTLS channel credentials, call metadata, refused calls, raw and health stubs
 - cluster: several `meshgate serve` replicas on a redis-server of their own, test plans
+- driver_sockets: the one unclosed-socket warning the suite drops (a MongoDB driver's)
 - envoy: Envoy's ext_authz and rate-limit requests, and clients built from xds-protos
 - fakes/: in-memory stores for the unit tier, each held to its real store by tests/contracts
   (the package's docstring lists them)

@@ -25,6 +25,7 @@ from server.embedded import EmbeddedMongo
 from server.settings import Settings
 from tests.support.cli import ROOT, start_cli
 from tests.support.clients import client_credentials, health_check_sync
+from tests.support.driver_sockets import register_mongodb
 from tests.support.log_guard import PROCESS_LOGS
 from tests.support.pki import Pki
 from tests.support.waiting import wait_until
@@ -153,6 +154,7 @@ class MongoEngine:
     def start(self) -> None:
         engine = EmbeddedMongo(data_dir=self.data_dir, port=self.port, output=self.log_path)
         engine.start()
+        register_mongodb(self.port)  # tests/support/driver_sockets.py
         self.engine = engine
 
     def stop(self) -> None:
