@@ -290,7 +290,7 @@ async def test_only_registered_methods_keep_a_wrapped_handler() -> None:
     """The chain keeps one wrapped handler per method grpc routes to a handler; a path no
     handler serves (a caller can send any) is answered afresh and kept nowhere."""
     asked: list[str] = []
-    known = grpc.unary_unary_rpc_method_handler(unary)
+    known: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(unary)
 
     async def continuation(details: grpc.HandlerCallDetails) -> Any:
         asked.append(details.method)

@@ -150,9 +150,7 @@ async def test_bad_input_is_invalid_argument(tenant: Tenant) -> None:
         create(pb.CreateKeyRequest(**{**good, "name": "bad\nname"}), metadata=md)
     )
     assert "at most 100" in await invalid(
-        create(
-            pb.CreateKeyRequest(**good, namespaces=[f"ns-{i}" for i in range(101)]), metadata=md
-        )
+        create(pb.CreateKeyRequest(**good, namespaces=[f"ns-{i}" for i in range(101)]), metadata=md)
     )
     assert "key_id" in await invalid(
         tenant.keys.GetKey(pb.GetKeyRequest(key_id="' or 1=1"), metadata=md)
