@@ -178,9 +178,9 @@ async def test_a_forged_forwarding_header_is_logged_and_counted_under_the_tls_id
 async def test_the_number_of_headers_is_bounded(
     server: RunningServer, pki: Pki, tenant: Tenant
 ) -> None:
-    """Every header counts at least its name's byte towards the chain's 8 KiB, so a call
-    carries at most 8,192 of them; far beyond that grpc refuses before the chain runs
-    (`grpc.max_metadata_size`, 64 KiB, and a hard limit of 1.25 times that)."""
+    """Every header counts at least its name's byte towards the chain's 8 KiB, so an admitted
+    call carries at most 8,192 of them. (grpc's own `grpc.max_metadata_size` refuses far
+    more only at random: 100,000 one-byte headers reach the chain some of the time.)"""
 
     async def call_with(count: int) -> dict[bytes, bytes]:
         headers = [bearer(tenant.admin), *[(b"x", b"")] * count]
@@ -190,4 +190,3 @@ async def test_the_number_of_headers_is_bounded(
     answer = await call_with(8200)
     assert code_of(answer) is grpc.StatusCode.INVALID_ARGUMENT
     assert message_of(answer).startswith("request metadata is too large")
-    assert code_of(await call_with(100_000)) is grpc.StatusCode.RESOURCE_EXHAUSTED
