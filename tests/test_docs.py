@@ -7,6 +7,7 @@ in the protos, a setting added without a line in the configuration table.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -170,3 +171,57 @@ def test_documented_variables_exist() -> None:
     for page in PAGES:
         named |= set(re.findall(r"\b(MESHGATE_[A-Z0-9_]*[A-Z0-9])\b", page.read_text()))
     assert not named - known, f"documented but read nowhere: {sorted(named - known)}"
+
+
+_TEST_REFERENCE = re.compile(r"(tests/[\w/.-]+?\.py)::(\w+)(?:\[[^\]`]*\])?")
+_TEST_NAMES_CACHE: dict[Path, set[str]] = {}
+
+
+def _functions_defined(path: Path) -> set[str]:
+    """The names of every function (`def` or `async def`, at any depth) a test module defines."""
+    if path not in _TEST_NAMES_CACHE:
+        tree = ast.parse(path.read_text())
+        _TEST_NAMES_CACHE[path] = {
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+    return _TEST_NAMES_CACHE[path]
+
+
+def _unknown_tests(text: str) -> list[str]:
+    """The `tests/<path>.py::<name>` references in `text` whose file or function does not exist."""
+    unknown = []
+    for match in _TEST_REFERENCE.finditer(text):
+        path, name = ROOT / match.group(1), match.group(2)
+        if not path.is_file() or name not in _functions_defined(path):
+            unknown.append(match.group(0))
+    return unknown
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_tests_exist(page: Path) -> None:
+    """A page that names a test as proof names one that exists: a moved or renamed test shows."""
+    unknown = _unknown_tests(page.read_text())
+    assert not unknown, f"{page.name} names tests that do not exist: {unknown}"
+
+
+def _limits_rows() -> list[list[str]]:
+    """The rows of every table under security.md's `## Limits`, its `###` subsections included."""
+    rows = [row for row in table_rows(ROOT / "docs/security.md", "Limits") if row[0] != "surface"]
+    assert len(rows) > 20, "the Limits tables are missing"
+    return rows
+
+
+def test_every_limit_names_a_test_that_exists() -> None:
+    """Each row of the Limits tables names the test that proves it, as `tests/<path>.py::<name>`."""
+    without_test, wrong_width = [], []
+    for row in _limits_rows():
+        if len(row) != 4:
+            wrong_width.append(row[0])
+        elif not _TEST_REFERENCE.search(row[3]):
+            without_test.append(row[0])
+    assert not wrong_width, f"rows without four cells: {wrong_width}"
+    assert not without_test, f"limits that name no test: {without_test}"
+    unknown = _unknown_tests("\n".join("|".join(row) for row in _limits_rows()))
+    assert not unknown, f"limits that name a test that does not exist: {unknown}"

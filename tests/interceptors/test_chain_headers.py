@@ -173,3 +173,20 @@ async def test_a_forged_forwarding_header_is_logged_and_counted_under_the_tls_id
     await eventually(logged, timeout_s=5)
     assert [getattr(r, "peer", None) for r in lines()] == [CLIENT_ID]
     assert refused() == before + 1
+
+
+async def test_the_number_of_headers_is_bounded(
+    server: RunningServer, pki: Pki, tenant: Tenant
+) -> None:
+    """Every header counts at least its name's byte towards the chain's 8 KiB, so an admitted
+    call carries at most 8,192 of them. (grpc's own `grpc.max_metadata_size` refuses far
+    more only at random: 100,000 one-byte headers reach the chain some of the time.)"""
+
+    async def call_with(count: int) -> dict[bytes, bytes]:
+        headers = [bearer(tenant.admin), *[(b"x", b"")] * count]
+        return await raw_http2_call(server.port, pki, GET_ORG, headers)
+
+    assert code_of(await call_with(8000)) is grpc.StatusCode.OK
+    answer = await call_with(8200)
+    assert code_of(answer) is grpc.StatusCode.INVALID_ARGUMENT
+    assert message_of(answer).startswith("request metadata is too large")

@@ -8,7 +8,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -283,3 +284,33 @@ async def test_an_admitted_call_is_decoded_and_a_stream_message_by_message(
     # the stream's messages were decoded as the servicer read them, up to the bad one
     assert received == [b"B", b"C"] and decoding.handled == [b"A", b"B", b"C"]
     assert decoding.decoder.decoded[-1] == b"bad" and b"never" not in decoding.decoder.decoded
+
+
+async def test_only_registered_methods_keep_a_wrapped_handler() -> None:
+    """The chain keeps one wrapped handler per method grpc routes to a handler; a path no
+    handler serves (a caller can send any) is answered afresh and kept nowhere."""
+    asked: list[str] = []
+    known: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(unary)
+
+    async def continuation(details: grpc.HandlerCallDetails) -> Any:
+        asked.append(details.method)
+        return known if details.method == f"/{SERVICE}/Unary" else None
+
+    chain = SecurityChain(
+        policies={f"/{SERVICE}/Unary": PUBLIC},
+        errors=ErrorMapper(logger=logging.getLogger("test.errors")),
+        steps=(),
+        observers=(),
+        logger=logging.getLogger("test"),
+    )
+
+    def details(method: str) -> grpc.HandlerCallDetails:
+        return cast(grpc.HandlerCallDetails, SimpleNamespace(method=method, invocation_metadata=()))
+
+    for _ in range(3):
+        assert await chain.intercept_service(continuation, details(f"/{SERVICE}/Unary"))
+    for i in range(1000):
+        assert await chain.intercept_service(continuation, details(f"/x{i}/Y")) is None
+    assert await chain.intercept_service(continuation, details("/x0/Y")) is None
+    # the known method was looked up once; every unknown path each time it came
+    assert asked.count(f"/{SERVICE}/Unary") == 1 and len(asked) == 1 + 1000 + 1

@@ -122,7 +122,7 @@ async def test_a_hand_made_token_is_refused_by_every_list_method(
     build, namespaced = LISTS[method]
     ns = (await tenant.namespace()).name if namespaced else None
     call = raw_unary(tenant.channel, method)
-    for token in (HAND_MADE, "garbage!"):
+    for token in (HAND_MADE, "garbage!", "A" * 3000):  # 3,000: past the 2,048 characters read
         details = await refused(
             call(build(token).SerializeToString(), metadata=auth(tenant.admin, ns))
         )

@@ -105,3 +105,29 @@ async def test_a_malformed_traceparent_starts_a_new_trace(
     await stub.GetNamespace(GET_NS, metadata=auth(tenant.admin, ns.name, traceparent=header))
     (span,) = traced.server_spans()
     assert span.parent is None
+
+
+async def test_trace_context_is_bounded(traced: Traced, tenant: Tenant) -> None:
+    """`tracestate` and `baggage` are the caller's text: they ride within the 8 KiB of request
+    metadata, and a `tracestate` of more than 32 members is dropped whole (the W3C limit
+    OpenTelemetry's propagator keeps), while the call and its parent trace go on."""
+    ns = await tenant.namespace()
+    stub = namespace_service_pb2_grpc.NamespaceServiceStub(traced.channel)
+    traced.exporter.clear()
+    members = ",".join(f"v{i}=x" for i in range(33))
+    await stub.GetNamespace(
+        GET_NS, metadata=auth(tenant.admin, ns.name, traceparent=TRACEPARENT, tracestate=members)
+    )
+    (span,) = traced.server_spans()
+    assert span.context is not None and span.context.trace_id == TRACE_ID
+    assert len(span.context.trace_state) == 0
+    for header in ("tracestate", "baggage"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetNamespace(
+                GET_NS,
+                metadata=auth(
+                    tenant.admin, ns.name, traceparent=TRACEPARENT, **{header: "k=" + "v" * 8200}
+                ),
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "metadata is too large" in (refused.value.details() or "")

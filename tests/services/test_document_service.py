@@ -253,3 +253,23 @@ async def test_updates_cannot_grow_a_document_past_the_limit(docs: Docs) -> None
         error = await docs.error(call)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "at most 1024 characters" in (error.details() or "")
+
+
+async def test_a_response_over_the_message_limit_is_refused_whole(docs: Docs) -> None:
+    """A response holds at most MESHGATE_MAX_MESSAGE_BYTES (4 MiB): a page of large
+    documents past it is RESOURCE_EXHAUSTED, never cut short; a smaller page_size reads it."""
+    blob = {"blob": "y" * (250 * 1024)}
+    for batch in range(3):
+        requests = [
+            pb.CreateDocumentRequest(document=doc(f"big{batch}-{i}", body=blob)) for i in range(6)
+        ]
+        await docs.stub.BatchCreateDocuments(
+            pb.BatchCreateDocumentsRequest(requests=requests), metadata=docs.md
+        )
+    error = await docs.error(
+        docs.stub.ListDocuments(pb.ListDocumentsRequest(page_size=50), metadata=docs.md)
+    )
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in (error.details() or "")
+    page = await docs.stub.ListDocuments(pb.ListDocumentsRequest(page_size=9), metadata=docs.md)
+    assert len(page.documents) == 9 and page.next_page_token

@@ -149,6 +149,9 @@ async def test_bad_input_is_invalid_argument(tenant: Tenant) -> None:
     assert "name" in await invalid(
         create(pb.CreateKeyRequest(**{**good, "name": "bad\nname"}), metadata=md)
     )
+    assert "at most 100" in await invalid(
+        create(pb.CreateKeyRequest(**good, namespaces=[f"ns-{i}" for i in range(101)]), metadata=md)
+    )
     assert "key_id" in await invalid(
         tenant.keys.GetKey(pb.GetKeyRequest(key_id="' or 1=1"), metadata=md)
     )

@@ -67,3 +67,17 @@ async def test_grant_credits_is_internal_only(
                 )
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_get_usage_filters_by_at_most_100_keys(tenant: Tenant) -> None:
+    usage = usage_service_pb2_grpc.UsageServiceStub(tenant.channel)
+    key_ids = [f"key_{i:020d}" for i in range(101)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await usage.GetUsage(
+            usage_service_pb2.GetUsageRequest(key_ids=key_ids), metadata=auth(tenant.admin)
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 100 keys" in (refused.value.details() or "")
+    await usage.GetUsage(
+        usage_service_pb2.GetUsageRequest(key_ids=key_ids[:100]), metadata=auth(tenant.admin)
+    )

@@ -112,3 +112,20 @@ async def test_vector_store_lifecycle_errors(tenant: Tenant) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "4" in (error.details() or "")
     error = await v.error(v.search([1, 0, 0, 0], limit=101))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_get_and_delete_take_at_most_256_ids(tenant: Tenant) -> None:
+    """The id batches of GetPoints and DeletePoints are bounded like UpsertPoints' points."""
+    v = await make_vectors(tenant)
+    await v.upsert(point("keep", [1, 1, 1]))
+    too_many = ["keep", *(f"p{i}" for i in range(256))]
+    for call in (
+        v.stub.GetPoints(pb.GetPointsRequest(ids=too_many), metadata=v.md),
+        v.stub.DeletePoints(pb.DeletePointsRequest(ids=too_many), metadata=v.md),
+        v.stub.DeletePoints(pb.DeletePointsRequest(ids=[]), metadata=v.md),
+    ):
+        error = await v.error(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "1-256" in (error.details() or "")
+    got = await v.stub.GetPoints(pb.GetPointsRequest(ids=too_many[:256]), metadata=v.md)
+    assert [p.id for p in got.points] == ["keep"]

@@ -493,6 +493,21 @@ async def test_webhook_management_needs_admin(tenant: Tenant, receiver: Receiver
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_a_namespace_holds_at_most_25_webhooks(tenant: Tenant, receiver: Receiver) -> None:
+    """Registrations are a structure a caller can make grow: the 26th is refused, and a
+    namespace beside it keeps its own 25."""
+    full, other = await tenant.namespace(), await tenant.namespace()
+    hooks = Hooks(tenant, full.name)
+    for i in range(25):
+        await hooks.create(receiver.url(f"/cap{i}"))
+    error = await rpc_error(hooks.create(receiver.url("/cap25")))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "at most 25 webhooks" in (error.details() or "")
+    listed = await hooks.stub.ListWebhooks(pb.ListWebhooksRequest(page_size=50), metadata=hooks.md)
+    assert len(listed.webhooks) == 25
+    await Hooks(tenant, other.name).create(receiver.url("/elsewhere"))
+
+
 async def test_secrets_never_reach_the_logs(tenant: Tenant, receiver: Receiver) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
