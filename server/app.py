@@ -43,9 +43,11 @@ from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["RunningServer", "create_server"]
+__all__ = ["MAX_STREAMS_PER_CONNECTION", "RunningServer", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
+# HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
+MAX_STREAMS_PER_CONNECTION = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +143,14 @@ async def create_server(
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # the transport's ceiling; above MAX_METADATA_BYTES the chain refuses clearly
                 ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
+                # streams one connection may hold open at once (nginx's default); a client
+                # at the cap waits or opens another connection, as Envoy's pools do
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 *extra_options,
             ],
+            # every call and stream in flight on the server, health watches and reflection
+            # (public, no key) included: beyond, RESOURCE_EXHAUSTED before the chain runs
+            maximum_concurrent_rpcs=settings.max_concurrent_calls,
         )
     )
     health = add_health(server, gauge=metrics.serving)

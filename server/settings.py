@@ -124,6 +124,8 @@ class Settings:
     # while a store stays unreachable, how often that is logged again
     store_down_log_s: float = 30.0
     max_message_bytes: int = 4 * 1024 * 1024
+    # calls (streams included) in flight on one server; beyond, grpc refuses RESOURCE_EXHAUSTED
+    max_concurrent_calls: int = 1000
     log_level: str = "INFO"
     plans: Mapping[str, Plan] = field(default_factory=lambda: load_plans(DEFAULT_PLANS_FILE))
     default_plan: str = "free"
@@ -263,6 +265,9 @@ class Settings:
             store_down_log_s=number(env, "MESHGATE_STORE_DOWN_LOG_S", 30.0, minimum=0.1),
             max_message_bytes=int(
                 number(env, "MESHGATE_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=1024)
+            ),
+            max_concurrent_calls=whole_number(
+                env, "MESHGATE_MAX_CONCURRENT_CALLS", 1000, minimum=10, maximum=1_000_000
             ),
             log_level=log_level,
             plans=plans,

@@ -15,7 +15,7 @@ import h2.settings
 
 from tests.support.pki import Pki
 
-__all__ = ["raw_http2_call", "stalled_stream_call"]
+__all__ = ["raw_http2_call", "server_settings", "stalled_stream_call"]
 
 
 async def raw_http2_call(
@@ -140,5 +140,31 @@ async def stalled_stream_call(
                     return seen, stalled if not stalling else received, received
             writer.write(conn.data_to_send())
         return seen, stalled, received
+    finally:
+        writer.close()
+
+
+async def server_settings(port: int, pki: Pki) -> dict[int, int]:
+    """The HTTP/2 SETTINGS the server on 127.0.0.1:`port` announces to a new mTLS
+    connection (by setting code), as every client reads them."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "the server closed the connection before its SETTINGS"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    return {
+                        int(code): change.new_value
+                        for code, change in event.changed_settings.items()
+                    }
     finally:
         writer.close()
