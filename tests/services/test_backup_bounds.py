@@ -153,6 +153,11 @@ async def test_the_restore_bomb_is_refused_at_once_and_the_server_keeps_answerin
         error = await rpc_error(import_namespace(tenant, target, data))
         refused_after = time.monotonic() - started
         await asyncio.sleep(0.1)  # a probe or two after the refusal
+    slowest = max(prober.waits, default=0.0)
+    print(
+        f"\nrestore bomb ({len(data)} bytes): refused after {refused_after:.3f} s; "
+        f"{len(prober.waits)} health checks meanwhile, the slowest {slowest:.3f} s"
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "a line is longer than 2097152 bytes" in (error.details() or "")
     assert "nothing was written" in (error.details() or "")
