@@ -45,9 +45,15 @@ class LoopLag:
         self._recent.append((self._clock(), lag_s))
 
     def max_recent(self) -> float:
-        """The longest lag of the last `window_s` (0 when none was recorded)."""
+        """The longest lag of the last `window_s` (0 when none was recorded).
+
+        Read by the metrics listener's thread while the loop's thread records: the samples
+        are copied first (`tuple` of a deque copies it in one step, holding the GIL), since
+        iterating the deque itself while a tick appends raises "deque mutated during
+        iteration", and the whole scrape answered 500 (seen in the abuse soak)."""
         since = self._clock() - self._window
-        return max((lag for at, lag in self._recent if at >= since), default=0.0)
+        recent = tuple(self._recent)
+        return max((lag for at, lag in recent if at >= since), default=0.0)
 
     async def run(self) -> None:
         while True:
