@@ -317,7 +317,7 @@ async def test_one_replica_under_hostile_traffic_stays_bounded_and_serves_its_te
     assert soaked.replica.process.poll() is None
     assert (peak_rss - warm.rss_kib) / 1024 <= MAX_RSS_GROWTH_MIB
     new_series = frozenset().union(*(s.series for s in after)) - warm.series
-    assert len(new_series) <= MAX_NEW_SERIES, sorted(new_series)
+    assert len(new_series) <= MAX_NEW_SERIES, sorted(new_series)[:20]
     assert worst_lag <= MAX_LOOP_LAG_S
     assert max(s.fds for s in after) <= warm.fds + MAX_NEW_FDS
     # the attacks were refused as they must be: nothing hostile was let through
