@@ -286,7 +286,7 @@ async def run_workers(
 class Samples:
     at: float
     rss_kib: int
-    series: frozenset[str]
+    series: frozenset[str] = field(repr=False)
     lag_max_s: float
     fds: int
 
