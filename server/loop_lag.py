@@ -45,15 +45,11 @@ class LoopLag:
         self._recent.append((self._clock(), lag_s))
 
     def max_recent(self) -> float:
-        """The longest lag of the last `window_s` (0 when none was recorded).
-
-        Read by the metrics listener's thread while the loop's thread records: the samples
-        are copied first (`tuple` of a deque copies it in one step, holding the GIL), since
-        iterating the deque itself while a tick appends raises "deque mutated during
-        iteration", and the whole scrape answered 500 (seen in the abuse soak)."""
+        """The longest lag of the last `window_s` (0 when none was recorded). Called from
+        the metrics endpoint's thread while the loop appends: `tuple()` copies the deque in
+        one step under the GIL, where iterating it would see it change mid-way."""
         since = self._clock() - self._window
-        recent = tuple(self._recent)
-        return max((lag for at, lag in recent if at >= since), default=0.0)
+        return max((lag for at, lag in tuple(self._recent) if at >= since), default=0.0)
 
     async def run(self) -> None:
         while True:
