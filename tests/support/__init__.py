@@ -7,6 +7,8 @@ the fault-injection suite, tests/bench/ for `make bench`.
 
 Every helper here, by module:
 
+- abuse: the abuse soak's hostile traffic (each attack of issue 21), its workers, and a
+  sampler of a server process's RSS, open descriptors, /metrics series and loop lag
 - backups: namespace export and import through the API, and the items of a file read back
 - cli: `meshgate` as a process: `run_cli` to its exit, `start_cli` kept running, `cli_env`
 - clients: mTLS channel credentials, call metadata, refused calls, raw and health stubs
