@@ -43,11 +43,13 @@ from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["MAX_STREAMS_PER_CONNECTION", "RunningServer", "create_server"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_STREAMS_PER_CONNECTION", "RunningServer", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
 # HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
 MAX_STREAMS_PER_CONNECTION = 128
+# how long a new connection may take to complete its TLS handshake (grpc's default: 120 s)
+HANDSHAKE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,12 @@ async def create_server(
                 # streams one connection may hold open at once (nginx's default); a client
                 # at the cap waits or opens another connection, as Envoy's pools do
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                # connections: at most so many (beyond, closed as accepted), a TLS handshake
+                # done within HANDSHAKE_TIMEOUT_S, an idle one closed with GOAWAY (clients
+                # reconnect on their next call)
+                ("grpc.max_allowed_incoming_connections", settings.max_connections),
+                ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_TIMEOUT_S * 1000)),
+                ("grpc.max_connection_idle_ms", int(settings.connection_idle_s * 1000)),
                 *extra_options,
             ],
             # every call and stream in flight on the server, health watches and reflection

@@ -126,6 +126,10 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     # calls (streams included) in flight on one server; beyond, grpc refuses RESOURCE_EXHAUSTED
     max_concurrent_calls: int = 1000
+    # client connections open at once on one server (beyond, closed as they are accepted),
+    # and how long one with no call in flight is kept before grpc sends it GOAWAY
+    max_connections: int = 2000
+    connection_idle_s: float = 300.0
     log_level: str = "INFO"
     plans: Mapping[str, Plan] = field(default_factory=lambda: load_plans(DEFAULT_PLANS_FILE))
     default_plan: str = "free"
@@ -269,6 +273,10 @@ class Settings:
             max_concurrent_calls=whole_number(
                 env, "MESHGATE_MAX_CONCURRENT_CALLS", 1000, minimum=10, maximum=1_000_000
             ),
+            max_connections=whole_number(
+                env, "MESHGATE_MAX_CONNECTIONS", 2000, minimum=10, maximum=1_000_000
+            ),
+            connection_idle_s=number(env, "MESHGATE_CONNECTION_IDLE_S", 300.0, minimum=1.0),
             log_level=log_level,
             plans=plans,
             default_plan=default_plan,

@@ -15,7 +15,7 @@ import h2.settings
 
 from tests.support.pki import Pki
 
-__all__ = ["raw_http2_call", "server_settings", "stalled_stream_call"]
+__all__ = ["raw_http2_call", "seconds_until_goaway", "server_settings", "stalled_stream_call"]
 
 
 async def raw_http2_call(
@@ -171,3 +171,35 @@ async def server_settings(port: int, pki: Pki) -> dict[int, int]:
                     }
     finally:
         writer.close()
+
+
+async def seconds_until_goaway(port: int, pki: Pki, timeout_s: float) -> float | None:
+    """Seconds until the server sends GOAWAY on a new mTLS HTTP/2 connection on which no
+    call is ever made, or None if it has not after `timeout_s` (or closed it without one)."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+    except ConnectionResetError:  # closed as it was accepted
+        return None
+    started = asyncio.get_running_loop().time()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return None
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        return asyncio.get_running_loop().time() - started
+                writer.write(conn.data_to_send())  # SETTINGS and PING acknowledgements
+    except (TimeoutError, ConnectionResetError):
+        return None
+    finally:
+        writer.transport.abort()
