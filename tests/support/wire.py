@@ -18,6 +18,19 @@ from tests.support.pki import Pki
 __all__ = ["raw_http2_call", "seconds_until_goaway", "server_settings", "stalled_stream_call"]
 
 
+async def _open_h2(
+    port: int, pki: Pki, identity: str = "client"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An mTLS connection to 127.0.0.1:`port` offering only h2, presenting the client
+    certificate `<identity>.pem`."""
+    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
+    context.load_cert_chain(pki.path(f"{identity}.pem"), pki.path(f"{identity}-key.pem"))
+    context.set_alpn_protocols(["h2"])
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost"
+    )
+
+
 async def raw_http2_call(
     port: int,
     pki: Pki,
@@ -32,12 +45,7 @@ async def raw_http2_call(
     pseudo-headers, in order, repeated ones included, over a connection that presents the
     client certificate `<identity>.pem`; returns the response's headers and trailers
     together."""
-    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-    context.load_cert_chain(pki.path(f"{identity}.pem"), pki.path(f"{identity}-key.pem"))
-    context.set_alpn_protocols(["h2"])
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="localhost"
-    )
+    reader, writer = await _open_h2(port, pki, identity)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
     )
@@ -88,12 +96,7 @@ async def stalled_stream_call(
     than that; then it opens its windows wide and reads on to the end of the stream (at
     most `wait_s`). Returns the headers and trailers, and the bytes of data received while
     stalled and in all."""
-    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
-    context.set_alpn_protocols(["h2"])
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="localhost"
-    )
+    reader, writer = await _open_h2(port, pki)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -150,12 +153,7 @@ async def stalled_stream_call(
 async def server_settings(port: int, pki: Pki) -> dict[int, int]:
     """The HTTP/2 SETTINGS the server on 127.0.0.1:`port` announces to a new mTLS
     connection (by setting code), as every client reads them."""
-    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
-    context.set_alpn_protocols(["h2"])
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="localhost"
-    )
+    reader, writer = await _open_h2(port, pki)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     writer.write(conn.data_to_send())
@@ -176,13 +174,8 @@ async def server_settings(port: int, pki: Pki) -> dict[int, int]:
 async def seconds_until_goaway(port: int, pki: Pki, timeout_s: float) -> float | None:
     """Seconds until the server sends GOAWAY on a new mTLS HTTP/2 connection on which no
     call is ever made, or None if it has not after `timeout_s` (or closed it without one)."""
-    context = ssl.create_default_context(cafile=str(pki.path("ca.pem")))
-    context.load_cert_chain(pki.path("client.pem"), pki.path("client-key.pem"))
-    context.set_alpn_protocols(["h2"])
     try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="localhost"
-        )
+        reader, writer = await _open_h2(port, pki)
     except ConnectionResetError:  # closed as it was accepted
         return None
     started = asyncio.get_running_loop().time()
