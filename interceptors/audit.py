@@ -96,6 +96,20 @@ class AuditTrail:
         denied = not call.admitted and call.code not in _NOT_DENIALS
         if not (denied or audited(call.policy)):
             return
+        self._record(call, key=key, organization_id=organization_id, outcome=call.code.name)
+
+    def _record_dry_run(self, call: CallState, *, key: VerifiedKey, organization_id: str) -> None:
+        for denial in call.dry_run:
+            seen = (organization_id, key.key_id, call.method, denial.rule, denial.reason)
+            if self._log.saturated or not self._due(seen):
+                continue
+            outcome = f"DRY_RUN_{denial.reason}"
+            self._record(call, key=key, organization_id=organization_id, outcome=outcome)
+
+    def _record(
+        self, call: CallState, *, key: VerifiedKey, organization_id: str, outcome: str
+    ) -> None:
+        """One audit event of `call` by `key`, with `outcome`."""
         self._log.record(
             actor_key_id=key.key_id,
             actor_peer=call.peer_identity or "",
@@ -104,28 +118,10 @@ class AuditTrail:
             namespace_id=call.namespace.namespace_id if call.namespace else "",
             method=call.method,
             resource=call.resource or _resource_of(call.request),
-            outcome=call.code.name,
+            outcome=outcome,
             request_id=call.request_id,
             peer_address=call.peer_address,
         )
-
-    def _record_dry_run(self, call: CallState, *, key: VerifiedKey, organization_id: str) -> None:
-        for denial in call.dry_run:
-            seen = (organization_id, key.key_id, call.method, denial.rule, denial.reason)
-            if self._log.saturated or not self._due(seen):
-                continue
-            self._log.record(
-                actor_key_id=key.key_id,
-                actor_peer=call.peer_identity or "",
-                organization_id=organization_id,
-                environment=key.environment,
-                namespace_id=call.namespace.namespace_id if call.namespace else "",
-                method=call.method,
-                resource=call.resource or _resource_of(call.request),
-                outcome=f"DRY_RUN_{denial.reason}",
-                request_id=call.request_id,
-                peer_address=call.peer_address,
-            )
 
     def _due(self, seen: tuple[str, ...]) -> bool:
         """Whether a key's dry-run denial of this kind (organization, key, method, rule,
