@@ -27,6 +27,8 @@ COPY storage/ storage/
 ARG REVISION=unknown
 RUN printf '%s\n' "${REVISION}" > server/REVISION \
     && /opt/meshgate/bin/pip install --no-cache-dir . \
+    && /opt/meshgate/bin/pip install --no-cache-dir --no-deps --force-reinstall \
+        "opentelemetry-proto==$(/opt/meshgate/bin/python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')" \
     && /opt/meshgate/bin/python -m compileall -q /opt/meshgate/lib
 
 # --- runtime: the venv only ------------------------------------------------------------

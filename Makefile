@@ -44,12 +44,20 @@ BUF_AGAINST ?= main origin/main HEAD
 
 # The editable install maps the generated `meshgate` package, so it runs after `protos`.
 # `make run` needs meshgate and the embedded engines only; tests and linters add `dev`.
+# xds-protos ships an older copy of opentelemetry/proto/ (without InstrumentationScope):
+# installed after opentelemetry-proto, it replaces its files and the OTLP exporter cannot
+# load. opentelemetry-proto is reinstalled last, its version unchanged (tests/test_packaging.py).
+OTEL_PROTO_LAST = $(VENV)/bin/pip install -q --no-deps --force-reinstall \
+	"opentelemetry-proto==$$($(PY) -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')"
+
 $(RUN_STAMP): pyproject.toml $(GEN)/.stamp
 	$(VENV)/bin/pip install -q -e '.[embedded]'
+	$(OTEL_PROTO_LAST)
 	@touch $@
 
 $(DEV_STAMP): pyproject.toml $(GEN)/.stamp
 	$(VENV)/bin/pip install -q -e '.[dev,embedded]'
+	$(OTEL_PROTO_LAST)
 	@touch $@ $(RUN_STAMP)
 
 setup: $(DEV_STAMP) ## create .venv, generate stubs, install meshgate, its dev tools and the embedded engines

@@ -43,11 +43,9 @@ from server.workers.metrics import WorkMetrics
 from storage.tenancy.invalidation import InvalidationBus
 from storage.tenancy.key_verifier import KeyVerifier
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_STREAMS_PER_CONNECTION", "RunningServer", "create_server"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "RunningServer", "create_server"]
 
 _LOG = logging.getLogger("meshgate.server")
-# HTTP/2 streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
-MAX_STREAMS_PER_CONNECTION = 128
 # how long a new connection may take to complete its TLS handshake (grpc's default: 120 s)
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -145,9 +143,6 @@ async def create_server(
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # the transport's ceiling; above MAX_METADATA_BYTES the chain refuses clearly
                 ("grpc.max_metadata_size", 8 * MAX_METADATA_BYTES),
-                # streams one connection may hold open at once (nginx's default); a client
-                # at the cap waits or opens another connection, as Envoy's pools do
-                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 # connections: at most so many (beyond, closed as accepted), a TLS handshake
                 # done within HANDSHAKE_TIMEOUT_S, an idle one closed with GOAWAY (clients
                 # reconnect on their next call)

@@ -146,8 +146,17 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
                     f"{variable}={protocol!r}: meshgate exports OTLP over gRPC only (grpc)"
                 )
             break
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        # xds-protos ships an older copy of opentelemetry/proto/; installed after
+        # opentelemetry-proto, it replaces its files (`make setup` and the image reinstall
+        # opentelemetry-proto last: tests/test_packaging.py)
+        raise TracingError(
+            f"OTEL_TRACES_EXPORTER=otlp: the OTLP exporter cannot load ({exc}); another "
+            "package (xds-protos) replaced opentelemetry-proto's files: reinstall it with "
+            "`pip install --force-reinstall --no-deps opentelemetry-proto`"
+        ) from None
     return OTLPSpanExporter()
 
 

@@ -12,13 +12,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import cli_env, start_cli
 from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
 from tests.support.pki import Pki
 from tests.support.processes import ROOT, wait_until_healthy
@@ -52,18 +52,12 @@ def dev_server(pki: Pki, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     var/ there, as `make run` leaves them): (target, the dev ADMIN key's file)."""
     shutil.copytree(pki.root, tmp_path / "certs")
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--dev", "--listen", "127.0.0.1:0"],
-            cwd=tmp_path,
-            env={
-                "PATH": "/usr/bin:/bin",
-                "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
-                "MESHGATE_METRICS_LISTEN": "127.0.0.1:0",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = start_cli(
+        *("serve", "--dev", "--listen", "127.0.0.1:0"),
+        env=cli_env(MESHGATE_METRICS_LISTEN="127.0.0.1:0"),
+        log_path=log_path,
+        cwd=tmp_path,
+    )
     PROCESS_LOGS.append(log_path)
     try:
         ports: list[str] = []

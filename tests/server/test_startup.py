@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +20,20 @@ from server import cli
 from server.backends import mongo_only
 from server.settings import Settings, SettingsError
 from server.stores import mongodb_location, qdrant_location, redis_location, require_store_urls
+from tests.support.cli import run_cli, start_cli
 from tests.support.log_guard import NEVER_LOGGED, PROCESS_LOGS
 from tests.support.pki import Pki
 from tests.support.processes import free_port, replica_env, wait_until_healthy
 from tests.support.waiting import wait_until
 
-MESHGATE = Path(sys.executable).with_name("meshgate")  # the installed command
 URL_SETTINGS = ("MESHGATE_MONGODB_URI", "MESHGATE_REDIS_URL", "MESHGATE_QDRANT_URL")
 
 
 def run_meshgate(
     *args: str, env: dict[str, str], cwd: Path, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(MESHGATE), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    """The installed `meshgate` command, as an operator runs it."""
+    return run_cli(*args, env=env, cwd=cwd, timeout_s=timeout_s, installed=True)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -232,14 +224,13 @@ class DevServer:
             MESHGATE_TLS_KEY=str(pki.path("server-key.pem")),
             MESHGATE_TLS_CLIENT_CA=str(pki.path("ca.pem")),
         )
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(MESHGATE), "serve", "--dev", "--listen", "127.0.0.1:0"],
-                cwd=workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_cli(
+            *("serve", "--dev", "--listen", "127.0.0.1:0"),
+            env=env,
+            log_path=self.log_path,
+            cwd=workdir,
+            installed=True,
+        )
         PROCESS_LOGS.append(self.log_path)
 
     def log(self) -> str:

@@ -12,8 +12,10 @@ import base64
 import io
 import itertools
 import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import grpc
@@ -28,12 +30,15 @@ from meshgate.v1.namespace_service_pb2 import Namespace
 from server.app import RunningServer
 from server.backends import Backends
 from server.logs import GuardedJsonFormatter
+from server.settings import Settings
 from storage.backends.work_queue import WorkQueue
 from storage.webhooks.targets import REFUSED_TARGET
 from tests.support.clients import rpc_error
 from tests.support.namespace_clients import Hooks, Tasks, doc
+from tests.support.pki import Pki
 from tests.support.processes import free_port
-from tests.support.tenants import MakeTenant, Tenant
+from tests.support.servers import serving
+from tests.support.tenants import MakeTenant, Tenant, create_tenant
 from tests.support.waiting import eventually
 from tests.support.webhooks import (
     WEBHOOK_TEST_SCHEDULE,
@@ -194,9 +199,28 @@ def published(backends: Backends, namespace_id: str, task_id: str) -> Callable[[
     return done
 
 
+@pytest.fixture
+async def alone(settings: Settings, pki: Pki) -> AsyncIterator[tuple[RunningServer, Tenant]]:
+    """A server on a database of its own: no other server's workers can make an attempt
+    (and count it) on its deliveries. The session's database is shared by every server a
+    test starts in this process; one of them made the last attempt in one full run of
+    about three, and the session server's count stayed where it was."""
+    own = replace(
+        settings,
+        mongodb_database=f"{settings.mongodb_database}_alone_{secrets.token_hex(3)}",
+        metrics_listen="",
+    )
+    async with serving(own, pki) as (running, backends, channel):
+        tenant = await create_tenant(
+            backends, channel, environment="development", plan="enterprise"
+        )
+        yield running, tenant
+
+
 async def test_exhausted_delivery_is_retried_on_demand(
-    tenant: Tenant, receiver: Receiver, server: RunningServer
+    alone: tuple[RunningServer, Tenant], receiver: Receiver
 ) -> None:
+    server, tenant = alone
     _ns, hooks, tasks, where, created = await setup(tenant, receiver)
     webhook_id = created.webhook.webhook_id
     receiver.script(where, *([500] * ATTEMPTS))

@@ -19,6 +19,12 @@ __all__ = ["ROOT", "cli_env", "run_cli", "start_cli"]
 # the repository: the working directory of the commands, and their import path
 ROOT = Path(__file__).resolve().parents[2]
 _COMMAND = (sys.executable, "-m", "server.cli")
+# the console script `pip install` made, as an operator runs it (its own import path)
+_INSTALLED = (str(Path(sys.executable).with_name("meshgate")),)
+
+
+def _command(installed: bool) -> tuple[str, ...]:
+    return _INSTALLED if installed else _COMMAND
 
 
 def cli_env(**variables: str) -> dict[str, str]:
@@ -31,11 +37,16 @@ def cli_env(**variables: str) -> dict[str, str]:
 
 
 def run_cli(
-    *arguments: str, env: Mapping[str, str], cwd: Path = ROOT, timeout_s: float = 60
+    *arguments: str,
+    env: Mapping[str, str],
+    cwd: Path = ROOT,
+    timeout_s: float = 60,
+    installed: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """`meshgate <arguments>` run to its exit; its output captured as text."""
+    """`meshgate <arguments>` run to its exit; its output captured as text. `installed`:
+    the console script rather than this checkout's module."""
     return subprocess.run(
-        [*_COMMAND, *arguments],
+        [*_command(installed), *arguments],
         cwd=cwd,
         env=dict(env),
         capture_output=True,
@@ -46,11 +57,20 @@ def run_cli(
 
 
 def start_cli(
-    *arguments: str, env: Mapping[str, str], log_path: Path, cwd: Path = ROOT
+    *arguments: str,
+    env: Mapping[str, str],
+    log_path: Path,
+    cwd: Path = ROOT,
+    installed: bool = False,
 ) -> subprocess.Popen[bytes]:
     """`meshgate <arguments>` started, its output (stdout and stderr) going to `log_path`;
-    the caller waits for it (tests/support/processes.py `wait_until_healthy`) and stops it."""
+    the caller waits for it (tests/support/processes.py `wait_until_healthy`) and stops it.
+    `installed`: the console script rather than this checkout's module."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [*_COMMAND, *arguments], cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            [*_command(installed), *arguments],
+            cwd=cwd,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )

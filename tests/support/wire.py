@@ -15,7 +15,7 @@ import h2.settings
 
 from tests.support.pki import Pki
 
-__all__ = ["raw_http2_call", "seconds_until_goaway", "server_settings", "stalled_stream_call"]
+__all__ = ["raw_http2_call", "seconds_until_goaway", "stalled_stream_call"]
 
 
 async def _open_h2(
@@ -146,27 +146,6 @@ async def stalled_stream_call(
                     return seen, stalled if not stalling else received, received
             writer.write(conn.data_to_send())
         return seen, stalled, received
-    finally:
-        writer.close()
-
-
-async def server_settings(port: int, pki: Pki) -> dict[int, int]:
-    """The HTTP/2 SETTINGS the server on 127.0.0.1:`port` announces to a new mTLS
-    connection (by setting code), as every client reads them."""
-    reader, writer = await _open_h2(port, pki)
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    writer.write(conn.data_to_send())
-    try:
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), 5)
-            assert data, "the server closed the connection before its SETTINGS"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.RemoteSettingsChanged):
-                    return {
-                        int(code): change.new_value
-                        for code, change in event.changed_settings.items()
-                    }
     finally:
         writer.close()
 
