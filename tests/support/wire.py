@@ -31,6 +31,18 @@ async def _open_h2(
     )
 
 
+def _request_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The pseudo-headers and headers of a gRPC call to `path`, as a client sends them."""
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", path.encode()),
+        (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+
+
 async def raw_http2_call(
     port: int,
     pki: Pki,
@@ -50,15 +62,7 @@ async def raw_http2_call(
         h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
     )
     conn.initiate_connection()
-    request = [
-        (b":method", b"POST"),
-        (b":scheme", b"https"),
-        (b":path", path.encode()),
-        (b":authority", b"localhost"),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-    ]
-    conn.send_headers(1, request + headers)
+    conn.send_headers(1, _request_headers(path) + headers)
     # the gRPC frame: not compressed, the message's length, the message
     conn.send_data(1, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
     writer.write(conn.data_to_send())
@@ -100,15 +104,7 @@ async def stalled_stream_call(
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
-    request = [
-        (b":method", b"POST"),
-        (b":scheme", b"https"),
-        (b":path", path.encode()),
-        (b":authority", b"localhost"),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-    ]
-    conn.send_headers(1, request + headers)
+    conn.send_headers(1, _request_headers(path) + headers)
     conn.send_data(1, b"\x00" + struct.pack(">I", len(body)) + body, end_stream=True)
     writer.write(conn.data_to_send())
     loop = asyncio.get_running_loop()
