@@ -98,7 +98,7 @@ test-deps: ## make sure redis-server, redis-cli, promtool and nginx exist (as ro
 
 test: setup test-deps ## import contracts, then the whole suite (starts its own redis-server, embedded MongoDB engine)
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/pytest -q -rfER
+	$(VENV)/bin/pytest -q -rfER --durations=15
 
 test-unit: setup ## the unit tier alone: in-process, no server, Redis, MongoDB or network (under a minute)
 	$(VENV)/bin/pytest -q -rfER -m unit tests/unit tests/contracts
