@@ -83,6 +83,11 @@ async def test_valid_key_is_accepted(tenant: Tenant) -> None:
         pytest.param(
             (("authorization", "Bearer " + mint_secret("development").secret),), id="unknown"
         ),
+        # longer than any key: refused before it is parsed or looked up
+        pytest.param(
+            (("authorization", "Bearer " + mint_secret("development").secret + "A" * 100),),
+            id="oversized",
+        ),
     ],
 )
 async def test_bad_credentials_are_refused_alike(
